@@ -1,0 +1,1 @@
+"""tsad models: PyTorch LSTM forecasters, windows, training, error thresholds and the model registry."""

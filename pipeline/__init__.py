@@ -1,0 +1,1 @@
+"""tsad streaming runtime: event schema, Kafka plumbing, the scorer loop, metrics and the CLI."""

@@ -1,0 +1,63 @@
+"""CLI commands for the Kafka plumbing: ``tsad broker`` and ``tsad publish``."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    app.command("broker")(broker)
+    app.command("publish")(publish)
+
+
+def broker(
+    port: int = typer.Option(9092, help="Loopback port to listen on."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind (loopback by default)."),
+) -> None:
+    """Run the embedded Tansu broker (in-memory storage) in the foreground until Ctrl-C/SIGTERM."""
+    from pipeline.broker import EmbeddedBroker
+    from pipeline.kafka_clients import ensure_topics
+    from pipeline.settings import load_settings
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    with EmbeddedBroker(host=host, port=port) as running:
+        settings = load_settings(kafka={"bootstrap_servers": running.bootstrap_servers})
+        ensure_topics(settings.kafka)
+        typer.echo(f"tansu broker listening on {running.bootstrap_servers} "
+                   f"(topics: {settings.kafka.events_topic}, {settings.kafka.anomalies_topic}, "
+                   f"{settings.kafka.dead_letter_topic}); Ctrl-C to stop")
+        while not stop.wait(0.5):
+            if not running.is_running():
+                raise typer.Exit(1)
+    typer.echo("broker stopped")
+
+
+def publish(
+    paths: list[Path] = typer.Argument(..., exists=True, help="NAB-format CSV files (timestamp,value)."),
+    topic: str = typer.Option(None, help="Topic (default: TSAD_KAFKA__EVENTS_TOPIC)."),
+    bootstrap_servers: str = typer.Option(None, help="Kafka bootstrap servers (default: settings)."),
+    series: str = typer.Option(None, help="Series id (default: each file's stem)."),
+    rate: float = typer.Option(None, help="Pace sends at this many events/s (default: as fast as possible)."),
+) -> None:
+    """Publish CSV rows as JSON events keyed by series id; prints how many were acknowledged."""
+    from pipeline.kafka_clients import ensure_topics, make_producer
+    from pipeline.publish import publish_csv
+    from pipeline.settings import load_settings
+
+    settings = load_settings(kafka={"bootstrap_servers": bootstrap_servers})
+    topic = topic or settings.kafka.events_topic
+    ensure_topics(settings.kafka, [topic])
+    producer = make_producer(settings.kafka)
+    try:
+        for path in paths:
+            report = publish_csv(producer, topic, path, series=series, rate=rate)
+            typer.echo(f"{path}: {report.events} events acknowledged on {topic} "
+                       f"in {report.seconds:.2f}s ({report.rate:,.0f} events/s)")
+    finally:
+        producer.close()

@@ -1,0 +1,159 @@
+"""The event schema: raw Kafka bytes in, a validated ``Event`` or a ``Rejection`` out.
+
+An event is the JSON object ``{"series": str, "ts": ISO-8601 string | epoch seconds | epoch
+milliseconds, "value": number}``, published with the series id as the message key.
+``parse_event`` never raises: every input becomes exactly one ``Event`` or one ``Rejection``
+whose ``reason`` (a short, fixed code usable as a metric label) and ``detail`` (human text)
+say what was wrong. Timestamps are normalised to float epoch seconds (UTC).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import orjson
+
+MAX_MESSAGE_BYTES = 64 * 1024
+MAX_SERIES_ID_LENGTH = 256
+# Epoch values above this are taken as milliseconds (1e11 s is the year 5138).
+_MILLISECONDS_CUTOFF = 1e11
+# Accept timestamps between 1970 and 2200 (seconds).
+_MIN_TS, _MAX_TS = 0.0, 7_258_118_400.0
+
+# Rejection reasons: a closed set, used as the `reason` label of tsad_events_rejected_total.
+MALFORMED_JSON = "malformed_json"
+NOT_AN_OBJECT = "not_an_object"
+MISSING_FIELD = "missing_field"
+WRONG_TYPE = "wrong_type"
+NON_FINITE_VALUE = "non_finite_value"
+BAD_SERIES_ID = "bad_series_id"
+BAD_TIMESTAMP = "bad_timestamp"
+OVERSIZE_MESSAGE = "oversize_message"
+KEY_MISMATCH = "key_mismatch"
+# Reasons assigned later in the pipeline (per-series ordering, lifecycle).
+DUPLICATE_TIMESTAMP = "duplicate_timestamp"
+OUT_OF_ORDER = "out_of_order"
+REJECTION_REASONS = (
+    MALFORMED_JSON, NOT_AN_OBJECT, MISSING_FIELD, WRONG_TYPE, NON_FINITE_VALUE, BAD_SERIES_ID,
+    BAD_TIMESTAMP, OVERSIZE_MESSAGE, KEY_MISMATCH, DUPLICATE_TIMESTAMP, OUT_OF_ORDER,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A validated event. ``ts`` is epoch seconds (UTC)."""
+
+    series: str
+    ts: float
+    value: float
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why a raw message is not a valid event. ``raw`` is the original bytes, untouched."""
+
+    reason: str
+    detail: str
+    raw: bytes
+
+
+def parse_timestamp(ts: object) -> float | None:
+    """Epoch seconds for an ISO-8601 string or an epoch number (s or ms); None if unusable."""
+    if isinstance(ts, bool):
+        return None
+    if isinstance(ts, (int, float)):
+        seconds = float(ts)
+        if not math.isfinite(seconds):
+            return None
+        if abs(seconds) >= _MILLISECONDS_CUTOFF:
+            seconds /= 1000.0
+    elif isinstance(ts, str):
+        text = ts.strip()
+        if not text or len(text) > 64:
+            return None
+        try:
+            parsed = datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
+        except ValueError:
+            return None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=timezone.utc)
+        try:
+            seconds = parsed.timestamp()
+        except (OverflowError, OSError, ValueError):
+            return None
+    else:
+        return None
+    if not (_MIN_TS <= seconds <= _MAX_TS):
+        return None
+    return seconds
+
+
+def _reject(reason: str, detail: str, raw: bytes) -> Rejection:
+    return Rejection(reason, detail, raw)
+
+
+def parse_event(
+    raw: bytes | None,
+    key: bytes | None = None,
+    *,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
+    max_series_id_length: int = MAX_SERIES_ID_LENGTH,
+) -> Event | Rejection:
+    """Validate one message value (and its key, when given). Never raises."""
+    raw_bytes = bytes(raw) if raw is not None else b""
+    try:
+        if len(raw_bytes) > max_message_bytes:
+            return _reject(OVERSIZE_MESSAGE, f"message is {len(raw_bytes)} bytes, limit {max_message_bytes}", raw_bytes)
+        try:
+            payload = orjson.loads(raw_bytes)
+        except orjson.JSONDecodeError as error:
+            # Python's json.dumps writes NaN/Infinity literals; accept them here only so the
+            # rejection names the real problem (non-finite value) rather than "malformed".
+            try:
+                payload = json.loads(raw_bytes)
+            except (ValueError, RecursionError):
+                return _reject(MALFORMED_JSON, f"not valid JSON: {error}", raw_bytes)
+        return validate_payload(payload, raw_bytes, key, max_series_id_length=max_series_id_length)
+    except Exception as error:  # noqa: BLE001 - the contract is: never raise
+        return _reject(MALFORMED_JSON, f"unexpected error while parsing: {type(error).__name__}: {error}", raw_bytes)
+
+
+def validate_payload(
+    payload: object,
+    raw: bytes,
+    key: bytes | None = None,
+    *,
+    max_series_id_length: int = MAX_SERIES_ID_LENGTH,
+) -> Event | Rejection:
+    """Validate an already-decoded JSON payload (used by the batch decoder)."""
+    if not isinstance(payload, dict):
+        return _reject(NOT_AN_OBJECT, f"expected a JSON object, got {type(payload).__name__}", raw)
+    for field in ("series", "ts", "value"):
+        if field not in payload:
+            return _reject(MISSING_FIELD, f"missing field '{field}'", raw)
+    series, ts, value = payload["series"], payload["ts"], payload["value"]
+    if not isinstance(series, str):
+        return _reject(WRONG_TYPE, f"'series' must be a string, got {type(series).__name__}", raw)
+    if not series.strip() or len(series) > max_series_id_length:
+        return _reject(BAD_SERIES_ID, f"'series' must be 1..{max_series_id_length} characters, not blank", raw)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return _reject(WRONG_TYPE, f"'value' must be a number, got {type(value).__name__}", raw)
+    value = float(value)
+    if not math.isfinite(value):
+        return _reject(NON_FINITE_VALUE, "'value' is NaN or infinite", raw)
+    if not isinstance(ts, (str, int, float)) or isinstance(ts, bool):
+        return _reject(WRONG_TYPE, f"'ts' must be an ISO-8601 string or epoch number, got {type(ts).__name__}", raw)
+    seconds = parse_timestamp(ts)
+    if seconds is None:
+        return _reject(BAD_TIMESTAMP, f"unparseable or out-of-range timestamp {str(ts)[:64]!r}", raw)
+    if key is not None and key != series.encode("utf-8"):
+        return _reject(KEY_MISMATCH, "message key does not match the 'series' field", raw)
+    return Event(series=series, ts=seconds, value=value)
+
+
+def encode_event(series: str, ts: float | str, value: float) -> bytes:
+    """JSON bytes of one event, as a publisher sends it."""
+    return orjson.dumps({"series": series, "ts": ts, "value": value})
