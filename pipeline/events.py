@@ -65,7 +65,10 @@ def parse_timestamp(ts: object) -> float | None:
     if isinstance(ts, bool):
         return None
     if isinstance(ts, (int, float)):
-        seconds = float(ts)
+        try:
+            seconds = float(ts)
+        except OverflowError:
+            return None
         if not math.isfinite(seconds):
             return None
         if abs(seconds) >= _MILLISECONDS_CUTOFF:
@@ -141,7 +144,10 @@ def validate_payload(
         return _reject(BAD_SERIES_ID, f"'series' must be 1..{max_series_id_length} characters, not blank", raw)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return _reject(WRONG_TYPE, f"'value' must be a number, got {type(value).__name__}", raw)
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an integer too large for a double
+        value = math.inf
     if not math.isfinite(value):
         return _reject(NON_FINITE_VALUE, "'value' is NaN or infinite", raw)
     if not isinstance(ts, (str, int, float)) or isinstance(ts, bool):

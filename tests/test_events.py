@@ -1,0 +1,108 @@
+"""Event schema: every raw message becomes exactly one Event or one Rejection with a precise reason."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from pipeline import events
+from pipeline.events import Event, Rejection, encode_event, parse_event, parse_timestamp
+
+
+def test_valid_iso_event():
+    result = parse_event(b'{"series": "cpu-1", "ts": "2014-02-14 14:30:00", "value": 0.132}', b"cpu-1")
+    assert result == Event("cpu-1", 1392388200.0, 0.132)
+
+
+@pytest.mark.parametrize(
+    "ts, expected",
+    [
+        (1392388200, 1392388200.0),            # epoch seconds
+        (1392388200000, 1392388200.0),         # epoch milliseconds
+        (1392388200.5, 1392388200.5),
+        ("2014-02-14T14:30:00Z", 1392388200.0),
+        ("2014-02-14T15:30:00+01:00", 1392388200.0),
+    ],
+)
+def test_timestamp_forms(ts, expected):
+    assert parse_timestamp(ts) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    "raw, reason",
+    [
+        (b"{not json", events.MALFORMED_JSON),
+        (b"", events.MALFORMED_JSON),
+        (b"[1, 2]", events.NOT_AN_OBJECT),
+        (b'{"ts": 1, "value": 1}', events.MISSING_FIELD),
+        (b'{"series": "a", "value": 1}', events.MISSING_FIELD),
+        (b'{"series": "a", "ts": 1}', events.MISSING_FIELD),
+        (b'{"series": 7, "ts": 1, "value": 1}', events.WRONG_TYPE),
+        (b'{"series": "a", "ts": 1, "value": "12"}', events.WRONG_TYPE),
+        (b'{"series": "a", "ts": 1, "value": true}', events.WRONG_TYPE),
+        (b'{"series": "a", "ts": [1], "value": 1}', events.WRONG_TYPE),
+        (b'{"series": "a", "ts": 1, "value": NaN}', events.NON_FINITE_VALUE),
+        (b'{"series": "a", "ts": 1, "value": Infinity}', events.NON_FINITE_VALUE),
+        (b'{"series": "a", "ts": 1, "value": -Infinity}', events.NON_FINITE_VALUE),
+        (b'{"series": "", "ts": 1, "value": 1}', events.BAD_SERIES_ID),
+        (b'{"series": "   ", "ts": 1, "value": 1}', events.BAD_SERIES_ID),
+        (b'{"series": "a", "ts": "yesterday", "value": 1}', events.BAD_TIMESTAMP),
+        (b'{"series": "a", "ts": -5, "value": 1}', events.BAD_TIMESTAMP),
+        (b'{"series": "a", "ts": 1e300, "value": 1}', events.BAD_TIMESTAMP),
+    ],
+)
+def test_rejections_name_the_problem(raw, reason):
+    result = parse_event(raw)
+    assert isinstance(result, Rejection)
+    assert result.reason == reason, result.detail
+    assert result.raw == raw
+    assert result.detail
+
+
+def test_oversize_series_id_and_message():
+    long_id = "x" * 300
+    assert parse_event(encode_event(long_id, 1, 1.0)).reason == events.BAD_SERIES_ID
+    big = b'{"series": "a", "ts": 1, "value": 1, "pad": "' + b"p" * 70_000 + b'"}'
+    assert parse_event(big).reason == events.OVERSIZE_MESSAGE
+
+
+def test_key_must_match_series():
+    assert parse_event(encode_event("a", 1, 1.0), key=b"b").reason == events.KEY_MISMATCH
+    assert isinstance(parse_event(encode_event("a", 1, 1.0), key=b"a"), Event)
+
+
+def test_every_reason_is_listed():
+    result_reasons = {events.MALFORMED_JSON, events.NOT_AN_OBJECT, events.MISSING_FIELD, events.WRONG_TYPE,
+                      events.NON_FINITE_VALUE, events.BAD_SERIES_ID, events.BAD_TIMESTAMP,
+                      events.OVERSIZE_MESSAGE, events.KEY_MISMATCH}
+    assert result_reasons <= set(events.REJECTION_REASONS)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=512), st.one_of(st.none(), st.binary(max_size=32)))
+def test_arbitrary_bytes_never_raise(raw, key):
+    result = parse_event(raw, key)
+    assert isinstance(result, (Event, Rejection))
+    if isinstance(result, Rejection):
+        assert result.reason in events.REJECTION_REASONS
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(series=json_values | st.text(max_size=300), ts=json_values, value=json_values)
+def test_arbitrary_payloads_never_raise_and_events_are_finite(series, ts, value):
+    raw = json.dumps({"series": series, "ts": ts, "value": value}).encode()  # may hold NaN/Infinity literals
+    result = parse_event(raw)
+    assert isinstance(result, (Event, Rejection))
+    if isinstance(result, Event):
+        assert math.isfinite(result.value) and math.isfinite(result.ts)
+        assert isinstance(result.series, str) and result.series.strip()
