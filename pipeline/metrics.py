@@ -29,6 +29,11 @@ class ScorerMetrics:
             "tsad_events_warmup_total",
             "Valid events taken into series state without alerting (series warm-up or replay after rebalance).",
             registry=r)
+        self.events_replayed = Counter(
+            "tsad_events_replayed_total",
+            "Already-committed events re-read after a partition assignment to rebuild series state "
+            "(also counted in tsad_events_warmup_total, never in tsad_events_consumed_total).",
+            registry=r)
         self.events_rejected = Counter(
             "tsad_events_rejected_total", "Events sent to the dead-letter topic, by reason.", ["reason"], registry=r)
         self.anomalies = Counter(

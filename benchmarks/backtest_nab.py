@@ -1,0 +1,76 @@
+"""Benchmark: backtest the whole NAB subset and print the NAB scores, P/R/F1 and wall time.
+
+    .venv/bin/python benchmarks/backtest_nab.py [--data /work/shared/data/nab] [--workers 2]
+        [--retrain-every 0] [--post '{"threshold": 0.5}'] [--detector-config '{}'] [--out DIR] [--plot DIR]
+
+Defaults to the shared 51-file subset; falls back to the repo's data/nab. Prints the same tables
+as ``tsad backtest`` plus one line of JSON with the headline numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=None)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--retrain-every", type=int, default=0)
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--window", type=int, default=32)
+    ap.add_argument("--hidden", type=int, default=32)
+    ap.add_argument("--post", default="{}")
+    ap.add_argument("--detector-config", default="{}")
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--plot", type=Path, default=None)
+    ap.add_argument("--save-arrays", type=Path, default=None, help="pickle the SeriesResults (for tuning)")
+    args = ap.parse_args(argv)
+
+    from pipeline.backtest.output import write_nab_csv, write_scores
+    from pipeline.backtest.replay import ReplayConfig, find_csvs, run_corpus
+    from pipeline.backtest.report import corpus_report, render
+
+    data = args.data or next(p for p in (Path("/work/shared/data/nab"), REPO / "data" / "nab") if p.exists())
+    labels = json.loads((data / "labels" / "combined_windows.json").read_text())
+    files = find_csvs([data / "data"])
+    cfg = ReplayConfig(window=args.window, hidden=args.hidden, epochs=args.epochs, retrain_every=args.retrain_every,
+                       post=json.loads(args.post), detector=json.loads(args.detector_config))
+    t0 = time.perf_counter()
+    results, errors = run_corpus(files, labels, cfg, workers=args.workers)
+    wall = time.perf_counter() - t0
+    for e in errors:
+        print("FAILED", e, file=sys.stderr)
+    rep = corpus_report(results)
+    rep["timing"]["wall_seconds"] = wall
+    rep["config"] = cfg.to_dict()
+    render(rep)
+    if args.out:
+        for r in results:
+            write_nab_csv(r, args.out, "tsad")
+        write_scores(rep, args.out, "tsad")
+    if args.plot:
+        from pipeline.backtest.plots import plot_series
+
+        for r in results:
+            plot_series(r, args.plot, rep["nab"]["standard"]["optimised"]["threshold"])
+    if args.save_arrays:
+        import pickle
+
+        args.save_arrays.write_bytes(pickle.dumps(results))
+    head = {p: {"own": round(d["own"]["score"], 1), "optimised": round(d["optimised"]["score"], 1)}
+            for p, d in rep["nab"].items()}
+    print(json.dumps({"files": rep["files"], "rows": rep["rows"], "wall_seconds": round(wall, 1),
+                      "fit_seconds": round(rep["timing"]["fit_seconds"], 1), "nab": head,
+                      "f1_own": round(rep["prf"]["own"]["f1"], 3)}))
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

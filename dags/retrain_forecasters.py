@@ -1,0 +1,136 @@
+"""Retrain the tsad forecasters from the stream archive and promote better ones.
+
+For each data interval (default daily, ``TSAD_RETRAIN_SCHEDULE``; no catch-up):
+
+1. ``plan``: the training range is the interval extended back to ``TSAD_RETRAIN_LOOKBACK_HOURS``
+   (default 168) before its end, read from the Parquet archive written by ``tsad archive``
+   (``TSAD_ARCHIVE_DIR``); its most recent ``TSAD_RETRAIN_HOLDOUT_FRACTION`` is held out. The run
+   is **skipped** with the reason in the log when the archive holds too little data.
+2. ``train``: dynamically mapped over model groups (``TSAD_RETRAIN_GROUPS``, JSON
+   ``{"group": "series glob"}``, default ``{"default": "*"}``) x kinds (``many-to-one`` and
+   ``many-to-many``): fits a candidate on CUDA when present, else CPU (``device="auto"``),
+   evaluates it and the current champion on the held-out slice (normalised MAE; detection F1 when
+   ``TSAD_RETRAIN_LABELS`` points at NAB-style label windows) and registers it, unpromoted, in the
+   model registry (``TSAD_REGISTRY_DIR``) as ``<group>-<kind>`` with the figures in meta.json.
+3. ``promote__<model>``: promotes the candidate atomically (registry champion pointer) only when
+   it beats the champion, or there is none. Running ``tsad serve`` processes hot-reload it.
+4. ``publish__<model>``: emits the Asset ``tsad://registry/<model>`` when (and only when) that
+   model got a new champion, so other DAGs can be scheduled on it.
+5. ``record``: last-success timestamp and candidate/champion errors as ``RetrainMetrics``:
+   pushed to the Pushgateway at ``TSAD_PUSHGATEWAY_URL`` when set, otherwise written to the
+   node-exporter textfile ``TSAD_RETRAIN_TEXTFILE`` (default ``var/metrics/tsad_retrain.prom``).
+
+Idempotent per interval: a re-run finds the versions registered under
+``idempotency_key = "<kind>:<interval start>:<interval end>"`` and neither trains nor writes a
+model file again. Hyperparameters (epochs, hidden, window, ...) come from ``TSAD_RETRAIN_*`` and
+can be overridden per run through the DAG params. The logic lives in ``models/retraining.py``;
+this file only wires tasks (heavy imports happen inside them, so parsing stays fast).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timedelta, timezone
+
+from airflow.sdk import Asset, Param, dag, task
+
+KINDS = json.loads(os.environ.get("TSAD_RETRAIN_KINDS", '["many-to-one", "many-to-many"]'))
+GROUPS = json.loads(os.environ.get("TSAD_RETRAIN_GROUPS", '{"default": "*"}'))
+MODEL_NAMES = [f"{group}-{kind}" for group in sorted(GROUPS) for kind in KINDS]  # = RetrainSettings.jobs()
+
+
+def model_asset(name: str) -> Asset:
+    """The Asset updated when ``name`` gets a new champion (schedule other DAGs on it)."""
+    return Asset(f"tsad://registry/{name}")
+
+
+def _settings(context):
+    from models.retraining import load_settings
+
+    return load_settings({k: v for k, v in context["params"].items() if v is not None})
+
+
+@dag(
+    dag_id="retrain_forecasters",
+    schedule=os.environ.get("TSAD_RETRAIN_SCHEDULE", "@daily"),
+    start_date=datetime(2024, 1, 1, tzinfo=timezone.utc),
+    catchup=False,
+    max_active_runs=1,
+    tags=["tsad", "ml", "retraining"],
+    doc_md=__doc__,
+    default_args={
+        "owner": "tsad",
+        "retries": 2,
+        "retry_delay": timedelta(minutes=1),
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": timedelta(minutes=30),
+        "execution_timeout": timedelta(hours=4),
+    },
+    params={
+        "epochs": Param(None, type=["null", "integer"], minimum=1, description="Training epochs."),
+        "hidden": Param(None, type=["null", "integer"], minimum=1, description="LSTM hidden size."),
+        "window": Param(None, type=["null", "integer"], minimum=2, description="Input window (time steps)."),
+        "lookback_hours": Param(None, type=["null", "number"], description="Training range before interval end."),
+        "min_points": Param(None, type=["null", "integer"], description="Values per series needed to train."),
+        "device": Param(None, type=["null", "string"], description="auto | cpu | cuda."),
+    },
+)
+def retrain_forecasters():
+    @task
+    def plan(**context) -> dict:
+        """Training range and held-out cut for this data interval; skips when there is too little data."""
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from models.retraining import NotEnoughDataError, plan as make_plan
+
+        try:
+            return make_plan(_settings(context), context["data_interval_start"], context["data_interval_end"])
+        except NotEnoughDataError as error:
+            raise AirflowSkipException(f"not retraining: {error}") from error
+
+    @task(map_index_template="{{ task.op_kwargs['job']['name'] }}")
+    def train(job: dict, the_plan: dict, **context) -> dict:
+        """Fit one (group, kind) candidate, evaluate it and the champion, register it unpromoted."""
+        from models.retraining import train_candidate
+
+        return train_candidate(_settings(context), the_plan, job)
+
+    jobs = [{"group": g, "pattern": GROUPS[g], "kind": k, "name": f"{g}-{k}"} for g in sorted(GROUPS) for k in KINDS]
+    the_plan = plan()
+    candidates = train.partial(the_plan=the_plan).expand(job=jobs)
+
+    decisions = []
+    for name in MODEL_NAMES:
+        @task(task_id=f"promote__{name}")
+        def promote(candidates: list[dict], the_plan: dict, name: str = name, **context) -> dict:
+            """Promote this model's candidate when it beats the champion (atomic registry pointer)."""
+            from models.retraining import promote_if_better
+
+            (candidate,) = [c for c in candidates if c["name"] == name]
+            return promote_if_better(_settings(context), the_plan, candidate).to_dict()
+
+        @task(task_id=f"publish__{name}", outlets=[model_asset(name)])
+        def publish(decision: dict) -> str:
+            """Emit the model's Asset only when it has a new champion (skipped otherwise)."""
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            if not decision["promoted"]:
+                raise AirflowSkipException(f"{decision['name']}: no new champion ({decision['reason']})")
+            return f"{decision['name']} v{decision['candidate']}"
+
+        decision = promote(candidates, the_plan)
+        publish(decision)
+        decisions.append(decision)
+
+    @task
+    def record(decisions: list[dict], **context) -> str:
+        """Last success + candidate/champion errors to the Pushgateway or the textfile collector."""
+        from models.retraining import record_figures
+
+        return record_figures(_settings(context), list(decisions))
+
+    record(decisions)
+
+
+retrain_forecasters()

@@ -1,0 +1,73 @@
+"""Load training series from NAB CSVs, a directory of them, or Parquet (series, ts, value).
+
+Every series is put on a regular time grid (``models.windows.regularize``): missing timestamps
+become NaN, which the window builders then drop. Series ids: for a directory, the path relative to
+it without ``.csv``; for a single CSV, the file stem; for Parquet, the ``series`` column.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from models.windows import regularize
+
+
+@dataclass
+class TrainingData:
+    series: dict[str, np.ndarray]  # id -> values (time,) on a regular grid, NaN for gaps
+    start: str | None  # earliest timestamp (ISO 8601) over all series
+    end: str | None  # latest timestamp
+
+    @property
+    def data_range(self) -> tuple[str, str] | None:
+        return (self.start, self.end) if self.start else None
+
+
+def _regular(ts, values) -> tuple[np.ndarray, np.ndarray]:
+    ts_ns = np.asarray(ts, dtype="datetime64[ns]").astype(np.int64)
+    return regularize(ts_ns, np.asarray(values, dtype=np.float64))
+
+
+def _iso(ns: int) -> str:
+    return str(np.datetime64(int(ns), "ns").astype("datetime64[s]"))
+
+
+def load_training_data(path: str | Path) -> TrainingData:
+    """Read ``path`` (CSV file, directory of CSVs, or ``.parquet``) into regularised series."""
+    import pandas as pd
+
+    path = Path(path)
+    frames: dict[str, tuple] = {}
+    if path.is_dir():
+        files = sorted(path.rglob("*.csv"))
+        if not files:
+            raise FileNotFoundError(f"no .csv files under {path}")
+        for f in files:
+            df = pd.read_csv(f, usecols=["timestamp", "value"], parse_dates=["timestamp"])
+            frames[f.relative_to(path).with_suffix("").as_posix()] = (df["timestamp"], df["value"])
+    elif path.suffix == ".parquet":
+        df = pd.read_parquet(path, columns=["series", "ts", "value"])
+        for sid, g in df.groupby("series", sort=True):
+            frames[str(sid)] = (pd.to_datetime(g["ts"]), g["value"])
+    elif path.is_file():
+        df = pd.read_csv(path, usecols=["timestamp", "value"], parse_dates=["timestamp"])
+        frames[path.stem] = (df["timestamp"], df["value"])
+    else:
+        raise FileNotFoundError(path)
+    series, lo, hi = {}, None, None
+    for sid, (ts, values) in frames.items():
+        grid, vals = _regular(ts, values)
+        if len(grid) == 0:
+            continue
+        series[sid] = vals
+        lo = grid[0] if lo is None else min(lo, grid[0])
+        hi = grid[-1] if hi is None else max(hi, grid[-1])
+    return TrainingData(series, _iso(lo) if lo is not None else None, _iso(hi) if hi is not None else None)
+
+
+def load_training_series(path: str | Path) -> dict[str, np.ndarray]:
+    """Series id -> values ``(time,)`` (regular grid, NaN for gaps); see module docstring."""
+    return load_training_data(path).series

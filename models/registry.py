@@ -1,0 +1,280 @@
+"""File-system model registry: versioned bundles, a champion pointer, promote/rollback.
+
+Layout::
+
+    root/<name>/v0001/weights.pt   state_dict (torch.save; loaded with weights_only=True)
+    root/<name>/v0001/meta.json    config, kind, normalizers, calibration, metrics, sha256, created_at, ...
+    root/<name>/champion.json      {"version": 3, "history": [1, 2]}   (written atomically: tmp + os.replace)
+
+A version directory is assembled under a temporary name and renamed into place, so readers never
+see half-written versions. Mutations of one model name are serialised with an flock on
+``root/<name>/.lock`` (safe across processes on one host). A version whose files are missing,
+unreadable or whose weights do not match the recorded sha256 raises ``CorruptModelError``; it is
+never loaded, promoted or rolled back to.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from models.bundle import ModelBundle
+from models.forecasters import ForecasterConfig
+from models.windows import SeriesNormalizer
+
+FORMAT = 1
+_VERSION_DIR = re.compile(r"^v(\d{4,})$")
+
+
+class RegistryError(Exception):
+    """Base class for registry failures."""
+
+
+class CorruptModelError(RegistryError):
+    """A stored version cannot be trusted (missing/corrupt files, checksum mismatch, bad weights)."""
+
+
+class ModelNotFoundError(RegistryError, LookupError):
+    """Unknown model name/version, or no champion yet."""
+
+
+@dataclass
+class VersionInfo:
+    """One row of ``ModelRegistry.list``."""
+
+    name: str
+    version: int
+    created_at: str | None
+    kind: str | None
+    metrics: dict
+    is_champion: bool
+    ok: bool  # meta.json readable and weights present (checksum is verified on load/promote)
+    idempotency_key: str | None = None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class ModelRegistry:
+    """Versioned model store under ``root`` (see module docstring)."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    # ------------------------------------------------------------------ paths & locking
+    def _model_dir(self, name: str) -> Path:
+        if not name or "/" in name or name.startswith("."):
+            raise ValueError(f"invalid model name {name!r}")
+        return self.root / name
+
+    def _version_dir(self, name: str, version: int) -> Path:
+        return self._model_dir(name) / f"v{version:04d}"
+
+    @contextlib.contextmanager
+    def _lock(self, name: str):
+        d = self._model_dir(name)
+        d.mkdir(parents=True, exist_ok=True)
+        with open(d / ".lock", "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    # ------------------------------------------------------------------ queries
+    def names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    def versions(self, name: str) -> list[int]:
+        d = self._model_dir(name)
+        if not d.is_dir():
+            return []
+        return sorted(int(m.group(1)) for p in d.iterdir() if (m := _VERSION_DIR.match(p.name)))
+
+    def champion(self, name: str) -> int | None:
+        """Current champion version, or None if none was promoted."""
+        ptr = self._read_pointer(name)
+        return ptr.get("version")
+
+    def meta(self, name: str, version: int) -> dict:
+        """meta.json of a version (CorruptModelError if unreadable, ModelNotFoundError if absent)."""
+        vdir = self._version_dir(name, version)
+        if not vdir.is_dir():
+            raise ModelNotFoundError(f"model {name!r} has no version {version}")
+        try:
+            return json.loads((vdir / "meta.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise CorruptModelError(f"{name} v{version}: meta.json missing or unreadable ({exc})") from exc
+
+    def list(self, name: str) -> list[VersionInfo]:
+        champ = self.champion(name)
+        rows = []
+        for v in self.versions(name):
+            try:
+                meta = self.meta(name, v)
+                ok = (self._version_dir(name, v) / "weights.pt").is_file()
+            except CorruptModelError:
+                meta, ok = {}, False
+            rows.append(VersionInfo(
+                name=name, version=v, created_at=meta.get("created_at"), kind=meta.get("kind"),
+                metrics=meta.get("metrics", {}), is_champion=v == champ, ok=ok,
+                idempotency_key=meta.get("idempotency_key"),
+            ))
+        return rows
+
+    # ------------------------------------------------------------------ register / load
+    def register(
+        self,
+        bundle: ModelBundle,
+        metrics: dict | None = None,
+        *,
+        idempotency_key: str | None = None,
+        data_range: tuple[str, str] | None = None,
+        interval_id: str | None = None,
+    ) -> int:
+        """Store ``bundle`` as a new version of ``bundle.name`` and return its number.
+
+        With ``idempotency_key``, a version already registered under that key is returned instead
+        (re-running an Airflow interval creates no duplicate). Sets ``bundle.version``.
+        """
+        import torch
+
+        name = bundle.name
+        with self._lock(name):
+            if idempotency_key is not None:
+                for v in reversed(self.versions(name)):
+                    with contextlib.suppress(CorruptModelError):
+                        if self.meta(name, v).get("idempotency_key") == idempotency_key:
+                            bundle.version = v
+                            return v
+            version = (max(self.versions(name), default=0)) + 1
+            tmp = self._model_dir(name) / f".tmp-{uuid.uuid4().hex}"
+            tmp.mkdir()
+            try:
+                state = {k: v.detach().cpu() for k, v in bundle.forecaster.state_dict().items()}
+                torch.save(state, tmp / "weights.pt")
+                all_metrics = {**bundle.metrics, **(metrics or {})}
+                meta = {
+                    "format": FORMAT, "name": name, "version": version, "kind": bundle.kind,
+                    "config": bundle.config.to_dict(),
+                    "normalizers": {sid: SeriesNormalizer.from_dict(n).to_dict() for sid, n in bundle.normalizers.items()},
+                    "calibration": bundle.calibration, "metrics": all_metrics,
+                    "sha256": _sha256(tmp / "weights.pt"),
+                    "created_at": datetime.now(timezone.utc).isoformat(),
+                    "data_range": list(data_range) if data_range else None,
+                    "interval_id": interval_id, "idempotency_key": idempotency_key,
+                }
+                _write_json_atomic(tmp / "meta.json", meta)
+                os.rename(tmp, self._version_dir(name, version))
+                _fsync_dir(self._model_dir(name))
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+        bundle.version, bundle.metrics, bundle.meta = version, all_metrics, meta
+        return version
+
+    def load(self, name: str, version: int | None = None) -> ModelBundle:
+        """Load a version (default: the champion), verifying its checksum. Eval mode, CPU."""
+        import torch
+
+        from models.forecasters import build_forecaster
+
+        if version is None:
+            version = self.champion(name)
+            if version is None:
+                raise ModelNotFoundError(f"model {name!r} has no champion")
+        meta = self.meta(name, version)
+        weights = self._version_dir(name, version) / "weights.pt"
+        where = f"{name} v{version}"
+        if not weights.is_file():
+            raise CorruptModelError(f"{where}: weights.pt is missing")
+        if "sha256" not in meta or _sha256(weights) != meta["sha256"]:
+            raise CorruptModelError(f"{where}: weights.pt checksum mismatch (file changed or truncated)")
+        try:
+            config = ForecasterConfig.from_dict(meta["config"])
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+            model = build_forecaster(config)
+            model.load_state_dict(state, strict=True)
+        except Exception as exc:  # bad config / unpicklable / shape mismatch: never serve it
+            raise CorruptModelError(f"{where}: cannot load weights ({type(exc).__name__}: {exc})") from exc
+        model.eval()
+        return ModelBundle(
+            name=name, kind=meta.get("kind", config.kind), version=version, config=config, forecaster=model,
+            normalizers={sid: SeriesNormalizer.from_dict(d) for sid, d in meta.get("normalizers", {}).items()},
+            calibration=meta.get("calibration", {}), metrics=meta.get("metrics", {}), meta=meta,
+        )
+
+    def verify(self, name: str, version: int) -> None:
+        """Raise ``CorruptModelError``/``ModelNotFoundError`` unless the version loads cleanly."""
+        self.load(name, version)
+
+    # ------------------------------------------------------------------ champion pointer
+    def _read_pointer(self, name: str) -> dict:
+        path = self._model_dir(name) / "champion.json"
+        if not path.is_file():
+            return {}
+        try:
+            return json.loads(path.read_text())
+        except ValueError as exc:
+            raise RegistryError(f"{path} is unreadable: {exc}") from exc
+
+    def promote(self, name: str, version: int) -> None:
+        """Make ``version`` the champion (verified first; corrupt versions are refused)."""
+        with self._lock(name):
+            self.verify(name, version)
+            ptr = self._read_pointer(name)
+            current = ptr.get("version")
+            history = list(ptr.get("history", []))
+            if current is not None and current != version:
+                history.append(current)
+            _write_json_atomic(self._model_dir(name) / "champion.json", {
+                "version": version, "history": history, "updated_at": datetime.now(timezone.utc).isoformat(),
+            })
+
+    def rollback(self, name: str) -> int:
+        """Restore the previous champion and return it (the abandoned one is dropped from history)."""
+        with self._lock(name):
+            ptr = self._read_pointer(name)
+            history = list(ptr.get("history", []))
+            if not history:
+                raise ModelNotFoundError(f"model {name!r} has no previous champion to roll back to")
+            previous = history.pop()
+            self.verify(name, previous)
+            _write_json_atomic(self._model_dir(name) / "champion.json", {
+                "version": previous, "history": history, "updated_at": datetime.now(timezone.utc).isoformat(),
+            })
+            return previous

@@ -1,0 +1,180 @@
+"""Sliding windows, per-series normalisation and gap handling (pure numpy).
+
+Shapes are written ``(batch, window, features)``. Feature 0 is always the forecast target.
+
+Gaps and NaNs (explicit policy):
+
+* ``regularize`` puts a series on a regular time grid; a missing timestamp becomes a NaN row.
+* ``sliding_windows`` DROPS every window whose inputs or targets contain a NaN (training never
+  sees an imputed value); ``sequence_targets`` marks NaN targets so the many-to-many loss can mask
+  them. Nothing is interpolated silently.
+* Normalisers ignore NaNs when fitting; ``transform`` leaves NaNs as NaN.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from models._streaming import rounds
+
+MIN_STD = 1e-6  # floor for a constant series, so transform never divides by zero
+
+
+def as_2d(values: np.ndarray) -> np.ndarray:
+    """``(time,)`` or ``(time, features)`` -> float array ``(time, features)``."""
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2:
+        raise ValueError(f"expected (time,) or (time, features), got shape {arr.shape}")
+    return arr
+
+
+def sliding_windows(
+    values: np.ndarray, window: int, horizon: int = 1, *, drop_nan: bool = True, return_index: bool = False
+):
+    """Many-to-one / many-to-many training pairs from one series.
+
+    ``values`` ``(time,)`` or ``(time, features)``. Returns ``X (n, window, features)`` and
+    ``y (n, horizon)`` with ``X[i] = values[s:s+window]`` and ``y[i] = values[s+window:s+window+horizon, 0]``
+    for start ``s``: every input precedes every target. Windows with a NaN in ``X`` or ``y`` are
+    dropped when ``drop_nan``. With ``return_index`` also returns the start indices ``(n,)``.
+    """
+    if window < 1 or horizon < 1:
+        raise ValueError("window and horizon must be >= 1")
+    arr = as_2d(values)
+    time, features = arr.shape
+    n = max(time - window - horizon + 1, 0)
+    starts = np.arange(n)
+    if n == 0:
+        X = np.empty((0, window, features))
+        y = np.empty((0, horizon))
+    else:
+        view = np.lib.stride_tricks.sliding_window_view(arr, window + horizon, axis=0)[:n]  # (n, features, w+h)
+        X = np.ascontiguousarray(view[:, :, :window].transpose(0, 2, 1))
+        y = np.ascontiguousarray(view[:, 0, window:])
+        if drop_nan:
+            keep = ~(np.isnan(X).any(axis=(1, 2)) | np.isnan(y).any(axis=1))
+            X, y, starts = X[keep], y[keep], starts[keep]
+    return (X, y, starts) if return_index else (X, y)
+
+
+def sequence_targets(values: np.ndarray, horizon: int) -> np.ndarray:
+    """Many-to-many targets ``(time, horizon)``: ``Y[t, k] = values[t+1+k, 0]``; NaN past the end."""
+    arr = as_2d(values)[:, 0]
+    time = len(arr)
+    padded = np.concatenate([arr, np.full(horizon, np.nan)])
+    idx = np.arange(time)[:, None] + 1 + np.arange(horizon)[None, :]
+    return padded[idx]
+
+
+def regularize(timestamps: np.ndarray, values: np.ndarray, interval: int | None = None):
+    """Put a series on a regular grid; missing steps become NaN, duplicate timestamps keep the last.
+
+    ``timestamps`` int64 (e.g. ns since epoch), ``values`` ``(time,)``. ``interval`` defaults to the
+    median positive spacing. Off-grid timestamps snap to the nearest grid step.
+    Returns ``(grid_timestamps (T,), values (T,))``.
+    """
+    ts = np.asarray(timestamps, dtype=np.int64)
+    vals = np.asarray(values, dtype=np.float64)
+    if len(ts) == 0:
+        return ts, vals
+    order = np.argsort(ts, kind="stable")
+    ts, vals = ts[order], vals[order]
+    if interval is None:
+        diffs = np.diff(ts)
+        diffs = diffs[diffs > 0]
+        interval = int(np.median(diffs)) if len(diffs) else 1
+    slot = np.rint((ts - ts[0]) / interval).astype(np.int64)
+    out = np.full(slot[-1] + 1, np.nan)
+    out[slot] = vals  # later duplicates overwrite earlier ones
+    return ts[0] + np.arange(len(out), dtype=np.int64) * interval, out
+
+
+class SeriesNormalizer(NamedTuple):
+    """Per-series ``(mean, std)`` fitted on training data and saved with the model.
+
+    A NamedTuple, so ``mean, std = bundle.normalizers[series]`` works.
+    """
+
+    mean: float
+    std: float
+
+    @classmethod
+    def fit(cls, values: np.ndarray) -> "SeriesNormalizer":
+        """Fit on target column (feature 0) ignoring NaNs; an empty/all-NaN series gives (0, 1)."""
+        col = as_2d(values)[:, 0]
+        col = col[~np.isnan(col)]
+        if len(col) == 0:
+            return cls(0.0, 1.0)
+        return cls(float(col.mean()), float(max(col.std(), MIN_STD)))
+
+    def transform(self, values):
+        return (np.asarray(values, dtype=np.float64) - self.mean) / self.std
+
+    def inverse(self, values):
+        return np.asarray(values, dtype=np.float64) * self.std + self.mean
+
+    def to_dict(self) -> dict:
+        return {"mean": self.mean, "std": self.std}
+
+    @classmethod
+    def from_dict(cls, d) -> "SeriesNormalizer":
+        if isinstance(d, dict):
+            return cls(float(d["mean"]), float(d["std"]))
+        mean, std = d
+        return cls(float(mean), float(std))
+
+
+class OnlineNormalizer:
+    """Welford running mean/std for many series at once (series never seen in training).
+
+    State arrays grow on demand. ``update(series_idx (n,), values (n,))`` folds values in (NaNs are
+    skipped; an index may repeat within one call, it is then applied in order).
+    ``transform`` uses the statistics as they are now; until two values were seen std is 1.
+    """
+
+    def __init__(self, n_series: int = 0, min_std: float = MIN_STD):
+        self.min_std = min_std
+        self.count = np.zeros(n_series, dtype=np.int64)
+        self.mean_ = np.zeros(n_series)
+        self.m2 = np.zeros(n_series)
+
+    def _ensure(self, n: int) -> None:
+        if n > len(self.count):
+            extra = n - len(self.count)
+            self.count = np.concatenate([self.count, np.zeros(extra, dtype=np.int64)])
+            self.mean_ = np.concatenate([self.mean_, np.zeros(extra)])
+            self.m2 = np.concatenate([self.m2, np.zeros(extra)])
+
+    def update(self, series_idx, values) -> None:
+        idx = np.atleast_1d(np.asarray(series_idx, dtype=np.int64))
+        x = np.atleast_1d(np.asarray(values, dtype=np.float64))
+        if len(idx):
+            self._ensure(int(idx.max()) + 1)
+        for sel in rounds(idx):
+            i, v = idx[sel], x[sel]
+            ok = ~np.isnan(v)
+            i, v = i[ok], v[ok]
+            self.count[i] += 1
+            delta = v - self.mean_[i]
+            self.mean_[i] += delta / self.count[i]
+            self.m2[i] += delta * (v - self.mean_[i])
+
+    def stats(self, series_idx):
+        """``(mean (n,), std (n,))`` for the given series."""
+        idx = np.atleast_1d(np.asarray(series_idx, dtype=np.int64))
+        self._ensure(int(idx.max()) + 1 if len(idx) else 0)
+        c = self.count[idx]
+        var = np.where(c > 1, self.m2[idx] / np.maximum(c, 1), 1.0)
+        return self.mean_[idx], np.maximum(np.sqrt(var), self.min_std)
+
+    def transform(self, series_idx, values):
+        mean, std = self.stats(series_idx)
+        return (np.asarray(values, dtype=np.float64) - mean) / std
+
+    def to_normalizer(self, series_idx: int) -> SeriesNormalizer:
+        mean, std = self.stats([series_idx])
+        return SeriesNormalizer(float(mean[0]), float(std[0]))

@@ -1,0 +1,247 @@
+"""Replay labelled series through the live scorer's ``StreamingDetector``, NAB rules.
+
+Per file (one series, rows in time order):
+
+* rows ``[0, P)`` with ``P = min(floor(0.15 n), 750)`` are NAB's probationary period: the first
+  model is ``models.training.fit`` on exactly those rows, and they are fed to the detector with
+  ``alert=False`` (state only, never a flag);
+* the remaining rows are fed in chunks through ``StreamingDetector.process`` - the code the Kafka
+  scorer runs - so every score comes from state built only from the past;
+* every ``retrain_every`` rows after probation (0 = never) the model is re-fitted on all rows seen
+  so far (warm-started from the serving model, as the retraining DAG does) and installed with
+  ``StreamingDetector.swap_model`` between two chunks;
+* the detector's prediction errors go through the anomaly-likelihood post-processing
+  (``pipeline.backtest.postprocess``) which gives the anomaly score in [0, 1] and the flag.
+
+Rows whose timestamp or value cannot be parsed are dropped at load time and counted (``dropped``);
+rows the detector refuses (duplicate / out-of-order timestamp) get score 0 and are counted too.
+``run_corpus`` runs files in parallel worker processes (one torch thread each) with a rich bar;
+a file that fails is reported with its error, the others still complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.backtest.nab_scoring import probation_length, window_indices
+from pipeline.backtest.postprocess import LikelihoodConfig, score_series
+
+
+@dataclass
+class ReplayConfig:
+    """How a backtest replays one series (picklable: sent to worker processes)."""
+
+    kind: str = "many-to-many"
+    window: int = 32
+    hidden: int = 32
+    epochs: int = 10
+    retrain_every: int = 0          # rows between re-fits after probation; 0 = only the probation model
+    retrain_epochs: int = 3
+    chunk: int = 256                # rows per StreamingDetector.process call
+    seed: int = 0
+    detector: dict = field(default_factory=dict)   # DetectorConfig overrides
+    post: dict = field(default_factory=dict)       # LikelihoodConfig overrides
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class SeriesResult:
+    """Everything a backtest produced for one file; arrays are ``(n,)`` in row order."""
+
+    name: str                       # NAB key: "<group>/<file>.csv"
+    timestamps: np.ndarray          # datetime64[ns]
+    values: np.ndarray
+    predicted: np.ndarray           # detector forecast, raw units (NaN where none)
+    error: np.ndarray               # |value - predicted|, raw units
+    detector_score: np.ndarray      # StreamingDetector's own score (error z-score)
+    detector_flag: np.ndarray       # StreamingDetector's own is_anomaly
+    detector_threshold: float
+    anomaly_score: np.ndarray       # post-processed score in [0, 1]
+    flag: np.ndarray                # post-processed flag (the detector's own threshold)
+    threshold: float                # post-processing threshold (anomaly_score units)
+    label: np.ndarray               # bool: row inside a labelled window
+    windows: list[tuple[int, int]]  # inclusive row ranges of the label windows
+    probation: int
+    dropped: int = 0                # unparseable rows removed at load
+    refused: int = 0                # rows the detector refused (duplicate/out-of-order)
+    retrains: int = 0
+    fit_seconds: float = 0.0
+    replay_seconds: float = 0.0
+
+
+def load_series(path: Path) -> tuple[np.ndarray, np.ndarray, int]:
+    """NAB CSV (``timestamp,value``) -> ``(timestamps datetime64[ns] (n,), values (n,), dropped)``.
+
+    Unparseable timestamps and non-finite values are dropped (counted), rows sorted by time.
+    """
+    import pandas as pd
+
+    df = pd.read_csv(path)
+    if "timestamp" not in df.columns or "value" not in df.columns:
+        raise ValueError(f"{path}: expected columns timestamp,value; got {list(df.columns)}")
+    ts = pd.to_datetime(df["timestamp"], errors="coerce")
+    val = pd.to_numeric(df["value"], errors="coerce")
+    ok = ts.notna() & np.isfinite(val.to_numpy(dtype=np.float64, na_value=np.nan))
+    ts, val = ts[ok], val[ok]
+    order = np.argsort(ts.to_numpy(), kind="stable")
+    return ts.to_numpy()[order].astype("datetime64[ns]"), val.to_numpy(dtype=np.float64)[order], int((~ok).sum())
+
+
+def nab_key(path: Path) -> str:
+    """``data/realTraffic/speed_7578.csv`` -> ``realTraffic/speed_7578.csv`` (the labels' key)."""
+    path = Path(path)
+    return f"{path.parent.name}/{path.name}"
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    """Keep torch at ``n`` threads even though ``fit`` sets its own thread count (2 on CPU)."""
+    import torch
+
+    original = torch.set_num_threads
+    torch.set_num_threads(n)
+    torch.set_num_threads = lambda _k: None  # fit's own call becomes a no-op inside this block
+    try:
+        yield
+    finally:
+        torch.set_num_threads = original
+
+
+def replay_file(path: Path, windows: list, cfg: ReplayConfig, threads: int | None = None) -> SeriesResult:
+    """Replay one file; ``windows`` are the file's label windows (timestamp pairs)."""
+    from models.forecasters import ForecasterConfig
+    from models.training import fit
+    from pipeline.scoring import DetectorConfig, StreamingDetector
+
+    name = nab_key(path)
+    ts, values, dropped = load_series(path)
+    n = len(values)
+    probation = probation_length(n)
+    if probation < cfg.window + 8:
+        raise ValueError(f"{name}: {n} rows give a probationary period of {probation} rows, "
+                         f"too short to train a window-{cfg.window} model")
+    fcfg = ForecasterConfig(kind=cfg.kind, window=cfg.window, hidden=cfg.hidden)
+    epoch_s = ts.astype("datetime64[ns]").astype(np.int64) / 1e9
+    series = name
+
+    ctx = _torch_threads(threads) if threads else contextlib.nullcontext()
+    with ctx:
+        t0 = time.perf_counter()
+        bundle, _ = fit(fcfg, {series: values[:probation]}, epochs=cfg.epochs, seed=cfg.seed, progress=False,
+                        device="cpu", name="backtest")
+        fit_s = time.perf_counter() - t0
+        det = StreamingDetector(bundle, DetectorConfig(**cfg.detector))
+
+        predicted, error = np.full(n, np.nan), np.full(n, np.nan)
+        dscore, dflag = np.full(n, np.nan), np.zeros(n, dtype=bool)
+        refused = retrains = 0
+        retrain_at = set(range(probation + cfg.retrain_every, n, cfg.retrain_every)) if cfg.retrain_every > 0 else set()
+        cuts = sorted({0, probation, n} | retrain_at | set(range(0, n, cfg.chunk)))
+        t1 = time.perf_counter()
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            if a in retrain_at:
+                t2 = time.perf_counter()
+                bundle, _ = fit(fcfg, {series: values[:a]}, epochs=cfg.retrain_epochs, seed=cfg.seed,
+                                warm_start=bundle, progress=False, device="cpu", name="backtest")
+                det.swap_model(bundle)
+                fit_s += time.perf_counter() - t2
+                retrains += 1
+            res = det.process([series] * (b - a), epoch_s[a:b], values[a:b], alert=a >= probation)
+            predicted[a:b], error[a:b] = res.predicted, res.error
+            dscore[a:b], dflag[a:b] = res.score, res.is_anomaly
+            refused += int(np.sum(res.status >= 2))
+        replay_s = time.perf_counter() - t1 - (fit_s - (t1 - t0))
+
+    post_cfg = LikelihoodConfig(**cfg.post)
+    score, flag = score_series(error, post_cfg)
+    score[:probation], flag[:probation] = 0.0, False
+    win_idx = window_indices(ts, windows)
+    label = np.zeros(n, dtype=bool)
+    for lo, hi in win_idx:
+        label[lo : hi + 1] = True
+    return SeriesResult(
+        name=name, timestamps=ts, values=values, predicted=predicted, error=error,
+        detector_score=dscore, detector_flag=dflag, detector_threshold=float(det.config.threshold),
+        anomaly_score=score, flag=flag, threshold=post_cfg.threshold, label=label, windows=win_idx,
+        probation=probation, dropped=dropped, refused=refused, retrains=retrains,
+        fit_seconds=fit_s, replay_seconds=replay_s,
+    )
+
+
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def _replay_job(path: str, windows: list, cfg: ReplayConfig):
+    try:
+        return replay_file(Path(path), windows, cfg, threads=1), None
+    except Exception as exc:  # reported per file; the corpus run goes on
+        return None, f"{nab_key(Path(path))}: {type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
+
+
+def run_corpus(paths: list[Path], labels: dict[str, list], cfg: ReplayConfig, *, workers: int = 2,
+               progress: bool = True) -> tuple[list[SeriesResult], list[str]]:
+    """Replay ``paths`` (largest first, ``workers`` processes); returns ``(results, errors)``.
+
+    ``labels`` maps NAB keys to window lists; a file missing from it is an error (not silently
+    scored as anomaly-free).
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    errors: list[str] = []
+    jobs = []
+    for p in paths:
+        key = nab_key(p)
+        if key not in labels:
+            errors.append(f"{key}: not in the labels file")
+            continue
+        jobs.append((p, labels[key]))
+    jobs.sort(key=lambda j: -Path(j[0]).stat().st_size)  # big files first: better packing
+    results: list[SeriesResult] = []
+    bar = Progress(TextColumn("[bold]backtest"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[last]}"), TimeElapsedColumn(), disable=not progress)
+    with bar:
+        task = bar.add_task("backtest", total=len(jobs), last="")
+        if workers <= 1:
+            for p, w in jobs:
+                r, err = _replay_job(str(p), w, cfg)
+                _collect(r, err, results, errors)
+                bar.update(task, advance=1, last=nab_key(Path(p)))
+        else:
+            with ProcessPoolExecutor(max_workers=workers, initializer=_worker_init) as pool:
+                futs = {pool.submit(_replay_job, str(p), w, cfg): p for p, w in jobs}
+                for fut in as_completed(futs):
+                    r, err = fut.result()
+                    _collect(r, err, results, errors)
+                    bar.update(task, advance=1, last=nab_key(Path(futs[fut])))
+    results.sort(key=lambda r: r.name)
+    return results, errors
+
+
+def _collect(r, err, results, errors) -> None:
+    if err is not None:
+        errors.append(err)
+    else:
+        results.append(r)
+
+
+def find_csvs(paths: list[Path]) -> list[Path]:
+    """Expand directories into the CSV files below them (sorted); files are kept as given."""
+    out: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        out.extend(sorted(p.rglob("*.csv")) if p.is_dir() else [p])
+    return out

@@ -1,0 +1,44 @@
+"""Output records of the scorer: anomaly JSON values and dead-letter headers.
+
+Anomaly record (value of a message on the anomalies topic, keyed by series)::
+
+    {"series", "ts" (epoch s), "value", "predicted", "error" (|value - predicted|, raw units),
+     "score", "threshold", "model", "model_version", "source": {"topic", "partition", "offset"}}
+
+A dead-letter message keeps the ORIGINAL bytes as its value (and the original key); why it was
+rejected travels in headers: ``tsad.reason`` (a code from ``pipeline.events``), ``tsad.detail``
+(human text), ``tsad.source`` (``topic/partition/offset``).
+"""
+
+from __future__ import annotations
+
+import orjson
+
+REASON_HEADER = "tsad.reason"
+DETAIL_HEADER = "tsad.detail"
+SOURCE_HEADER = "tsad.source"
+_MAX_DETAIL = 512
+
+
+def anomaly_value(series: str, ts: float, value: float, predicted: float, error: float, score: float,
+                  threshold: float, model: str, model_version, topic: str, partition: int, offset: int) -> bytes:
+    """JSON bytes of one anomaly record."""
+    return orjson.dumps({
+        "series": series, "ts": ts, "value": value, "predicted": predicted, "error": error,
+        "score": score, "threshold": threshold, "model": model, "model_version": model_version,
+        "source": {"topic": topic, "partition": partition, "offset": offset},
+    })
+
+
+def dead_letter_headers(reason: str, detail: str, topic: str, partition: int, offset: int) -> list[tuple[str, bytes]]:
+    """Kafka headers saying why a message was dead-lettered and where it came from."""
+    return [
+        (REASON_HEADER, reason.encode()),
+        (DETAIL_HEADER, detail[:_MAX_DETAIL].encode("utf-8", "replace")),
+        (SOURCE_HEADER, f"{topic}/{partition}/{offset}".encode()),
+    ]
+
+
+def headers_dict(headers) -> dict[str, str]:
+    """Headers of a consumed message as a str -> str dict (for readers and tests)."""
+    return {k: (v or b"").decode("utf-8", "replace") for k, v in (headers or [])}

@@ -1,0 +1,209 @@
+"""Per-series state for the streaming detector, in preallocated numpy arrays indexed by slot.
+
+One slot per tracked series. ``SeriesStateStore`` maps series ids to slots, grows its arrays by
+doubling (up to ``max_series``), and evicts the least recently seen series when the cap is hit.
+Everything the detector needs per series lives here so it can be gathered and scattered with a
+slot index array ``idx (n,)``:
+
+* ``ring (capacity, ring_length)`` float32: the last values fed into the model, raw units (the
+  ring position is ``count % ring_length``). Used for many-to-one windows and to rebuild a
+  recurrent state after a model swap.
+* ``count`` int64: values taken into state so far (warm-up and ring position); ``last_ts`` float64.
+* ``mean``/``m2`` float64 and ``fixed``: the series' normaliser. ``fixed`` series use the
+  training (mean, std) kept in ``mean``/``std``; the others are normalised online (Welford on
+  the fed values: ``std = sqrt(m2 / count)``).
+* ``err_mean``/``err_var`` float32: O(1) running (EWMA) statistics of the normalised forecast
+  error, the threshold state.
+* ``pred`` float32: the model's normalised forecast of the series' next value (many-to-many).
+* ``rnn``: a list of recurrent state arrays ``(layers, capacity, hidden)`` float32, e.g. (h, c)
+  for an LSTM; empty for a many-to-one model.
+
+Per series this is 4*ring_length + 8*len(rnn)*layers*hidden/2 + ~60 bytes: 828 bytes for an LSTM with
+hidden 64 and window 64.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+_INITIAL_CAPACITY = 1024
+
+
+class SeriesStateStore:
+    """Slots for up to ``max_series`` series; ``slots(ids)`` finds or allocates them."""
+
+    def __init__(self, ring_length: int, max_series: int = 100_000, rnn_shapes: tuple = (),
+                 err_mean: float = 0.5, err_var: float = 0.25):
+        if ring_length < 1 or max_series < 1:
+            raise ValueError("ring_length and max_series must be >= 1")
+        self.ring_length = ring_length
+        self.max_series = max_series
+        self.rnn_shapes = tuple(rnn_shapes)  # ((layers, hidden), ...) one per recurrent tensor
+        self.init_err_mean = float(err_mean)
+        self.init_err_var = float(err_var)
+        self.ids: dict[str, int] = {}
+        self.slot_ids: list[str | None] = []
+        self._free: list[int] = []
+        self._stamp = 0
+        self.evicted_total = 0
+        self.capacity = 0
+        self._alloc(min(_INITIAL_CAPACITY, max_series))
+
+    # ------------------------------------------------------------------ storage
+    def _alloc(self, capacity: int) -> None:
+        old = self.capacity
+        L = self.ring_length
+
+        def grown(arr, shape_tail, dtype, fill, axis=0):
+            new_shape = list(shape_tail)
+            new_shape.insert(axis, capacity)
+            out = np.full(new_shape, fill, dtype=dtype)
+            if arr is not None and old:
+                index = [slice(None)] * out.ndim
+                index[axis] = slice(0, old)
+                out[tuple(index)] = arr
+            return out
+
+        g = lambda name: getattr(self, name, None)  # noqa: E731
+        self.ring = grown(g("ring"), (L,), np.float32, 0.0)
+        self.count = grown(g("count"), (), np.int64, 0)
+        self.last_ts = grown(g("last_ts"), (), np.float64, -np.inf)
+        self.mean = grown(g("mean"), (), np.float64, 0.0)
+        self.m2 = grown(g("m2"), (), np.float64, 0.0)
+        self.std = grown(g("std"), (), np.float32, 1.0)
+        self.fixed = grown(g("fixed"), (), np.bool_, False)
+        self.err_mean = grown(g("err_mean"), (), np.float32, self.init_err_mean)
+        self.err_var = grown(g("err_var"), (), np.float32, self.init_err_var)
+        self.pred = grown(g("pred"), (), np.float32, 0.0)
+        self.last_seen = grown(g("last_seen"), (), np.int64, 0)
+        old_rnn = g("rnn") or [None] * len(self.rnn_shapes)
+        self.rnn = [grown(arr, shape, np.float32, 0.0, axis=1) for arr, shape in zip(old_rnn, self.rnn_shapes)]
+        self.slot_ids.extend([None] * (capacity - old))
+        self._free.extend(range(capacity - 1, old - 1, -1))
+        self.capacity = capacity
+
+    def reset_rnn(self, rnn_shapes: tuple) -> None:
+        """Replace the recurrent state arrays (new model shape); all zero."""
+        self.rnn_shapes = tuple(rnn_shapes)
+        self.rnn = [np.zeros((layers, self.capacity, hidden), np.float32) for layers, hidden in self.rnn_shapes]
+
+    def bytes_per_series(self) -> int:
+        """Array bytes held per slot (excluding the id string and dict entry)."""
+        arrays = [self.ring, self.count, self.last_ts, self.mean, self.m2, self.std, self.fixed,
+                  self.err_mean, self.err_var, self.pred, self.last_seen]
+        total = sum(a.nbytes for a in arrays) + sum(a.nbytes for a in self.rnn)
+        return total // max(self.capacity, 1)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    # ------------------------------------------------------------------ slots
+    def slots(self, series_ids: list[str], fixed_normalizers: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Slots ``(n,)`` for ``series_ids`` (allocating new ones) and a bool mask of new series.
+
+        New series take their normaliser from ``fixed_normalizers[series] -> (mean, std)`` when
+        present (seen in training), else are normalised online. When the cap is hit, the least
+        recently seen series not in this call are evicted (``evicted_total``).
+        """
+        self._stamp += 1
+        get = self.ids.get
+        idx = np.fromiter((get(s, -1) for s in series_ids), dtype=np.int64, count=len(series_ids))
+        new_mask = idx < 0
+        if new_mask.any():
+            positions = np.flatnonzero(new_mask)
+            new_ids = list(dict.fromkeys(series_ids[i] for i in positions))
+            if len(new_ids) > self.max_series:
+                raise ValueError(f"one batch holds {len(new_ids)} distinct series, more than max_series={self.max_series}")
+            # Touch the series of this batch that already exist, so eviction spares them.
+            self.last_seen[idx[~new_mask]] = self._stamp
+            self._make_room(len(new_ids))
+            for series in new_ids:
+                slot = self._free.pop()
+                self.ids[series] = slot
+                self.slot_ids[slot] = series
+                self._init_slot(slot, (fixed_normalizers or {}).get(series))
+            for i in positions:
+                idx[i] = self.ids[series_ids[i]]
+        self.last_seen[idx] = self._stamp
+        return idx, new_mask
+
+    def _make_room(self, needed: int) -> None:
+        while len(self._free) < needed and self.capacity < self.max_series:
+            self._alloc(min(self.capacity * 2, self.max_series))
+        shortfall = needed - len(self._free)
+        if shortfall > 0:
+            used = np.array(list(self.ids.values()), dtype=np.int64)
+            oldest = used[np.argpartition(self.last_seen[used], shortfall - 1)[:shortfall]]
+            self.evict_slots(oldest)
+
+    def _init_slot(self, slot: int, normalizer) -> None:
+        self.ring[slot] = 0.0
+        self.count[slot] = 0
+        self.last_ts[slot] = -np.inf
+        self.err_mean[slot] = self.init_err_mean
+        self.err_var[slot] = self.init_err_var
+        self.pred[slot] = 0.0
+        for arr in self.rnn:
+            arr[:, slot] = 0.0
+        if normalizer is not None:
+            mean, std = float(normalizer[0]), float(normalizer[1])
+            self.mean[slot], self.std[slot], self.fixed[slot] = mean, max(std, 1e-6), True
+        else:
+            self.mean[slot], self.m2[slot], self.std[slot], self.fixed[slot] = 0.0, 0.0, 1.0, False
+
+    def evict_slots(self, slots: np.ndarray) -> int:
+        """Forget the series in ``slots``; returns how many were dropped."""
+        dropped = 0
+        for slot in np.asarray(slots, dtype=np.int64).tolist():
+            series = self.slot_ids[slot]
+            if series is None:
+                continue
+            del self.ids[series]
+            self.slot_ids[slot] = None
+            self._free.append(slot)
+            dropped += 1
+        self.evicted_total += dropped
+        return dropped
+
+    def forget(self, series_ids) -> int:
+        """Drop the named series (e.g. partitions revoked); not counted as evictions."""
+        slots = [self.ids[s] for s in series_ids if s in self.ids]
+        before = self.evicted_total
+        dropped = self.evict_slots(np.array(slots, dtype=np.int64))
+        self.evicted_total = before
+        return dropped
+
+    # ------------------------------------------------------------------ values
+    def normalize(self, idx: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Values ``(n,)`` or ``(n, w)`` in the normalised units of their series ``idx (n,)``."""
+        mean, std = self.mean[idx], self.std[idx].astype(np.float64)
+        if values.ndim == 2:
+            mean, std = mean[:, None], std[:, None]
+        return (values - mean) / std
+
+    def push(self, idx: np.ndarray, ts: np.ndarray, fed: np.ndarray) -> None:
+        """Append fed values ``(n,)`` (raw units, distinct slots) to the rings and online normalisers."""
+        count = self.count[idx]
+        self.ring[idx, count % self.ring_length] = fed
+        self.last_ts[idx] = ts
+        new_count = count + 1
+        self.count[idx] = new_count
+        online = ~self.fixed[idx]
+        if online.any():
+            o = idx[online]
+            x = fed[online]
+            n = new_count[online].astype(np.float64)
+            delta = x - self.mean[o]
+            mean = self.mean[o] + delta / n
+            self.m2[o] += delta * (x - mean)
+            self.mean[o] = mean
+            std = np.sqrt(self.m2[o] / n)
+            self.std[o] = np.maximum(std, 1e-3 * np.maximum(np.abs(mean), 1.0))
+
+    def windows(self, idx: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """Last ``length`` fed values per slot ``(n, length)`` raw units, oldest first, and a validity mask."""
+        count = self.count[idx]
+        cols = count[:, None] - length + np.arange(length)[None, :]
+        valid = cols >= 0
+        values = self.ring[idx[:, None], cols % self.ring_length]
+        return values, valid

@@ -1,0 +1,91 @@
+"""Tests for models/thresholds: static, Telemanom dynamic threshold, anomaly likelihood."""
+
+import numpy as np
+import pytest
+
+from models.thresholds import (
+    AnomalyLikelihood, StaticThreshold, TelemanomThreshold, find_anomalies, find_epsilon, log_likelihood,
+    prune_sequences,
+)
+from models.thresholds.telemanom import sequences
+
+
+def _errors(seed=0, S=3, T=3000):
+    rng = np.random.default_rng(seed)
+    e = np.abs(rng.normal(0, 0.15, size=(S, T)))
+    e[0, 2000:2005] += 3.0  # spike
+    e[1, 1500:1700] += 0.8  # sustained shift in error level
+    e[2, 100] = np.nan
+    return e
+
+
+DETECTORS = [
+    lambda: StaticThreshold(0.12, 0.09, k=5),
+    lambda: AnomalyLikelihood(short_window=10, long_window=500, min_history=100),
+    lambda: TelemanomThreshold(window=1000, refit_every=50, min_history=200),
+]
+
+
+@pytest.mark.parametrize("make", DETECTORS)
+def test_streaming_equals_batch(make):
+    e = _errors()
+    batch = make().score_batch(e)
+    det, rng = make(), np.random.default_rng(5)
+    stream = np.empty_like(e)
+    for t in range(e.shape[1]):
+        order = rng.permutation(e.shape[0])  # arbitrary interleaving of series
+        stream[order, t] = det.update(order, e[order, t])
+    np.testing.assert_allclose(stream, batch, equal_nan=True)
+    single = make()
+    one = [single.score_one(0, x) for x in e[0, :400]]
+    np.testing.assert_allclose(one, batch[0, :400], equal_nan=True)
+    assert np.isnan(batch[2, 100])
+
+
+@pytest.mark.parametrize("make", DETECTORS)
+def test_flags_injected_anomalies(make):
+    e = _errors()
+    det = make()
+    flags = det.is_anomaly(det.score_batch(e))
+    assert flags[0, 2000:2010].any() and flags[1, 1500:1520].any()
+    assert flags[0, 2100:].sum() == 0
+
+
+def test_repeated_series_in_one_call_applied_in_order():
+    e = _errors()[0, :300]
+    a, b = AnomalyLikelihood(min_history=20), AnomalyLikelihood(min_history=20)
+    together = a.update(np.zeros(300, dtype=int), e)
+    np.testing.assert_allclose(together, b.score_batch(e))
+
+
+def test_likelihood_does_not_learn_from_flagged_points():
+    e = np.r_[np.abs(np.random.default_rng(0).normal(0, 0.1, 400)), np.full(300, 2.0)]
+    strict = AnomalyLikelihood(short_window=5, long_window=1000, min_history=50)
+    lenient = AnomalyLikelihood(short_window=5, long_window=1000, min_history=50, learn_from_anomalies=True)
+    s, l = strict.score_batch(e), lenient.score_batch(e)
+    assert strict.is_anomaly(s[600:]).all()  # a persistent shift stays anomalous
+    assert lenient.is_anomaly(l[400:]).sum() < strict.is_anomaly(s[400:]).sum()
+    assert 0.0 <= log_likelihood(0.9999) <= 1.0 and log_likelihood(0.99999) > log_likelihood(0.9999)
+
+
+def test_static_threshold_from_calibration():
+    st = StaticThreshold.from_calibration({"mean": 1.0, "std": 0.5, "k": 4.0})
+    assert st.error_threshold == pytest.approx(3.0)
+    assert st.is_anomaly(st.score_batch(np.array([2.9, 3.1]))).tolist() == [False, True]
+
+
+def test_telemanom_batch_epsilon_and_pruning():
+    rng = np.random.default_rng(3)
+    e_s = np.abs(rng.normal(0, 0.1, 2000))
+    e_s[500:510] = 2.0
+    eps = find_epsilon(e_s)
+    assert np.delete(e_s, np.r_[500:510]).max() < eps < 2.0
+    assert [(s, e) for s, e, _ in find_anomalies(e_s, smoothed=True)] == [(500, 510)]
+    assert find_anomalies(np.abs(rng.normal(0, 0.1, 2000)), smoothed=True) == []
+    # pruning: maxima 2.0, 1.9, 1.0 then nominal 0.95 -> drops 5%, 47%, 5%: keep the two above the big drop
+    e = np.zeros(100)
+    e[10], e[30], e[50] = 2.0, 1.0, 1.9
+    seqs = [(10, 11), (30, 31), (50, 51)]
+    assert prune_sequences(e, seqs, nominal_max=0.95, p=0.13) == [(10, 11), (50, 51)]
+    assert prune_sequences(e, seqs, nominal_max=0.1, p=0.13) == seqs
+    assert sequences(np.array([0, 1, 1, 0, 1], dtype=bool)) == [(1, 3), (4, 5)]
