@@ -27,6 +27,7 @@ def main(argv=None) -> int:
     ap.add_argument("--window", type=int, default=32)
     ap.add_argument("--hidden", type=int, default=32)
     ap.add_argument("--post", default="{}")
+    ap.add_argument("--fit", default="{}", help="extra models.training.fit kwargs as JSON (batch_size, lr, ...)")
     ap.add_argument("--detector-config", default="{}")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--plot", type=Path, default=None)
@@ -41,7 +42,7 @@ def main(argv=None) -> int:
     labels = json.loads((data / "labels" / "combined_windows.json").read_text())
     files = find_csvs([data / "data"])
     cfg = ReplayConfig(window=args.window, hidden=args.hidden, epochs=args.epochs, retrain_every=args.retrain_every,
-                       post=json.loads(args.post), detector=json.loads(args.detector_config))
+                       post=json.loads(args.post), detector=json.loads(args.detector_config), fit=json.loads(args.fit))
     t0 = time.perf_counter()
     results, errors = run_corpus(files, labels, cfg, workers=args.workers)
     wall = time.perf_counter() - t0

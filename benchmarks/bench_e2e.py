@@ -126,7 +126,7 @@ def rss_child(n_series: int) -> None:
     torch.set_num_threads(1)
     det = StreamingDetector(make_bundle("many-to-many"), DetectorConfig(max_series=max(n_series, 1)))
     ids = [f"series-{s:06d}" for s in range(n_series)]
-    chunk = 20_000
+    chunk = 1_000  # like poll batches: the temporaries stay the same size for 1k and 100k series
     for t in range(3):
         for start in range(0, n_series, chunk):
             part = ids[start:start + chunk]

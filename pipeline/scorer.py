@@ -35,7 +35,10 @@ from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from pipeline.events import DUPLICATE_TIMESTAMP, OUT_OF_ORDER, Event, parse_event, validate_payload
+from pipeline.events import (
+    DUPLICATE_TIMESTAMP, MALFORMED_JSON, MAX_MESSAGE_BYTES, MAX_SERIES_ID_LENGTH, OUT_OF_ORDER, Event, Rejection,
+    parse_event, validate_payload,
+)
 from pipeline.metrics import ScorerMetrics
 from pipeline.records import anomaly_value, dead_letter_headers
 from pipeline.scoring import DUPLICATE, OUT_OF_ORDER as ST_OUT_OF_ORDER, SCORED, WARMUP, StreamingDetector
@@ -82,6 +85,81 @@ def observe_many(histogram, values: np.ndarray) -> None:
     except AttributeError:
         for v in values.tolist():
             histogram.observe(v)
+
+
+@dataclass
+class DecodedBatch:
+    """Columns of the valid events of a batch and the rejections, by position in the batch."""
+
+    series: list = field(default_factory=list)
+    ts: list = field(default_factory=list)
+    values: list = field(default_factory=list)
+    valid_pos: list = field(default_factory=list)
+    rejections: list = field(default_factory=list)  # (position, Rejection)
+
+
+_MAX_EXACT_INT = 2**53
+_MS_CUTOFF, _MAX_TS = 1e11, 7_258_118_400.0
+
+
+def decode_batch(records, max_message_bytes: int = MAX_MESSAGE_BYTES,
+                 max_series_id_length: int = MAX_SERIES_ID_LENGTH) -> DecodedBatch:
+    """Decode and validate a poll batch; same verdicts as ``pipeline.events.parse_event``.
+
+    One ``orjson.loads`` for the whole batch when every value is a JSON object that parses
+    (count checked), else message by message. The common case (numeric ts and value, plain
+    series id) is accepted inline; anything else goes through ``validate_payload`` /
+    ``parse_event`` (the schema's reference implementation) so reasons stay exact.
+    """
+    out = DecodedBatch()
+    values = [r.value for r in records]
+    payloads = None
+    if all(v is not None and 0 < len(v) <= max_message_bytes and v[:1] == b"{" and v[-1:] == b"}" for v in values):
+        try:
+            payloads = orjson.loads(b"[" + b",".join(values) + b"]")
+        except orjson.JSONDecodeError:
+            payloads = None
+        if payloads is not None and len(payloads) != len(values):
+            payloads = None
+    s_app, t_app, v_app, p_app = out.series.append, out.ts.append, out.values.append, out.valid_pos.append
+    if payloads is not None:
+        for i, (p, r) in enumerate(zip(payloads, records)):
+            if type(p) is dict:
+                sid, t, v = p.get("series"), p.get("ts"), p.get("value")
+                tt, tv = type(t), type(v)
+                if (type(sid) is str and (tv is float or (tv is int and -_MAX_EXACT_INT < v < _MAX_EXACT_INT))
+                        and (tt is float or (tt is int and -_MAX_EXACT_INT < t < _MAX_EXACT_INT))
+                        and 0 < len(sid) <= max_series_id_length and not sid.isspace()
+                        and (r.key is None or r.key == sid.encode())):
+                    t = float(t)
+                    if t >= _MS_CUTOFF or t <= -_MS_CUTOFF:
+                        t /= 1000.0
+                    if 0.0 <= t <= _MAX_TS:
+                        s_app(sid)
+                        t_app(t)
+                        v_app(float(v))
+                        p_app(i)
+                        continue
+            try:
+                item = validate_payload(p, r.value, r.key, max_series_id_length=max_series_id_length)
+            except Exception as error:  # noqa: BLE001 - never raise on bad input
+                item = Rejection(MALFORMED_JSON, f"unexpected error while validating: {error}", bytes(r.value))
+            _add(out, i, item)
+    else:
+        for i, r in enumerate(records):
+            _add(out, i, parse_event(r.value, r.key, max_message_bytes=max_message_bytes,
+                                     max_series_id_length=max_series_id_length))
+    return out
+
+
+def _add(out: DecodedBatch, i: int, item) -> None:
+    if type(item) is Event:
+        out.series.append(item.series)
+        out.ts.append(item.ts)
+        out.values.append(item.value)
+        out.valid_pos.append(i)
+    else:
+        out.rejections.append((i, item))
 
 
 class _Listener(ConsumerRebalanceListener):
@@ -270,13 +348,11 @@ class Scorer:
                     if len(recs) and recs[-1].offset + 1 >= end:
                         del self._replay_end[tp]
                 pos += len(recs)
-        parsed = self._decode(records)
-        valid_pos = [i for i, e in enumerate(parsed) if type(e) is Event]
-        events = [parsed[i] for i in valid_pos]
+        dec = decode_batch(records, self.settings.max_message_bytes, self.settings.max_series_id_length)
+        valid_pos = dec.valid_pos
         vp = np.asarray(valid_pos, dtype=np.int64)
         alert = ~replay[vp] if len(vp) else np.zeros(0, dtype=bool)
-        result = self.detector.process([e.series for e in events], [e.ts for e in events],
-                                       [e.value for e in events], alert=alert)
+        result = self.detector.process(dec.series, dec.ts, dec.values, alert=alert)
         decided_at = time.time()
         futures = []
         stats, metrics = self.stats, self.metrics
@@ -284,8 +360,8 @@ class Scorer:
         send = self.producer.send
 
         # rejected by validation (not replay)
-        for i, item in enumerate(parsed):
-            if type(item) is not Event and not replay[i]:
+        for i, item in dec.rejections:
+            if not replay[i]:
                 r = records[i]
                 futures.append(send(topic_dl, key=r.key, value=item.raw,
                                     headers=dead_letter_headers(item.reason, item.detail, r.topic, r.partition, r.offset)))
@@ -297,7 +373,7 @@ class Scorer:
         for j in np.flatnonzero(new & ((status == DUPLICATE) | (status == ST_OUT_OF_ORDER))).tolist():
             r = records[valid_pos[j]]
             reason = DUPLICATE_TIMESTAMP if status[j] == DUPLICATE else OUT_OF_ORDER
-            detail = f"series {events[j].series!r}: timestamp {events[j].ts} " + (
+            detail = f"series {dec.series[j]!r}: timestamp {dec.ts[j]} " + (
                 "equals the last accepted one" if reason == DUPLICATE_TIMESTAMP else "is older than the last accepted one")
             futures.append(send(topic_dl, key=r.key, value=r.value,
                                 headers=dead_letter_headers(reason, detail, r.topic, r.partition, r.offset)))
@@ -305,11 +381,11 @@ class Scorer:
             metrics.events_rejected.labels(reason).inc()
         # anomalies
         for j in np.flatnonzero(result.is_anomaly).tolist():
-            r, e = records[valid_pos[j]], events[j]
-            value = anomaly_value(e.series, e.ts, e.value, float(result.predicted[j]), float(result.error[j]),
+            r, sid = records[valid_pos[j]], dec.series[j]
+            value = anomaly_value(sid, dec.ts[j], dec.values[j], float(result.predicted[j]), float(result.error[j]),
                                   float(result.score[j]), result.threshold, result.model, result.model_version,
                                   r.topic, r.partition, r.offset)
-            futures.append(send(topic_out, key=e.series.encode("utf-8"), value=value))
+            futures.append(send(topic_out, key=sid.encode("utf-8"), value=value))
             if self.on_anomaly is not None:
                 self.on_anomaly(orjson.loads(value))
         self._await(futures)
@@ -342,11 +418,12 @@ class Scorer:
                 self.latency_log.append((latency, decided_at - wall0))
 
         # remember which series live on which partition (to drop them if the partition goes)
-        pos = 0
-        for tp, recs in batch.items():
-            items = parsed[pos:pos + len(recs)]
-            self._series_by_tp[tp].update(e.series for e in items if type(e) is Event)
-            pos += len(recs)
+        part_of = np.repeat(np.arange(len(batch)), [len(recs) for recs in batch.values()])
+        tps = list(batch)
+        for k, tp in enumerate(tps):
+            mine = np.flatnonzero(part_of[vp] == k) if len(vp) else []
+            if len(mine):
+                self._series_by_tp[tp].update(dec.series[j] for j in mine.tolist())
         self._commit(batch)
         stats.batches += 1
         metrics.tracked_series.set(self.detector.tracked_series)
@@ -354,25 +431,6 @@ class Scorer:
         elapsed = time.perf_counter() - t0
         stats.busy_s += elapsed
         metrics.batch_duration.observe(elapsed)
-
-    def _decode(self, records) -> list:
-        """One ``Event | Rejection`` per record; one orjson call for the batch when possible."""
-        s = self.settings
-        limit = s.max_message_bytes
-        values = [r.value for r in records]
-        payloads = None
-        if all(v is not None and 0 < len(v) <= limit and v[:1] == b"{" and v[-1:] == b"}" for v in values):
-            try:
-                payloads = orjson.loads(b"[" + b",".join(values) + b"]")
-            except orjson.JSONDecodeError:
-                payloads = None
-            if payloads is not None and len(payloads) != len(values):
-                payloads = None
-        if payloads is None:
-            return [parse_event(r.value, r.key, max_message_bytes=limit, max_series_id_length=s.max_series_id_length)
-                    for r in records]
-        return [validate_payload(p, r.value, r.key, max_series_id_length=s.max_series_id_length)
-                for p, r in zip(payloads, records)]
 
     def _await(self, futures) -> None:
         """Flush and make sure every send of the batch was acknowledged (retrying failed ones)."""

@@ -273,8 +273,9 @@ class StreamingDetector:
         store, cfg = self.store, self.config
         t = ts[p]
         last = store.last_ts[s]
-        dup = t == last
-        ooo = t < last
+        seen = store.count[s] > 0
+        dup = seen & (t == last)
+        ooo = seen & (t < last)
         if dup.any() or ooo.any():
             status[p[dup]] = DUPLICATE
             status[p[ooo]] = OUT_OF_ORDER

@@ -27,6 +27,9 @@ from __future__ import annotations
 import numpy as np
 
 _INITIAL_CAPACITY = 1024
+# Up to this many slots are allocated at once with np.zeros (calloc: pages become resident only
+# when a slot is first used, so memory follows the series actually tracked); beyond, arrays double.
+_PREALLOCATE_UP_TO = 1_000_000
 
 
 class SeriesStateStore:
@@ -43,11 +46,12 @@ class SeriesStateStore:
         self.init_err_var = float(err_var)
         self.ids: dict[str, int] = {}
         self.slot_ids: list[str | None] = []
-        self._free: list[int] = []
+        self._free: list[int] = []  # recycled slots; never-used slots start at _next_unused
+        self._next_unused = 0
         self._stamp = 0
         self.evicted_total = 0
         self.capacity = 0
-        self._alloc(min(_INITIAL_CAPACITY, max_series))
+        self._alloc(max_series if max_series <= _PREALLOCATE_UP_TO else _INITIAL_CAPACITY)
 
     # ------------------------------------------------------------------ storage
     def _alloc(self, capacity: int) -> None:
@@ -55,9 +59,10 @@ class SeriesStateStore:
         L = self.ring_length
 
         def grown(arr, shape_tail, dtype, fill, axis=0):
+            del fill  # every slot is initialised by _init_slot when it is handed out
             new_shape = list(shape_tail)
             new_shape.insert(axis, capacity)
-            out = np.full(new_shape, fill, dtype=dtype)
+            out = np.zeros(new_shape, dtype=dtype)
             if arr is not None and old:
                 index = [slice(None)] * out.ndim
                 index[axis] = slice(0, old)
@@ -66,7 +71,7 @@ class SeriesStateStore:
 
         g = lambda name: getattr(self, name, None)  # noqa: E731
         self.ring = grown(g("ring"), (L,), np.float32, 0.0)
-        self.count = grown(g("count"), (), np.int64, 0)
+        self.count = grown(g("count"), (), np.int64, 0)  # 0: no value yet (last_ts meaningless)
         self.last_ts = grown(g("last_ts"), (), np.float64, -np.inf)
         self.mean = grown(g("mean"), (), np.float64, 0.0)
         self.m2 = grown(g("m2"), (), np.float64, 0.0)
@@ -76,10 +81,10 @@ class SeriesStateStore:
         self.err_var = grown(g("err_var"), (), np.float32, self.init_err_var)
         self.pred = grown(g("pred"), (), np.float32, 0.0)
         self.last_seen = grown(g("last_seen"), (), np.int64, 0)
+
         old_rnn = g("rnn") or [None] * len(self.rnn_shapes)
         self.rnn = [grown(arr, shape, np.float32, 0.0, axis=1) for arr, shape in zip(old_rnn, self.rnn_shapes)]
         self.slot_ids.extend([None] * (capacity - old))
-        self._free.extend(range(capacity - 1, old - 1, -1))
         self.capacity = capacity
 
     def reset_rnn(self, rnn_shapes: tuple) -> None:
@@ -118,7 +123,11 @@ class SeriesStateStore:
             self.last_seen[idx[~new_mask]] = self._stamp
             self._make_room(len(new_ids))
             for series in new_ids:
-                slot = self._free.pop()
+                if self._free:
+                    slot = self._free.pop()
+                else:
+                    slot = self._next_unused
+                    self._next_unused += 1
                 self.ids[series] = slot
                 self.slot_ids[slot] = series
                 self._init_slot(slot, (fixed_normalizers or {}).get(series))
@@ -127,10 +136,13 @@ class SeriesStateStore:
         self.last_seen[idx] = self._stamp
         return idx, new_mask
 
+    def _available(self) -> int:
+        return len(self._free) + self.capacity - self._next_unused
+
     def _make_room(self, needed: int) -> None:
-        while len(self._free) < needed and self.capacity < self.max_series:
+        while self._available() < needed and self.capacity < self.max_series:
             self._alloc(min(self.capacity * 2, self.max_series))
-        shortfall = needed - len(self._free)
+        shortfall = needed - self._available()
         if shortfall > 0:
             used = np.array(list(self.ids.values()), dtype=np.int64)
             oldest = used[np.argpartition(self.last_seen[used], shortfall - 1)[:shortfall]]
@@ -139,7 +151,7 @@ class SeriesStateStore:
     def _init_slot(self, slot: int, normalizer) -> None:
         self.ring[slot] = 0.0
         self.count[slot] = 0
-        self.last_ts[slot] = -np.inf
+        self.last_ts[slot] = 0.0
         self.err_mean[slot] = self.init_err_mean
         self.err_var[slot] = self.init_err_var
         self.pred[slot] = 0.0

@@ -41,8 +41,13 @@ _PROMQL_KEYWORDS = frozenset({
 
 def sample_names(registry: CollectorRegistry) -> set[str]:
     """Every sample name ``registry``'s metrics can export, whether or not a child exists yet."""
+    return family_sample_names(registry.collect())
+
+
+def family_sample_names(families) -> set[str]:
+    """Sample names of metric families (from a registry or parsed from a /metrics page)."""
     names: set[str] = set()
-    for family in registry.collect():
+    for family in families:
         if family.type == "counter":
             names |= {f"{family.name}_total", f"{family.name}_created"}
         elif family.type == "histogram":

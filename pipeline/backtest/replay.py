@@ -49,6 +49,7 @@ class ReplayConfig:
     seed: int = 0
     detector: dict = field(default_factory=dict)   # DetectorConfig overrides
     post: dict = field(default_factory=dict)       # LikelihoodConfig overrides
+    fit: dict = field(default_factory=dict)        # extra models.training.fit keyword arguments (batch_size, lr, ...)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -138,7 +139,7 @@ def replay_file(path: Path, windows: list, cfg: ReplayConfig, threads: int | Non
     with ctx:
         t0 = time.perf_counter()
         bundle, _ = fit(fcfg, {series: values[:probation]}, epochs=cfg.epochs, seed=cfg.seed, progress=False,
-                        device="cpu", name="backtest")
+                        device="cpu", name="backtest", **cfg.fit)
         fit_s = time.perf_counter() - t0
         det = StreamingDetector(bundle, DetectorConfig(**cfg.detector))
 
@@ -152,7 +153,7 @@ def replay_file(path: Path, windows: list, cfg: ReplayConfig, threads: int | Non
             if a in retrain_at:
                 t2 = time.perf_counter()
                 bundle, _ = fit(fcfg, {series: values[:a]}, epochs=cfg.retrain_epochs, seed=cfg.seed,
-                                warm_start=bundle, progress=False, device="cpu", name="backtest")
+                                warm_start=bundle, progress=False, device="cpu", name="backtest", **cfg.fit)
                 det.swap_model(bundle)
                 fit_s += time.perf_counter() - t2
                 retrains += 1

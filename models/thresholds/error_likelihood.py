@@ -1,0 +1,244 @@
+"""Error -> anomaly score in [0, 1] + flag: anomaly likelihood, spatial check, refractory period.
+
+The live scorer's final detection step (``pipeline.scoring.StreamingDetector`` with
+``threshold_method="likelihood"``), also what the NAB backtest measures. After Numenta's "anomaly
+likelihood" (Ahmad et al. 2017) and the "spatial anomaly" of NAB's detectors, in O(1) state per
+series (:data:`STATE_BYTES` bytes):
+
+1. ``short``: EWMA (``short_alpha``) of the prediction errors - one noisy error is not alarming,
+   a run of large ones is.
+2. ``mu``, ``var``: long-run EWMA mean / variance of ``short`` (``long_alpha``; a plain running
+   mean during the first ``warmup`` errors): the series' usual error level. They learn ``short``
+   *clipped* at ``mu + clip_z*std``, so an anomaly does not teach the series that anomalies are
+   normal (the detector does not learn from what it flags).
+3. ``z = (short - mu) / max(sqrt(var), min_std_frac*mu, min_std)``; tail probability
+   ``Q = 0.5 erfc(z / sqrt 2)``; ``likelihood score = log(Q + 1e-10) / log(1e-10)`` in [0, 1]
+   (Numenta's log scale: 0.5 is Q = 1e-5, z ~ 4.26; 1.0 is Q <= 1e-10).
+4. Spatial check (when ``values`` are given and ``spatial_tolerance`` is not None): a value more
+   than ``spatial_tolerance * (max - min)`` outside the range ``[min, max]`` of the values seen
+   before scores 1.0. ``score = max(likelihood score, spatial score)``. The range then grows to
+   include the value (a new level is normal from the next event on).
+5. ``flag = score >= threshold`` for an alerting event once ``warmup`` errors were seen, unless
+   the series flagged less than ``refractory`` events ago; during that refractory period the
+   emitted score is 0, so a threshold swept over the scores sees the same suppression (NAB
+   rewards only the first detection per window and charges every false positive; an operator
+   wants one alert per incident). Non-alerting events (``alert=False``: warm-up, replays) update
+   the statistics but never flag nor start a refractory period; their score is still reported.
+
+Vectorised over series: ``step(series_idx (n,), errors (n,), values=None, alert=True) -> (scores
+(n,), flags (n,))``, repeated series in one call applied in order; ``update`` (scores only),
+``score_one`` and ``score_batch`` as for the other detectors in this package; ``reset(idx)``
+returns slots to the fresh state (the scorer reuses slots of evicted series). ``score_series`` is
+the one-series scalar path (same arithmetic, tested equal, ~50x faster per event). NaN errors
+leave the likelihood state unchanged and score 0 (the spatial check still applies to a finite value).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from models._streaming import StreamingState, grow, rounds
+
+_LOG_EPS = math.log(1e-10)
+_SQRT2 = math.sqrt(2.0)
+_erfc = np.frompyfunc(math.erfc, 1, 1)
+_NEVER = 1 << 40
+STATE_BYTES = 7 * 8  # count, since, short, mu, var, lo, hi per series
+
+
+@dataclass
+class LikelihoodConfig:
+    """Tunables of :class:`ErrorLikelihood` (defaults chosen on NAB; see pipeline/backtest/README)."""
+
+    short_alpha: float = 0.1       # EWMA weight of the short error average (~10 events)
+    long_alpha: float = 0.002      # EWMA weight of the long-run error statistics (~500 events)
+    threshold: float = 0.5         # flag when score >= threshold (0.5: tail probability 1e-5)
+    warmup: int = 100              # errors a series needs before it may flag
+    refractory: int = 80           # events after a flag during which no new flag is raised (score 0)
+    min_std: float = 1e-6          # absolute floor of the error std (error units)
+    min_std_frac: float = 0.1      # floor of the std relative to the mean error level
+    clip_z: float = 4.0            # long statistics learn short clipped at mu + clip_z*std
+    spatial_tolerance: float | None = 0.05  # value outside [min, max] +- tol*(max-min) -> score 1; None: off
+
+    def __post_init__(self) -> None:
+        for name in ("short_alpha", "long_alpha"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in (0, 1]")
+        if not 0 <= self.threshold <= 1:
+            raise ValueError("threshold must be in [0, 1]")
+        if self.warmup < 0 or self.refractory < 0:
+            raise ValueError("warmup and refractory must be >= 0")
+        if self.min_std <= 0 or self.min_std_frac < 0 or self.clip_z <= 0:
+            raise ValueError("min_std and clip_z must be > 0, min_std_frac >= 0")
+        if self.spatial_tolerance is not None and self.spatial_tolerance < 0:
+            raise ValueError("spatial_tolerance must be >= 0 or None")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def tail_score(z) -> np.ndarray:
+    """``log(Q(z) + 1e-10) / log(1e-10)`` in [0, 1]; ``Q`` the standard normal tail."""
+    z = np.asarray(z, dtype=np.float64)
+    q = 0.5 * np.asarray(_erfc(z / _SQRT2), dtype=np.float64)
+    return np.clip(np.log(q + 1e-10) / _LOG_EPS, 0.0, 1.0)
+
+
+class ErrorLikelihood(StreamingState):
+    """Streaming anomaly likelihood + spatial check over many series; see the module docstring."""
+
+    def __init__(self, config: LikelihoodConfig | None = None, **overrides):
+        self.config = config or LikelihoodConfig(**overrides)
+        self.n_series = 0
+        self.count = np.zeros(0, dtype=np.int64)
+        self.since = np.zeros(0, dtype=np.int64)
+        self.short = np.zeros(0)
+        self.mu = np.zeros(0)
+        self.var = np.zeros(0)
+        self.lo = np.zeros(0)
+        self.hi = np.zeros(0)
+
+    @property
+    def threshold(self) -> float:
+        return self.config.threshold
+
+    def _resize(self, n: int) -> None:
+        self.count = grow(self.count, n, 0)
+        self.since = grow(self.since, n, _NEVER)
+        self.short = grow(self.short, n, 0.0)
+        self.mu = grow(self.mu, n, 0.0)
+        self.var = grow(self.var, n, 0.0)
+        self.lo = grow(self.lo, n, np.inf)
+        self.hi = grow(self.hi, n, -np.inf)
+
+    def reset(self, series_idx) -> None:
+        """Return ``series_idx`` to the fresh state (e.g. a reused slot)."""
+        idx = np.atleast_1d(np.asarray(series_idx, dtype=np.int64))
+        if not len(idx):
+            return
+        self.ensure(int(idx.max()) + 1)
+        self.count[idx], self.since[idx] = 0, _NEVER
+        self.short[idx] = self.mu[idx] = self.var[idx] = 0.0
+        self.lo[idx], self.hi[idx] = np.inf, -np.inf
+
+    def bytes_per_series(self) -> int:
+        return STATE_BYTES
+
+    def step(self, series_idx, errors, values=None, alert=True) -> tuple[np.ndarray, np.ndarray]:
+        """Fold ``errors (n,)`` (and raw ``values (n,)``) of ``series_idx (n,)`` in -> ``(scores, flags)``."""
+        idx = np.atleast_1d(np.asarray(series_idx, dtype=np.int64))
+        n = len(idx)
+        e = np.broadcast_to(np.asarray(errors, dtype=np.float64), (n,))
+        v = None if values is None else np.broadcast_to(np.asarray(values, dtype=np.float64), (n,))
+        a = np.broadcast_to(np.asarray(alert, dtype=bool), (n,))
+        scores = np.zeros(n)
+        flags = np.zeros(n, dtype=bool)
+        if n:
+            self.ensure(int(idx.max()) + 1)
+            for sel in rounds(idx):
+                scores[sel], flags[sel] = self.step_unique(idx[sel], e[sel], None if v is None else v[sel], a[sel])
+        return scores, flags
+
+    def step_unique(self, i, e, v=None, alert=True) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`step` for distinct ``i (n,)`` already allocated (the scorer's per-round call)."""
+        cfg = self.config
+        n = len(i)
+        alert = np.broadcast_to(np.asarray(alert, dtype=bool), (n,))
+        spatial = np.zeros(n, dtype=bool)
+        if v is not None and cfg.spatial_tolerance is not None:
+            lo, hi = self.lo[i], self.hi[i]
+            fin = np.isfinite(v)
+            tol = cfg.spatial_tolerance * (hi - lo)
+            spatial = fin & (hi > lo) & ((v > hi + tol) | (v < lo - tol))
+            self.lo[i] = np.where(fin, np.minimum(lo, v), lo)
+            self.hi[i] = np.where(fin, np.maximum(hi, v), hi)
+        ok = np.isfinite(e)
+        count = self.count[i]
+        first = count == 0
+        e0 = np.where(ok, e, 0.0)
+        short = np.where(first, e0, self.short[i] + cfg.short_alpha * (e0 - self.short[i]))
+        mu = np.where(first, short, self.mu[i])
+        var = np.where(first, 0.0, self.var[i])
+        std = np.maximum(np.maximum(np.sqrt(var), cfg.min_std_frac * np.abs(mu)), cfg.min_std)
+        s = np.where(ok, tail_score((short - mu) / std), 0.0)
+        s = np.where(spatial, 1.0, s)
+        since = self.since[i] + 1
+        in_ref = since <= cfg.refractory
+        s = np.where(in_ref, 0.0, s)
+        flag = alert & (ok | spatial) & (count >= cfg.warmup) & ~in_ref & (s >= cfg.threshold)
+        # long statistics: plain running mean/var during warm-up, then EWMA; learn the clipped value
+        a = np.where(count < cfg.warmup, np.maximum(cfg.long_alpha, 1.0 / (count + 1.0)), cfg.long_alpha)
+        d = np.minimum(short, mu + cfg.clip_z * std) - mu
+        iok = i[ok]
+        self.mu[iok] = (mu + a * d)[ok]
+        self.var[iok] = ((1 - a) * (var + a * d * d))[ok]
+        self.short[iok] = short[ok]
+        self.count[iok] = count[ok] + 1
+        self.since[i] = np.where(flag, 0, since)
+        return s, flag
+
+    # StreamingState protocol (errors only, every event alerting)
+    def _update_unique(self, idx, e):
+        return self.step_unique(idx, e)[0]
+
+    def is_anomaly(self, scores) -> np.ndarray:
+        return np.asarray(scores) >= self.config.threshold
+
+
+def score_series(errors, config: LikelihoodConfig | None = None, values=None, alert=None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """One series' ``errors (time,)`` (+ ``values``, ``alert``) -> ``(scores (time,), flags (time,))``.
+
+    Scalar loop with the same arithmetic as :class:`ErrorLikelihood` (tested equal).
+    """
+    cfg = config or LikelihoodConfig()
+    errors = np.asarray(errors, dtype=np.float64)
+    n = len(errors)
+    vals = None if values is None else np.asarray(values, dtype=np.float64)
+    al = np.ones(n, dtype=bool) if alert is None else np.broadcast_to(np.asarray(alert, dtype=bool), (n,))
+    scores = np.zeros(n)
+    flags = np.zeros(n, dtype=bool)
+    count, short, mu, var, since = 0, 0.0, 0.0, 0.0, _NEVER
+    lo, hi = math.inf, -math.inf
+    sa, la, warmup, ref = cfg.short_alpha, cfg.long_alpha, cfg.warmup, cfg.refractory
+    thr, clip_z, msf, ms, tol = cfg.threshold, cfg.clip_z, cfg.min_std_frac, cfg.min_std, cfg.spatial_tolerance
+    erfc, log, sqrt, isfinite = math.erfc, math.log, math.sqrt, math.isfinite
+    for t in range(n):
+        e = errors[t]
+        spatial = False
+        if vals is not None and tol is not None:
+            v = vals[t]
+            if isfinite(v):
+                spatial = hi > lo and (v > hi + tol * (hi - lo) or v < lo - tol * (hi - lo))
+                lo, hi = min(lo, v), max(hi, v)
+        ok = isfinite(e)
+        if ok:
+            if count == 0:
+                short, mu, var = e, e, 0.0
+            else:
+                short = short + sa * (e - short)
+            std = max(sqrt(var), msf * abs(mu), ms)
+            q = 0.5 * erfc(((short - mu) / std) / _SQRT2)
+            s = min(max(log(q + 1e-10) / _LOG_EPS, 0.0), 1.0)
+        else:
+            s = 0.0
+        if spatial:
+            s = 1.0
+        since += 1
+        in_ref = since <= ref
+        if in_ref:
+            s = 0.0
+        fl = bool(al[t]) and (ok or spatial) and count >= warmup and not in_ref and s >= thr
+        if ok:
+            a = max(la, 1.0 / (count + 1.0)) if count < warmup else la
+            d = min(short, mu + clip_z * std) - mu
+            mu = mu + a * d
+            var = (1 - a) * (var + a * d * d)
+            count += 1
+        if fl:
+            since = 0
+        scores[t], flags[t] = s, fl
+    return scores, flags
