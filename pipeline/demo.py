@@ -143,21 +143,28 @@ def run_demo(series: str = "realAWSCloudwatch/ec2_cpu_utilization_24ae8d.csv", t
                 server.server_close()
 
         stream_ts = np.array([parse_timestamp(t) for t in frame["timestamp"].iloc[cut:]])
-        table = Table(title=f"summary: {series}")
-        for column in ("model", "consumed", "scored", "warm-up", "rejected", "anomalies", "windows caught",
-                       "windows missed", "alerts outside windows", "events/s (scorer busy time)"):
-            table.add_column(column)
-        ok = True
+        table = Table(title=f"summary: {series} (labelled windows from NAB combined_windows.json)")
+        table.add_column("")
         for kind in KINDS:
-            scorer, _ = scorers[kind]
-            st = scorer.stats
+            table.add_column(kind, justify="right")
+        rows: dict[str, list[str]] = {}
+        ok = True
+        relevant = [(a, b) for a, b in windows if a <= stream_ts[-1] and b >= stream_ts[0]]
+        for kind in KINDS:
+            st = scorers[kind][0].stats
             ok &= st.consumed == report.events
-            relevant = [(a, b) for a, b in windows if a <= stream_ts[-1] and b >= stream_ts[0]]
             caught = sum(any(a <= t <= b for t in flagged[kind]) for a, b in relevant)
             outside = sum(not any(a <= t <= b for a, b in windows) for t in flagged[kind])
             rate = st.consumed / st.busy_s if st.busy_s else float("nan")
-            table.add_row(kind, str(st.consumed), str(st.scored), str(st.warmup), str(st.rejected_total),
-                          str(st.anomalies), str(caught), str(len(relevant) - caught), str(outside), f"{rate:,.0f}")
+            for label, value in (("events consumed", st.consumed), ("events scored", st.scored),
+                                 ("events in warm-up", st.warmup), ("events rejected", st.rejected_total),
+                                 ("anomalies flagged", st.anomalies), ("labelled windows caught", caught),
+                                 ("labelled windows missed", len(relevant) - caught),
+                                 ("alerts outside labelled windows", outside),
+                                 ("events/s (scorer busy time)", f"{rate:,.0f}")):
+                rows.setdefault(label, []).append(str(value))
+        for label, values in rows.items():
+            table.add_row(label, *values)
         console.print(table)
         for kind in KINDS:
             console.print(f"metrics of {kind} were served at {urls[kind]} "

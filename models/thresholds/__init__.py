@@ -3,13 +3,16 @@
 Every detector is vectorised streaming state over many series (``update(series_idx (n,), errors (n,))
 -> scores (n,)``), with ``score_one`` and a batch path ``score_batch(errors (series, time))`` giving
 the same numbers, and ``is_anomaly(scores)`` comparing against its ``threshold`` (in score units).
+``error_likelihood.ErrorLikelihood`` (likelihood + spatial check + refractory period) is the live
+scorer's final step (``threshold_method="likelihood"``); its ``step`` also returns the flags.
 """
 
+from models.thresholds.error_likelihood import ErrorLikelihood, LikelihoodConfig, score_series, tail_score
 from models.thresholds.likelihood import AnomalyLikelihood, log_likelihood
 from models.thresholds.static import StaticThreshold
 from models.thresholds.telemanom import TelemanomThreshold, find_epsilon, find_anomalies, prune_sequences
 
 __all__ = [
-    "AnomalyLikelihood", "StaticThreshold", "TelemanomThreshold",
-    "find_anomalies", "find_epsilon", "log_likelihood", "prune_sequences",
+    "AnomalyLikelihood", "ErrorLikelihood", "LikelihoodConfig", "StaticThreshold", "TelemanomThreshold",
+    "find_anomalies", "find_epsilon", "log_likelihood", "prune_sequences", "score_series", "tail_score",
 ]
