@@ -52,7 +52,8 @@ def test_no_flags_during_warmup_or_when_not_alerting_and_nan_leaves_state():
     _, f0 = score_series(e, LikelihoodConfig(warmup=0))
     assert f0[10]
     s1, f1 = score_series(e, LikelihoodConfig(warmup=0), alert=np.arange(50) != 10)
-    assert not f1.any() and s1[10] > 0.5          # reported, not flagged, no refractory started
+    assert not f1[10] and s1[10] > 0.5            # reported, not flagged ...
+    assert f1[11]                                 # ... and no refractory period started
     a, fa = score_series(np.r_[np.ones(30), np.nan, 2.0], LikelihoodConfig(warmup=0))
     b, fb = score_series(np.r_[np.ones(30), 2.0], LikelihoodConfig(warmup=0))
     assert a[30] == 0 and not fa[30]

@@ -57,10 +57,10 @@ class LikelihoodConfig:
     long_alpha: float = 0.002      # EWMA weight of the long-run error statistics (~500 events)
     threshold: float = 0.5         # flag when score >= threshold (0.5: tail probability 1e-5)
     warmup: int = 100              # errors a series needs before it may flag
-    refractory: int = 80           # events after a flag during which no new flag is raised (score 0)
+    refractory: int = 40           # events after a flag during which no new flag is raised (score 0)
     min_std: float = 1e-6          # absolute floor of the error std (error units)
     min_std_frac: float = 0.1      # floor of the std relative to the mean error level
-    clip_z: float = 4.0            # long statistics learn short clipped at mu + clip_z*std
+    clip_z: float = 8.0            # long statistics learn short clipped at mu + clip_z*std
     spatial_tolerance: float | None = 0.05  # value outside [min, max] +- tol*(max-min) -> score 1; None: off
 
     def __post_init__(self) -> None:

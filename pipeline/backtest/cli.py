@@ -27,7 +27,7 @@ def backtest(
     epochs: int = typer.Option(10, min=1, help="Epochs of the probation fit."),
     retrain_epochs: int = typer.Option(3, min=1, help="Epochs of each re-fit (warm-started)."),
     detector_json: str = typer.Option("{}", "--detector-config", help="DetectorConfig overrides as JSON."),
-    post_json: str = typer.Option("{}", "--post-config", help="LikelihoodConfig overrides as JSON."),
+    post_json: str = typer.Option("{}", "--post-config", help="LikelihoodConfig overrides as JSON (the likelihood step)."),
     seed: int = typer.Option(0, help="Training seed."),
 ) -> None:
     """Replay each series in time order through StreamingDetector (NAB rules) and print NAB scores."""
@@ -45,10 +45,9 @@ def backtest(
         cfg = ReplayConfig(kind=kind, window=window, hidden=hidden, epochs=epochs, retrain_every=retrain_every,
                            retrain_epochs=retrain_epochs, seed=seed,
                            detector=json.loads(detector_json), post=json.loads(post_json))
-        from pipeline.backtest.postprocess import LikelihoodConfig
-        from pipeline.scoring import DetectorConfig
+        from pipeline.backtest.replay import detector_config
 
-        DetectorConfig(**cfg.detector), LikelihoodConfig(**cfg.post)  # fail fast on bad overrides
+        detector_config(cfg)  # fail fast on bad overrides
     except (ValueError, TypeError) as exc:
         raise typer.BadParameter(str(exc)) from exc
     files = find_csvs(paths)

@@ -10,8 +10,10 @@ Per file (one series, rows in time order):
 * every ``retrain_every`` rows after probation (0 = never) the model is re-fitted on all rows seen
   so far (warm-started from the serving model, as the retraining DAG does) and installed with
   ``StreamingDetector.swap_model`` between two chunks;
-* the detector's prediction errors go through the anomaly-likelihood post-processing
-  (``pipeline.backtest.postprocess``) which gives the anomaly score in [0, 1] and the flag.
+* the anomaly score in [0, 1] and the flag are the detector's own ``BatchResult.score`` /
+  ``is_anomaly`` (``threshold_method="likelihood"``: ``models.thresholds.error_likelihood``), i.e.
+  exactly what the live scorer would have emitted; ``ReplayConfig.post`` holds overrides of its
+  ``LikelihoodConfig`` (passed as ``DetectorConfig.likelihood``).
 
 Rows whose timestamp or value cannot be parsed are dropped at load time and counted (``dropped``);
 rows the detector refuses (duplicate / out-of-order timestamp) get score 0 and are counted too.
@@ -32,7 +34,6 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.backtest.nab_scoring import probation_length, window_indices
-from pipeline.backtest.postprocess import LikelihoodConfig, score_series
 
 
 @dataclass
@@ -48,7 +49,7 @@ class ReplayConfig:
     chunk: int = 256                # rows per StreamingDetector.process call
     seed: int = 0
     detector: dict = field(default_factory=dict)   # DetectorConfig overrides
-    post: dict = field(default_factory=dict)       # LikelihoodConfig overrides
+    post: dict = field(default_factory=dict)       # LikelihoodConfig overrides (-> DetectorConfig.likelihood)
     fit: dict = field(default_factory=dict)        # extra models.training.fit keyword arguments (batch_size, lr, ...)
 
     def to_dict(self) -> dict:
@@ -64,12 +65,12 @@ class SeriesResult:
     values: np.ndarray
     predicted: np.ndarray           # detector forecast, raw units (NaN where none)
     error: np.ndarray               # |value - predicted|, raw units
-    detector_score: np.ndarray      # StreamingDetector's own score (error z-score)
-    detector_flag: np.ndarray       # StreamingDetector's own is_anomaly
+    detector_score: np.ndarray      # StreamingDetector's score as emitted (NaN where refused)
+    detector_flag: np.ndarray       # StreamingDetector's is_anomaly
     detector_threshold: float
-    anomaly_score: np.ndarray       # post-processed score in [0, 1]
-    flag: np.ndarray                # post-processed flag (the detector's own threshold)
-    threshold: float                # post-processing threshold (anomaly_score units)
+    anomaly_score: np.ndarray       # the detector's score for NAB: 0 in probation / refused rows
+    flag: np.ndarray                # the detector's flag (its own threshold)
+    threshold: float                # the detector's threshold (anomaly_score units)
     label: np.ndarray               # bool: row inside a labelled window
     windows: list[tuple[int, int]]  # inclusive row ranges of the label windows
     probation: int
@@ -122,7 +123,7 @@ def replay_file(path: Path, windows: list, cfg: ReplayConfig, threads: int | Non
     """Replay one file; ``windows`` are the file's label windows (timestamp pairs)."""
     from models.forecasters import ForecasterConfig
     from models.training import fit
-    from pipeline.scoring import DetectorConfig, StreamingDetector
+    from pipeline.backtest.live import DetectorConfig, StreamingDetector
 
     name = nab_key(path)
     ts, values, dropped = load_series(path)
@@ -141,7 +142,7 @@ def replay_file(path: Path, windows: list, cfg: ReplayConfig, threads: int | Non
         bundle, _ = fit(fcfg, {series: values[:probation]}, epochs=cfg.epochs, seed=cfg.seed, progress=False,
                         device="cpu", name="backtest", **cfg.fit)
         fit_s = time.perf_counter() - t0
-        det = StreamingDetector(bundle, DetectorConfig(**cfg.detector))
+        det = StreamingDetector(bundle, detector_config(cfg))
 
         predicted, error = np.full(n, np.nan), np.full(n, np.nan)
         dscore, dflag = np.full(n, np.nan), np.zeros(n, dtype=bool)
@@ -163,9 +164,9 @@ def replay_file(path: Path, windows: list, cfg: ReplayConfig, threads: int | Non
             refused += int(np.sum(res.status >= 2))
         replay_s = time.perf_counter() - t1 - (fit_s - (t1 - t0))
 
-    post_cfg = LikelihoodConfig(**cfg.post)
-    score, flag = score_series(error, post_cfg)
-    score[:probation], flag[:probation] = 0.0, False
+    score = np.nan_to_num(dscore, nan=0.0)
+    score[:probation] = 0.0
+    flag = dflag.copy()
     win_idx = window_indices(ts, windows)
     label = np.zeros(n, dtype=bool)
     for lo, hi in win_idx:
@@ -173,10 +174,20 @@ def replay_file(path: Path, windows: list, cfg: ReplayConfig, threads: int | Non
     return SeriesResult(
         name=name, timestamps=ts, values=values, predicted=predicted, error=error,
         detector_score=dscore, detector_flag=dflag, detector_threshold=float(det.config.threshold),
-        anomaly_score=score, flag=flag, threshold=post_cfg.threshold, label=label, windows=win_idx,
+        anomaly_score=score, flag=flag, threshold=float(det.config.threshold), label=label, windows=win_idx,
         probation=probation, dropped=dropped, refused=refused, retrains=retrains,
         fit_seconds=fit_s, replay_seconds=replay_s,
     )
+
+
+def detector_config(cfg: ReplayConfig):
+    """``DetectorConfig`` of a replay: ``cfg.detector`` overrides, ``cfg.post`` merged into ``likelihood``."""
+    from pipeline.backtest.live import DetectorConfig
+
+    over = dict(cfg.detector)
+    if cfg.post:
+        over["likelihood"] = {**over.get("likelihood", {}), **cfg.post}
+    return DetectorConfig(**over)
 
 
 def _worker_init() -> None:

@@ -3,8 +3,9 @@
 * ``own``: the flags the detector raised with its own unsupervised threshold (what a user gets).
 * ``optimised``: one corpus-wide threshold on ``anomaly_score`` chosen with the labels to maximise
   the score, per profile (the procedure behind NAB's public scoreboard).
-* ``detector_native``: ``StreamingDetector``'s own ``is_anomaly`` without the likelihood
-  post-processing, for comparison.
+
+Both come straight from ``StreamingDetector`` (score and ``is_anomaly``): the backtest measures
+the live scorer's output, no separate post-processing.
 """
 
 from __future__ import annotations
@@ -18,20 +19,17 @@ def corpus_report(results) -> dict:
     """Scores of a list of ``SeriesResult``; a plain dict (JSON-able after NaN cleaning)."""
     tables = {r.name: point_table(len(r.values), r.windows, r.probation) for r in results}
     own = {r.name: (r.anomaly_score, r.flag, tables[r.name]) for r in results}
-    native = {r.name: (r.anomaly_score, r.detector_flag, tables[r.name]) for r in results}
     out: dict = {"files": len(results), "rows": int(sum(len(r.values) for r in results)),
                  "windows": int(sum(t.n_windows for t in tables.values())), "nab": {}, "prf": {}}
     opt_thr = {}
     for pname, profile in PROFILES.items():
         o = score_corpus(own, profile, optimise=False)
         b = score_corpus(own, profile, optimise=True)
-        nat = score_corpus(native, profile, optimise=False)
         opt_thr[pname] = b.threshold
         out["nab"][pname] = {
             "own": {"score": o.normalised, "tp": o.tp, "fp": o.fp, "fn": o.fn, "per_file": o.per_file},
             "optimised": {"score": b.normalised, "threshold": b.threshold, "tp": b.tp, "fp": b.fp, "fn": b.fn,
                           "per_file": b.per_file},
-            "detector_native": {"score": nat.normalised, "tp": nat.tp, "fp": nat.fp, "fn": nat.fn},
         }
     thr = opt_thr["standard"]
 
@@ -44,7 +42,6 @@ def corpus_report(results) -> dict:
 
     out["prf"]["own"] = prf(lambda r: r.flag)
     out["prf"]["optimised"] = prf(lambda r: np.nan_to_num(r.anomaly_score, nan=-np.inf) >= thr)
-    out["prf"]["detector_native"] = prf(lambda r: r.detector_flag)
     out["timing"] = {"fit_seconds": float(sum(r.fit_seconds for r in results)),
                      "replay_seconds": float(sum(r.replay_seconds for r in results)),
                      "retrains": int(sum(r.retrains for r in results)),
@@ -64,18 +61,15 @@ def render(report: dict, console=None) -> None:
     t.add_column("own threshold", justify="right")
     t.add_column("label-optimised", justify="right")
     t.add_column("opt. threshold", justify="right")
-    t.add_column("detector native", justify="right")
     for pname, d in report["nab"].items():
         thr = d["optimised"]["threshold"]
         t.add_row(pname, f"{d['own']['score']:.1f}", f"{d['optimised']['score']:.1f}",
-                  "none" if thr is None or not np.isfinite(thr) else f"{thr:.4f}",
-                  f"{d['detector_native']['score']:.1f}")
+                  "none" if thr is None or not np.isfinite(thr) else f"{thr:.4f}")
     console.print(t)
     p = Table(title="Window-level precision / recall / F1")
     for col in ("flags", "precision", "recall", "F1", "caught", "missed", "FP runs"):
         p.add_column(col, justify="right" if col != "flags" else "left")
-    for key, label in (("own", "own threshold"), ("optimised", "label-optimised (standard)"),
-                       ("detector_native", "detector native")):
+    for key, label in (("own", "own threshold"), ("optimised", "label-optimised (standard)")):
         d = report["prf"][key]
         p.add_row(label, f"{d['precision']:.3f}", f"{d['recall']:.3f}", f"{d['f1']:.3f}",
                   str(d["caught"]), str(d["missed"]), str(d["fp_runs"]))

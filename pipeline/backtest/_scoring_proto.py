@@ -1,0 +1,427 @@
+"""Kafka-free streaming anomaly detector: per-series state, one batched model call per round.
+
+``StreamingDetector.process(series_ids, ts, values, alert=True) -> BatchResult`` takes a batch of
+events (any mix of series, in arrival order) and, for every event, decides one status:
+
+* ``SCORED``: forecast error turned into a score and compared with the threshold (may be an anomaly);
+* ``WARMUP``: taken into state without alerting (the series has fewer than ``warmup_events`` values,
+  or ``alert`` was False for it, e.g. a replay after a rebalance);
+* ``DUPLICATE``: same timestamp as the series' last accepted event (dropped, state unchanged);
+* ``OUT_OF_ORDER``: older than the series' last accepted event (dropped, state unchanged).
+
+How an event is scored (all in the series' normalised units ``z = (value - mean) / std``):
+
+1. Events are grouped into *rounds*: round k holds the k-th event of each series in the batch
+   (stable argsort), so repeated events of one series are stepped in order; each round is one
+   gather -> model call -> scatter over slot indices.
+2. Forecast of this value, made from the history before it. Many-to-many: the forecast the model
+   emitted when it stepped the previous value (kept per series; stepping costs O(1) per event).
+   Many-to-one: the model re-runs the last ``window`` values (zero = mean before the series has
+   that many).
+3. ``error = |z - forecast|`` (normalised units) with per-series EWMA error statistics ``err_mean``,
+   ``err_std`` (O(1) state, seeded from the bundle's calibration). The score, by ``threshold_method``:
+
+   * ``"likelihood"`` (default): ``models.thresholds.error_likelihood.ErrorLikelihood`` over the raw
+     error ``|value - predicted|`` and the value: anomaly likelihood of the recent errors (Numenta
+     style) or 1.0 for a value outside the range seen so far ("spatial" check), in [0, 1]; flag at
+     ``score >= threshold`` (0.5) with a refractory period after each flag (score 0 during it).
+     The value counts as an *outlier* for the state update below when
+     ``error_z > err_mean + outlier_z * err_std``. This is the step the NAB backtest measures.
+   * ``"zscore"``: ``score = (error - err_mean) / err_std``, anomaly when ``score > threshold`` (6.0).
+   * ``"static"``: ``score = error``, anomaly when ``score > threshold`` (6.0).
+
+   Warm-up events (and ``alert=False``) never flag; they still update every statistic.
+4. State update. A flagged (zscore/static) or outlier (likelihood) value is NOT fed as is (a spike
+   would disturb the next forecasts):
+   ``flagged_update="clip"`` (default) feeds the forecast moved toward the value by the threshold
+   error, so a real level shift is followed within a few steps; ``"predict"`` feeds the forecast;
+   ``"raw"`` feeds the value. The error statistics take the error clipped the same way.
+   The fed value (raw units) goes into the series' ring buffer and online normaliser.
+
+Series seen in training use the bundle's (mean, std); others are normalised online (Welford over
+the fed values). ``swap_model(bundle)`` replaces the model between batches and rebuilds every
+series' recurrent state by running its ring buffer through the new model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from models.thresholds.error_likelihood import ErrorLikelihood, LikelihoodConfig
+from pipeline.series_state import SeriesStateStore
+
+SCORED, WARMUP, DUPLICATE, OUT_OF_ORDER = 0, 1, 2, 3
+STATUS_NAMES = {SCORED: "scored", WARMUP: "warmup", DUPLICATE: "duplicate_timestamp", OUT_OF_ORDER: "out_of_order"}
+_REBUILD_CHUNK = 4096
+THRESHOLD_METHODS = ("likelihood", "zscore", "static")
+DEFAULT_THRESHOLDS = {"likelihood": 0.5, "zscore": 6.0, "static": 6.0}
+
+
+@dataclass
+class DetectorConfig:
+    """Tunables of ``StreamingDetector`` (stable; the backtest sets these too)."""
+
+    warmup_events: int | None = None      # values a series needs before it may alert (None: model window)
+    threshold_method: str = "likelihood"  # "likelihood": ErrorLikelihood score in [0, 1] | "zscore": EWMA z-score
+                                          # of the error | "static": raw normalised error
+    threshold: float | None = None        # anomaly threshold (None: 0.5 likelihood, 6.0 zscore/static)
+    outlier_z: float = 6.0                # likelihood: error z-score above which a value is fed clipped
+    likelihood: dict = field(default_factory=dict)  # LikelihoodConfig overrides (likelihood method)
+    error_alpha: float = 0.02             # EWMA weight of the per-series error statistics
+    min_error_std: float = 0.05           # floor of the per-series error std (normalised units)
+    flagged_update: str = "clip"          # what a flagged value feeds into state: "clip" | "predict" | "raw"
+    clip_z: float = 20.0                  # normalised inputs are clipped to +-clip_z
+    max_series: int = 100_000             # tracked-series cap; least recently seen evicted beyond it
+    ring_length: int | None = None        # raw values kept per series (None: model window)
+    initial_error_mean: float | None = None  # seed of the error statistics (None: bundle calibration)
+    initial_error_std: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.threshold_method not in THRESHOLD_METHODS:
+            raise ValueError(f"threshold_method must be one of {THRESHOLD_METHODS}, got {self.threshold_method!r}")
+        if self.threshold is None:
+            self.threshold = DEFAULT_THRESHOLDS[self.threshold_method]
+        if self.threshold_method == "likelihood":
+            self.likelihood_config()  # fail fast on bad overrides / a threshold outside [0, 1]
+        if self.flagged_update not in ("clip", "predict", "raw"):
+            raise ValueError(f"flagged_update must be 'clip', 'predict' or 'raw', got {self.flagged_update!r}")
+        if not 0 < self.error_alpha <= 1:
+            raise ValueError("error_alpha must be in (0, 1]")
+
+    def likelihood_config(self) -> LikelihoodConfig:
+        """The ``ErrorLikelihood`` settings: ``likelihood`` overrides, threshold from ``threshold``."""
+        extra = {k: v for k, v in self.likelihood.items() if k != "threshold"}
+        try:
+            return LikelihoodConfig(threshold=float(self.threshold), **extra)
+        except TypeError as exc:
+            raise ValueError(f"bad likelihood settings: {exc}") from exc
+
+
+@dataclass
+class BatchResult:
+    """Per-event outcome arrays, all ``(n,)`` in input order. NaN where not scored."""
+
+    status: np.ndarray       # int8: SCORED / WARMUP / DUPLICATE / OUT_OF_ORDER
+    predicted: np.ndarray    # float64, raw units
+    error: np.ndarray        # float64, |value - predicted| in raw units
+    score: np.ndarray        # float64
+    threshold: float
+    is_anomaly: np.ndarray   # bool
+    model: str = ""
+    model_version: int | str | None = None
+    evicted: int = 0         # series evicted to make room during this batch
+    counts: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.status)
+
+
+def _calibration_error_stats(calibration: dict | None) -> tuple[float, float]:
+    """(mean, std) of the normalised validation error from a bundle's calibration dict."""
+    cal = calibration or {}
+    mean = next((cal[k] for k in ("error_mean", "mean", "mean_error", "mae") if k in cal), None)
+    std = next((cal[k] for k in ("error_std", "std", "std_error") if k in cal), None)
+    try:
+        mean = float(mean) if mean is not None else 0.3
+        std = float(std) if std is not None else max(mean, 0.1)
+    except (TypeError, ValueError):
+        mean, std = 0.3, 0.3
+    if not (math.isfinite(mean) and math.isfinite(std)) or std <= 0:
+        mean, std = 0.3, 0.3
+    return mean, std
+
+
+class StreamingDetector:
+    """Scores events of many series against one forecaster; see the module docstring."""
+
+    def __init__(self, bundle, config: DetectorConfig | None = None):
+        self.config = config or DetectorConfig()
+        self._check_bundle(bundle)
+        self.bundle = bundle
+        window = int(bundle.config.window)
+        ring = max(self.config.ring_length or window, window)
+        mean, std = self._seed(bundle)
+        self.store = SeriesStateStore(ring, self.config.max_series, self._rnn_shapes(bundle), mean, std * std)
+        self.likelihood = (ErrorLikelihood(self.config.likelihood_config())
+                           if self.config.threshold_method == "likelihood" else None)
+
+    # ------------------------------------------------------------------ model
+    @staticmethod
+    def _check_bundle(bundle) -> None:
+        for attr in ("kind", "config", "forecaster"):
+            if not hasattr(bundle, attr):
+                raise ValueError(f"model bundle has no '{attr}'")
+        if bundle.kind not in ("many-to-one", "many-to-many"):
+            raise ValueError(f"unknown model kind {bundle.kind!r}")
+        if int(getattr(bundle.config, "features", 1)) != 1:
+            raise ValueError("the streaming detector serves univariate models (features=1)")
+        if bundle.kind == "many-to-many" and not hasattr(bundle.forecaster, "step"):
+            raise ValueError("a many-to-many forecaster must have step()")
+
+    @staticmethod
+    def _rnn_shapes(bundle) -> tuple:
+        if bundle.kind != "many-to-many":
+            return ()
+        shape = (int(bundle.config.layers), int(bundle.config.hidden))
+        return (shape, shape)  # (h, c)
+
+    def _seed(self, bundle) -> tuple[float, float]:
+        mean, std = _calibration_error_stats(getattr(bundle, "calibration", None))
+        if self.config.initial_error_mean is not None:
+            mean = self.config.initial_error_mean
+        if self.config.initial_error_std is not None:
+            std = self.config.initial_error_std
+        return mean, std
+
+    @property
+    def window(self) -> int:
+        return int(self.bundle.config.window)
+
+    @property
+    def warmup_events(self) -> int:
+        return self.config.warmup_events if self.config.warmup_events is not None else self.window
+
+    @property
+    def model_name(self) -> str:
+        return str(getattr(self.bundle, "name", "") or "")
+
+    @property
+    def model_version(self):
+        return getattr(self.bundle, "version", None)
+
+    @property
+    def normalizers(self) -> dict:
+        return getattr(self.bundle, "normalizers", None) or {}
+
+    def swap_model(self, bundle) -> None:
+        """Serve ``bundle`` from the next batch on; rebuild recurrent state from the ring buffers.
+
+        Raises ``ValueError`` (and keeps the old model) when the bundle cannot be served.
+        """
+        self._check_bundle(bundle)
+        store = self.store
+        if int(bundle.config.window) > store.ring_length:
+            self._resize_ring(int(bundle.config.window))
+        mean, std = self._seed(bundle)
+        store.init_err_mean, store.init_err_var = mean, std * std
+        old_bundle = self.bundle
+        self.bundle = bundle
+        try:
+            slots = np.array(sorted(store.ids.values()), dtype=np.int64)
+            self._refresh_normalizers(slots)
+            store.reset_rnn(self._rnn_shapes(bundle))
+            store.pred[:] = 0.0
+            if bundle.kind == "many-to-many" and len(slots):
+                self._rebuild_state(slots)
+        except Exception:
+            self.bundle = old_bundle
+            store.reset_rnn(self._rnn_shapes(old_bundle))
+            self._refresh_normalizers(np.array(sorted(store.ids.values()), dtype=np.int64))
+            if old_bundle.kind == "many-to-many" and len(store.ids):
+                self._rebuild_state(np.array(sorted(store.ids.values()), dtype=np.int64))
+            raise
+
+    def _resize_ring(self, length: int) -> None:
+        store = self.store
+        slots = np.arange(store.capacity)
+        values, valid = store.windows(slots, store.ring_length)
+        ring = np.zeros((store.capacity, length), np.float32)
+        # place the last ring_length values so that position count % length finds them
+        cols = store.count[:, None] - store.ring_length + np.arange(store.ring_length)[None, :]
+        rows = np.broadcast_to(slots[:, None], cols.shape)
+        ring[rows[valid], cols[valid] % length] = values[valid]
+        store.ring, store.ring_length = ring, length
+
+    def _refresh_normalizers(self, slots: np.ndarray) -> None:
+        """Series known to the serving bundle use its (mean, std); the others go online."""
+        store, norms = self.store, self.normalizers
+        for slot in slots.tolist():
+            series = store.slot_ids[slot]
+            if series in norms:
+                m, s = norms[series][0], norms[series][1]
+                store.mean[slot], store.std[slot], store.fixed[slot] = float(m), max(float(s), 1e-6), True
+            elif store.fixed[slot]:
+                values, valid = store.windows(np.array([slot]), store.ring_length)
+                v = values[valid].astype(np.float64)
+                n = int(store.count[slot])
+                mu = float(v.mean()) if len(v) else 0.0
+                var = float(v.var()) if len(v) else 0.0
+                store.mean[slot], store.m2[slot], store.fixed[slot] = mu, var * n, False
+                store.std[slot] = max(math.sqrt(var), 1e-3 * max(abs(mu), 1.0))
+
+    @torch.inference_mode()
+    def _rebuild_state(self, slots: np.ndarray) -> None:
+        """Run each series' ring buffer (oldest first) through the many-to-many model from zero state."""
+        store, model = self.store, self.bundle.forecaster
+        length = store.ring_length
+        lengths = np.minimum(store.count[slots], length)
+        for n in np.unique(lengths).tolist():
+            group = slots[lengths == n]
+            if n == 0:
+                continue
+            for start in range(0, len(group), _REBUILD_CHUNK):
+                s = group[start:start + _REBUILD_CHUNK]
+                values, _ = store.windows(s, n)
+                z = np.clip(store.normalize(s, values.astype(np.float64)), -self.config.clip_z, self.config.clip_z)
+                x = torch.from_numpy(z.astype(np.float32))[:, :, None]
+                pred, (h, c) = model(x, None)
+                store.rnn[0][:, s] = h.numpy()
+                store.rnn[1][:, s] = c.numpy()
+                store.pred[s] = pred[:, -1, 0].numpy()
+
+    # ------------------------------------------------------------------ scoring
+    def process(self, series_ids: list[str], ts, values, alert=True) -> BatchResult:
+        """Score one batch of events in arrival order; see the module docstring.
+
+        ``series_ids`` list of n str; ``ts (n,)`` epoch seconds; ``values (n,)`` finite floats;
+        ``alert`` bool or bool array ``(n,)`` (False: warm-up only, never an anomaly).
+        """
+        n = len(series_ids)
+        ts = np.asarray(ts, dtype=np.float64).reshape(n)
+        values = np.asarray(values, dtype=np.float64).reshape(n)
+        alert_arr = np.broadcast_to(np.asarray(alert, dtype=bool), (n,))
+        status = np.full(n, WARMUP, dtype=np.int8)
+        predicted = np.full(n, np.nan)
+        error = np.full(n, np.nan)
+        score = np.full(n, np.nan)
+        flags = np.zeros(n, dtype=bool)
+        evicted_before = self.store.evicted_total
+        if n:
+            idx, new = self.store.slots(list(series_ids), self.normalizers)
+            if self.likelihood is not None:
+                self.likelihood.ensure(self.store.capacity)
+                if new.any():  # a new series (maybe in an evicted series' slot) starts fresh
+                    self.likelihood.reset(np.unique(idx[new]))
+            with torch.inference_mode():
+                for positions in _rounds(idx):
+                    self._round(positions, idx[positions], ts, values, alert_arr, status, predicted, error, score, flags)
+        counts = {name: int((status == code).sum()) for code, name in STATUS_NAMES.items()}
+        counts["anomalies"] = int(flags.sum())
+        return BatchResult(status, predicted, error, score, float(self.config.threshold), flags,
+                           self.model_name, self.model_version, self.store.evicted_total - evicted_before, counts)
+
+    def _round(self, p, s, ts, values, alert, status, predicted, error, score, flags) -> None:
+        store, cfg = self.store, self.config
+        t = ts[p]
+        last = store.last_ts[s]
+        seen = store.count[s] > 0
+        dup = seen & (t == last)
+        ooo = seen & (t < last)
+        if dup.any() or ooo.any():
+            status[p[dup]] = DUPLICATE
+            status[p[ooo]] = OUT_OF_ORDER
+            keep = ~(dup | ooo)
+            p, s, t = p[keep], s[keep], t[keep]
+            if not len(p):
+                return
+        x = values[p]
+        count = store.count[s]
+        first = (count == 0) & ~store.fixed[s]
+        if first.any():  # an online normaliser starts at the series' first value
+            store.mean[s[first]] = x[first]
+        mean, std = store.mean[s], store.std[s].astype(np.float64)
+        z = np.clip((x - mean) / std, -cfg.clip_z, cfg.clip_z)
+        kind = self.bundle.kind
+
+        # forecast of this value from the history before it
+        if kind == "many-to-many":
+            fz = store.pred[s].astype(np.float64)
+        else:
+            w = self.window
+            win, valid = store.windows(s, w)
+            zw = np.where(valid, (win - mean[:, None]) / std[:, None], 0.0)
+            np.clip(zw, -cfg.clip_z, cfg.clip_z, out=zw)
+            out = self.bundle.forecaster(torch.from_numpy(zw.astype(np.float32))[:, :, None])
+            fz = out[:, 0].numpy().astype(np.float64)
+
+        err = np.abs(z - fz)
+        e_mean = store.err_mean[s].astype(np.float64)
+        e_std = np.maximum(np.sqrt(store.err_var[s].astype(np.float64)), cfg.min_error_std)
+        warm = (count < self.warmup_events) | ~alert[p]
+        pred_raw = fz * std + mean
+        err_raw = np.abs(x - pred_raw)
+        if cfg.threshold_method == "likelihood":
+            bound = e_mean + cfg.outlier_z * e_std          # error of an outlier
+            sc, flag = self.likelihood.step_unique(s, err_raw, x, ~warm)
+            flag &= ~warm
+            outlier = ~warm & (err > bound)                 # fed clipped, like a zscore flag
+        else:
+            if cfg.threshold_method == "zscore":
+                sc = (err - e_mean) / e_std
+                bound = e_mean + cfg.threshold * e_std      # error at the threshold
+            else:
+                sc = err
+                bound = np.full_like(err, cfg.threshold)
+            flag = ~warm & (sc > cfg.threshold)
+            outlier = flag
+
+        # outputs
+        status[p] = np.where(warm, WARMUP, SCORED)
+        predicted[p] = pred_raw
+        error[p] = err_raw
+        score[p] = sc
+        flags[p] = flag
+
+        # what goes into state
+        over = outlier | (err > bound)
+        if cfg.flagged_update == "raw":
+            fed_z = z
+        elif cfg.flagged_update == "predict":
+            fed_z = np.where(outlier, fz, z)
+        else:
+            reach = np.minimum(err, np.maximum(bound, 0.0))
+            fed_z = np.where(outlier, fz + np.sign(z - fz) * reach, z)
+        fed_z = np.clip(fed_z, -cfg.clip_z, cfg.clip_z)
+        e_in = np.where(over, np.maximum(bound, e_mean + e_std), err)  # stays finite for any threshold
+        learn = count >= max(self.warmup_events // 2, 1)
+        if learn.any():
+            a = cfg.error_alpha
+            ls = s[learn]
+            d = e_in[learn] - e_mean[learn]
+            store.err_mean[ls] = e_mean[learn] + a * d
+            store.err_var[ls] = (1 - a) * (store.err_var[ls] + a * d * d)
+        if kind == "many-to-many":
+            model = self.bundle.forecaster
+            state = (torch.from_numpy(store.rnn[0][:, s]), torch.from_numpy(store.rnn[1][:, s]))
+            xin = torch.from_numpy(fed_z.astype(np.float32))[:, None]
+            pred, (h, c) = model.step(xin, state)
+            store.rnn[0][:, s] = h.numpy()
+            store.rnn[1][:, s] = c.numpy()
+            store.pred[s] = pred[:, 0].numpy()
+        # unflagged values go into the ring as they are (not clipped to +-clip_z)
+        store.push(s, t, np.where(outlier, fed_z * std + mean, x))
+
+    # ------------------------------------------------------------------ housekeeping
+    def forget(self, series_ids) -> int:
+        """Drop the state of ``series_ids`` (e.g. their partitions were revoked)."""
+        return self.store.forget(series_ids)
+
+    @property
+    def tracked_series(self) -> int:
+        return len(self.store)
+
+    def state_bytes_per_series(self) -> int:
+        extra = self.likelihood.bytes_per_series() if self.likelihood is not None else 0
+        return self.store.bytes_per_series() + extra
+
+
+def _rounds(idx: np.ndarray) -> list[np.ndarray]:
+    """Positions of ``idx (n,)`` split into rounds: round k = the k-th event of each slot (stable order)."""
+    n = len(idx)
+    if n == 1:
+        return [np.zeros(1, dtype=np.int64)]
+    order = np.argsort(idx, kind="stable")
+    sorted_idx = idx[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_idx)) + 1]
+    if len(starts) == n:
+        return [np.arange(n)]
+    group_start = np.repeat(starts, np.diff(np.r_[starts, n]))
+    occurrence = np.empty(n, dtype=np.int64)
+    occurrence[order] = np.arange(n) - group_start
+    by_round = np.argsort(occurrence, kind="stable")
+    bounds = np.searchsorted(occurrence[by_round], np.arange(int(occurrence.max()) + 2))
+    return [by_round[bounds[k]:bounds[k + 1]] for k in range(len(bounds) - 1)]
