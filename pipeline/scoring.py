@@ -18,10 +18,21 @@ How an event is scored (all in the series' normalised units ``z = (value - mean)
    emitted when it stepped the previous value (kept per series; stepping costs O(1) per event).
    Many-to-one: the model re-runs the last ``window`` values (zero = mean before the series has
    that many).
-3. ``error = |z - forecast|``; ``score = (error - err_mean) / err_std`` with per-series EWMA error
-   statistics (O(1) state, seeded from the bundle's calibration). ``threshold_method="static"``
-   uses ``score = error`` instead. Anomaly when ``score > threshold`` and the event is not warm-up.
-4. State update. A flagged value is NOT fed as is (a spike would disturb the next forecasts):
+3. ``error = |z - forecast|`` (normalised units) with per-series EWMA error statistics ``err_mean``,
+   ``err_std`` (O(1) state, seeded from the bundle's calibration). The score, by ``threshold_method``:
+
+   * ``"likelihood"`` (what the NAB backtest runs): ``models.thresholds.error_likelihood.ErrorLikelihood`` over the raw
+     error ``|value - predicted|`` and the value: anomaly likelihood of the recent errors (Numenta
+     style) or 1.0 for a value outside the range seen so far ("spatial" check), in [0, 1]; flag at
+     ``score >= threshold`` (0.5) with a refractory period after each flag (score 0 during it).
+     The value counts as an *outlier* for the state update below when
+     ``error_z > err_mean + outlier_z * err_std``.
+   * ``"zscore"`` (default, for now): ``score = (error - err_mean) / err_std``, anomaly when ``score > threshold`` (6.0).
+   * ``"static"``: ``score = error``, anomaly when ``score > threshold`` (6.0).
+
+   Warm-up events (and ``alert=False``) never flag; they still update every statistic.
+4. State update. A flagged (zscore/static) or outlier (likelihood) value is NOT fed as is (a spike
+   would disturb the next forecasts):
    ``flagged_update="clip"`` (default) feeds the forecast moved toward the value by the threshold
    error, so a real level shift is followed within a few steps; ``"predict"`` feeds the forecast;
    ``"raw"`` feeds the value. The error statistics take the error clipped the same way.
@@ -40,11 +51,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from models.thresholds.error_likelihood import ErrorLikelihood, LikelihoodConfig
 from pipeline.series_state import SeriesStateStore
 
 SCORED, WARMUP, DUPLICATE, OUT_OF_ORDER = 0, 1, 2, 3
 STATUS_NAMES = {SCORED: "scored", WARMUP: "warmup", DUPLICATE: "duplicate_timestamp", OUT_OF_ORDER: "out_of_order"}
 _REBUILD_CHUNK = 4096
+THRESHOLD_METHODS = ("likelihood", "zscore", "static")
+DEFAULT_THRESHOLDS = {"likelihood": 0.5, "zscore": 6.0, "static": 6.0}
 
 
 @dataclass
@@ -52,8 +66,11 @@ class DetectorConfig:
     """Tunables of ``StreamingDetector`` (stable; the backtest sets these too)."""
 
     warmup_events: int | None = None      # values a series needs before it may alert (None: model window)
-    threshold_method: str = "zscore"      # "zscore": EWMA z-score of the error | "static": raw normalised error
-    threshold: float = 6.0                # score above this -> anomaly
+    threshold_method: str = "zscore"      # "likelihood": ErrorLikelihood score in [0, 1] | "zscore": EWMA z-score
+                                          # of the error | "static": raw normalised error
+    threshold: float | None = None        # anomaly threshold (None: 0.5 likelihood, 6.0 zscore/static)
+    outlier_z: float = 6.0                # likelihood: error z-score above which a value is fed clipped
+    likelihood: dict = field(default_factory=dict)  # LikelihoodConfig overrides (likelihood method)
     error_alpha: float = 0.02             # EWMA weight of the per-series error statistics
     min_error_std: float = 0.05           # floor of the per-series error std (normalised units)
     flagged_update: str = "clip"          # what a flagged value feeds into state: "clip" | "predict" | "raw"
@@ -64,12 +81,24 @@ class DetectorConfig:
     initial_error_std: float | None = None
 
     def __post_init__(self) -> None:
-        if self.threshold_method not in ("zscore", "static"):
-            raise ValueError(f"threshold_method must be 'zscore' or 'static', got {self.threshold_method!r}")
+        if self.threshold_method not in THRESHOLD_METHODS:
+            raise ValueError(f"threshold_method must be one of {THRESHOLD_METHODS}, got {self.threshold_method!r}")
+        if self.threshold is None:
+            self.threshold = DEFAULT_THRESHOLDS[self.threshold_method]
+        if self.threshold_method == "likelihood":
+            self.likelihood_config()  # fail fast on bad overrides / a threshold outside [0, 1]
         if self.flagged_update not in ("clip", "predict", "raw"):
             raise ValueError(f"flagged_update must be 'clip', 'predict' or 'raw', got {self.flagged_update!r}")
         if not 0 < self.error_alpha <= 1:
             raise ValueError("error_alpha must be in (0, 1]")
+
+    def likelihood_config(self) -> LikelihoodConfig:
+        """The ``ErrorLikelihood`` settings: ``likelihood`` overrides, threshold from ``threshold``."""
+        extra = {k: v for k, v in self.likelihood.items() if k != "threshold"}
+        try:
+            return LikelihoodConfig(threshold=float(self.threshold), **extra)
+        except TypeError as exc:
+            raise ValueError(f"bad likelihood settings: {exc}") from exc
 
 
 @dataclass
@@ -117,6 +146,8 @@ class StreamingDetector:
         ring = max(self.config.ring_length or window, window)
         mean, std = self._seed(bundle)
         self.store = SeriesStateStore(ring, self.config.max_series, self._rnn_shapes(bundle), mean, std * std)
+        self.likelihood = (ErrorLikelihood(self.config.likelihood_config())
+                           if self.config.threshold_method == "likelihood" else None)
 
     # ------------------------------------------------------------------ model
     @staticmethod
@@ -260,7 +291,11 @@ class StreamingDetector:
         flags = np.zeros(n, dtype=bool)
         evicted_before = self.store.evicted_total
         if n:
-            idx, _ = self.store.slots(list(series_ids), self.normalizers)
+            idx, new = self.store.slots(list(series_ids), self.normalizers)
+            if self.likelihood is not None:
+                self.likelihood.ensure(self.store.capacity)
+                if new.any():  # a new series (maybe in an evicted series' slot) starts fresh
+                    self.likelihood.reset(np.unique(idx[new]))
             with torch.inference_mode():
                 for positions in _rounds(idx):
                     self._round(positions, idx[positions], ts, values, alert_arr, status, predicted, error, score, flags)
@@ -306,32 +341,40 @@ class StreamingDetector:
         err = np.abs(z - fz)
         e_mean = store.err_mean[s].astype(np.float64)
         e_std = np.maximum(np.sqrt(store.err_var[s].astype(np.float64)), cfg.min_error_std)
-        if cfg.threshold_method == "zscore":
-            sc = (err - e_mean) / e_std
-            bound = e_mean + cfg.threshold * e_std          # error at the threshold
-        else:
-            sc = err
-            bound = np.full_like(err, cfg.threshold)
         warm = (count < self.warmup_events) | ~alert[p]
-        flag = ~warm & (sc > cfg.threshold)
+        pred_raw = fz * std + mean
+        err_raw = np.abs(x - pred_raw)
+        if cfg.threshold_method == "likelihood":
+            bound = e_mean + cfg.outlier_z * e_std          # error of an outlier
+            sc, flag = self.likelihood.step_unique(s, err_raw, x, ~warm)
+            flag &= ~warm
+            outlier = ~warm & (err > bound)                 # fed clipped, like a zscore flag
+        else:
+            if cfg.threshold_method == "zscore":
+                sc = (err - e_mean) / e_std
+                bound = e_mean + cfg.threshold * e_std      # error at the threshold
+            else:
+                sc = err
+                bound = np.full_like(err, cfg.threshold)
+            flag = ~warm & (sc > cfg.threshold)
+            outlier = flag
 
         # outputs
         status[p] = np.where(warm, WARMUP, SCORED)
-        pred_raw = fz * std + mean
         predicted[p] = pred_raw
-        error[p] = np.abs(x - pred_raw)
+        error[p] = err_raw
         score[p] = sc
         flags[p] = flag
 
         # what goes into state
-        over = flag | (err > bound)
+        over = outlier | (err > bound)
         if cfg.flagged_update == "raw":
             fed_z = z
         elif cfg.flagged_update == "predict":
-            fed_z = np.where(flag, fz, z)
+            fed_z = np.where(outlier, fz, z)
         else:
             reach = np.minimum(err, np.maximum(bound, 0.0))
-            fed_z = np.where(flag, fz + np.sign(z - fz) * reach, z)
+            fed_z = np.where(outlier, fz + np.sign(z - fz) * reach, z)
         fed_z = np.clip(fed_z, -cfg.clip_z, cfg.clip_z)
         e_in = np.where(over, np.maximum(bound, e_mean + e_std), err)  # stays finite for any threshold
         learn = count >= max(self.warmup_events // 2, 1)
@@ -350,7 +393,7 @@ class StreamingDetector:
             store.rnn[1][:, s] = c.numpy()
             store.pred[s] = pred[:, 0].numpy()
         # unflagged values go into the ring as they are (not clipped to +-clip_z)
-        store.push(s, t, np.where(flag, fed_z * std + mean, x))
+        store.push(s, t, np.where(outlier, fed_z * std + mean, x))
 
     # ------------------------------------------------------------------ housekeeping
     def forget(self, series_ids) -> int:
@@ -362,7 +405,8 @@ class StreamingDetector:
         return len(self.store)
 
     def state_bytes_per_series(self) -> int:
-        return self.store.bytes_per_series()
+        extra = self.likelihood.bytes_per_series() if self.likelihood is not None else 0
+        return self.store.bytes_per_series() + extra
 
 
 def _rounds(idx: np.ndarray) -> list[np.ndarray]:

@@ -141,3 +141,51 @@ def test_swap_refuses_unservable_bundle():
     with pytest.raises(ValueError):
         det.swap_model(bad)
     assert det.model_version == 1
+
+
+# ---------------------------------------------------------------- threshold_method="likelihood"
+LIK = dict(threshold_method="likelihood", warmup_events=32, likelihood={"warmup": 50, "refractory": 40})
+
+
+def test_likelihood_flags_a_spike_once_and_matches_the_module_on_the_detectors_errors():
+    from models.thresholds.error_likelihood import score_series
+
+    det = StreamingDetector(make_bundle("many-to-many", normalizers={"s": (0.0, 1.0)}), DetectorConfig(**LIK))
+    t = np.arange(400, dtype=float)
+    vals = np.sin(t / 5.0) + 0.05 * np.random.default_rng(2).normal(size=400)
+    vals[300] += 8.0
+    vals[310] += 8.0  # same incident: inside the refractory period
+    parts = [det.process(["s"] * len(c), t[c], vals[c]) for c in np.array_split(np.arange(400), 9)]
+    score = np.concatenate([r.score for r in parts])
+    flag = np.concatenate([r.is_anomaly for r in parts])
+    error = np.concatenate([r.error for r in parts])
+    status = np.concatenate([r.status for r in parts])
+    assert parts[0].threshold == 0.5 and np.all((score >= 0) & (score <= 1))
+    assert np.flatnonzero(flag).tolist() == [300] and score[310] == 0.0
+    # the detector's score is exactly the likelihood module run on its raw errors and values
+    ref_s, ref_f = score_series(error, det.config.likelihood_config(), values=vals, alert=status == SCORED)
+    np.testing.assert_allclose(score, ref_s, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(flag, ref_f)
+    # the outlier is fed clipped, not raw: the next forecasts stay near the signal
+    assert error[301] < 3
+
+
+def test_likelihood_state_is_small_and_reset_for_a_reused_slot():
+    det = StreamingDetector(make_bundle("many-to-many", window=64, hidden=64),
+                            DetectorConfig(threshold_method="likelihood", max_series=2))
+    assert det.state_bytes_per_series() < 1024
+    det.process(["a"] * 60, np.arange(60.0), np.arange(60.0))
+    slot_a = det.store.ids["a"]
+    assert det.likelihood.count[slot_a] == 60
+    det.process(["b", "c"], [1.0, 1.0], [1.0, 1.0])  # "a" evicted, its slot reused
+    slot = det.store.ids.get("b") if det.store.ids.get("b") == slot_a else det.store.ids["c"]
+    assert slot == slot_a and det.likelihood.count[slot] == 1 and det.likelihood.hi[slot] == 1.0
+
+
+def test_likelihood_config_errors_are_clear():
+    with pytest.raises(ValueError, match="threshold"):
+        DetectorConfig(threshold_method="likelihood", threshold=6.0)
+    with pytest.raises(ValueError, match="likelihood"):
+        DetectorConfig(threshold_method="likelihood", likelihood={"nope": 1})
+    assert DetectorConfig(threshold_method="likelihood").threshold == 0.5
+    assert DetectorConfig().threshold == 6.0

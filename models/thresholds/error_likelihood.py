@@ -51,7 +51,7 @@ STATE_BYTES = 7 * 8  # count, since, short, mu, var, lo, hi per series
 
 @dataclass
 class LikelihoodConfig:
-    """Tunables of :class:`ErrorLikelihood` (defaults chosen on NAB; see pipeline/backtest/README)."""
+    """Tunables of :class:`ErrorLikelihood` (refractory and clip_z chosen on the NAB backtest, rest a priori)."""
 
     short_alpha: float = 0.1       # EWMA weight of the short error average (~10 events)
     long_alpha: float = 0.002      # EWMA weight of the long-run error statistics (~500 events)

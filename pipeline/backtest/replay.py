@@ -123,7 +123,7 @@ def replay_file(path: Path, windows: list, cfg: ReplayConfig, threads: int | Non
     """Replay one file; ``windows`` are the file's label windows (timestamp pairs)."""
     from models.forecasters import ForecasterConfig
     from models.training import fit
-    from pipeline.backtest.live import DetectorConfig, StreamingDetector
+    from pipeline.scoring import DetectorConfig, StreamingDetector
 
     name = nab_key(path)
     ts, values, dropped = load_series(path)
@@ -181,12 +181,16 @@ def replay_file(path: Path, windows: list, cfg: ReplayConfig, threads: int | Non
 
 
 def detector_config(cfg: ReplayConfig):
-    """``DetectorConfig`` of a replay: ``cfg.detector`` overrides, ``cfg.post`` merged into ``likelihood``."""
-    from pipeline.backtest.live import DetectorConfig
+    """``DetectorConfig`` of a replay: likelihood method, ``cfg.detector`` overrides, ``cfg.post`` merged
+    into ``likelihood``."""
+    from pipeline.scoring import DetectorConfig
 
-    over = dict(cfg.detector)
-    if cfg.post:
-        over["likelihood"] = {**over.get("likelihood", {}), **cfg.post}
+    over = {"threshold_method": "likelihood", **cfg.detector}
+    post = dict(cfg.post)
+    if "threshold" in post:  # the likelihood threshold is the detector's threshold
+        over["threshold"] = post.pop("threshold")
+    if post:
+        over["likelihood"] = {**over.get("likelihood", {}), **post}
     return DetectorConfig(**over)
 
 
