@@ -1,6 +1,6 @@
 """Benchmark: backtest the whole NAB subset and print the NAB scores, P/R/F1 and wall time.
 
-    .venv/bin/python benchmarks/backtest_nab.py [--data /work/shared/data/nab] [--workers 2]
+    .venv/bin/python benchmarks/backtest_nab.py [--data /work/shared/data/nab] [--workers 2] [--calendar]
         [--retrain-every 0] [--post '{"threshold": 0.5}'] [--detector-config '{}'] [--out DIR] [--plot DIR]
 
 Defaults to the shared 51-file subset; falls back to the repo's data/nab. Prints the same tables
@@ -26,6 +26,11 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--window", type=int, default=32)
     ap.add_argument("--hidden", type=int, default=32)
+    ap.add_argument("--calendar", action=argparse.BooleanOptionalAction, default=False,
+                    help="time-of-day/week input features (models.calendar)")
+    ap.add_argument("--calendar-week", action=argparse.BooleanOptionalAction, default=True,
+                    help="with --calendar: include the day-of-week columns")
+    ap.add_argument("--seed", type=int, default=0, help="training seed (run a few to see the run-to-run spread)")
     ap.add_argument("--post", default="{}")
     ap.add_argument("--fit", default="{}", help="extra models.training.fit kwargs as JSON (batch_size, lr, ...)")
     ap.add_argument("--detector-config", default="{}")
@@ -41,8 +46,10 @@ def main(argv=None) -> int:
     data = args.data or next(p for p in (Path("/work/shared/data/nab"), REPO / "data" / "nab") if p.exists())
     labels = json.loads((data / "labels" / "combined_windows.json").read_text())
     files = find_csvs([data / "data"])
-    cfg = ReplayConfig(window=args.window, hidden=args.hidden, epochs=args.epochs, retrain_every=args.retrain_every,
-                       post=json.loads(args.post), detector=json.loads(args.detector_config), fit=json.loads(args.fit))
+    cfg = ReplayConfig(window=args.window, hidden=args.hidden, calendar=args.calendar,
+                       calendar_week=args.calendar_week, seed=args.seed, epochs=args.epochs,
+                       retrain_every=args.retrain_every, post=json.loads(args.post),
+                       detector=json.loads(args.detector_config), fit=json.loads(args.fit))
     t0 = time.perf_counter()
     results, errors = run_corpus(files, labels, cfg, workers=args.workers)
     wall = time.perf_counter() - t0

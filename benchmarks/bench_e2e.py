@@ -1,21 +1,28 @@
 """End-to-end scorer benchmark on the embedded Tansu broker (prints numbers; no pass/fail).
 
 One run prints:
-1. raw kafka-python consume + orjson decode, events/s (the ceiling for any scorer);
+1. raw kafka-python consume + orjson decode, events/s (the ceiling for any scorer; same consumer
+   options as the scorer, ``pipeline.scorer.CONSUMER_OVERRIDES``);
 2. ``tsad serve``'s loop (``pipeline.scorer.Scorer``, in-process) events/s for a stateful
    many-to-many and a window many-to-one forecaster (hidden 64, window 64, untrained weights:
-   speed does not depend on the weights), and their ratio to (1);
+   speed does not depend on the weights; warmed up before timing), many-to-one also at bf16, and
+   the default pipelined loop beside the sequential one; ratio to (1). Every run reads the same
+   topic (same events, new consumer group); runs are interleaved (raw, m2m, m2o, ..., raw, ...)
+   ``--repeats`` times and the median is reported with the range, because the machine is shared;
 3. end-to-end latency p50/p99 at a paced 5k events/s (producer in a child process, fresh topic,
    ~20k events), and the scorer's own share (poll returned -> decision);
-4. scorer-process RSS with 1k and 100k tracked series (many-to-many, hidden 64), bytes per series.
+4. scorer-process RSS with 1k and 100k tracked series (many-to-many, hidden 64), bytes per series;
+5. bf16 vs fp32 many-to-one prediction difference on the benchmark's windows.
 
-Usage: ``python benchmarks/bench_e2e.py [--series 1000] [--events 200000]``.
+Usage: ``python benchmarks/bench_e2e.py [--series 1000] [--events 200000] [--repeats 3]``.
 Targets (issue 4): m2m >= 0.8x raw, m2o >= 0.3x raw, p99 < 50 ms at 5k/s, < 1 KiB state/series.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import json
 import os
 import subprocess
@@ -30,15 +37,25 @@ import numpy as np
 T0 = 1_700_000_000
 
 
-def make_bundle(kind: str, hidden: int = 64, window: int = 64):
+def make_bundle(kind: str, hidden: int = 64, window: int = 64, precision: str = "fp32"):
+    """Untrained forecaster bundle (seed 0), warmed up: its first calls are made before timing."""
     import torch
 
     from models.forecasters import ForecasterConfig, build_forecaster
+    from pipeline.reload import apply_precision
 
     torch.manual_seed(0)
     cfg = ForecasterConfig(kind=kind, window=window, hidden=hidden)
-    return SimpleNamespace(name=f"bench-{kind}", kind=kind, version=1, config=cfg,
-                           forecaster=build_forecaster(cfg).eval(), normalizers={}, calibration={})
+    bundle = apply_precision(SimpleNamespace(name=f"bench-{kind}", kind=kind, version=1, config=cfg,
+                                             forecaster=build_forecaster(cfg).eval(), normalizers={}, calibration={}),
+                             precision)
+    with torch.inference_mode():
+        for b in (1, 256, 1000):
+            if kind == "many-to-one":
+                bundle.forecaster(torch.zeros(b, window, 1))
+            else:
+                bundle.forecaster.step(torch.zeros(b, 1), bundle.forecaster.init_state(b))
+    return bundle
 
 
 def produce(bootstrap: str, topic: str, n_series: int, n_events: int, rate: float | None = None, t_offset: int = 0) -> float:
@@ -69,7 +86,9 @@ def raw_consume(kafka, total: int) -> float:
 
     from pipeline.kafka_clients import make_consumer
 
-    consumer = make_consumer(kafka, [kafka.events_topic], group_id=f"raw-{uuid.uuid4().hex[:6]}")
+    from pipeline.scorer import CONSUMER_OVERRIDES
+
+    consumer = make_consumer(kafka, [kafka.events_topic], group_id=f"raw-{uuid.uuid4().hex[:6]}", **CONSUMER_OVERRIDES)
     n, first = 0, None
     deadline = time.monotonic() + 120
     while n < total and time.monotonic() < deadline:
@@ -84,8 +103,11 @@ def raw_consume(kafka, total: int) -> float:
     return n / elapsed
 
 
-def run_scorer(kafka, bundle, total: int, latency: bool = False):
-    """Score the topic with the real loop (new group); returns (events/s, scorer)."""
+def run_scorer(kafka, bundle, total: int, latency: bool = False, pipelined: bool = True):
+    """Score the topic with the real loop (new group); returns (events/s, scorer).
+
+    events/s = events consumed / (first poll batch returned -> last batch scored and acknowledged).
+    """
     from pipeline.metrics import ScorerMetrics
     from pipeline.scorer import Scorer
     from pipeline.scoring import DetectorConfig, StreamingDetector
@@ -93,18 +115,19 @@ def run_scorer(kafka, bundle, total: int, latency: bool = False):
 
     group = f"bench-{uuid.uuid4().hex[:6]}"
     settings = Settings(kafka=kafka.model_copy(update={"group_id": group}))
-    scorer = Scorer(settings, StreamingDetector(bundle, DetectorConfig()), ScorerMetrics())
+    scorer = Scorer(settings, StreamingDetector(bundle, DetectorConfig()), ScorerMetrics(), pipelined=pipelined)
     if latency:
         scorer.latency_log = []
     marks = {}
-    original = scorer.process_batch
+    original = scorer._score  # noqa: SLF001
 
-    def timed(batch):
-        marks.setdefault("first", time.perf_counter())
-        original(batch)
-        marks["last"] = time.perf_counter()
+    def timed(work):
+        marks.setdefault("first", work.polled_at)
+        done = original(work)
+        marks["last"] = time.time()
+        return done
 
-    scorer.process_batch = timed
+    scorer._score = timed  # noqa: SLF001
     stop = threading.Event()
     thread = threading.Thread(target=scorer.run, args=(stop,), daemon=True)
     thread.start()
@@ -131,6 +154,12 @@ def rss_child(n_series: int) -> None:
         for start in range(0, n_series, chunk):
             part = ids[start:start + chunk]
             det.process(part, np.full(len(part), T0 + 60.0 * t), np.random.default_rng(t).normal(size=len(part)))
+    del ids, part
+    gc.collect()
+    try:  # give freed heap pages back so RSS counts what is held, not what was once touched
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
     with open("/proc/self/status") as f:
         rss_kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
     print(json.dumps({"series": det.tracked_series, "rss_bytes": rss_kb * 1024,
@@ -143,6 +172,7 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--paced-events", type=int, default=20_000)
     ap.add_argument("--rate", type=float, default=5000.0)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--rss-child", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--produce-child", nargs=4, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -160,7 +190,16 @@ def main() -> None:
     from pipeline.settings import KafkaSettings
 
     torch.set_num_threads(1)
-    print(f"bench_e2e: {args.series} series, {args.events} events, cpus={os.cpu_count()}, torch threads=1")
+    print(f"bench_e2e: {args.series} series, {args.events} events, cpus={os.cpu_count()}, torch threads=1, "
+          f"repeats={args.repeats} (median [min..max])")
+    runs = {  # label -> (kind, precision, pipelined)
+        "many-to-many": ("many-to-many", "fp32", True),
+        "many-to-many sequential": ("many-to-many", "fp32", False),
+        "many-to-one": ("many-to-one", "fp32", True),
+        "many-to-one sequential": ("many-to-one", "fp32", False),
+        "many-to-one bf16": ("many-to-one", "bf16", True),
+    }
+    bundles = {label: make_bundle(kind, precision=prec) for label, (kind, prec, _) in runs.items()}
     with EmbeddedBroker() as broker:
         kafka = KafkaSettings(bootstrap_servers=broker.bootstrap_servers, events_topic="bench-events",
                               anomalies_topic="bench-anomalies", dead_letter_topic="bench-dead",
@@ -169,15 +208,27 @@ def main() -> None:
         secs = produce(broker.bootstrap_servers, kafka.events_topic, args.series, args.events)
         print(f"produced {args.events} events in {secs:.1f}s ({args.events / secs:,.0f}/s)")
 
-        raw = raw_consume(kafka, args.events)
-        print(f"raw consume+decode (kafka-python + orjson):   {raw:>10,.0f} events/s")
+        raw_rates, rates, busy, last = [], {label: [] for label in runs}, {label: [] for label in runs}, {}
+        for _ in range(args.repeats):
+            raw_rates.append(raw_consume(kafka, args.events))
+            for label, (kind, prec, pipelined) in runs.items():
+                bundle = make_bundle(kind, precision=prec)  # fresh state, same weights
+                rate, scorer = run_scorer(kafka, bundle, args.events, pipelined=pipelined)
+                rates[label].append(rate)
+                busy[label].append(scorer.stats.busy_s * rate / max(scorer.stats.consumed, 1))
+                last[label] = scorer.stats
+        raw = float(np.median(raw_rates))
+        print(f"raw consume+decode (kafka-python + orjson):          {_spread(raw_rates)} events/s")
         results = {}
-        for kind in ("many-to-many", "many-to-one"):
-            rate, scorer = run_scorer(kafka, make_bundle(kind), args.events)
-            results[kind] = rate
-            st = scorer.stats
-            print(f"scorer end-to-end {kind:<12} (hidden 64, w 64): {rate:>10,.0f} events/s = {rate / raw:.2f}x raw "
-                  f"(scored {st.scored}, warm-up {st.warmup}, anomalies {st.anomalies}, batches {st.batches})")
+        for label in runs:
+            rate = float(np.median(rates[label]))
+            results[label] = rate
+            ratios = [r / w for r, w in zip(rates[label], raw_rates)]
+            st = last[label]
+            print(f"scorer e2e {label:<24} (h 64, w 64): {_spread(rates[label])} events/s = {rate / raw:.2f}x raw "
+                  f"(per-round ratios {', '.join(f'{x:.2f}' for x in ratios)}; scorer busy "
+                  f"{100 * float(np.median(busy[label])):.0f}% of wall; scored {st.scored}, warm-up {st.warmup}, "
+                  f"batches {st.batches})")
 
         # latency at a paced rate on a fresh topic
         paced = kafka.model_copy(update={"events_topic": "bench-paced"})
@@ -195,9 +246,11 @@ def main() -> None:
         own = np.concatenate([np.full(len(a), b) for a, b in scorer.latency_log]) * 1000
         print(f"latency at {args.rate:,.0f} events/s ({len(e2e)} events, many-to-many): "
               f"p50 {np.percentile(e2e, 50):.1f} ms, p99 {np.percentile(e2e, 99):.1f} ms, max {e2e.max():.1f} ms; "
-              f"scorer's own part p50 {np.percentile(own, 50):.2f} ms, p99 {np.percentile(own, 99):.2f} ms "
-              f"({100 * np.median(own / np.maximum(e2e, 1e-9)):.0f}% of the median event's latency)")
+              f"scorer's own part (poll returned -> decided) p50 {np.percentile(own, 50):.2f} ms, "
+              f"p99 {np.percentile(own, 99):.2f} ms ({100 * np.median(own / np.maximum(e2e, 1e-9)):.0f}% of the "
+              f"median event's latency)")
 
+    print(bf16_difference())
     rss = {}
     for n in (1_000, 100_000):
         out = subprocess.run([sys.executable, __file__, "--rss-child", str(n)], capture_output=True, text=True, check=True)
@@ -206,10 +259,30 @@ def main() -> None:
     print(f"scorer RSS: {rss[1_000]['rss_bytes'] / 2**20:.0f} MiB at 1k series, "
           f"{rss[100_000]['rss_bytes'] / 2**20:.0f} MiB at 100k series -> {per_series:,.0f} B/series "
           f"(state arrays {rss[100_000]['array_bytes_per_series']} B/series; rest: id strings + dict)")
-    print("targets: m2m >= 0.8x raw: {}; m2o >= 0.3x raw: {}; p99 < 50 ms: {}; < 1 KiB/series: {}".format(
-        results["many-to-many"] / raw >= 0.8, results["many-to-one"] / raw >= 0.3,
-        float(np.percentile(e2e, 99)) < 50, per_series < 1024))
+    print("targets: m2m >= 0.8x raw: {}; m2o >= 0.3x raw: {} (fp32), {} (bf16); p99 < 50 ms: {}; "
+          "< 1 KiB/series: {}".format(results["many-to-many"] / raw >= 0.8, results["many-to-one"] / raw >= 0.3,
+                                      results["many-to-one bf16"] / raw >= 0.3, float(np.percentile(e2e, 99)) < 50,
+                                      per_series < 1024))
 
+
+def _spread(values) -> str:
+    return f"{np.median(values):>9,.0f} [{min(values):,.0f}..{max(values):,.0f}]"
+
+
+def bf16_difference(n: int = 4096, window: int = 64) -> str:
+    """bf16 vs fp32 many-to-one predictions on windows of the benchmark's signal (normalised units)."""
+    import torch
+
+    fp32, bf16 = make_bundle("many-to-one").forecaster, make_bundle("many-to-one", precision="bf16").forecaster
+    t = np.arange(window)[None, :] + np.arange(n)[:, None]
+    s = np.arange(n)[:, None] % 1000
+    x = np.sin(t / 10.0 + s) / np.sqrt(0.5)  # the bench signal, unit variance
+    with torch.inference_mode():
+        xt = torch.from_numpy(x.astype(np.float32))[:, :, None]
+        a, b = fp32(xt)[:, 0].numpy(), bf16(xt)[:, 0].numpy()
+    d = np.abs(a - b)
+    return (f"bf16 vs fp32 many-to-one predictions ({n} windows, untrained bench model): max |diff| {d.max():.2e}, "
+            f"mean {d.mean():.2e} normalised units (prediction std {a.std():.2e})")
 
 if __name__ == "__main__":
     main()

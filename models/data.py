@@ -7,7 +7,7 @@ it without ``.csv``; for a single CSV, the file stem; for Parquet, the ``series`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,7 @@ class TrainingData:
     series: dict[str, np.ndarray]  # id -> values (time,) on a regular grid, NaN for gaps
     start: str | None  # earliest timestamp (ISO 8601) over all series
     end: str | None  # latest timestamp
+    timestamps: dict[str, np.ndarray] = field(default_factory=dict)  # id -> grid epoch seconds (time,)
 
     @property
     def data_range(self) -> tuple[str, str] | None:
@@ -57,15 +58,16 @@ def load_training_data(path: str | Path) -> TrainingData:
         frames[path.stem] = (df["timestamp"], df["value"])
     else:
         raise FileNotFoundError(path)
-    series, lo, hi = {}, None, None
+    series, stamps, lo, hi = {}, {}, None, None
     for sid, (ts, values) in frames.items():
         grid, vals = _regular(ts, values)
         if len(grid) == 0:
             continue
         series[sid] = vals
+        stamps[sid] = grid / 1e9  # for models.calendar features (fit(..., timestamps=...))
         lo = grid[0] if lo is None else min(lo, grid[0])
         hi = grid[-1] if hi is None else max(hi, grid[-1])
-    return TrainingData(series, _iso(lo) if lo is not None else None, _iso(hi) if hi is not None else None)
+    return TrainingData(series, _iso(lo) if lo is not None else None, _iso(hi) if hi is not None else None, stamps)
 
 
 def load_training_series(path: str | Path) -> dict[str, np.ndarray]:

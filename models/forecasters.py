@@ -1,6 +1,8 @@
 """LSTM/GRU forecasters: ``ManyToOne`` (window -> next value) and ``ManyToMany`` (stateful, every step).
 
-Shapes: inputs ``(batch, time, features)``; feature 0 is the (normalised) target.
+Shapes: inputs ``(batch, time, features)``; feature 0 is the (normalised) target. With
+``ForecasterConfig.calendar_features`` features 1..4 are ``models.calendar`` columns of the step's
+timestamp (``features`` is then 5, or 3 without the weekly columns).
 Recurrent state is always a pair ``(h, c)``, each ``(layers, batch, hidden)``; for ``cell="gru"``
 ``c`` is carried but unused (zeros), so the streaming scorer handles one state layout.
 
@@ -18,6 +20,8 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 from torch import nn
+
+from models.calendar import calendar_dim
 
 State = tuple[torch.Tensor, torch.Tensor]
 
@@ -39,8 +43,16 @@ class ForecasterConfig:
     dropout: float = 0.0
     features: int = 1
     decoder: str = "stateful"
+    calendar_features: bool = False  # inputs get models.calendar columns (time of day/week) after the value
+    calendar_week: bool = True       # with calendar_features: include the day-of-week columns (else time of day only)
 
     def __post_init__(self) -> None:
+        if self.calendar_features:
+            need = 1 + calendar_dim(self.calendar_week)
+            if self.features == 1:
+                self.features = need
+            if self.features != need:
+                raise ValueError(f"calendar_features needs features={need} (value + calendar), got {self.features}")
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
         if self.cell not in CELLS:

@@ -26,6 +26,7 @@ import torch
 
 from models.bundle import ModelBundle
 from models.calibration import calibrate
+from models.calendar import with_calendar
 from models.forecasters import ForecasterConfig, build_forecaster
 from models.windows import SeriesNormalizer, as_2d, sequence_targets, sliding_windows
 
@@ -133,6 +134,7 @@ def fit(
     tbptt_chunks: int = 4,
     calibration_k: float = 5.0,
     num_threads: int | None = None,
+    timestamps: dict[str, np.ndarray] | None = None,
 ) -> tuple[ModelBundle, TrainReport]:
     """Train ``config`` on ``series`` (id -> ``(time,)`` or ``(time, features)`` raw values).
 
@@ -142,21 +144,28 @@ def fit(
     ``num_threads`` (CPU) defaults to ``min(2, cpu_count)``; use 1 on an oversubscribed host (torch's
     intra-op threads spin, so 2 threads competing with other busy processes can be 10x slower).
     The process-wide torch thread count is restored on return.
+    ``timestamps``: id -> ``(time,)`` epoch seconds or datetime64 of every row of ``series[id]``;
+    required when ``config.calendar_features`` (the calendar columns are appended after
+    normalisation, see ``models.calendar``), ignored otherwise.
     """
     if not series:
         raise ValueError("no training series")
+    if config.calendar_features:
+        missing = [sid for sid in series if timestamps is None or sid not in timestamps]
+        if missing:
+            raise ValueError(f"calendar_features needs timestamps for every series; missing {missing[:3]}")
     threads_before = torch.get_num_threads()
     try:
         return _fit(config, series, epochs=epochs, device=device, seed=seed, warm_start=warm_start,
                     progress=progress, name=name, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                     clip_norm=clip_norm, val_fraction=val_fraction, patience=patience, tbptt_chunks=tbptt_chunks,
-                    calibration_k=calibration_k, num_threads=num_threads)
+                    calibration_k=calibration_k, num_threads=num_threads, timestamps=timestamps)
     finally:
         torch.set_num_threads(threads_before)
 
 
 def _fit(config, series, *, epochs, device, seed, warm_start, progress, name, batch_size, lr, weight_decay,
-         clip_norm, val_fraction, patience, tbptt_chunks, calibration_k, num_threads):
+         clip_norm, val_fraction, patience, tbptt_chunks, calibration_k, num_threads, timestamps=None):
     t_start = time.perf_counter()
     dev = resolve_device(device)
     cuda = dev.type == "cuda"
@@ -172,6 +181,8 @@ def _fit(config, series, *, epochs, device, seed, warm_start, progress, name, ba
     cuts = {sid: split_point(len(a), val_fraction) for sid, a in raw.items()}
     normalizers = {sid: SeriesNormalizer.fit(a[: cuts[sid]]) for sid, a in raw.items()}
     normed = {sid: normalizers[sid].transform(a) for sid, a in raw.items()}
+    if config.calendar_features:  # (time, 1) values -> (time, 1 + calendar_dim); calendar columns unnormalised
+        normed = {sid: with_calendar(a, timestamps[sid], config.calendar_week) for sid, a in normed.items()}
 
     model = build_forecaster(config)
     if warm_start is not None:
@@ -284,7 +295,8 @@ def _fit(config, series, *, epochs, device, seed, warm_start, progress, name, ba
 
 
 def _arch(cfg: ForecasterConfig) -> tuple:
-    return (cfg.kind, cfg.horizon, cfg.hidden, cfg.layers, cfg.cell, cfg.features, cfg.decoder)
+    return (cfg.kind, cfg.horizon, cfg.hidden, cfg.layers, cfg.cell, cfg.features, cfg.decoder, cfg.calendar_features,
+            cfg.calendar_week)
 
 
 def _step(opt, model, loss, clip_norm: float) -> None:

@@ -5,13 +5,22 @@
 atomically); when the champion differs from the version serving, it loads that version. A version
 that fails to load (``CorruptModelError`` or anything else) is refused once and remembered, so the
 old model keeps serving and the watcher does not retry it every batch; a later promotion is tried.
+
+``precision="bf16"`` serves many-to-one (window) forecasters through a bfloat16 copy
+(``Bf16WindowForecaster``: about twice the windows/s on CPUs with AVX-512 BF16, predictions differ
+from fp32 by ~1e-3..1e-2 normalised units); stateful many-to-many models always stay fp32 (their
+recurrent state would accumulate the rounding).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from dataclasses import dataclass
+
+import torch
+from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +34,42 @@ class ReloadOutcome:
     error: str = ""
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
+class Bf16WindowForecaster(nn.Module):
+    """A bfloat16 copy of a many-to-one forecaster: ``x (batch, window, features)`` fp32 -> ``(batch, horizon)`` fp32."""
+
+    def __init__(self, forecaster: nn.Module):
+        super().__init__()
+        self.inner = copy.deepcopy(forecaster).to(torch.bfloat16).eval()
+        self.config = getattr(forecaster, "config", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x.to(torch.bfloat16)).float()
+
+
+def apply_precision(bundle, precision: str = "fp32"):
+    """Return ``bundle`` set up to serve at ``precision`` ("fp32" | "bf16"; bf16 only for many-to-one)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp32" or bundle is None or isinstance(bundle.forecaster, Bf16WindowForecaster):
+        return bundle
+    if bundle.kind != "many-to-one":
+        log.info("precision %s applies to many-to-one models only; %s v%s stays fp32",
+                 precision, getattr(bundle, "name", "?"), getattr(bundle, "version", "?"))
+        return bundle
+    bundle.forecaster = Bf16WindowForecaster(bundle.forecaster)
+    return bundle
+
+
 class ChampionWatcher:
     """Follows ``registry.champion(name)``; ``serving`` is the version in use."""
 
-    def __init__(self, registry, name: str, serving: int | None, interval_s: float = 1.0):
+    def __init__(self, registry, name: str, serving: int | None, interval_s: float = 1.0, precision: str = "fp32"):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.precision = precision
         self.registry = registry
         self.name = name
         self.serving = serving
@@ -38,7 +79,7 @@ class ChampionWatcher:
 
     def load_initial(self):
         """The current champion bundle (raises when there is none or it cannot be loaded)."""
-        bundle = self.registry.load(self.name)
+        bundle = apply_precision(self.registry.load(self.name), self.precision)
         self.serving = bundle.version
         return bundle
 
@@ -56,7 +97,7 @@ class ChampionWatcher:
         if version is None or version == self.serving or version in self.refused:
             return None
         try:
-            bundle = self.registry.load(self.name, version)
+            bundle = apply_precision(self.registry.load(self.name, version), self.precision)
         except Exception as error:  # noqa: BLE001 - corrupt or unloadable: refuse, keep serving
             self.refused.add(version)
             log.error("refusing %s v%s: %s", self.name, version, error)

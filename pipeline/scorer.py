@@ -23,10 +23,13 @@ before the next batch, so no event is lost or scored twice around a swap.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from itertools import chain, compress
+from operator import attrgetter, itemgetter
 
 import numpy as np
 import orjson
@@ -45,6 +48,8 @@ from pipeline.scoring import DUPLICATE, OUT_OF_ORDER as ST_OUT_OF_ORDER, SCORED,
 
 log = logging.getLogger(__name__)
 _LAG_INTERVAL_S = 1.0
+# Consumer options of the scorer (the benchmark's raw baseline uses the same ones).
+CONSUMER_OVERRIDES: dict = {}
 
 
 class ProduceFailed(RuntimeError):
@@ -89,17 +94,77 @@ def observe_many(histogram, values: np.ndarray) -> None:
 
 @dataclass
 class DecodedBatch:
-    """Columns of the valid events of a batch and the rejections, by position in the batch."""
+    """Columns of the valid events of a batch (in batch order) and the rejections, by position.
+
+    ``series`` list of str; ``ts``, ``values`` float64 ``(n_valid,)``; ``valid_pos`` int64
+    ``(n_valid,)`` positions in the batch; ``rejections`` list of ``(position, Rejection)``.
+    """
 
     series: list = field(default_factory=list)
-    ts: list = field(default_factory=list)
-    values: list = field(default_factory=list)
-    valid_pos: list = field(default_factory=list)
+    ts: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    values: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    valid_pos: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     rejections: list = field(default_factory=list)  # (position, Rejection)
 
 
 _MAX_EXACT_INT = 2**53
 _MS_CUTOFF, _MAX_TS = 1e11, 7_258_118_400.0
+_SERIES, _TS, _VALUE = itemgetter("series"), itemgetter("ts"), itemgetter("value")
+_KEY, _VALUE_BYTES, _TIMESTAMP = attrgetter("key"), attrgetter("value"), attrgetter("timestamp")
+_NUMBER_TYPES = {int, float}
+_FIRST, _LAST = itemgetter(0), itemgetter(-1)
+
+
+def _fast_columns(payloads: list, records, max_series_id_length: int):
+    """Column-wise checks of the common case with C-level loops (``map``, numpy).
+
+    Returns ``(ok (n,) bool, series list, ts (n,) s, values (n,))`` where ``ok`` marks the events
+    accepted here, or None when the batch needs the per-message path (rare: a non-object, a
+    missing field, a wrong type). Rows not ``ok`` still need ``validate_payload``: they may be valid
+    (e.g. an integer beyond 2**53, an ISO timestamp) or rejected; only that function decides.
+    """
+    n = len(payloads)
+    if set(map(type, payloads)) != {dict}:
+        return None
+    try:
+        sids = list(map(_SERIES, payloads))
+        tss = list(map(_TS, payloads))
+        vals = list(map(_VALUE, payloads))
+    except KeyError:
+        return None
+    if (set(map(type, sids)) != {str} or not set(map(type, tss)) <= _NUMBER_TYPES
+            or not set(map(type, vals)) <= _NUMBER_TYPES):
+        return None
+    try:
+        t = np.array(tss, dtype=np.float64)
+        v = np.array(vals, dtype=np.float64)
+        encoded = list(map(str.encode, sids))
+    except (OverflowError, ValueError, TypeError, UnicodeError):
+        return None
+    lengths = np.fromiter(map(len, sids), dtype=np.int64, count=n)
+    with np.errstate(invalid="ignore"):
+        ok = ((lengths > 0) & (lengths <= max_series_id_length)
+              & (np.abs(v) < _MAX_EXACT_INT) & (np.abs(t) < _MAX_EXACT_INT))
+        big = np.abs(t) >= _MS_CUTOFF
+        if big.any():
+            t = np.where(big, t / 1000.0, t)
+        ok &= (t >= 0.0) & (t <= _MAX_TS)
+    if any(map(str.isspace, sids)):
+        ok &= ~np.fromiter(map(str.isspace, sids), dtype=bool, count=n)
+    keys = list(map(_KEY, records))
+    if encoded != keys:  # a key that is given must equal the series id
+        ok &= ~np.fromiter((k is not None and k != e for k, e in zip(keys, encoded)), dtype=bool, count=n)
+    return ok, sids, t, v
+
+
+def _all_objects(values: list, max_message_bytes: int) -> bool:
+    """Every value is ``{...}`` of 1..max bytes (so joining them cannot shift message boundaries)."""
+    if None in values:
+        return False
+    lengths = list(map(len, values))
+    if min(lengths) < 2 or max(lengths) > max_message_bytes:
+        return False
+    return set(map(_FIRST, values)) == {0x7B} and set(map(_LAST, values)) == {0x7D}
 
 
 def decode_batch(records, max_message_bytes: int = MAX_MESSAGE_BYTES,
@@ -107,59 +172,63 @@ def decode_batch(records, max_message_bytes: int = MAX_MESSAGE_BYTES,
     """Decode and validate a poll batch; same verdicts as ``pipeline.events.parse_event``.
 
     One ``orjson.loads`` for the whole batch when every value is a JSON object that parses
-    (count checked), else message by message. The common case (numeric ts and value, plain
-    series id) is accepted inline; anything else goes through ``validate_payload`` /
-    ``parse_event`` (the schema's reference implementation) so reasons stay exact.
+    (count checked), then column-wise checks of the common case (numeric ts and value, plain
+    series id, matching key); anything else goes through ``validate_payload`` / ``parse_event``
+    (the schema's reference implementation) so reasons stay exact.
     """
+    n = len(records)
     out = DecodedBatch()
-    values = [r.value for r in records]
+    if n == 0:
+        return out
+    values = list(map(_VALUE_BYTES, records))
     payloads = None
-    if all(v is not None and 0 < len(v) <= max_message_bytes and v[:1] == b"{" and v[-1:] == b"}" for v in values):
+    if _all_objects(values, max_message_bytes):
         try:
             payloads = orjson.loads(b"[" + b",".join(values) + b"]")
         except orjson.JSONDecodeError:
             payloads = None
-        if payloads is not None and len(payloads) != len(values):
+        if payloads is not None and len(payloads) != n:
             payloads = None
-    s_app, t_app, v_app, p_app = out.series.append, out.ts.append, out.values.append, out.valid_pos.append
-    if payloads is not None:
-        for i, (p, r) in enumerate(zip(payloads, records)):
-            if type(p) is dict:
-                sid, t, v = p.get("series"), p.get("ts"), p.get("value")
-                tt, tv = type(t), type(v)
-                if (type(sid) is str and (tv is float or (tv is int and -_MAX_EXACT_INT < v < _MAX_EXACT_INT))
-                        and (tt is float or (tt is int and -_MAX_EXACT_INT < t < _MAX_EXACT_INT))
-                        and 0 < len(sid) <= max_series_id_length and not sid.isspace()
-                        and (r.key is None or r.key == sid.encode())):
-                    t = float(t)
-                    if t >= _MS_CUTOFF or t <= -_MS_CUTOFF:
-                        t /= 1000.0
-                    if 0.0 <= t <= _MAX_TS:
-                        s_app(sid)
-                        t_app(t)
-                        v_app(float(v))
-                        p_app(i)
-                        continue
+    fast = _fast_columns(payloads, records, max_series_id_length) if payloads is not None else None
+    if fast is not None:
+        ok, sids, t, v = fast
+        if not ok.all():
+            for i in np.flatnonzero(~ok).tolist():
+                r = records[i]
+                try:
+                    item = validate_payload(payloads[i], r.value, r.key, max_series_id_length=max_series_id_length)
+                except Exception as error:  # noqa: BLE001 - never raise on bad input
+                    item = Rejection(MALFORMED_JSON, f"unexpected error while validating: {error}", bytes(r.value))
+                if type(item) is Event:
+                    ok[i], sids[i], t[i], v[i] = True, item.series, item.ts, item.value
+                else:
+                    out.rejections.append((i, item))
+            out.series = list(compress(sids, ok.tolist()))
+            out.ts, out.values, out.valid_pos = t[ok], v[ok], np.flatnonzero(ok)
+        else:
+            out.series, out.ts, out.values, out.valid_pos = sids, t, v, np.arange(n, dtype=np.int64)
+        return out
+    series, ts, vals, pos = [], [], [], []
+    for i, r in enumerate(records):
+        if payloads is not None:
             try:
-                item = validate_payload(p, r.value, r.key, max_series_id_length=max_series_id_length)
+                item = validate_payload(payloads[i], r.value, r.key, max_series_id_length=max_series_id_length)
             except Exception as error:  # noqa: BLE001 - never raise on bad input
                 item = Rejection(MALFORMED_JSON, f"unexpected error while validating: {error}", bytes(r.value))
-            _add(out, i, item)
-    else:
-        for i, r in enumerate(records):
-            _add(out, i, parse_event(r.value, r.key, max_message_bytes=max_message_bytes,
-                                     max_series_id_length=max_series_id_length))
+        else:
+            item = parse_event(r.value, r.key, max_message_bytes=max_message_bytes,
+                               max_series_id_length=max_series_id_length)
+        if type(item) is Event:
+            series.append(item.series)
+            ts.append(item.ts)
+            vals.append(item.value)
+            pos.append(i)
+        else:
+            out.rejections.append((i, item))
+    out.series = series
+    out.ts, out.values = np.array(ts, dtype=np.float64), np.array(vals, dtype=np.float64)
+    out.valid_pos = np.array(pos, dtype=np.int64)
     return out
-
-
-def _add(out: DecodedBatch, i: int, item) -> None:
-    if type(item) is Event:
-        out.series.append(item.series)
-        out.ts.append(item.ts)
-        out.values.append(item.value)
-        out.valid_pos.append(i)
-    else:
-        out.rejections.append((i, item))
 
 
 class _Listener(ConsumerRebalanceListener):
@@ -173,12 +242,37 @@ class _Listener(ConsumerRebalanceListener):
         self.scorer._on_assigned(assigned)
 
 
+class _Work:
+    """One poll batch, prepared on the fetch thread for the scoring thread.
+
+    ``records`` flat list (partition by partition); ``tps``/``sizes`` the partitions and their
+    record counts in that order; ``replay`` bool ``(n,)`` or None (no replay in this batch);
+    ``offsets`` what to commit once the batch's outputs are acknowledged; ``ends`` next offset per
+    partition; ``generation`` the assignment generation it was fetched under; ``polled_at`` epoch s.
+    """
+
+    __slots__ = ("records", "tps", "sizes", "replay", "offsets", "ends", "generation", "polled_at")
+
+    def __init__(self, records, tps, sizes, replay, offsets, ends, generation, polled_at):
+        self.records, self.tps, self.sizes, self.replay = records, tps, sizes, replay
+        self.offsets, self.ends, self.generation, self.polled_at = offsets, ends, generation, polled_at
+
+
+_END = object()  # fetch thread -> scoring thread: no more batches
+
+
 class Scorer:
-    """Consumes ``settings.kafka.events_topic`` in the scorer group and scores it with ``detector``."""
+    """Consumes ``settings.kafka.events_topic`` in the scorer group and scores it with ``detector``.
+
+    ``pipelined`` (default): a fetch thread owns the consumer (poll, seek, commit, lag) and hands
+    prepared batches to the thread calling ``run`` through a queue of ``queue_batches``; the
+    scoring thread hands acknowledged offsets back. ``pipelined=False``: one thread does
+    poll -> score -> commit in turn (same semantics, fewer moving parts).
+    """
 
     def __init__(self, settings, detector: StreamingDetector, metrics: ScorerMetrics | None = None, *,
                  watcher=None, replay_messages: int = 20_000, poll_timeout_ms: int = 200,
-                 on_anomaly=None, consumer=None, producer=None):
+                 on_anomaly=None, consumer=None, producer=None, pipelined: bool = True, queue_batches: int = 1):
         from pipeline.kafka_clients import make_consumer, make_producer
 
         self.settings = settings
@@ -189,37 +283,72 @@ class Scorer:
         self.replay_messages = replay_messages
         self.poll_timeout_ms = poll_timeout_ms
         self.on_anomaly = on_anomaly
+        self.pipelined = pipelined
         self.stats = ScorerStats()
         self._replay_end: dict[TopicPartition, int] = {}
+        self._processed_upto: dict[TopicPartition, int] = {}
         self._revoked: set[TopicPartition] = set()
         self._pending_warm: set[TopicPartition] = set()
         self._series_by_tp: dict[TopicPartition, set[str]] = defaultdict(set)
         self._next_lag = 0.0
+        self._generation = 0
+        self._busy = threading.Lock()    # held while the detector is used (a batch, a reload, a forget)
+        self._state = threading.Lock()   # replay / assignment bookkeeping shared with rebalance callbacks
+        self._work_q: queue.Queue = queue.Queue(maxsize=max(queue_batches, 1))
+        self._done_q: queue.SimpleQueue = queue.SimpleQueue()  # offsets whose outputs are acknowledged
+        self._halt = threading.Event()
+        self._fetch_error: BaseException | None = None
         self.latency_log: list | None = None
-        self.consumer = consumer or make_consumer(self.kafka, group_id=self.kafka.group_id)
+        self.consumer = consumer or make_consumer(self.kafka, group_id=self.kafka.group_id, **CONSUMER_OVERRIDES)
         self.consumer.subscribe([self.kafka.events_topic], listener=_Listener(self))
         self.producer = producer or make_producer(self.kafka, linger_ms=5)
         self._publish_model_info()
 
     # ------------------------------------------------------------------ rebalance
+    # kafka-python runs these on its IO thread while the fetch thread waits in poll(): no
+    # consumer calls here. The batch being scored finishes first (``_busy``); batches fetched but
+    # not scored yet are dropped (their partitions restart from the committed offset).
     def _on_revoked(self, revoked) -> None:
-        self._revoked = set(revoked)
+        with self._state:
+            self._generation += 1
+            self._revoked = set(revoked)
+        self._drop_queued()
+        with self._busy:
+            pass
         log.info("partitions revoked: %s", sorted((tp.partition for tp in revoked)))
 
     def _on_assigned(self, assigned) -> None:
-        # Runs on kafka-python's IO thread: no blocking consumer calls here. The replay seek is
-        # done by the loop right after this poll returns (``_start_replay``).
         assigned = set(assigned)
-        lost = self._revoked - assigned
-        for tp in lost:
-            self.detector.forget(self._series_by_tp.pop(tp, set()))
-            self._replay_end.pop(tp, None)
-            if self._has_lag(tp):
-                self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
-        kept = self._revoked & assigned
-        self._revoked = set()
-        self._pending_warm |= assigned - kept
+        with self._busy, self._state:
+            lost = self._revoked - assigned
+            for tp in lost:
+                self.detector.forget(self._series_by_tp.pop(tp, set()))
+                self._replay_end.pop(tp, None)
+                self._processed_upto.pop(tp, None)
+                if self._has_lag(tp):
+                    self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
+            kept = self._revoked & assigned
+            for tp in kept:
+                # Kept partitions restart from their committed offset, which may be behind what
+                # was already stepped into state (a commit still in flight): re-read those as
+                # replay (state-only; their repeated timestamps are skipped), not as new events.
+                upto = self._processed_upto.get(tp)
+                if upto is not None and upto > self._replay_end.get(tp, -1):
+                    self._replay_end[tp] = upto
+            self._revoked = set()
+            self._pending_warm |= assigned - kept
         log.info("partitions assigned: %s", sorted(tp.partition for tp in assigned))
+
+    def _drop_queued(self) -> None:
+        ended = False
+        while True:
+            try:
+                item = self._work_q.get_nowait()
+            except queue.Empty:
+                break
+            ended = ended or item is _END
+        if ended:
+            self._work_q.put(_END)
 
     def _start_replay(self, batch: dict) -> dict:
         """Seek newly assigned partitions back ``replay_messages`` before their committed offset.
@@ -227,7 +356,8 @@ class Scorer:
         Records this poll already returned for those partitions are dropped (not processed, not
         committed): the seek re-reads them right after the replay.
         """
-        pending, self._pending_warm = self._pending_warm, set()
+        with self._state:
+            pending, self._pending_warm = self._pending_warm, set()
         if self.replay_messages <= 0:
             return batch
         assigned = self.consumer.assignment()
@@ -242,7 +372,8 @@ class Scorer:
             if not committed:
                 continue
             self.consumer.seek(tp, max(committed - self.replay_messages, 0))
-            self._replay_end[tp] = committed
+            with self._state:
+                self._replay_end[tp] = committed
             batch.pop(tp, None)
         if self._replay_end:
             log.info("warm replay up to committed offsets %s",
@@ -289,25 +420,102 @@ class Scorer:
 
     # ------------------------------------------------------------------ loop
     def run(self, stop: threading.Event, idle_exit_s: float | None = None) -> ScorerStats:
-        """Poll and score until ``stop`` is set (or no message came for ``idle_exit_s``); commit and close."""
+        """Poll and score until ``stop`` is set (or no message came for ``idle_exit_s``); commit and close.
+
+        On ``stop`` the batch being scored is finished, produced, acknowledged and committed;
+        batches fetched but not scored yet are left uncommitted (re-read by the next owner).
+        """
         self.metrics.up.set(1)
+        try:
+            if self.pipelined:
+                self._run_pipelined(stop, idle_exit_s)
+            else:
+                self._run_sequential(stop, idle_exit_s)
+        finally:
+            self.metrics.up.set(0)
+            try:
+                self._commit_done(sync=True)
+            finally:
+                self.close()
+        return self.stats
+
+    def _run_sequential(self, stop: threading.Event, idle_exit_s: float | None) -> None:
         last_message = time.monotonic()
+        while not stop.is_set():
+            with self._busy:
+                self.check_reload()
+            batch = self._poll()
+            if batch:
+                work = self._prepare(batch)
+                with self._busy:
+                    self._score(work)
+                self._done_q.put(work.offsets)
+                self._commit_done(sync=True)
+                last_message = time.monotonic()
+            elif idle_exit_s is not None and time.monotonic() - last_message > idle_exit_s:
+                break
+            self._update_lag()
+
+    def _run_pipelined(self, stop: threading.Event, idle_exit_s: float | None) -> None:
+        fetcher = threading.Thread(target=self._fetch_loop, args=(stop, idle_exit_s), name="tsad-fetch", daemon=True)
+        fetcher.start()
         try:
             while not stop.is_set():
-                self.check_reload()
-                batch = self.consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=self.kafka.max_poll_records)
-                if self._pending_warm:
-                    batch = self._start_replay(batch)
+                with self._busy:
+                    self.check_reload()
+                try:
+                    work = self._work_q.get(timeout=0.1)
+                except queue.Empty:
+                    if not fetcher.is_alive() and self._work_q.empty():
+                        break
+                    continue
+                if work is _END:
+                    break
+                with self._busy:
+                    scored = self._score(work)
+                if scored:
+                    self._done_q.put(work.offsets)
+        finally:
+            self._halt.set()
+            fetcher.join(60)
+        if self._fetch_error is not None:
+            raise self._fetch_error
+
+    def _fetch_loop(self, stop: threading.Event, idle_exit_s: float | None) -> None:
+        """(fetch thread) poll, prepare, hand over; commit what the scoring thread acknowledged."""
+        last_message = time.monotonic()
+        try:
+            while not (stop.is_set() or self._halt.is_set()):
+                self._commit_done(sync=False)
+                batch = self._poll()
                 if batch:
-                    self.process_batch(batch)
+                    work = self._prepare(batch)
                     last_message = time.monotonic()
+                    while not (stop.is_set() or self._halt.is_set()):
+                        try:
+                            self._work_q.put(work, timeout=0.1)
+                            break
+                        except queue.Full:
+                            self._commit_done(sync=False)
                 elif idle_exit_s is not None and time.monotonic() - last_message > idle_exit_s:
                     break
                 self._update_lag()
+        except BaseException as error:  # noqa: BLE001 - handed to the scoring thread, raised by run()
+            self._fetch_error = error
+            log.error("fetch thread failed: %s", error)
         finally:
-            self.metrics.up.set(0)
-            self.close()
-        return self.stats
+            while not self._halt.is_set():
+                try:
+                    self._work_q.put(_END, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+
+    def _poll(self) -> dict:
+        batch = self.consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=self.kafka.max_poll_records)
+        if self._pending_warm:
+            batch = self._start_replay(batch)
+        return batch
 
     def close(self) -> None:
         try:
@@ -332,27 +540,64 @@ class Scorer:
             if position is not None:
                 self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(high - position, 0))
 
+    def _prepare(self, batch: dict) -> _Work:
+        """(fetch thread) Flatten a poll batch; mark replayed records; offsets to commit after it."""
+        polled_at = time.time()
+        tps = [tp for tp, recs in batch.items() if recs]
+        lists = [batch[tp] for tp in tps]
+        records = list(chain.from_iterable(lists))
+        sizes = [len(recs) for recs in lists]
+        replay = None
+        offsets, ends = {}, {}
+        with self._state:
+            if self._replay_end:
+                replay = np.zeros(len(records), dtype=bool)
+                pos = 0
+                for tp, recs in zip(tps, lists):
+                    end = self._replay_end.get(tp)
+                    if end is not None:
+                        if recs[-1].offset < end:
+                            replay[pos:pos + len(recs)] = True
+                        else:
+                            offs = np.fromiter((r.offset for r in recs), dtype=np.int64, count=len(recs))
+                            replay[pos:pos + len(recs)] = offs < end
+                        if recs[-1].offset + 1 >= end:
+                            del self._replay_end[tp]
+                    pos += len(recs)
+                if not replay.any():
+                    replay = None
+            for tp, recs in zip(tps, lists):
+                nxt = recs[-1].offset + 1
+                ends[tp] = nxt
+                if nxt <= self._replay_end.get(tp, -1):
+                    continue  # replay only: the committed offset is already past these
+                offsets[tp] = OffsetAndMetadata(nxt, "", -1)
+            generation = self._generation
+        return _Work(records, tps, sizes, replay, offsets, ends, generation, polled_at)
+
     def process_batch(self, batch: dict) -> None:
-        """Score, produce, flush, commit one poll batch (``{TopicPartition: [ConsumerRecord]}``)."""
-        t0, wall0 = time.perf_counter(), time.time()
-        records = [r for recs in batch.values() for r in recs]
+        """Score, produce, flush and commit one poll batch (``{TopicPartition: [ConsumerRecord]}``) inline."""
+        work = self._prepare(batch)
+        with self._busy:
+            self._score(work)
+        self._done_q.put(work.offsets)
+        self._commit_done(sync=True)
+
+    def _score(self, work: _Work) -> bool:
+        """(scoring thread, holding ``_busy``) Decode, score, produce and await one batch.
+
+        Returns False for a batch fetched before a rebalance (dropped: it is re-read).
+        """
+        if work.generation != self._generation:
+            return False
+        t0 = time.perf_counter()
+        records = work.records
         n = len(records)
-        replay = np.zeros(n, dtype=bool)
-        if self._replay_end:
-            pos = 0
-            for tp, recs in batch.items():
-                end = self._replay_end.get(tp)
-                if end is not None:
-                    offs = np.fromiter((r.offset for r in recs), dtype=np.int64, count=len(recs))
-                    replay[pos:pos + len(recs)] = offs < end
-                    if len(recs) and recs[-1].offset + 1 >= end:
-                        del self._replay_end[tp]
-                pos += len(recs)
+        replay = work.replay
         dec = decode_batch(records, self.settings.max_message_bytes, self.settings.max_series_id_length)
-        valid_pos = dec.valid_pos
-        vp = np.asarray(valid_pos, dtype=np.int64)
-        alert = ~replay[vp] if len(vp) else np.zeros(0, dtype=bool)
-        result = self.detector.process(dec.series, dec.ts, dec.values, alert=alert)
+        vp = dec.valid_pos
+        new = np.ones(len(vp), dtype=bool) if replay is None else ~replay[vp]
+        result = self.detector.process(dec.series, dec.ts, dec.values, alert=new)
         decided_at = time.time()
         futures = []
         stats, metrics = self.stats, self.metrics
@@ -361,17 +606,16 @@ class Scorer:
 
         # rejected by validation (not replay)
         for i, item in dec.rejections:
-            if not replay[i]:
+            if replay is None or not replay[i]:
                 r = records[i]
                 futures.append(send(topic_dl, key=r.key, value=item.raw,
                                     headers=dead_letter_headers(item.reason, item.detail, r.topic, r.partition, r.offset)))
                 stats.rejected[item.reason] += 1
                 metrics.events_rejected.labels(item.reason).inc()
         status = result.status
-        new = alert
         # rejected by the detector: duplicate / out-of-order timestamps
         for j in np.flatnonzero(new & ((status == DUPLICATE) | (status == ST_OUT_OF_ORDER))).tolist():
-            r = records[valid_pos[j]]
+            r = records[vp[j]]
             reason = DUPLICATE_TIMESTAMP if status[j] == DUPLICATE else OUT_OF_ORDER
             detail = f"series {dec.series[j]!r}: timestamp {dec.ts[j]} " + (
                 "equals the last accepted one" if reason == DUPLICATE_TIMESTAMP else "is older than the last accepted one")
@@ -381,20 +625,20 @@ class Scorer:
             metrics.events_rejected.labels(reason).inc()
         # anomalies
         for j in np.flatnonzero(result.is_anomaly).tolist():
-            r, sid = records[valid_pos[j]], dec.series[j]
-            value = anomaly_value(sid, dec.ts[j], dec.values[j], float(result.predicted[j]), float(result.error[j]),
-                                  float(result.score[j]), result.threshold, result.model, result.model_version,
-                                  r.topic, r.partition, r.offset)
+            r, sid = records[vp[j]], dec.series[j]
+            value = anomaly_value(sid, float(dec.ts[j]), float(dec.values[j]), float(result.predicted[j]),
+                                  float(result.error[j]), float(result.score[j]), result.threshold, result.model,
+                                  result.model_version, r.topic, r.partition, r.offset)
             futures.append(send(topic_out, key=sid.encode("utf-8"), value=value))
             if self.on_anomaly is not None:
                 self.on_anomaly(orjson.loads(value))
         self._await(futures)
 
-        n_scored = int(((status == SCORED) & new).sum())
-        n_warm_new = int(((status == WARMUP) & new).sum())
-        n_replayed = int(((status == WARMUP) & ~new).sum())
-        n_new = int(n - replay.sum())
-        n_anom = int(result.is_anomaly.sum())
+        counts_new = np.bincount(status[new], minlength=4)
+        n_scored, n_warm_new = int(counts_new[SCORED]), int(counts_new[WARMUP])
+        n_replayed = int(np.count_nonzero(status[~new] == WARMUP)) if replay is not None else 0
+        n_new = n - (int(replay.sum()) if replay is not None else 0)
+        n_anom = int(np.count_nonzero(result.is_anomaly))
         stats.consumed += n_new
         stats.scored += n_scored
         stats.warmup += n_warm_new + n_replayed
@@ -403,34 +647,35 @@ class Scorer:
         metrics.events_consumed.inc(n_new)
         metrics.events_scored.inc(n_scored)
         metrics.events_warmup.inc(n_warm_new + n_replayed)
-        if hasattr(metrics, "events_replayed"):
+        if n_replayed and hasattr(metrics, "events_replayed"):
             metrics.events_replayed.inc(n_replayed)
-        metrics.anomalies.inc(n_anom)
+        if n_anom:
+            metrics.anomalies.inc(n_anom)
         if result.evicted:
             metrics.series_evicted.inc(result.evicted)
         decided = new & ((status == SCORED) | (status == WARMUP))
         if decided.any():
-            ts_ms = np.fromiter((records[valid_pos[j]].timestamp for j in np.flatnonzero(decided).tolist()),
-                                dtype=np.float64)
+            ts_ms = np.fromiter(map(_TIMESTAMP, records), dtype=np.float64, count=n)[vp[decided]]
             latency = np.maximum(decided_at - ts_ms / 1000.0, 0.0)
             observe_many(metrics.end_to_end_latency, latency)
-            if self.latency_log is not None:  # benchmarks: (end-to-end, time inside the scorer) per event
-                self.latency_log.append((latency, decided_at - wall0))
+            if self.latency_log is not None:  # benchmarks: (end-to-end, poll returned -> decided) per event
+                self.latency_log.append((latency, decided_at - work.polled_at))
 
         # remember which series live on which partition (to drop them if the partition goes)
-        part_of = np.repeat(np.arange(len(batch)), [len(recs) for recs in batch.values()])
-        tps = list(batch)
-        for k, tp in enumerate(tps):
-            mine = np.flatnonzero(part_of[vp] == k) if len(vp) else []
-            if len(mine):
-                self._series_by_tp[tp].update(dec.series[j] for j in mine.tolist())
-        self._commit(batch)
+        bounds = np.searchsorted(vp, np.cumsum([0] + work.sizes))
+        series = dec.series
+        for k, tp in enumerate(work.tps):
+            a, b = int(bounds[k]), int(bounds[k + 1])
+            if b > a:
+                self._series_by_tp[tp].update(series[a:b])
+        self._processed_upto.update(work.ends)
         stats.batches += 1
         metrics.tracked_series.set(self.detector.tracked_series)
         metrics.batch_size.observe(n)
         elapsed = time.perf_counter() - t0
         stats.busy_s += elapsed
         metrics.batch_duration.observe(elapsed)
+        return True
 
     def _await(self, futures) -> None:
         """Flush and make sure every send of the batch was acknowledged (retrying failed ones)."""
@@ -446,22 +691,40 @@ class Scorer:
     def _commit_offsets(self, offsets) -> None:
         self.consumer.commit(offsets)
 
-    def _commit(self, batch: dict) -> None:
+    def _commit_done(self, sync: bool) -> None:
+        """(consumer's thread) Commit the offsets of every batch acknowledged so far.
+
+        ``sync=False`` (steady state, pipelined): ``commit_async`` and go on polling; a lost async
+        commit only means re-reading (at-least-once). ``sync=True``: on shutdown and in the
+        sequential loop.
+        """
         offsets = {}
-        for tp, recs in batch.items():
-            if not recs:
-                continue
-            nxt = recs[-1].offset + 1
-            if nxt <= self._replay_end.get(tp, -1):
-                continue  # replay only: the committed offset is already past these
-            offsets[tp] = OffsetAndMetadata(nxt, "", -1)
+        while True:
+            try:
+                offsets.update(self._done_q.get_nowait())  # later batches carry larger offsets
+            except queue.Empty:
+                break
         if not offsets:
+            return
+        assigned = self.consumer.assignment()
+        offsets = {tp: om for tp, om in offsets.items() if tp in assigned}
+        if not offsets:
+            return
+        if not sync:
+            self.consumer.commit_async(offsets, callback=self._on_commit)
             return
         try:
             self._commit_offsets(offsets)
         except CommitFailedError as error:
             # the group rebalanced under us: the new owner re-reads this batch (at-least-once)
             log.warning("commit failed after rebalance, batch will be re-read: %s", error)
+            return
+        self.stats.commits += 1
+        self.metrics.commits.inc()
+
+    def _on_commit(self, offsets, response) -> None:
+        if isinstance(response, Exception):
+            log.warning("async commit failed, those batches will be re-read: %s", response)
             return
         self.stats.commits += 1
         self.metrics.commits.inc()

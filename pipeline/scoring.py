@@ -38,6 +38,10 @@ How an event is scored (all in the series' normalised units ``z = (value - mean)
    ``"raw"`` feeds the value. The error statistics take the error clipped the same way.
    The fed value (raw units) goes into the series' ring buffer and online normaliser.
 
+Calendar features: when the bundle's ``config.calendar_features`` is set, the model input of every
+event is ``[z, models.calendar.calendar_features(ts)]`` (built per round, vectorised); windows and
+the state rebuild take their timestamps from ``SeriesStateStore.window_times`` (last ts and step).
+
 Series seen in training use the bundle's (mean, std); others are normalised online (Welford over
 the fed values). ``swap_model(bundle)`` replaces the model between batches and rebuilds every
 series' recurrent state by running its ring buffer through the new model.
@@ -51,6 +55,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from models.calendar import calendar_dim, calendar_features
 from models.thresholds.error_likelihood import ErrorLikelihood, LikelihoodConfig
 from pipeline.series_state import SeriesStateStore
 
@@ -157,8 +162,12 @@ class StreamingDetector:
                 raise ValueError(f"model bundle has no '{attr}'")
         if bundle.kind not in ("many-to-one", "many-to-many"):
             raise ValueError(f"unknown model kind {bundle.kind!r}")
-        if int(getattr(bundle.config, "features", 1)) != 1:
-            raise ValueError("the streaming detector serves univariate models (features=1)")
+        features = int(getattr(bundle.config, "features", 1))
+        calendar = bool(getattr(bundle.config, "calendar_features", False))
+        need = 1 + calendar_dim(bool(getattr(bundle.config, "calendar_week", True))) if calendar else 1
+        if features != need:
+            raise ValueError("the streaming detector serves univariate models (features=1, or value + "
+                             f"calendar columns with calendar_features): expected {need}, got features={features}")
         if bundle.kind == "many-to-many" and not hasattr(bundle.forecaster, "step"):
             raise ValueError("a many-to-many forecaster must have step()")
 
@@ -176,6 +185,21 @@ class StreamingDetector:
         if self.config.initial_error_std is not None:
             std = self.config.initial_error_std
         return mean, std
+
+    @property
+    def calendar(self) -> bool:
+        """The serving model takes ``models.calendar`` features of each event's ``ts`` after its value."""
+        return bool(getattr(self.bundle.config, "calendar_features", False))
+
+    def _inputs(self, z: np.ndarray, times: np.ndarray) -> torch.Tensor:
+        """Model input from normalised values ``(n,)`` or ``(n, w)`` and their epoch-s times (same shape):
+        ``(n, features)`` / ``(n, w, features)`` float32, calendar columns appended when the model asks."""
+        x = z.astype(np.float32)[..., None]
+        if self.calendar:
+            week = bool(getattr(self.bundle.config, "calendar_week", True))
+            cal = calendar_features(times.reshape(-1), week).reshape(times.shape + (calendar_dim(week),))
+            x = np.concatenate([x, cal], axis=-1)
+        return torch.from_numpy(x)
 
     @property
     def window(self) -> int:
@@ -267,8 +291,8 @@ class StreamingDetector:
                 s = group[start:start + _REBUILD_CHUNK]
                 values, _ = store.windows(s, n)
                 z = np.clip(store.normalize(s, values.astype(np.float64)), -self.config.clip_z, self.config.clip_z)
-                x = torch.from_numpy(z.astype(np.float32))[:, :, None]
-                pred, (h, c) = model(x, None)
+                times = store.window_times(s, n) if self.calendar else z
+                pred, (h, c) = model(self._inputs(z, times), None)
                 store.rnn[0][:, s] = h.numpy()
                 store.rnn[1][:, s] = c.numpy()
                 store.pred[s] = pred[:, -1, 0].numpy()
@@ -335,7 +359,8 @@ class StreamingDetector:
             win, valid = store.windows(s, w)
             zw = np.where(valid, (win - mean[:, None]) / std[:, None], 0.0)
             np.clip(zw, -cfg.clip_z, cfg.clip_z, out=zw)
-            out = self.bundle.forecaster(torch.from_numpy(zw.astype(np.float32))[:, :, None])
+            times = store.window_times(s, w) if self.calendar else zw
+            out = self.bundle.forecaster(self._inputs(zw, times))
             fz = out[:, 0].numpy().astype(np.float64)
 
         err = np.abs(z - fz)
@@ -387,8 +412,7 @@ class StreamingDetector:
         if kind == "many-to-many":
             model = self.bundle.forecaster
             state = (torch.from_numpy(store.rnn[0][:, s]), torch.from_numpy(store.rnn[1][:, s]))
-            xin = torch.from_numpy(fed_z.astype(np.float32))[:, None]
-            pred, (h, c) = model.step(xin, state)
+            pred, (h, c) = model.step(self._inputs(fed_z, t), state)
             store.rnn[0][:, s] = h.numpy()
             store.rnn[1][:, s] = c.numpy()
             store.pred[s] = pred[:, 0].numpy()

@@ -8,7 +8,10 @@ slot index array ``idx (n,)``:
 * ``ring (capacity, ring_length)`` float32: the last values fed into the model, raw units (the
   ring position is ``count % ring_length``). Used for many-to-one windows and to rebuild a
   recurrent state after a model swap.
-* ``count`` int64: values taken into state so far (warm-up and ring position); ``last_ts`` float64.
+* ``count`` int64: values taken into state so far (warm-up and ring position); ``last_ts`` float64;
+  ``interval`` float32: the series' last positive timestamp step (s). The ring keeps no timestamps:
+  ``window_times`` reconstructs them as ``last_ts - k * interval`` (exact on a regular series), for
+  models with calendar features (many-to-one windows, state rebuild after a model swap).
 * ``mean``/``m2`` float64 and ``fixed``: the series' normaliser. ``fixed`` series use the
   training (mean, std) kept in ``mean``/``std``; the others are normalised online (Welford on
   the fed values: ``std = sqrt(m2 / count)``).
@@ -18,7 +21,7 @@ slot index array ``idx (n,)``:
 * ``rnn``: a list of recurrent state arrays ``(layers, capacity, hidden)`` float32, e.g. (h, c)
   for an LSTM; empty for a many-to-one model.
 
-Per series this is 4*ring_length + 8*len(rnn)*layers*hidden/2 + ~60 bytes: 828 bytes for an LSTM with
+Per series this is 4*ring_length + 8*len(rnn)*layers*hidden/2 + ~64 bytes: 832 bytes for an LSTM with
 hidden 64 and window 64.
 """
 
@@ -73,6 +76,7 @@ class SeriesStateStore:
         self.ring = grown(g("ring"), (L,), np.float32, 0.0)
         self.count = grown(g("count"), (), np.int64, 0)  # 0: no value yet (last_ts meaningless)
         self.last_ts = grown(g("last_ts"), (), np.float64, -np.inf)
+        self.interval = grown(g("interval"), (), np.float32, 0.0)
         self.mean = grown(g("mean"), (), np.float64, 0.0)
         self.m2 = grown(g("m2"), (), np.float64, 0.0)
         self.std = grown(g("std"), (), np.float32, 1.0)
@@ -94,7 +98,7 @@ class SeriesStateStore:
 
     def bytes_per_series(self) -> int:
         """Array bytes held per slot (excluding the id string and dict entry)."""
-        arrays = [self.ring, self.count, self.last_ts, self.mean, self.m2, self.std, self.fixed,
+        arrays = [self.ring, self.count, self.last_ts, self.interval, self.mean, self.m2, self.std, self.fixed,
                   self.err_mean, self.err_var, self.pred, self.last_seen]
         total = sum(a.nbytes for a in arrays) + sum(a.nbytes for a in self.rnn)
         return total // max(self.capacity, 1)
@@ -152,6 +156,7 @@ class SeriesStateStore:
         self.ring[slot] = 0.0
         self.count[slot] = 0
         self.last_ts[slot] = 0.0
+        self.interval[slot] = 0.0
         self.err_mean[slot] = self.init_err_mean
         self.err_var[slot] = self.init_err_var
         self.pred[slot] = 0.0
@@ -197,6 +202,10 @@ class SeriesStateStore:
         """Append fed values ``(n,)`` (raw units, distinct slots) to the rings and online normalisers."""
         count = self.count[idx]
         self.ring[idx, count % self.ring_length] = fed
+        step = ts - self.last_ts[idx]
+        stepped = (count > 0) & (step > 0)
+        if stepped.any():
+            self.interval[idx[stepped]] = step[stepped]
         self.last_ts[idx] = ts
         new_count = count + 1
         self.count[idx] = new_count
@@ -211,6 +220,12 @@ class SeriesStateStore:
             self.mean[o] = mean
             std = np.sqrt(self.m2[o] / n)
             self.std[o] = np.maximum(std, 1e-3 * np.maximum(np.abs(mean), 1.0))
+
+    def window_times(self, idx: np.ndarray, length: int) -> np.ndarray:
+        """Timestamps ``(n, length)`` epoch s of the values ``windows(idx, length)`` returns, oldest first,
+        reconstructed from ``last_ts`` and ``interval`` (a gap inside the window is not seen)."""
+        back = (length - 1 - np.arange(length, dtype=np.float64))[None, :]
+        return self.last_ts[idx][:, None] - back * self.interval[idx].astype(np.float64)[:, None]
 
     def windows(self, idx: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
         """Last ``length`` fed values per slot ``(n, length)`` raw units, oldest first, and a validity mask."""

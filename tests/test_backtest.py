@@ -132,3 +132,14 @@ def test_cli_rejects_bad_detector_config(tmp_path, nab_dir_module):
         "backtest", str(nab_dir_module / "data"), "--labels", str(nab_dir_module / "labels" / "combined_windows.json"),
         "--detector-config", '{"threshold_method": "nope"}'])
     assert res.exit_code != 0 and "threshold_method" in res.output
+
+
+def test_replay_with_calendar_features(traffic, labels):
+    """--calendar: the probation model gets the calendar columns and the detector serves it (same code)."""
+    cfg = ReplayConfig(window=16, hidden=16, epochs=2, chunk=200, calendar=True, calendar_week=False)
+    r = replay_file(traffic, labels["realTraffic/speed_7578.csv"], cfg, threads=1)
+    plain = replay_file(traffic, labels["realTraffic/speed_7578.csv"],
+                        ReplayConfig(window=16, hidden=16, epochs=2, chunk=200), threads=1)
+    assert np.isfinite(r.predicted[r.probation:]).all()
+    assert np.all((r.anomaly_score >= 0) & (r.anomaly_score <= 1))
+    assert not np.allclose(r.predicted[r.probation:], plain.predicted[r.probation:])  # a different model

@@ -189,3 +189,66 @@ def test_likelihood_config_errors_are_clear():
         DetectorConfig(threshold_method="likelihood", likelihood={"nope": 1})
     assert DetectorConfig(threshold_method="likelihood").threshold == 0.5
     assert DetectorConfig().threshold == 6.0
+
+
+# ---------------------------------------------------------------- calendar features (models/calendar.py)
+def make_calendar_bundle(kind: str, window: int = 16, hidden: int = 16, seed: int = 0):
+    torch.manual_seed(seed)
+    config = ForecasterConfig(kind=kind, window=window, hidden=hidden, calendar_features=True)
+    model = build_forecaster(config).eval()
+    return SimpleNamespace(name="cal", kind=kind, version=1, config=config, forecaster=model,
+                           normalizers={"a": (0.0, 1.0)}, calibration={"error_mean": 0.3, "error_std": 0.2})
+
+
+@pytest.mark.parametrize("kind", ["many-to-many", "many-to-one"])
+def test_calendar_features_streaming_equal_batch(kind):
+    """The detector feeds [z, calendar(ts)] exactly as training builds it (models.calendar.with_calendar)."""
+    from models.calendar import with_calendar
+
+    rng = np.random.default_rng(7)
+    seq = rng.normal(size=80)
+    ts = 1.7e9 + 3600.0 * np.arange(80)  # hourly: the calendar columns change every step
+    bundle = make_calendar_bundle(kind)
+    det = StreamingDetector(bundle, DetectorConfig(flagged_update="raw", clip_z=1e9))
+    got = np.concatenate([det.process(["a"] * len(c), ts[c], seq[c]).predicted
+                          for c in np.array_split(np.arange(80), 7)])
+    x = torch.from_numpy(with_calendar(seq[:, None], ts).astype(np.float32))[None]
+    with torch.no_grad():
+        if kind == "many-to-many":
+            pred, _ = bundle.forecaster(x)
+            np.testing.assert_allclose(got, np.r_[0.0, pred[0, :-1, 0].numpy()], atol=1e-5)
+        else:
+            w = bundle.config.window
+            expected = bundle.forecaster(torch.stack([x[0, t - w:t] for t in range(w, 80)]))[:, 0].numpy()
+            np.testing.assert_allclose(got[w:], expected, atol=1e-5)
+    # the same values at other times of day give other forecasts: the features are really used
+    other = StreamingDetector(bundle, DetectorConfig(flagged_update="raw", clip_z=1e9))
+    shifted = other.process(["a"] * 80, ts + 6 * 3600.0, seq).predicted
+    assert np.abs(shifted[20:] - got[20:]).max() > 1e-3
+
+
+def test_calendar_swap_rebuild_matches_a_continuous_run():
+    """With the ring covering the whole history, a rebuilt state equals the state of a detector that
+    streamed everything (timestamps come back from last_ts and the series' step)."""
+    rng = np.random.default_rng(8)
+    seq, ts = rng.normal(size=40), 1.7e9 + 1800.0 * np.arange(41)
+    bundle = make_calendar_bundle("many-to-many")
+    det = StreamingDetector(bundle, DetectorConfig(flagged_update="raw", ring_length=64))
+    det.process(["a"] * 40, ts[:40], seq)
+    np.testing.assert_allclose(det.store.window_times(np.array([0]), 40)[0], ts[:40])
+    ref = det.process(["b"], [ts[0]], [0.0])  # another series, just to have two slots
+    assert ref.counts["scored"] + ref.counts["warmup"] == 1
+    before = det.store.pred[det.store.ids["a"]]
+    det.swap_model(make_calendar_bundle("many-to-many"))  # same weights (seed 0)
+    assert abs(det.store.pred[det.store.ids["a"]] - before) < 1e-5
+    det.swap_model(make_bundle("many-to-many"))  # a plain model can take over (and back)
+    assert det.model_name == "test" and not det.calendar
+    det.swap_model(make_calendar_bundle("many-to-many"))
+    assert abs(det.store.pred[det.store.ids["a"]] - before) < 1e-5
+
+
+def test_calendar_bundle_with_wrong_feature_count_is_refused():
+    bundle = make_calendar_bundle("many-to-many")
+    bundle.config = ForecasterConfig(kind="many-to-many", window=16, hidden=16, features=3)
+    with pytest.raises(ValueError, match="features"):
+        StreamingDetector(bundle)

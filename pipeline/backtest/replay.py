@@ -43,6 +43,8 @@ class ReplayConfig:
     kind: str = "many-to-many"
     window: int = 32
     hidden: int = 32
+    calendar: bool = False          # models.calendar time-of-day/week input features (ForecasterConfig.calendar_features)
+    calendar_week: bool = True      # with calendar: include the day-of-week columns (ForecasterConfig.calendar_week)
     epochs: int = 10
     retrain_every: int = 0          # rows between re-fits after probation; 0 = only the probation model
     retrain_epochs: int = 3
@@ -132,7 +134,8 @@ def replay_file(path: Path, windows: list, cfg: ReplayConfig, threads: int | Non
     if probation < cfg.window + 8:
         raise ValueError(f"{name}: {n} rows give a probationary period of {probation} rows, "
                          f"too short to train a window-{cfg.window} model")
-    fcfg = ForecasterConfig(kind=cfg.kind, window=cfg.window, hidden=cfg.hidden)
+    fcfg = ForecasterConfig(kind=cfg.kind, window=cfg.window, hidden=cfg.hidden, calendar_features=cfg.calendar,
+                            calendar_week=cfg.calendar_week)
     epoch_s = ts.astype("datetime64[ns]").astype(np.int64) / 1e9
     series = name
 
@@ -140,7 +143,7 @@ def replay_file(path: Path, windows: list, cfg: ReplayConfig, threads: int | Non
     with ctx:
         t0 = time.perf_counter()
         bundle, _ = fit(fcfg, {series: values[:probation]}, epochs=cfg.epochs, seed=cfg.seed, progress=False,
-                        device="cpu", name="backtest", **cfg.fit)
+                        device="cpu", name="backtest", timestamps={series: epoch_s[:probation]}, **cfg.fit)
         fit_s = time.perf_counter() - t0
         det = StreamingDetector(bundle, detector_config(cfg))
 
@@ -154,7 +157,8 @@ def replay_file(path: Path, windows: list, cfg: ReplayConfig, threads: int | Non
             if a in retrain_at:
                 t2 = time.perf_counter()
                 bundle, _ = fit(fcfg, {series: values[:a]}, epochs=cfg.retrain_epochs, seed=cfg.seed,
-                                warm_start=bundle, progress=False, device="cpu", name="backtest", **cfg.fit)
+                                warm_start=bundle, progress=False, device="cpu", name="backtest",
+                                timestamps={series: epoch_s[:a]}, **cfg.fit)
                 det.swap_model(bundle)
                 fit_s += time.perf_counter() - t2
                 retrains += 1
