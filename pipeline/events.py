@@ -20,6 +20,9 @@ MAX_MESSAGE_BYTES = 64 * 1024
 MAX_SERIES_ID_LENGTH = 256
 # Epoch values above this are taken as milliseconds (1e11 s is the year 5138).
 _MILLISECONDS_CUTOFF = 1e11
+# Values must stay below 2**53 in magnitude (exact integers in a double); larger finite values
+# would overflow the float32 per-series statistics and blind the series' detector.
+MAX_ABS_VALUE = float(2**53)
 # Accept timestamps between 1970 and 2200 (seconds).
 _MIN_TS, _MAX_TS = 0.0, 7_258_118_400.0
 
@@ -29,6 +32,7 @@ NOT_AN_OBJECT = "not_an_object"
 MISSING_FIELD = "missing_field"
 WRONG_TYPE = "wrong_type"
 NON_FINITE_VALUE = "non_finite_value"
+VALUE_OUT_OF_RANGE = "value_out_of_range"
 BAD_SERIES_ID = "bad_series_id"
 BAD_TIMESTAMP = "bad_timestamp"
 OVERSIZE_MESSAGE = "oversize_message"
@@ -37,7 +41,7 @@ KEY_MISMATCH = "key_mismatch"
 DUPLICATE_TIMESTAMP = "duplicate_timestamp"
 OUT_OF_ORDER = "out_of_order"
 REJECTION_REASONS = (
-    MALFORMED_JSON, NOT_AN_OBJECT, MISSING_FIELD, WRONG_TYPE, NON_FINITE_VALUE, BAD_SERIES_ID,
+    MALFORMED_JSON, NOT_AN_OBJECT, MISSING_FIELD, WRONG_TYPE, NON_FINITE_VALUE, VALUE_OUT_OF_RANGE, BAD_SERIES_ID,
     BAD_TIMESTAMP, OVERSIZE_MESSAGE, KEY_MISMATCH, DUPLICATE_TIMESTAMP, OUT_OF_ORDER,
 )
 
@@ -150,6 +154,8 @@ def validate_payload(
         value = math.inf
     if not math.isfinite(value):
         return _reject(NON_FINITE_VALUE, "'value' is NaN or infinite", raw)
+    if abs(value) >= MAX_ABS_VALUE:
+        return _reject(VALUE_OUT_OF_RANGE, f"|value| must be below 2**53, got {value:g}", raw)
     if not isinstance(ts, (str, int, float)) or isinstance(ts, bool):
         return _reject(WRONG_TYPE, f"'ts' must be an ISO-8601 string or epoch number, got {type(ts).__name__}", raw)
     seconds = parse_timestamp(ts)

@@ -47,6 +47,8 @@ def test_timestamp_forms(ts, expected):
         (b'{"series": "a", "ts": 1, "value": NaN}', events.NON_FINITE_VALUE),
         (b'{"series": "a", "ts": 1, "value": Infinity}', events.NON_FINITE_VALUE),
         (b'{"series": "a", "ts": 1, "value": -Infinity}', events.NON_FINITE_VALUE),
+        (b'{"series": "a", "ts": 1, "value": 1e300}', events.VALUE_OUT_OF_RANGE),
+        (b'{"series": "a", "ts": 1, "value": -9007199254740993}', events.VALUE_OUT_OF_RANGE),
         (b'{"series": "", "ts": 1, "value": 1}', events.BAD_SERIES_ID),
         (b'{"series": "   ", "ts": 1, "value": 1}', events.BAD_SERIES_ID),
         (b'{"series": "a", "ts": "yesterday", "value": 1}', events.BAD_TIMESTAMP),
@@ -76,7 +78,7 @@ def test_key_must_match_series():
 
 def test_every_reason_is_listed():
     result_reasons = {events.MALFORMED_JSON, events.NOT_AN_OBJECT, events.MISSING_FIELD, events.WRONG_TYPE,
-                      events.NON_FINITE_VALUE, events.BAD_SERIES_ID, events.BAD_TIMESTAMP,
+                      events.NON_FINITE_VALUE, events.VALUE_OUT_OF_RANGE, events.BAD_SERIES_ID, events.BAD_TIMESTAMP,
                       events.OVERSIZE_MESSAGE, events.KEY_MISMATCH}
     assert result_reasons <= set(events.REJECTION_REASONS)
 
