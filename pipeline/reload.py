@@ -7,7 +7,7 @@ that fails to load (``CorruptModelError`` or anything else) is refused once and 
 old model keeps serving and the watcher does not retry it every batch; a later promotion is tried.
 
 ``precision="bf16"`` serves many-to-one (window) forecasters through a bfloat16 copy
-(``Bf16WindowForecaster``: about twice the windows/s on CPUs with AVX-512 BF16, predictions differ
+(``ServingWindowForecaster``: ~1.5-2x the windows/s on CPUs with AVX-512 BF16, predictions differ
 from fp32 by ~1e-3..1e-2 normalised units); stateful many-to-many models always stay fp32 (their
 recurrent state would accumulate the rounding).
 """
@@ -37,29 +37,45 @@ class ReloadOutcome:
 PRECISIONS = ("fp32", "bf16")
 
 
-class Bf16WindowForecaster(nn.Module):
-    """A bfloat16 copy of a many-to-one forecaster: ``x (batch, window, features)`` fp32 -> ``(batch, horizon)`` fp32."""
+WINDOW_CHUNK = 256  # windows per nn.LSTM call: ~30 % more windows/s than thousands at once (measured)
 
-    def __init__(self, forecaster: nn.Module):
+
+class ServingWindowForecaster(nn.Module):
+    """A many-to-one forecaster as served: ``x (batch, window, features)`` fp32 -> ``(batch, horizon)`` fp32.
+
+    Runs the windows in chunks of ``chunk`` (nn.LSTM materialises every input projection of the
+    batch; smaller chunks stay in cache), through a bfloat16 copy when ``precision="bf16"``.
+    Rows are independent, so chunking does not change the fp32 predictions.
+    """
+
+    def __init__(self, forecaster: nn.Module, precision: str = "fp32", chunk: int = WINDOW_CHUNK):
         super().__init__()
-        self.inner = copy.deepcopy(forecaster).to(torch.bfloat16).eval()
+        self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        self.precision = precision
+        self.inner = copy.deepcopy(forecaster).to(self.dtype).eval() if precision == "bf16" else forecaster
         self.config = getattr(forecaster, "config", None)
+        self.chunk = max(int(chunk), 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner(x.to(torch.bfloat16)).float()
+        n, c = x.shape[0], self.chunk
+        if n <= c:
+            return self.inner(x.to(self.dtype)).float()
+        return torch.cat([self.inner(x[i:i + c].to(self.dtype)).float() for i in range(0, n, c)])
 
 
 def apply_precision(bundle, precision: str = "fp32"):
-    """Return ``bundle`` set up to serve at ``precision`` ("fp32" | "bf16"; bf16 only for many-to-one)."""
+    """Return ``bundle`` set up for serving: many-to-one wrapped in ``ServingWindowForecaster`` at
+    ``precision`` ("fp32" | "bf16"); many-to-many unchanged (always fp32)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "fp32" or bundle is None or isinstance(bundle.forecaster, Bf16WindowForecaster):
+    if bundle is None or isinstance(bundle.forecaster, ServingWindowForecaster):
         return bundle
     if bundle.kind != "many-to-one":
-        log.info("precision %s applies to many-to-one models only; %s v%s stays fp32",
-                 precision, getattr(bundle, "name", "?"), getattr(bundle, "version", "?"))
+        if precision != "fp32":
+            log.info("precision %s applies to many-to-one models only; %s v%s stays fp32",
+                     precision, getattr(bundle, "name", "?"), getattr(bundle, "version", "?"))
         return bundle
-    bundle.forecaster = Bf16WindowForecaster(bundle.forecaster)
+    bundle.forecaster = ServingWindowForecaster(bundle.forecaster, precision)
     return bundle
 
 

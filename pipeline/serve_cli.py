@@ -33,7 +33,8 @@ def serve(
     torch_threads: int = typer.Option(1, help="torch intra-op threads."),
     precision: str = typer.Option("fp32", help="Window (many-to-one) model precision: fp32 | bf16 (~2x faster, "
                                              "predictions differ slightly; many-to-many always fp32)."),
-    pipelined: bool = typer.Option(True, help="Fetch on a separate thread while the previous batch is scored."),
+    pipelined: bool = typer.Option(False, help="Fetch on a separate thread while the previous batch is scored "
+                                         "(no faster on 2 busy cores; see benchmarks/bench_e2e.py)."),
     log_level: str = typer.Option("INFO", help="Logging level."),
 ) -> None:
     """Score the events topic continuously; SIGTERM/SIGINT finish the batch, commit and exit."""

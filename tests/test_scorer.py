@@ -212,3 +212,58 @@ def test_hot_reload_swaps_version_without_loss_and_refuses_corrupt(kafka_setting
     # no event scored twice: source coordinates are unique
     sources = [(a["source"]["partition"], a["source"]["offset"]) for a in anomalies]
     assert len(sources) == len(set(sources))
+
+
+@pytest.mark.parametrize("pipelined", [False, True], ids=["sequential", "pipelined"])
+def test_rebalance_mid_stream_loses_nothing_and_dead_letters_nothing(kafka_settings, trained, pipelined):
+    """A second scorer joins while the first has batches queued (pipelined, small batches).
+
+    Every event is scored at least once (a threshold that flags every scored event makes the
+    anomaly records a receipt per event), and re-read events of partitions the first scorer kept
+    are replayed into state, not dead-lettered as duplicate timestamps.
+    """
+    reg, _ = trained
+    reg.promote("m", 1)
+    small = kafka_settings.model_copy(update={"max_poll_records": 50})
+    rows = [(f"r-{s}".encode(), encode_event(f"r-{s}", T0 + 60 * t, float(np.sin(t / 5 + s))))
+            for t in range(250) for s in range(12)]
+    producer = make_producer(small)
+    try:
+        futures = [producer.send(small.events_topic, key=k, value=v) for k, v in rows]
+        producer.flush()
+        expected = {(m.partition, m.offset) for m in (f.get(timeout=30) for f in futures)}
+    finally:
+        producer.close()
+    assert len(expected) == len(rows)
+
+    def start(**kw):
+        watcher = ChampionWatcher(reg, "m", None, interval_s=60)
+        detector = StreamingDetector(watcher.load_initial(), DetectorConfig(threshold=-1e9, warmup_events=0))
+        scorer = Scorer(Settings(kafka=small), detector, ScorerMetrics(), watcher=watcher, replay_messages=30, **kw)
+        stop = threading.Event()
+        thread = threading.Thread(target=scorer.run, args=(stop,), daemon=True)
+        thread.start()
+        return scorer, stop, thread
+
+    a = start(pipelined=pipelined)
+    b = None
+    try:
+        deadline = time.monotonic() + 30
+        while a[0].stats.consumed < 600 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert 0 < a[0].stats.consumed < len(rows), "first scorer should be mid-stream"
+        b = start(pipelined=pipelined)
+        deadline = time.monotonic() + 60
+        while a[0].stats.consumed + b[0].stats.consumed < len(rows) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)
+    finally:
+        for s in (a, b):
+            if s is not None:
+                s[1].set()
+                s[2].join(15)
+    got = read_topic(small, small.anomalies_topic, len(rows), timeout_s=10)
+    coords = {(orjson.loads(r.value)["source"]["partition"], orjson.loads(r.value)["source"]["offset"]) for r in got}
+    assert coords == expected, f"{len(expected - coords)} events never scored"
+    assert read_topic(small, small.dead_letter_topic, 0, timeout_s=2) == []
+    assert a[0].stats.rejected_total == 0 and b[0].stats.rejected_total == 0
