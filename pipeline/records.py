@@ -7,7 +7,9 @@ Anomaly record (value of a message on the anomalies topic, keyed by series)::
 
 A dead-letter message keeps the ORIGINAL bytes as its value (and the original key); why it was
 rejected travels in headers: ``tsad.reason`` (a code from ``pipeline.events``), ``tsad.detail``
-(human text), ``tsad.source`` (``topic/partition/offset``).
+(human text), ``tsad.source`` (``topic/partition/offset``). A value larger than the event size
+limit (``oversize_message``) is cut to that limit and ``tsad.truncated`` carries its original length,
+so one huge message can never exceed the producer's request size and stall the scorer.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import orjson
 REASON_HEADER = "tsad.reason"
 DETAIL_HEADER = "tsad.detail"
 SOURCE_HEADER = "tsad.source"
+TRUNCATED_HEADER = "tsad.truncated"
 _MAX_DETAIL = 512
 
 
@@ -42,3 +45,10 @@ def dead_letter_headers(reason: str, detail: str, topic: str, partition: int, of
 def headers_dict(headers) -> dict[str, str]:
     """Headers of a consumed message as a str -> str dict (for readers and tests)."""
     return {k: (v or b"").decode("utf-8", "replace") for k, v in (headers or [])}
+
+
+def dead_letter_value(raw: bytes, limit: int) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """The dead-letter value for ``raw``: unchanged, or its first ``limit`` bytes plus a header."""
+    if len(raw) <= limit:
+        return raw, []
+    return raw[:limit], [(TRUNCATED_HEADER, str(len(raw)).encode())]

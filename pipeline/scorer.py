@@ -49,7 +49,7 @@ from pipeline.events import (
     parse_event, validate_payload,
 )
 from pipeline.metrics import ScorerMetrics
-from pipeline.records import anomaly_value, dead_letter_headers
+from pipeline.records import anomaly_value, dead_letter_headers, dead_letter_value
 from pipeline.scoring import DUPLICATE, OUT_OF_ORDER as ST_OUT_OF_ORDER, SCORED, WARMUP, StreamingDetector
 
 log = logging.getLogger(__name__)
@@ -310,6 +310,7 @@ class Scorer:
         self._revoked: set[TopicPartition] = set()
         self._pending_warm: set[TopicPartition] = set()
         self._series_by_tp: dict[TopicPartition, set[str]] = defaultdict(set)
+        self._evictions_since_prune = 0
         self._next_lag = 0.0
         self._owned: set[TopicPartition] = set()  # current assignment, as the scoring thread sees it
         self._busy = threading.Lock()    # held while the detector is used (a batch, a reload, a forget)
@@ -617,8 +618,9 @@ class Scorer:
         for i, item in dec.rejections:
             if replay is None or not replay[i]:
                 r = records[i]
-                futures.append(send(topic_dl, key=r.key, value=item.raw,
-                                    headers=dead_letter_headers(item.reason, item.detail, r.topic, r.partition, r.offset)))
+                value, extra = dead_letter_value(item.raw, self.settings.max_message_bytes)
+                futures.append(send(topic_dl, key=r.key, value=value, headers=dead_letter_headers(
+                    item.reason, item.detail, r.topic, r.partition, r.offset) + extra))
                 stats.rejected[item.reason] += 1
                 metrics.events_rejected.labels(item.reason).inc()
         status = result.status
@@ -677,6 +679,10 @@ class Scorer:
             a, b = int(bounds[k]), int(bounds[k + 1])
             if b > a:
                 self._series_by_tp[tp].update(series[a:b])
+        if result.evicted:
+            self._evictions_since_prune += int(result.evicted)
+            if self._evictions_since_prune > max(self.detector.tracked_series, 1024):
+                self._prune_series_by_tp()
         self._processed_upto.update(work.ends)
         stats.batches += 1
         metrics.tracked_series.set(self.detector.tracked_series)
@@ -685,6 +691,13 @@ class Scorer:
         stats.busy_s += elapsed
         metrics.batch_duration.observe(elapsed)
         return True
+
+    def _prune_series_by_tp(self) -> None:
+        """Drop evicted series from the partition -> series map (bounded memory under series churn)."""
+        tracked = self.detector.store.ids.keys()
+        for tp, ids in self._series_by_tp.items():
+            ids.intersection_update(tracked)
+        self._evictions_since_prune = 0
 
     def _await(self, futures) -> None:
         """Flush and make sure every send of the batch was acknowledged (retrying failed ones)."""

@@ -267,3 +267,28 @@ def test_rebalance_mid_stream_loses_nothing_and_dead_letters_nothing(kafka_setti
     assert coords == expected, f"{len(expected - coords)} events never scored"
     assert read_topic(small, small.dead_letter_topic, 0, timeout_s=2) == []
     assert a[0].stats.rejected_total == 0 and b[0].stats.rejected_total == 0
+
+
+def test_oversize_message_is_dead_lettered_truncated_and_the_scorer_keeps_going(kafka_settings, trained):
+    """A 2 MiB event (over the producer's 1 MiB request size) must not stall the scorer."""
+    reg, _ = trained
+    raw = b'{"series": "svc-0", "ts": 1, "value": 1, "pad": "' + b"x" * (2 * 1024 * 1024) + b'"}'
+    big_producer = make_producer(kafka_settings, max_request_size=4 * 1024 * 1024)
+    try:
+        big_producer.send(kafka_settings.events_topic, key=b"svc-0", value=raw).get(timeout=30)
+    finally:
+        big_producer.close()
+    rows = good_rows(0, 40, {})
+    publish(kafka_settings, rows)
+    scorer, stop, thread = start_scorer(kafka_settings, reg)
+    try:
+        wait_consumed(scorer, len(rows) + 1)
+    finally:
+        stop.set()
+        thread.join(15)
+    assert dict(scorer.stats.rejected) == {"oversize_message": 1}
+    (dead,) = read_topic(kafka_settings, kafka_settings.dead_letter_topic, 1)
+    headers = headers_dict(dead.headers)
+    assert headers["tsad.reason"] == "oversize_message"
+    assert headers["tsad.truncated"] == str(len(raw))
+    assert raw.startswith(dead.value) and len(dead.value) == Settings().max_message_bytes
