@@ -1,9 +1,10 @@
 """Benchmark: backtest the whole NAB subset and print the NAB scores, P/R/F1 and wall time.
 
-    .venv/bin/python benchmarks/backtest_nab.py [--data /work/shared/data/nab] [--workers 2] [--calendar]
+    .venv/bin/python benchmarks/backtest_nab.py [--data DIR] [--workers 2] [--calendar]
         [--retrain-every 0] [--post '{"threshold": 0.5}'] [--detector-config '{}'] [--out DIR] [--plot DIR]
 
-Defaults to the shared 51-file subset; falls back to the repo's data/nab. Prints the same tables
+Defaults to the repo's data/nab (a few files); the full 51-file subset needs an explicit
+``--data /work/shared/data/nab`` (or wherever a NAB checkout lives). Prints the same tables
 as ``tsad backtest`` plus one line of JSON with the headline numbers.
 """
 
@@ -20,7 +21,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=None)
+    ap.add_argument("--data", type=Path, default=REPO / "data" / "nab",
+                    help="NAB directory with data/ and labels/ (default: the repo's data/nab)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--retrain-every", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=10)
@@ -43,7 +45,9 @@ def main(argv=None) -> int:
     from pipeline.backtest.replay import ReplayConfig, find_csvs, run_corpus
     from pipeline.backtest.report import corpus_report, render
 
-    data = args.data or next(p for p in (Path("/work/shared/data/nab"), REPO / "data" / "nab") if p.exists())
+    data = args.data
+    if not (data / "labels" / "combined_windows.json").is_file():
+        ap.error(f"{data}: no labels/combined_windows.json (pass --data with a NAB directory)")
     labels = json.loads((data / "labels" / "combined_windows.json").read_text())
     files = find_csvs([data / "data"])
     cfg = ReplayConfig(window=args.window, hidden=args.hidden, calendar=args.calendar,

@@ -12,11 +12,13 @@ For each data interval (default daily, ``TSAD_RETRAIN_SCHEDULE``; no catch-up):
    evaluates it and the current champion on the held-out slice (normalised MAE; detection F1 when
    ``TSAD_RETRAIN_LABELS`` points at NAB-style label windows) and registers it, unpromoted, in the
    model registry (``TSAD_REGISTRY_DIR``) as ``<group>-<kind>`` with the figures in meta.json.
-3. ``promote__<model>``: promotes the candidate atomically (registry champion pointer) only when
+   A group with no eligible series is **skipped** (``AirflowSkipException``), not failed.
+3. ``promote__<model>`` (trigger rule ``none_failed_min_one_success``; skipped when its model's
+   training was skipped, so one group without data blocks no other): promotes the candidate atomically (registry champion pointer) only when
    it beats the champion, or there is none. Running ``tsad serve`` processes hot-reload it.
 4. ``publish__<model>``: emits the Asset ``tsad://registry/<model>`` when (and only when) that
    model got a new champion, so other DAGs can be scheduled on it.
-5. ``record``: last-success timestamp and candidate/champion errors as ``RetrainMetrics``:
+5. ``record`` (``none_failed_min_one_success``, so skipped promotions do not stop it): last-success timestamp and candidate/champion errors as ``RetrainMetrics``:
    pushed to the Pushgateway at ``TSAD_PUSHGATEWAY_URL`` when set, otherwise written to the
    node-exporter textfile ``TSAD_RETRAIN_TEXTFILE`` (default ``var/metrics/tsad_retrain.prom``).
 
@@ -43,6 +45,31 @@ MODEL_NAMES = [f"{group}-{kind}" for group in sorted(GROUPS) for kind in KINDS] 
 def model_asset(name: str) -> Asset:
     """The Asset updated when ``name`` gets a new champion (schedule other DAGs on it)."""
     return Asset(f"tsad://registry/{name}")
+
+
+def train_or_skip(settings, the_plan: dict, job: dict) -> dict:
+    """``train_candidate``, with a group that has no eligible series turned into a skip (not a failure),
+    so the other groups still get promoted and ``record`` still runs."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from models.retraining import NotEnoughDataError, train_candidate
+
+    try:
+        return train_candidate(settings, the_plan, job)
+    except NotEnoughDataError as error:
+        raise AirflowSkipException(f"{job['name']}: not training: {error}") from error
+
+
+def candidate_for(candidates, name: str) -> dict:
+    """This model's candidate among the mapped ``train`` results; skip when its training was skipped."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    found = [c for c in (candidates or []) if c and c.get("name") == name]
+    if not found:
+        raise AirflowSkipException(f"{name}: no candidate this run (training skipped)")
+    if len(found) > 1:
+        raise ValueError(f"{name}: {len(found)} candidates, expected one")
+    return found[0]
 
 
 def _settings(context):
@@ -91,10 +118,9 @@ def retrain_forecasters():
 
     @task(map_index_template="{{ task.op_kwargs['job']['name'] }}")
     def train(job: dict, the_plan: dict, **context) -> dict:
-        """Fit one (group, kind) candidate, evaluate it and the champion, register it unpromoted."""
-        from models.retraining import train_candidate
-
-        return train_candidate(_settings(context), the_plan, job)
+        """Fit one (group, kind) candidate, evaluate it and the champion, register it unpromoted.
+        Skipped (not failed) when the group has no eligible series."""
+        return train_or_skip(_settings(context), the_plan, job)
 
     jobs = [{"group": g, "pattern": GROUPS[g], "kind": k, "name": f"{g}-{k}"} for g in sorted(GROUPS) for k in KINDS]
     the_plan = plan()
@@ -102,12 +128,15 @@ def retrain_forecasters():
 
     decisions = []
     for name in MODEL_NAMES:
-        @task(task_id=f"promote__{name}")
+        # none_failed_min_one_success: runs when some group trained (others may have been skipped),
+        # is skipped with everything else when ``plan`` skipped the run.
+        @task(task_id=f"promote__{name}", trigger_rule="none_failed_min_one_success")
         def promote(candidates: list[dict], the_plan: dict, name: str = name, **context) -> dict:
-            """Promote this model's candidate when it beats the champion (atomic registry pointer)."""
+            """Promote this model's candidate when it beats the champion (atomic registry pointer);
+            skipped when this model's training was skipped."""
             from models.retraining import promote_if_better
 
-            (candidate,) = [c for c in candidates if c["name"] == name]
+            candidate = candidate_for(candidates, name)
             return promote_if_better(_settings(context), the_plan, candidate).to_dict()
 
         @task(task_id=f"publish__{name}", outlets=[model_asset(name)])
@@ -123,12 +152,13 @@ def retrain_forecasters():
         publish(decision)
         decisions.append(decision)
 
-    @task
+    @task(trigger_rule="none_failed_min_one_success")
     def record(decisions: list[dict], **context) -> str:
-        """Last success + candidate/champion errors to the Pushgateway or the textfile collector."""
+        """Last success + candidate/champion errors to the Pushgateway or the textfile collector
+        (models whose promote task was skipped have no decision and are left out)."""
         from models.retraining import record_figures
 
-        return record_figures(_settings(context), list(decisions))
+        return record_figures(_settings(context), [d for d in decisions if d])
 
     record(decisions)
 

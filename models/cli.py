@@ -1,5 +1,7 @@
 """CLI for the models area: ``tsad train`` and ``tsad models list|promote|rollback``.
 
+``--registry`` defaults to the ``registry_dir`` setting (``TSAD_REGISTRY_DIR``, see ``pipeline.settings``).
+
 Wired into the main app by ``pipeline/cli.py`` through ``register(app)``. torch, pandas and the
 training code are imported inside the commands so ``tsad --help`` stays fast.
 """
@@ -12,6 +14,18 @@ from pathlib import Path
 import typer
 
 models_app = typer.Typer(help="Inspect and manage registered models.", no_args_is_help=True)
+
+
+def _registry(path: Path | None):
+    """``ModelRegistry`` at ``--registry``, else at the ``registry_dir`` setting (``TSAD_REGISTRY_DIR``)."""
+    from models.registry import ModelRegistry
+
+
+    if path is None:
+        from pipeline.settings import load_settings
+
+        path = Path(load_settings().registry_dir)
+    return ModelRegistry(path)
 
 
 class Kind(str, Enum):
@@ -28,7 +42,7 @@ class Device(str, Enum):
 def train(
     data: Path = typer.Argument(..., exists=True, help="NAB CSV, directory of CSVs, or Parquet (series, ts, value)."),
     kind: Kind = typer.Option(Kind.many_to_one, "--kind", help="Forecaster kind."),
-    registry: Path = typer.Option(..., "--registry", help="Model registry root directory."),
+    registry: Path = typer.Option(None, "--registry", help="Model registry root (default: TSAD_REGISTRY_DIR / settings.registry_dir)."),
     name: str = typer.Option("default", "--name", help="Model name in the registry."),
     window: int = typer.Option(64, "--window", min=2),
     horizon: int = typer.Option(1, "--horizon", min=1),
@@ -48,11 +62,10 @@ def train(
 
     from models.data import load_training_data
     from models.forecasters import ForecasterConfig
-    from models.registry import ModelRegistry
     from models.training import fit
 
     console = Console()
-    reg = ModelRegistry(registry)
+    reg = _registry(registry)
     data_set = load_training_data(data)
     config = ForecasterConfig(kind=kind.value, window=window, horizon=horizon, hidden=hidden, layers=layers)
     start = reg.load(name) if warm_start and reg.champion(name) is not None else None
@@ -75,16 +88,15 @@ def train(
 
 @models_app.command("list")
 def list_models(
-    registry: Path = typer.Option(..., "--registry"),
+    registry: Path = typer.Option(None, "--registry", help="Model registry root (default: TSAD_REGISTRY_DIR / settings.registry_dir)."),
     name: str = typer.Argument(None, help="Model name; all models when omitted."),
 ) -> None:
     """List registered versions (champion marked with *)."""
     from rich.console import Console
     from rich.table import Table
 
-    from models.registry import ModelRegistry
 
-    reg = ModelRegistry(registry)
+    reg = _registry(registry)
     table = Table("name", "version", "champion", "kind", "created_at", "val_mse", "ok")
     for n in [name] if name else reg.names():
         for row in reg.list(n):
@@ -100,13 +112,13 @@ def list_models(
 def promote_model(
     name: str = typer.Argument(...),
     version: int = typer.Argument(...),
-    registry: Path = typer.Option(..., "--registry"),
+    registry: Path = typer.Option(None, "--registry", help="Model registry root (default: TSAD_REGISTRY_DIR / settings.registry_dir)."),
 ) -> None:
     """Make VERSION the champion of NAME (refused for a corrupt version)."""
-    from models.registry import ModelRegistry, RegistryError
+    from models.registry import RegistryError
 
     try:
-        ModelRegistry(registry).promote(name, version)
+        _registry(registry).promote(name, version)
     except RegistryError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
@@ -114,12 +126,15 @@ def promote_model(
 
 
 @models_app.command("rollback")
-def rollback_model(name: str = typer.Argument(...), registry: Path = typer.Option(..., "--registry")) -> None:
+def rollback_model(
+    name: str = typer.Argument(...),
+    registry: Path = typer.Option(None, "--registry", help="Model registry root (default: TSAD_REGISTRY_DIR / settings.registry_dir)."),
+) -> None:
     """Restore the previous champion of NAME."""
-    from models.registry import ModelRegistry, RegistryError
+    from models.registry import RegistryError
 
     try:
-        version = ModelRegistry(registry).rollback(name)
+        version = _registry(registry).rollback(name)
     except RegistryError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc

@@ -2,12 +2,16 @@
 
 Every series is put on a regular time grid (``models.windows.regularize``): missing timestamps
 become NaN, which the window builders then drop. Series ids: for a directory, the path relative to
-it without ``.csv``; for a single CSV, the file stem; for Parquet, the ``series`` column.
+it without ``.csv``; for a single CSV, the file stem; for Parquet, the ``series`` column (numeric
+``ts`` is epoch seconds, as ``pipeline.archive`` writes it). ``load_label_windows`` reads NAB label
+windows (the one loader the demo and retraining use).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +40,38 @@ def _iso(ns: int) -> str:
     return str(np.datetime64(int(ns), "ns").astype("datetime64[s]"))
 
 
+def _parquet_times(ts):
+    """A Parquet ``ts`` column as UTC datetimes: numbers are epoch seconds (the archive's unit), not ns."""
+    import pandas as pd
+
+    if pd.api.types.is_numeric_dtype(ts):
+        return pd.to_datetime(ts, unit="s", utc=True)
+    return pd.to_datetime(ts, utc=True)
+
+
+def load_label_windows(path: str | Path) -> dict[str, list[tuple[float, float]]]:
+    """NAB ``combined_windows.json``: file key (e.g. ``realTraffic/speed_7578.csv``) -> inclusive
+    ``[(start, end)]`` in epoch seconds. Naive timestamps are UTC (NAB's convention).
+
+    Raises ``ValueError`` naming the file when it is not a JSON object of lists of pairs.
+    """
+    path = Path(path)
+    raw = json.loads(path.read_text())
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a JSON object of file -> [[start, end], ...]")
+
+    def epoch(text: str) -> float:
+        moment = datetime.fromisoformat(str(text))
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=timezone.utc)
+        return moment.timestamp()
+
+    try:
+        return {key: [(epoch(a), epoch(b)) for a, b in windows] for key, windows in raw.items()}
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path}: bad label window ({error})") from error
+
+
 def load_training_data(path: str | Path) -> TrainingData:
     """Read ``path`` (CSV file, directory of CSVs, or ``.parquet``) into regularised series."""
     import pandas as pd
@@ -52,7 +88,7 @@ def load_training_data(path: str | Path) -> TrainingData:
     elif path.suffix == ".parquet":
         df = pd.read_parquet(path, columns=["series", "ts", "value"])
         for sid, g in df.groupby("series", sort=True):
-            frames[str(sid)] = (pd.to_datetime(g["ts"]), g["value"])
+            frames[str(sid)] = (_parquet_times(g["ts"]), g["value"])
     elif path.is_file():
         df = pd.read_csv(path, usecols=["timestamp", "value"], parse_dates=["timestamp"])
         frames[path.stem] = (df["timestamp"], df["value"])

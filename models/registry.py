@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -70,12 +71,18 @@ def _sha256(path: Path) -> str:
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
+    """Write ``data`` as JSON via a temporary file + ``os.replace``; the temporary file never outlives a failure."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
     _fsync_dir(path.parent)
 
 
@@ -136,9 +143,12 @@ class ModelRegistry:
         if not vdir.is_dir():
             raise ModelNotFoundError(f"model {name!r} has no version {version}")
         try:
-            return json.loads((vdir / "meta.json").read_text())
+            meta = json.loads((vdir / "meta.json").read_text())
         except (OSError, ValueError) as exc:
             raise CorruptModelError(f"{name} v{version}: meta.json missing or unreadable ({exc})") from exc
+        if not isinstance(meta, dict):
+            raise CorruptModelError(f"{name} v{version}: meta.json is not a JSON object")
+        return meta
 
     def list(self, name: str) -> list[VersionInfo]:
         champ = self.champion(name)
@@ -224,19 +234,31 @@ class ModelRegistry:
             raise CorruptModelError(f"{where}: weights.pt is missing")
         if "sha256" not in meta or _sha256(weights) != meta["sha256"]:
             raise CorruptModelError(f"{where}: weights.pt checksum mismatch (file changed or truncated)")
-        try:
+        try:  # everything read from meta.json is untrusted: any failure means "never serve it"
             config = ForecasterConfig.from_dict(meta["config"])
+            kind = meta["kind"]
+            if kind != config.kind:
+                raise ValueError(f"meta kind {kind!r} does not match config kind {config.kind!r}")
             state = torch.load(weights, map_location="cpu", weights_only=True)
             model = build_forecaster(config)
             model.load_state_dict(state, strict=True)
-        except Exception as exc:  # bad config / unpicklable / shape mismatch: never serve it
-            raise CorruptModelError(f"{where}: cannot load weights ({type(exc).__name__}: {exc})") from exc
-        model.eval()
-        return ModelBundle(
-            name=name, kind=meta.get("kind", config.kind), version=version, config=config, forecaster=model,
-            normalizers={sid: SeriesNormalizer.from_dict(d) for sid, d in meta.get("normalizers", {}).items()},
-            calibration=meta.get("calibration", {}), metrics=meta.get("metrics", {}), meta=meta,
-        )
+            model.eval()
+            normalizers = meta.get("normalizers") or {}
+            calibration = meta.get("calibration") or {}
+            metrics = meta.get("metrics") or {}
+            if not all(isinstance(x, dict) for x in (normalizers, calibration, metrics)):
+                raise TypeError("normalizers, calibration and metrics must be JSON objects")
+            normalizers = {sid: SeriesNormalizer.from_dict(d) for sid, d in normalizers.items()}
+            bad = next((sid for sid, n in normalizers.items() if not all(map(math.isfinite, n))), None)
+            if bad is not None:
+                raise ValueError(f"normalizer of series {bad!r} is not finite")
+            return ModelBundle(
+                name=name, kind=kind, version=version, config=config, forecaster=model,
+                normalizers=normalizers,
+                calibration=calibration, metrics=metrics, meta=meta,
+            )
+        except Exception as exc:  # bad config / meta / unpicklable / shape mismatch: never serve it
+            raise CorruptModelError(f"{where}: cannot load ({type(exc).__name__}: {exc})") from exc
 
     def verify(self, name: str, version: int) -> None:
         """Raise ``CorruptModelError``/``ModelNotFoundError`` unless the version loads cleanly."""

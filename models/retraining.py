@@ -168,34 +168,20 @@ def plan(settings: RetrainSettings, interval_start, interval_end) -> dict:
 # -- evaluation --------------------------------------------------------------------------------
 
 def _label_windows(path: str | None) -> dict[str, list[tuple[float, float]]]:
-    """NAB combined_windows.json as series id (file stem) -> [(start, end) epoch seconds]."""
+    """NAB label windows keyed by series id (file stem) -> [(start, end) epoch seconds]."""
+    from models.data import load_label_windows
+
     if not path:
         return {}
-    raw = json.loads(Path(path).read_text())
-    out = {}
-    for key, windows in raw.items():
-        sid = Path(key).stem
-        out[sid] = [(datetime.fromisoformat(a).replace(tzinfo=timezone.utc).timestamp(),
-                     datetime.fromisoformat(b).replace(tzinfo=timezone.utc).timestamp()) for a, b in windows]
-    return out
+    return {Path(key).stem: windows for key, windows in load_label_windows(path).items()}
 
 
 def _event_counts(ts: np.ndarray, flags: np.ndarray, windows: list[tuple[float, float]]) -> tuple[int, int, int]:
-    """(tp, fp, fn): a window with >=1 flag is a TP, one without is a FN; each run of flags outside windows a FP."""
-    inside = np.zeros(len(ts), dtype=bool)
-    tp = fn = 0
-    for a, b in windows:
-        in_w = (ts >= a) & (ts <= b)
-        inside |= in_w
-        if not in_w.any():
-            continue  # window outside the held-out slice
-        if (flags & in_w).any():
-            tp += 1
-        else:
-            fn += 1
-    outside = flags & ~inside
-    fp = int(np.count_nonzero(outside[1:] & ~outside[:-1]) + (1 if len(outside) and outside[0] else 0))
-    return tp, fp, fn
+    """(tp, fp, fn) by ``models.evaluation.window_prf``: windows with rows in ``ts`` caught/missed, FP runs."""
+    from models.evaluation import window_of_rows, window_prf
+
+    prf = window_prf(flags, window_of_rows(ts, windows))
+    return prf.caught, prf.fp_runs, prf.missed
 
 
 def evaluate(bundle, data: SeriesSet, cut: float, labels: dict | None = None) -> dict:
@@ -226,10 +212,10 @@ def evaluate(bundle, data: SeriesSet, cut: float, labels: dict | None = None) ->
     figures: dict[str, Any] = {"nmae": float(np.mean(per_series)) if per_series else None,
                                "series": len(per_series), "f1": None}
     if labels is not None and threshold is not None and tp + fp + fn > 0:
-        precision = tp / (tp + fp) if tp + fp else 0.0
-        recall = tp / (tp + fn) if tp + fn else 0.0
-        figures.update(f1=2 * precision * recall / (precision + recall) if precision + recall else 0.0,
-                       tp=tp, fp=fp, fn=fn)
+        from models.evaluation import WindowPRF
+
+        f1 = WindowPRF(tp, fn, fp).f1  # nan when precision or recall is undefined: counts as 0 here
+        figures.update(f1=0.0 if math.isnan(f1) else f1, tp=tp, fp=fp, fn=fn)
     return figures
 
 

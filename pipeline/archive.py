@@ -5,19 +5,23 @@ every message with ``pipeline.events.parse_event``; invalid ones are counted by 
 ``ArchiverMetrics`` and not archived (the scorer's dead-letter topic keeps them). Valid events are
 buffered and flushed on size (``flush_every_events``) or age (``flush_interval_s``) to
 
-    archive_dir/date=YYYY-MM-DD/hour=HH/part-<partition>-<firstoffset>-<lastoffset>.parquet
+    archive_dir/date=YYYY-MM-DD/hour=HH/part-<partition>-<firstoffset>-<lastoffset>-<digest>.parquet
 
 (date/hour of the event time, UTC) with columns ``series`` (str), ``ts`` (float64 epoch seconds),
 ``value`` (float64), ``partition`` (int32), ``offset`` (int64). Each file is written to a hidden
 temporary name in the same directory, fsync'd and renamed into place with ``os.replace``; offsets
 are committed only after every file of a flush is in place. Delivery is at-least-once: a crash
 between rename and commit re-archives some records (possibly under other file names), and
-``read_archive`` removes the duplicates by ``(partition, offset)``. Names are deterministic, so
-rewriting the same records replaces a file with identical content.
+``read_archive`` removes the duplicates by ``(partition, offset, series, ts)``: a real redelivery is
+identical, while offsets restarting at 0 (broker restarted, topic recreated) give rows that share
+``(partition, offset)`` but not content, and all of them are kept. ``<digest>`` is a short hash of
+the file's rows, so a file is never replaced by different content; rewriting the same records gives
+the same name and replaces the file with identical bytes (idempotent).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -47,6 +51,7 @@ SCHEMA = pa.schema([
 ])
 COLUMNS = tuple(SCHEMA.names)
 _TMP_PREFIX = ".tmp-"
+DEDUP_KEY = ["partition", "offset", "series", "ts"]  # a redelivered record is identical on all four
 
 
 class ArchiveError(RuntimeError):
@@ -59,8 +64,14 @@ def partition_dir(archive_dir: Path, ts: float) -> Path:
     return Path(archive_dir) / f"date={moment:%Y-%m-%d}" / f"hour={moment:%H}"
 
 
-def file_name(partition: int, first_offset: int, last_offset: int) -> str:
-    return f"part-{partition}-{first_offset}-{last_offset}.parquet"
+def content_digest(frame: pd.DataFrame) -> str:
+    """Short, deterministic hash of the archived columns of ``frame`` (row order included)."""
+    hashed = pd.util.hash_pandas_object(frame[list(COLUMNS)], index=False).to_numpy()
+    return hashlib.blake2b(hashed.tobytes(), digest_size=5).hexdigest()
+
+
+def file_name(partition: int, first_offset: int, last_offset: int, digest: str) -> str:
+    return f"part-{partition}-{first_offset}-{last_offset}-{digest}.parquet"
 
 
 def write_parquet_atomic(frame: pd.DataFrame, path: Path) -> None:
@@ -132,9 +143,10 @@ def write_files(archive_dir: Path, frame: pd.DataFrame) -> list[Path]:
     frame = frame.assign(_date=stamps.dt.strftime("%Y-%m-%d"), _hour=stamps.dt.strftime("%H"))
     written = []
     for (partition, date, hour), group in frame.groupby(["partition", "_date", "_hour"], sort=True):
-        group = group.sort_values("offset")
-        path = (Path(archive_dir) / f"date={date}" / f"hour={hour}"
-                / file_name(int(partition), int(group["offset"].iloc[0]), int(group["offset"].iloc[-1])))
+        group = group.sort_values("offset", kind="stable")
+        name = file_name(int(partition), int(group["offset"].iloc[0]), int(group["offset"].iloc[-1]),
+                         content_digest(group))
+        path = Path(archive_dir) / f"date={date}" / f"hour={hour}" / name
         write_parquet_atomic(group, path)
         written.append(path)
     return written
@@ -219,6 +231,8 @@ class Archiver:
             self._buffer.saw(record.partition, record.offset)
             parsed = parse_event(record.value, record.key, **limits)
             if isinstance(parsed, Event):
+                if not len(self._buffer):
+                    log.info("buffering events (first: partition %d offset %d)", record.partition, record.offset)
                 self._buffer.add(parsed, record.partition, record.offset)
             else:
                 self.metrics.events_rejected.labels(reason=parsed.reason).inc()
@@ -313,7 +327,8 @@ def list_files(archive_dir: Path | str, start=None, end=None) -> list[Path]:
 def read_archive(archive_dir: Path | str, start=None, end=None) -> pd.DataFrame:
     """Archived events with ``start <= ts < end`` (datetimes, ISO strings or epoch seconds; None = open).
 
-    Duplicates from at-least-once delivery are removed by ``(partition, offset)``. Returns columns
+    Duplicates from at-least-once delivery are removed by ``(partition, offset, series, ts)`` (rows
+    that only share ``(partition, offset)`` come from restarted offsets and are kept). Returns columns
     ``series, ts, value, partition, offset`` sorted by series then ts; empty (same columns) when
     nothing matches. Raises ``ArchiveError`` naming the file if one cannot be read.
     """
@@ -332,5 +347,5 @@ def read_archive(archive_dir: Path | str, start=None, end=None) -> pd.DataFrame:
         mask &= frame["ts"].to_numpy() >= start_s
     if end_s is not None:
         mask &= frame["ts"].to_numpy() < end_s
-    frame = frame[mask].drop_duplicates(["partition", "offset"], keep="last")
+    frame = frame[mask].drop_duplicates(DEDUP_KEY, keep="last")
     return frame.sort_values(["series", "ts", "partition", "offset"], kind="stable").reset_index(drop=True)

@@ -11,7 +11,6 @@ child is stopped on exit, so nothing is left behind.
 
 from __future__ import annotations
 
-import json
 import tempfile
 import threading
 import time
@@ -30,14 +29,11 @@ KINDS = ("many-to-many", "many-to-one")
 
 
 def _labels(series: str) -> list[tuple[float, float]]:
-    """Labelled anomaly windows of a NAB file as (start, end) epoch seconds."""
+    """Labelled anomaly windows of a NAB file as (start, end) epoch seconds (none without a labels file)."""
+    from models.data import load_label_windows
+
     path = NAB_DIR / "labels" / "combined_windows.json"
-    windows = json.loads(path.read_text()).get(series, []) if path.exists() else []
-
-    def ts(text: str) -> float:
-        return datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp()
-
-    return [(ts(a), ts(b)) for a, b in windows]
+    return load_label_windows(path).get(series, []) if path.exists() else []
 
 
 def run_demo(series: str = "realAWSCloudwatch/ec2_cpu_utilization_24ae8d.csv", train_fraction: float = 0.4,
@@ -106,31 +102,31 @@ def run_demo(series: str = "realAWSCloudwatch/ec2_cpu_utilization_24ae8d.csv", t
                                   f"score={record['score']:.1f} {'(in a labelled window)' if hit else ''}")
             return show
 
-        for i, kind in enumerate(KINDS):
-            name = f"demo-{kind}"
-            watcher = ChampionWatcher(registry, name, None)
-            detector = StreamingDetector(watcher.load_initial(), DetectorConfig())
-            metrics = ScorerMetrics()
-            port = metrics_port + i if metrics_port else free_port()
-            server, _ = serve_metrics(metrics.registry, "127.0.0.1", port)
-            urls[kind] = f"http://127.0.0.1:{server.server_port}/metrics"
-            settings = Settings(kafka=kafka.model_copy(update={"group_id": f"demo-{kind}-{suffix}"}))
-            scorer = Scorer(settings, detector, metrics, watcher=watcher, on_anomaly=shower(kind))
-            scorers[kind] = (scorer, server)
-            thread = threading.Thread(target=scorer.run, args=(stop,), name=f"scorer-{kind}", daemon=True)
-            thread.start()
-            threads.append(thread)
-            console.print(f"scorer {kind:<12} serving {name} v{detector.model_version}; metrics at {urls[kind]}")
+        try:  # every scorer thread and metrics server started here is stopped, whatever fails below
+            for i, kind in enumerate(KINDS):
+                name = f"demo-{kind}"
+                watcher = ChampionWatcher(registry, name, None)
+                detector = StreamingDetector(watcher.load_initial(), DetectorConfig())
+                metrics = ScorerMetrics()
+                port = metrics_port + i if metrics_port else free_port()
+                server, _ = serve_metrics(metrics.registry, "127.0.0.1", port)
+                urls[kind] = f"http://127.0.0.1:{server.server_port}/metrics"
+                settings = Settings(kafka=kafka.model_copy(update={"group_id": f"demo-{kind}-{suffix}"}))
+                scorer = Scorer(settings, detector, metrics, watcher=watcher, on_anomaly=shower(kind))
+                scorers[kind] = (scorer, server)
+                thread = threading.Thread(target=scorer.run, args=(stop,), name=f"scorer-{kind}", daemon=True)
+                thread.start()
+                threads.append(thread)
+                console.print(f"scorer {kind:<12} serving {name} v{detector.model_version}; metrics at {urls[kind]}")
 
-        producer = make_producer(kafka)
-        try:
-            report = publish_rows(producer, kafka.events_topic, series_id, frame["timestamp"].iloc[cut:],
-                                  values[cut:])
-        finally:
-            producer.close()
-        console.print(f"published {report.events} events in {report.seconds:.2f}s")
-        deadline = time.monotonic() + 120
-        try:
+            producer = make_producer(kafka)
+            try:
+                report = publish_rows(producer, kafka.events_topic, series_id, frame["timestamp"].iloc[cut:],
+                                      values[cut:])
+            finally:
+                producer.close()
+            console.print(f"published {report.events} events in {report.seconds:.2f}s")
+            deadline = time.monotonic() + 120
             while time.monotonic() < deadline and any(s.stats.consumed < report.events for s, _ in scorers.values()):
                 time.sleep(0.1)
             scraped = {kind: _scrape(urls[kind]) for kind in KINDS}

@@ -60,7 +60,8 @@ def make_consumer(
 
 
 def ensure_topics(settings: KafkaSettings, topics: Iterable[str] | None = None, partitions: int | None = None) -> None:
-    """Create the events, anomalies and dead-letter topics (or ``topics``) when missing."""
+    """Create the events, anomalies and dead-letter topics (or ``topics``) when missing, with
+    ``settings.partitions`` (or ``partitions``) partitions and ``settings.replication_factor`` replicas."""
     names = list(topics) if topics is not None else [
         settings.events_topic, settings.anomalies_topic, settings.dead_letter_topic,
     ]
@@ -71,7 +72,7 @@ def ensure_topics(settings: KafkaSettings, topics: Iterable[str] | None = None, 
         if missing:
             try:
                 admin.create_topics(
-                    [NewTopic(name, partitions or settings.partitions, 1) for name in missing]
+                    [NewTopic(name, partitions or settings.partitions, settings.replication_factor) for name in missing]
                 )
             except TopicAlreadyExistsError:
                 pass

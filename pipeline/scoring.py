@@ -50,14 +50,16 @@ series' recurrent state by running its ring buffer through the new model.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from models._streaming import rounds
 from models.calendar import calendar_dim, calendar_features
 from models.thresholds.error_likelihood import ErrorLikelihood, LikelihoodConfig
-from pipeline.series_state import SeriesStateStore
+from pipeline.series_state import VALUE_LIMIT, SeriesStateStore
 
 SCORED, WARMUP, DUPLICATE, OUT_OF_ORDER = 0, 1, 2, 3
 STATUS_NAMES = {SCORED: "scored", WARMUP: "warmup", DUPLICATE: "duplicate_timestamp", OUT_OF_ORDER: "out_of_order"}
@@ -96,6 +98,22 @@ class DetectorConfig:
             raise ValueError(f"flagged_update must be 'clip', 'predict' or 'raw', got {self.flagged_update!r}")
         if not 0 < self.error_alpha <= 1:
             raise ValueError("error_alpha must be in (0, 1]")
+        if not (isinstance(self.max_series, numbers.Integral) and self.max_series >= 1):
+            raise ValueError(f"max_series must be an int >= 1, got {self.max_series!r}")
+        if self.warmup_events is not None and self.warmup_events < 0:
+            raise ValueError(f"warmup_events must be >= 0 or None, got {self.warmup_events!r}")
+        if self.ring_length is not None and self.ring_length < 1:
+            raise ValueError(f"ring_length must be >= 1 or None, got {self.ring_length!r}")
+        for name in ("clip_z", "min_error_std", "outlier_z"):
+            value = getattr(self, name)
+            if not (isinstance(value, numbers.Real) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        if not math.isfinite(float(self.threshold)):
+            raise ValueError(f"threshold must be finite, got {self.threshold!r}")
+        for name in ("initial_error_mean", "initial_error_std"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0 or None, got {value!r}")
 
     def likelihood_config(self) -> LikelihoodConfig:
         """The ``ErrorLikelihood`` settings: ``likelihood`` overrides, threshold from ``threshold``."""
@@ -231,10 +249,10 @@ class StreamingDetector:
         if int(bundle.config.window) > store.ring_length:
             self._resize_ring(int(bundle.config.window))
         mean, std = self._seed(bundle)
-        store.init_err_mean, store.init_err_var = mean, std * std
-        old_bundle = self.bundle
+        old_bundle, old_seed = self.bundle, (store.init_err_mean, store.init_err_var)
         self.bundle = bundle
         try:
+            store.init_err_mean, store.init_err_var = mean, std * std
             slots = np.array(sorted(store.ids.values()), dtype=np.int64)
             self._refresh_normalizers(slots)
             store.reset_rnn(self._rnn_shapes(bundle))
@@ -243,6 +261,7 @@ class StreamingDetector:
                 self._rebuild_state(slots)
         except Exception:
             self.bundle = old_bundle
+            store.init_err_mean, store.init_err_var = old_seed
             store.reset_rnn(self._rnn_shapes(old_bundle))
             self._refresh_normalizers(np.array(sorted(store.ids.values()), dtype=np.int64))
             if old_bundle.kind == "many-to-many" and len(store.ids):
@@ -321,7 +340,7 @@ class StreamingDetector:
                 if new.any():  # a new series (maybe in an evicted series' slot) starts fresh
                     self.likelihood.reset(np.unique(idx[new]))
             with torch.inference_mode():
-                for positions in _rounds(idx):
+                for positions in rounds(idx):
                     self._round(positions, idx[positions], ts, values, alert_arr, status, predicted, error, score, flags)
         counts = {name: int((status == code).sum()) for code, name in STATUS_NAMES.items()}
         counts["anomalies"] = int(flags.sum())
@@ -342,7 +361,7 @@ class StreamingDetector:
             p, s, t = p[keep], s[keep], t[keep]
             if not len(p):
                 return
-        x = values[p]
+        x = np.clip(values[p], -VALUE_LIMIT, VALUE_LIMIT)  # the event bound, for Kafka-free callers too
         count = store.count[s]
         first = (count == 0) & ~store.fixed[s]
         if first.any():  # an online normaliser starts at the series' first value
@@ -416,8 +435,13 @@ class StreamingDetector:
             store.rnn[0][:, s] = h.numpy()
             store.rnn[1][:, s] = c.numpy()
             store.pred[s] = pred[:, 0].numpy()
-        # unflagged values go into the ring as they are (not clipped to +-clip_z)
-        store.push(s, t, np.where(outlier, fed_z * std + mean, x))
+        # Unflagged values go into the ring as they are, but bounded to +-clip_z normalised units once
+        # the series' scale is known (fixed normaliser, or >= 2 values online), warm-up included: one
+        # huge value must not inflate the online std (and blind the series) for good.
+        bounded = store.fixed[s] | (count >= 2)
+        reach = cfg.clip_z * std
+        kept = np.where(bounded, np.clip(x, mean - reach, mean + reach), x)
+        store.push(s, t, np.where(outlier, fed_z * std + mean, kept))
 
     # ------------------------------------------------------------------ housekeeping
     def forget(self, series_ids) -> int:
@@ -432,20 +456,3 @@ class StreamingDetector:
         extra = self.likelihood.bytes_per_series() if self.likelihood is not None else 0
         return self.store.bytes_per_series() + extra
 
-
-def _rounds(idx: np.ndarray) -> list[np.ndarray]:
-    """Positions of ``idx (n,)`` split into rounds: round k = the k-th event of each slot (stable order)."""
-    n = len(idx)
-    if n == 1:
-        return [np.zeros(1, dtype=np.int64)]
-    order = np.argsort(idx, kind="stable")
-    sorted_idx = idx[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(sorted_idx)) + 1]
-    if len(starts) == n:
-        return [np.arange(n)]
-    group_start = np.repeat(starts, np.diff(np.r_[starts, n]))
-    occurrence = np.empty(n, dtype=np.int64)
-    occurrence[order] = np.arange(n) - group_start
-    by_round = np.argsort(occurrence, kind="stable")
-    bounds = np.searchsorted(occurrence[by_round], np.arange(int(occurrence.max()) + 2))
-    return [by_round[bounds[k]:bounds[k + 1]] for k in range(len(bounds) - 1)]

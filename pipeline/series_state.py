@@ -21,6 +21,14 @@ slot index array ``idx (n,)``:
 * ``rnn``: a list of recurrent state arrays ``(layers, capacity, hidden)`` float32, e.g. (h, c)
   for an LSTM; empty for a many-to-one model.
 
+Eviction never takes a series of the batch being processed. A batch that alone holds more distinct
+series than ``max_series`` is still served whole: capacity grows past the cap for that batch (memory
+is bounded by the batch size) and later batches evict back down to ``max_series``.
+
+Values fed to ``push`` are clamped to +-``VALUE_LIMIT`` (the events' own bound), so Welford's float64
+sums stay finite; the detector also bounds each fed value to +-``clip_z`` normalised units once a
+series' scale is known, so one huge value cannot inflate the online std for good.
+
 Per series this is 4*ring_length + 8*len(rnn)*layers*hidden/2 + ~64 bytes: 832 bytes for an LSTM with
 hidden 64 and window 64.
 """
@@ -33,6 +41,7 @@ _INITIAL_CAPACITY = 1024
 # Up to this many slots are allocated at once with np.zeros (calloc: pages become resident only
 # when a slot is first used, so memory follows the series actually tracked); beyond, arrays double.
 _PREALLOCATE_UP_TO = 1_000_000
+VALUE_LIMIT = 1e15  # |value| bound (same as pipeline.events); squares stay far below float64 overflow
 
 
 class SeriesStateStore:
@@ -121,8 +130,6 @@ class SeriesStateStore:
         if new_mask.any():
             positions = np.flatnonzero(new_mask)
             new_ids = list(dict.fromkeys(series_ids[i] for i in positions))
-            if len(new_ids) > self.max_series:
-                raise ValueError(f"one batch holds {len(new_ids)} distinct series, more than max_series={self.max_series}")
             # Touch the series of this batch that already exist, so eviction spares them.
             self.last_seen[idx[~new_mask]] = self._stamp
             self._make_room(len(new_ids))
@@ -144,13 +151,25 @@ class SeriesStateStore:
         return len(self._free) + self.capacity - self._next_unused
 
     def _make_room(self, needed: int) -> None:
-        while self._available() < needed and self.capacity < self.max_series:
-            self._alloc(min(self.capacity * 2, self.max_series))
-        shortfall = needed - self._available()
-        if shortfall > 0:
+        """Free or allocate ``needed`` slots, evicting only series not seen in the current batch.
+
+        Tracked series are kept to ``max_series`` by evicting the least recently seen ones whose
+        ``last_seen`` is older than this batch's stamp. When that is not enough (the batch alone
+        needs more than ``max_series`` slots), capacity grows past the cap instead of evicting a
+        series being scored; the excess is evicted by a later batch.
+        """
+        excess = len(self.ids) + needed - self.max_series
+        if excess > 0:
             used = np.array(list(self.ids.values()), dtype=np.int64)
-            oldest = used[np.argpartition(self.last_seen[used], shortfall - 1)[:shortfall]]
-            self.evict_slots(oldest)
+            idle = used[self.last_seen[used] < self._stamp]
+            k = min(excess, len(idle))
+            if k:
+                self.evict_slots(idle[np.argpartition(self.last_seen[idle], k - 1)[:k]])
+        while self._available() < needed:
+            target = min(self.capacity * 2, self.max_series)
+            if target <= self.capacity:  # over the cap for this batch only
+                target = self.capacity + needed - self._available()
+            self._alloc(target)
 
     def _init_slot(self, slot: int, normalizer) -> None:
         self.ring[slot] = 0.0
@@ -200,6 +219,7 @@ class SeriesStateStore:
 
     def push(self, idx: np.ndarray, ts: np.ndarray, fed: np.ndarray) -> None:
         """Append fed values ``(n,)`` (raw units, distinct slots) to the rings and online normalisers."""
+        fed = np.clip(fed, -VALUE_LIMIT, VALUE_LIMIT)
         count = self.count[idx]
         self.ring[idx, count % self.ring_length] = fed
         step = ts - self.last_ts[idx]

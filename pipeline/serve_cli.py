@@ -27,7 +27,9 @@ def serve(
     metrics_port: int = typer.Option(None, help="Metrics port (default: 9464; 0 disables)."),
     max_series: int = typer.Option(None, help="Tracked-series cap (least recently seen evicted)."),
     warmup_events: int = typer.Option(None, help="Values a series needs before alerting (default: model window)."),
-    threshold: float = typer.Option(None, help="Score threshold (default: DetectorConfig)."),
+    threshold_method: str = typer.Option(None, help="Error -> score method: likelihood (default, score in [0, 1]) | "
+                                                    "zscore | static."),
+    threshold: float = typer.Option(None, help="Score threshold (default: 0.5 for likelihood, 6 otherwise)."),
     replay_messages: int = typer.Option(20_000, help="Messages re-read per assigned partition to warm state."),
     reload_interval: float = typer.Option(1.0, help="Seconds between champion pointer checks."),
     torch_threads: int = typer.Option(1, help="torch intra-op threads."),
@@ -68,9 +70,13 @@ def serve(
     except Exception as error:  # noqa: BLE001 - a clear message, not a traceback
         typer.echo(f"cannot load the champion of model {model!r} from {settings.registry_dir}: {error}", err=True)
         raise typer.Exit(2) from error
-    config = DetectorConfig(max_series=settings.max_series, warmup_events=warmup_events)
-    if threshold is not None:
-        config.threshold = threshold
+    overrides = {"threshold_method": threshold_method, "threshold": threshold}
+    try:
+        config = DetectorConfig(max_series=settings.max_series, warmup_events=warmup_events,
+                                **{k: v for k, v in overrides.items() if v is not None})
+    except ValueError as error:
+        typer.echo(f"invalid detector settings: {error}", err=True)
+        raise typer.Exit(2) from error
     detector = StreamingDetector(bundle, config)
     metrics = ScorerMetrics()
     if settings.metrics_port:

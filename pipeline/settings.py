@@ -30,6 +30,9 @@ class KafkaSettings(BaseModel):
     max_poll_records: int = 5000
     fetch_max_wait_ms: int = 50
     partitions: int = 4
+    # Replicas of each topic ``ensure_topics`` creates (1 for the embedded broker / a single node;
+    # 3 on a production cluster). Existing topics are not changed.
+    replication_factor: int = Field(1, ge=1)
     # Security passthrough for real clusters (PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL).
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: str | None = None

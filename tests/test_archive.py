@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -39,7 +40,7 @@ def test_files_are_partitioned_by_event_date_and_hour_with_offset_names(tmp_path
     frame = _frame([("a", t0, 1.0, 0, 10), ("a", t0 + 120, 2.0, 0, 11), ("b", t0, 3.0, 1, 5)])
     written = write_files(tmp_path, frame)
     names = sorted(str(p.relative_to(tmp_path)) for p in written)
-    assert names == [
+    assert [re.sub(r"-[0-9a-f]{10}\.parquet$", ".parquet", n) for n in names] == [
         "date=2024-03-01/hour=23/part-0-10-10.parquet",
         "date=2024-03-01/hour=23/part-1-5-5.parquet",
         "date=2024-03-02/hour=00/part-0-11-11.parquet",
@@ -74,6 +75,25 @@ def test_rewrite_of_the_same_records_is_idempotent(tmp_path):
     second = write_files(tmp_path, frame)
     assert first == second and first[0].read_bytes() == content
     assert len(list(tmp_path.rglob("*"))) == 3  # date dir, hour dir, one file
+
+
+@pytest.mark.parametrize("gap_s", [60.0, 86400.0], ids=["same-hour", "next-day"])
+def test_restarted_offsets_keep_every_row_and_never_replace_a_file(tmp_path, gap_s):
+    # Day 1: offsets 0-4. The broker is recreated, offsets restart: day 2 is offsets 0-4 again.
+    t0 = pd.Timestamp("2024-03-01T10:00:00Z").timestamp()
+    day1 = _frame([("s", t0 + i, float(i), 0, i) for i in range(5)])
+    day2 = _frame([("s", t0 + gap_s + 10 + i, 100.0 + i, 0, i) for i in range(5)])
+    first = write_files(tmp_path, day1)
+    before = first[0].read_bytes()
+    second = write_files(tmp_path, day2)
+    assert set(first).isdisjoint(second)  # different content never takes an existing name
+    assert first[0].read_bytes() == before
+    back = read_archive(tmp_path)
+    assert len(back) == 10
+    assert back["value"].tolist() == [float(i) for i in range(5)] + [100.0 + i for i in range(5)]
+    # a real redelivery of day 2 is still read once
+    write_files(tmp_path, day2.iloc[2:])
+    assert len(read_archive(tmp_path)) == 10
 
 
 def test_temporary_files_are_ignored_and_corrupt_files_raise_clearly(tmp_path):
@@ -142,7 +162,7 @@ def test_archiver_archives_valid_events_counts_invalid_and_commits(kafka_setting
     for path in archiver.files:
         part = pd.read_parquet(path)
         first, last = part["offset"].min(), part["offset"].max()
-        assert path.name == f"part-{part['partition'].iloc[0]}-{first}-{last}.parquet"
+        assert re.fullmatch(rf"part-{part['partition'].iloc[0]}-{first}-{last}-[0-9a-f]{{10}}\.parquet", path.name)
         hours = pd.to_datetime(part["ts"], unit="s", utc=True).dt.strftime("date=%Y-%m-%d/hour=%H").unique()
         assert list(hours) == [f"{path.parent.parent.name}/{path.parent.name}"]
     committed = _committed(kafka_settings)
@@ -208,7 +228,10 @@ def test_cli_serves_metrics_and_sigterm_flushes_and_commits_before_exit(kafka_se
         while not any("partitions assigned: [0, 1, 2, 3]" in line for line in lines):
             assert time.monotonic() < deadline and proc.poll() is None, "".join(lines)
             time.sleep(0.1)
-        time.sleep(2.0)  # let it fetch; nothing may be flushed yet (size and time limits are far)
+        while not any("buffering events" in line for line in lines):  # it has fetched valid events
+            assert time.monotonic() < deadline and proc.poll() is None, "".join(lines)
+            time.sleep(0.1)
+        # nothing may be flushed yet (size and time limits are far)
         assert not list_files(tmp_path)
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
         assert "tsad_archive_events_total 0.0" in body

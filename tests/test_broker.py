@@ -63,3 +63,26 @@ def test_publish_nab_csv_delivers_every_row_keyed_by_series(kafka_settings, nab_
     # One key -> one partition -> file order is kept.
     assert [orjson.loads(r.value)["ts"] for r in records] == list(rows["timestamp"])
     assert sorted(r.offset for r in records) == list(range(len(rows)))
+
+
+def test_ensure_topics_creates_missing_topics_with_the_configured_partitions_and_replicas(kafka_settings, monkeypatch):
+    from kafka.admin import KafkaAdminClient
+    from pydantic import ValidationError
+
+    from pipeline.kafka_clients import ensure_topics
+    from pipeline.settings import KafkaSettings, Settings
+
+    monkeypatch.setenv("TSAD_KAFKA__REPLICATION_FACTOR", "3")
+    assert Settings().kafka.replication_factor == 3
+    with pytest.raises(ValidationError):
+        KafkaSettings(replication_factor=0)
+    settings = kafka_settings.model_copy(update={"replication_factor": 1, "partitions": 2})
+    topic = f"{settings.events_topic}-rf"
+    ensure_topics(settings, [topic])
+    admin = KafkaAdminClient(**settings.client_config())
+    try:
+        (described,) = admin.describe_topics([topic])
+    finally:
+        admin.close()
+    assert len(described["partitions"]) == 2
+    assert all(len(p["replica_nodes"]) == 1 for p in described["partitions"]), described

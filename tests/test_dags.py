@@ -39,6 +39,7 @@ if dag is not None:
         outlets={t.task_id: [a.uri for a in t.outlets] for t in dag.tasks if t.outlets},
         mapped=sorted(t.task_id for t in dag.tasks if getattr(t, "is_mapped", False) or type(t).__name__ == "MappedOperator"),
         params=sorted(dag.params.keys()),
+        trigger_rules={t.task_id: str(getattr(t.trigger_rule, "value", t.trigger_rule)) for t in dag.tasks},
     )
 print("RESULT " + json.dumps(out))
 """
@@ -74,6 +75,53 @@ def test_retrain_dag_shape(tmp_path):
     assert out["outlets"] == {f"publish__{m2o}": [f"tsad://registry/{m2o}"],
                               f"publish__{m2m}": [f"tsad://registry/{m2m}"]}
     assert {"epochs", "hidden", "window"} <= set(out["params"])
+    # one group without data (train skipped) must not block the others' promotion nor record
+    rules = out["trigger_rules"]
+    assert {t: r for t, r in rules.items() if t.startswith("promote__") or t == "record"} == {
+        f"promote__{m2o}": "none_failed_min_one_success", f"promote__{m2m}": "none_failed_min_one_success",
+        "record": "none_failed_min_one_success"}
+    assert rules["train"] == "all_success" and rules[f"publish__{m2o}"] == "all_success"
+
+
+_SKIP_PROBE = r"""
+import importlib.util, json
+spec = importlib.util.spec_from_file_location("retrain_dag_probe", DAG_FILE)
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+from airflow.sdk.exceptions import AirflowSkipException
+from models.retraining import load_settings
+out = {}
+settings = load_settings({"archive_dir": ARCHIVE, "registry_dir": REGISTRY})
+plan = {"interval_start": "2024-01-01T00:00:00+00:00", "interval_end": "2024-01-02T00:00:00+00:00",
+        "start": "2023-12-25T00:00:00+00:00", "end": "2024-01-02T00:00:00+00:00", "cut": 1704067200.0,
+        "cut_iso": "2024-01-01T00:00:00+00:00", "series": ["ec2_a"], "counts": {}}
+job = {"group": "web", "pattern": "speed_*", "kind": "many-to-one", "name": "web-many-to-one"}
+try:
+    module.train_or_skip(settings, plan, job)
+    out["train"] = "returned"
+except AirflowSkipException as error:
+    out["train"] = "skipped: " + str(error)
+cands = [{"name": "cpu-many-to-one", "version": 3}]
+out["found"] = module.candidate_for(cands, "cpu-many-to-one")["version"]
+try:
+    module.candidate_for(cands, "web-many-to-one")
+    out["missing"] = "returned"
+except AirflowSkipException:
+    out["missing"] = "skipped"
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_a_group_without_data_skips_its_training_and_promotion_instead_of_failing(tmp_path):
+    env = airflow_env(tmp_path / "airflow")
+    code = (f"DAG_FILE = {str(DAGS / 'retrain_forecasters.py')!r}\nARCHIVE = {str(tmp_path / 'archive')!r}\n"
+            f"REGISTRY = {str(tmp_path / 'registry')!r}\n" + _SKIP_PROBE)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert done.returncode == 0 and lines, done.stdout + done.stderr
+    out = json.loads(lines[-1][7:])
+    assert out["train"].startswith("skipped: web-many-to-one: not training"), out
+    assert out["found"] == 3 and out["missing"] == "skipped"
 
 
 def test_schedule_groups_and_kinds_come_from_the_environment(tmp_path):

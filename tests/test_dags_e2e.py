@@ -192,6 +192,19 @@ def test_archive_retrain_promote_hot_reload_and_idempotent_rerun(airflow_home, k
     assert second["tasks"][f"publish__{M2O}"] == "skipped"
     assert registry.versions(M2O) == [1, 2] and registry.versions(M2M) == [1]
     assert _snapshot(registry_dir) == before
+
+    # 7. a group whose pattern matches no series: its train/promote are skipped, not failed, and
+    #    neither the other group's promotion nor ``record`` is blocked
+    groups = {"TSAD_RETRAIN_GROUPS": '{"default": "ec2_*", "empty": "nothing_*"}', "TSAD_RETRAIN_KINDS": '["many-to-one"]'}
+    textfile.unlink()
+    third = run_dag({**dag_env, **groups}, "retrain_forecasters", LOGICAL_DATE)
+    assert third["state"] == "success", third["log"][-5000:]
+    tasks = third["tasks"]
+    assert tasks["train[0]"] == "success" and tasks["train[1]"] == "skipped", tasks
+    assert tasks[f"promote__{M2O}"] == "success" and tasks["promote__empty-many-to-one"] == "skipped", tasks
+    assert tasks["record"] == "success", tasks
+    prom = textfile.read_text()
+    assert f'tsad_retrain_last_success_timestamp_seconds{{model="{M2O}"}}' in prom and "empty-many-to-one" not in prom
     print(f"dag.test first run {first_s:.1f}s, re-run {second_s:.1f}s")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,5 +19,8 @@ def test_demo_runs_end_to_end():
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     text = out.stdout
     assert "summary" in text and "labelled windows caught" in text
-    assert "events consumed" in text and "2420" in text  # every streamed event consumed by both scorers
+    published = int(re.search(r"published (\d+) events", text).group(1))
+    (row,) = [line for line in text.splitlines() if "events consumed" in line]
+    consumed = [int(n) for n in re.findall(r"\d+", row)]
+    assert published == 2420 and consumed == [published, published], row  # both scorers consumed every event
     assert text.count("/metrics") >= 2

@@ -158,3 +158,8 @@ def test_compose_mounts_the_prometheus_config_and_rules(compose):
     volumes = compose["services"]["prometheus"]["volumes"]
     assert "./prometheus:/etc/prometheus:ro" in volumes
     assert "--config.file=/etc/prometheus/prometheus.yml" in compose["services"]["prometheus"]["command"]
+
+
+def test_env_example_keeps_metrics_on_loopback():
+    # /metrics has no auth: exposing it beyond the host must be a deliberate edit
+    assert env_example()["TSAD_METRICS_HOST"] == "127.0.0.1"

@@ -64,3 +64,21 @@ def test_train_and_manage(tmp_path, app):
     (tmp_path / "reg" / "default" / "v0002" / "weights.pt").write_bytes(b"garbage")
     r = runner.invoke(app, ["models", "promote", "default", "2", "--registry", reg_dir])
     assert r.exit_code == 1 and reg.champion("default") == 1
+
+
+def test_registry_defaults_to_the_tsad_registry_dir_setting(tmp_path, app, monkeypatch):
+    write_nab(tmp_path / "data" / "s1.csv", n=200)
+    reg_dir = tmp_path / "from-env"
+    monkeypatch.setenv("TSAD_REGISTRY_DIR", str(reg_dir))
+    runner = CliRunner()
+    common = ["train", str(tmp_path / "data"), "--window", "8", "--hidden", "8", "--epochs", "1", "--no-progress",
+              "--threads", "1"]
+    for _ in range(2):
+        r = runner.invoke(app, common)
+        assert r.exit_code == 0, r.output
+    reg = ModelRegistry(reg_dir)
+    assert reg.versions("default") == [1, 2] and reg.champion("default") == 2
+    r = runner.invoke(app, ["models", "list"])
+    assert r.exit_code == 0 and "default" in r.output
+    assert runner.invoke(app, ["models", "rollback", "default"]).exit_code == 0 and reg.champion("default") == 1
+    assert runner.invoke(app, ["models", "promote", "default", "2"]).exit_code == 0 and reg.champion("default") == 2

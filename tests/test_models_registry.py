@@ -121,3 +121,50 @@ def test_idempotency_key(tmp_path):
     c = reg.register(make_bundle(2), idempotency_key="dag-run-2024-01-02")
     assert a == b == 1 and c == 2 and reg.versions("m") == [1, 2]
     assert reg.list("m")[0].idempotency_key == "dag-run-2024-01-01"
+
+
+@pytest.mark.parametrize("edit", [
+    pytest.param(lambda m: m.update(normalizers={"a": {"mean": 1.0}}), id="normalizer-missing-std"),
+    pytest.param(lambda m: m.update(normalizers={"a": 3}), id="normalizer-not-a-pair"),
+    pytest.param(lambda m: m.update(normalizers=[1, 2]), id="normalizers-not-an-object"),
+    pytest.param(lambda m: m.update(normalizers={"a": {"mean": "nan", "std": 1.0}}), id="normalizer-nan"),
+    pytest.param(lambda m: m.update(calibration=[0.1]), id="calibration-not-an-object"),
+    pytest.param(lambda m: m.update(kind="many-to-one"), id="kind-mismatch"),
+    pytest.param(lambda m: m.pop("kind"), id="kind-missing"),
+    pytest.param(lambda m: m.pop("config"), id="config-missing"),
+    pytest.param(lambda m: m.update(config="lstm"), id="config-not-an-object"),
+])
+def test_corrupt_meta_raises_corrupt_model_error(tmp_path, edit):
+    reg = ModelRegistry(tmp_path)
+    reg.register(make_bundle(0))
+    v = reg.register(make_bundle(1))
+    meta_path = tmp_path / "m" / f"v{v:04d}" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    edit(meta)
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(CorruptModelError, match=f"v{v}"):
+        reg.load("m", v)
+    reg.promote("m", 1)
+    with pytest.raises(CorruptModelError):
+        reg.promote("m", v)
+    assert reg.champion("m") == 1
+
+
+def test_meta_that_is_not_an_object_is_corrupt(tmp_path):
+    reg = ModelRegistry(tmp_path)
+    v = reg.register(make_bundle(0))
+    (tmp_path / "m" / "v0001" / "meta.json").write_text("[1, 2]")
+    with pytest.raises(CorruptModelError):
+        reg.load("m", v)
+    assert [r.ok for r in reg.list("m")] == [False]
+
+
+def test_write_json_atomic_removes_its_temp_file_on_failure(tmp_path):
+    from models.registry import _write_json_atomic
+
+    target = tmp_path / "champion.json"
+    target.write_text('{"version": 1}')
+    with pytest.raises(TypeError):
+        _write_json_atomic(target, {"version": object()})  # not JSON-serialisable, fails mid-write
+    assert [p.name for p in tmp_path.iterdir()] == ["champion.json"]
+    assert json.loads(target.read_text()) == {"version": 1}

@@ -1,11 +1,13 @@
-"""Tests for models/thresholds: static, Telemanom dynamic threshold, anomaly likelihood."""
+"""Tests for models/thresholds: static, Telemanom dynamic threshold, anomaly likelihood (ErrorLikelihood)."""
+
+import math
 
 import numpy as np
 import pytest
 
 from models.thresholds import (
-    AnomalyLikelihood, StaticThreshold, TelemanomThreshold, find_anomalies, find_epsilon, log_likelihood,
-    prune_sequences,
+    ErrorLikelihood, LikelihoodConfig, StaticThreshold, TelemanomThreshold, find_anomalies, find_epsilon,
+    prune_sequences, tail_score,
 )
 from models.thresholds.telemanom import sequences
 
@@ -21,7 +23,7 @@ def _errors(seed=0, S=3, T=3000):
 
 DETECTORS = [
     lambda: StaticThreshold(0.12, 0.09, k=5),
-    lambda: AnomalyLikelihood(short_window=10, long_window=500, min_history=100),
+    lambda: ErrorLikelihood(warmup=100),
     lambda: TelemanomThreshold(window=1000, refit_every=50, min_history=200),
 ]
 
@@ -39,7 +41,11 @@ def test_streaming_equals_batch(make):
     single = make()
     one = [single.score_one(0, x) for x in e[0, :400]]
     np.testing.assert_allclose(one, batch[0, :400], equal_nan=True)
-    assert np.isnan(batch[2, 100])
+    if isinstance(det, ErrorLikelihood):
+        assert batch[2, 100] == 0.0  # a NaN error scores 0 and leaves the state unchanged
+        assert ((batch >= 0) & (batch <= 1)).all()
+    else:
+        assert np.isnan(batch[2, 100])
 
 
 @pytest.mark.parametrize("make", DETECTORS)
@@ -53,19 +59,39 @@ def test_flags_injected_anomalies(make):
 
 def test_repeated_series_in_one_call_applied_in_order():
     e = _errors()[0, :300]
-    a, b = AnomalyLikelihood(min_history=20), AnomalyLikelihood(min_history=20)
+    a, b = ErrorLikelihood(warmup=20), ErrorLikelihood(warmup=20)
     together = a.update(np.zeros(300, dtype=int), e)
     np.testing.assert_allclose(together, b.score_batch(e))
 
 
+def test_likelihood_is_the_gaussian_tail_of_the_short_mean_against_the_long_run_distribution():
+    cfg = LikelihoodConfig(short_alpha=0.1, warmup=50, refractory=0, min_std_frac=0.1, spatial_tolerance=None)
+    det = ErrorLikelihood(cfg)
+    det.score_batch(np.full(200, 0.1))  # long-run mean 0.1, variance 0: std floor 0.1 * 0.1 = 0.01
+    short = 0.1 + 0.1 * (0.16 - 0.1)    # the short EWMA after one error of 0.16
+    z = (short - 0.1) / 0.01
+    q = 0.5 * math.erfc(z / math.sqrt(2.0))
+    expected = math.log(q + 1e-10) / math.log(1e-10)
+    assert det.score_one(0, 0.16) == pytest.approx(expected, rel=1e-9)
+    assert tail_score(np.array([z]))[0] == pytest.approx(expected, rel=1e-9)
+
+
+def test_likelihood_scores_stay_in_unit_interval():
+    rng = np.random.default_rng(7)
+    e = np.abs(rng.standard_cauchy(size=(4, 2000)))
+    e[1, ::97] = np.nan
+    e[2, 1000] = 1e12
+    s = ErrorLikelihood(warmup=50, refractory=0).score_batch(e)
+    assert np.isfinite(s).all() and (s >= 0).all() and (s <= 1).all()
+
+
 def test_likelihood_does_not_learn_from_flagged_points():
     e = np.r_[np.abs(np.random.default_rng(0).normal(0, 0.1, 400)), np.full(300, 2.0)]
-    strict = AnomalyLikelihood(short_window=5, long_window=1000, min_history=50)
-    lenient = AnomalyLikelihood(short_window=5, long_window=1000, min_history=50, learn_from_anomalies=True)
+    strict = ErrorLikelihood(warmup=50, refractory=0, clip_z=8.0, spatial_tolerance=None)
+    lenient = ErrorLikelihood(warmup=50, refractory=0, clip_z=1e9, spatial_tolerance=None)
     s, l = strict.score_batch(e), lenient.score_batch(e)
-    assert strict.is_anomaly(s[600:]).all()  # a persistent shift stays anomalous
+    assert strict.is_anomaly(s[400:455]).all()  # a persistent shift stays anomalous for a while
     assert lenient.is_anomaly(l[400:]).sum() < strict.is_anomaly(s[400:]).sum()
-    assert 0.0 <= log_likelihood(0.9999) <= 1.0 and log_likelihood(0.99999) > log_likelihood(0.9999)
 
 
 def test_static_threshold_from_calibration():

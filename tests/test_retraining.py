@@ -68,6 +68,44 @@ def test_event_counts_window_hits_misses_and_false_alarm_runs():
     assert (tp, fp, fn) == (1, 2, 1)
 
 
+def test_event_counts_match_the_backtest_window_prf():
+    from models.evaluation import window_of_rows, window_prf
+
+    ts = np.arange(30, dtype=float)
+    flags = np.random.default_rng(0).random(30) < 0.3
+    windows = [(5.0, 8.0), (20.0, 24.0)]
+    prf = window_prf(flags, window_of_rows(ts, windows))
+    assert rt._event_counts(ts, flags, windows) == (prf.caught, prf.fp_runs, prf.missed)
+
+
+def test_label_windows_keyed_by_series_stem(nab_dir):
+    labels = rt._label_windows(str(nab_dir / "labels" / "combined_windows.json"))
+    assert "ec2_cpu_utilization_24ae8d" in labels and all(a < b for a, b in labels["ec2_cpu_utilization_24ae8d"])
+
+
+def test_corrupt_champion_is_reported_unusable_not_raised(tmp_path):
+    import json
+
+    import torch
+
+    from models.bundle import ModelBundle
+    from models.forecasters import ForecasterConfig, build_forecaster
+    from models.registry import ModelRegistry
+
+    torch.manual_seed(0)
+    config = ForecasterConfig(kind="many-to-one", window=8, hidden=8)
+    registry = ModelRegistry(tmp_path)
+    version = registry.register(ModelBundle(name="m", kind=config.kind, config=config,
+                                            forecaster=build_forecaster(config).eval()))
+    registry.promote("m", version)
+    meta_path = tmp_path / "m" / "v0001" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["normalizers"] = {"a": {"mean": 1.0}}  # KeyError before the registry wrapped it
+    meta_path.write_text(json.dumps(meta))
+    bundle, why = rt._champion(registry, "m")
+    assert bundle is None and why.startswith("champion unusable")
+
+
 def test_train_promote_rerun_and_refusal_of_a_worse_candidate(tmp_path, nab_dir):
     from models.registry import ModelRegistry
 

@@ -65,6 +65,24 @@ def test_rounds_interleaved_series_match_separate_runs():
     np.testing.assert_allclose(back, np.r_[ra.predicted, rb.predicted], atol=1e-5)
 
 
+def test_rounds_match_the_naive_definition():
+    from models._streaming import rounds
+
+    rng = np.random.default_rng(11)
+    for n in (0, 1, 2, 7, 200):
+        idx = rng.integers(0, max(n // 3, 1), size=n)
+        seen: dict[int, int] = {}
+        occurrence = []
+        for i in idx.tolist():
+            occurrence.append(seen.get(i, 0))
+            seen[i] = occurrence[-1] + 1
+        occurrence = np.array(occurrence, dtype=np.int64)
+        want = [np.flatnonzero(occurrence == r) for r in range(int(occurrence.max()) + 1)] if n else []
+        got = rounds(idx)
+        assert len(got) == len(want) and all(np.array_equal(g, w) for g, w in zip(got, want))
+    assert [r.tolist() for r in rounds(np.array([5, 6, 7]))] == [[0, 1, 2]]
+
+
 def test_duplicate_and_out_of_order_are_dropped_and_counts_add_up():
     det = StreamingDetector(make_bundle("many-to-many"), DetectorConfig(warmup_events=3))
     res = det.process(["s"] * 7, [1, 2, 2, 3, 1, 4, 5], [1.0, 2, 9, 3, 4, 5, 6])
@@ -114,6 +132,64 @@ def test_eviction_of_least_recently_seen():
     assert set(det.store.ids) == {"a", "c", "d"}
 
 
+def test_eviction_spares_series_of_the_current_batch():
+    # max_series=2, tracked {a, b}; the batch [a, c, d] must not evict "a" (it is being scored)
+    det = StreamingDetector(make_bundle("many-to-many"), DetectorConfig(max_series=2))
+    det.process(["a", "b"], [1.0, 1.0], [1.0, 1.0])
+    res = det.process(["a", "c", "d"], [2.0, 2.0, 2.0], [1.0, 5.0, 9.0])
+    slots = [det.store.ids[s] for s in ("a", "c", "d")]
+    assert len(set(slots)) == 3  # three distinct slots: nothing in the batch shares state
+    assert "b" not in det.store.ids and res.evicted == 1
+    assert det.store.count[det.store.ids["a"]] == 2  # a's history kept
+    # over the cap for that batch only: the next batch evicts back down to max_series
+    det.process(["e"], [1.0], [1.0])
+    assert len(det.store) == 2 and "e" in det.store.ids
+
+
+def test_batch_with_more_new_series_than_max_series_is_scored_not_raised():
+    det = StreamingDetector(make_bundle("many-to-one"), DetectorConfig(max_series=2))
+    ids = [f"s{i}" for i in range(5)]
+    res = det.process(ids, np.ones(5), np.arange(5.0))
+    assert (res.status == WARMUP).all()
+    assert len({det.store.ids[s] for s in ids}) == 5  # each its own state
+    res = det.process(ids, np.full(5, 2.0), np.arange(5.0))  # re-read after a crash-loop would be fine too
+    assert (res.status == WARMUP).all() and len(det.store) == 5
+    det.process(["x"], [1.0], [0.0])
+    assert len(det.store) == 2
+
+
+@pytest.mark.parametrize("bad", [dict(max_series=0), dict(max_series=2.5), dict(clip_z=0), dict(clip_z=float("nan")),
+                                 dict(min_error_std=-1), dict(outlier_z=float("inf")), dict(warmup_events=-1),
+                                 dict(ring_length=0), dict(threshold=float("nan")), dict(initial_error_std=-1.0)])
+def test_detector_config_is_validated(bad):
+    with pytest.raises(ValueError):
+        DetectorConfig(**bad)
+
+
+@pytest.mark.parametrize("kind", ["many-to-many", "many-to-one"])
+def test_huge_value_during_warmup_does_not_blind_the_series(kind):
+    det = StreamingDetector(make_bundle(kind), DetectorConfig(warmup_events=32, threshold=5.0))
+    t = np.arange(400, dtype=float)
+    vals = np.sin(t / 5.0) + 0.01 * np.random.default_rng(2).normal(size=400)
+    vals[10] = 1e12  # inside warm-up: never flagged, but must not wreck the normaliser
+    vals[350] += 10
+    res = det.process(["s"] * 400, t, vals)
+    slot = det.store.ids["s"]
+    assert np.isfinite([det.store.mean[slot], det.store.m2[slot], det.store.std[slot]]).all()
+    assert det.store.std[slot] < 100
+    assert np.isfinite(res.score[res.status == SCORED]).all()
+    assert not res.is_anomaly[:32].any()
+    assert res.is_anomaly[350]
+
+
+def test_values_beyond_the_event_bound_keep_the_state_finite():
+    det = StreamingDetector(make_bundle("many-to-many"), DetectorConfig(warmup_events=4))
+    res = det.process(["s"] * 4, np.arange(4.0), [1e300, -1e300, 1.0, 2.0])
+    slot = det.store.ids["s"]
+    assert np.isfinite([det.store.mean[slot], det.store.m2[slot], det.store.std[slot]]).all()
+    assert np.isfinite(res.predicted).all()
+
+
 def test_state_under_one_kib_per_series():
     det = StreamingDetector(make_bundle("many-to-many", window=64, hidden=64))
     assert det.state_bytes_per_series() < 1024
@@ -141,6 +217,26 @@ def test_swap_refuses_unservable_bundle():
     with pytest.raises(ValueError):
         det.swap_model(bad)
     assert det.model_version == 1
+
+
+def test_refused_swap_keeps_the_old_error_seed():
+    det = StreamingDetector(make_bundle("many-to-many"))
+    seed = (det.store.init_err_mean, det.store.init_err_var)
+    bad = make_bundle("many-to-many", version=2)
+    bad.calibration = {"error_mean": 5.0, "error_std": 3.0}
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("model blew up")
+
+    det.process(["a"] * 5, np.arange(5.0), np.ones(5))
+    bad.forecaster.forward = broken  # the rebuild fails mid-swap
+    with pytest.raises(RuntimeError):
+        det.swap_model(bad)
+    assert det.model_version == 1
+    assert (det.store.init_err_mean, det.store.init_err_var) == seed
+    det.process(["new"], [1.0], [1.0])  # a new series is seeded from the serving model
+    slot = det.store.ids["new"]
+    assert det.store.err_mean[slot] == pytest.approx(seed[0])
 
 
 # ---------------------------------------------------------------- threshold_method="likelihood"

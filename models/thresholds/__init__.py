@@ -4,15 +4,15 @@ Every detector is vectorised streaming state over many series (``update(series_i
 -> scores (n,)``), with ``score_one`` and a batch path ``score_batch(errors (series, time))`` giving
 the same numbers, and ``is_anomaly(scores)`` comparing against its ``threshold`` (in score units).
 ``error_likelihood.ErrorLikelihood`` (likelihood + spatial check + refractory period) is the live
-scorer's final step (``threshold_method="likelihood"``); its ``step`` also returns the flags.
+scorer's final step (``threshold_method="likelihood"``); its ``step`` also returns the flags. It is
+the one anomaly-likelihood implementation (errors-only ``update`` scores NaN errors 0, not NaN).
 """
 
 from models.thresholds.error_likelihood import ErrorLikelihood, LikelihoodConfig, score_series, tail_score
-from models.thresholds.likelihood import AnomalyLikelihood, log_likelihood
 from models.thresholds.static import StaticThreshold
 from models.thresholds.telemanom import TelemanomThreshold, find_epsilon, find_anomalies, prune_sequences
 
 __all__ = [
-    "AnomalyLikelihood", "ErrorLikelihood", "LikelihoodConfig", "StaticThreshold", "TelemanomThreshold",
-    "find_anomalies", "find_epsilon", "log_likelihood", "prune_sequences", "score_series", "tail_score",
+    "ErrorLikelihood", "LikelihoodConfig", "StaticThreshold", "TelemanomThreshold",
+    "find_anomalies", "find_epsilon", "prune_sequences", "score_series", "tail_score",
 ]

@@ -39,12 +39,12 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import torch
 
 from models._streaming import StreamingState, grow, rounds
 
 _LOG_EPS = math.log(1e-10)
 _SQRT2 = math.sqrt(2.0)
-_erfc = np.frompyfunc(math.erfc, 1, 1)
 _NEVER = 1 << 40
 STATE_BYTES = 7 * 8  # count, since, short, mu, var, lo, hi per series
 
@@ -82,8 +82,8 @@ class LikelihoodConfig:
 
 def tail_score(z) -> np.ndarray:
     """``log(Q(z) + 1e-10) / log(1e-10)`` in [0, 1]; ``Q`` the standard normal tail."""
-    z = np.asarray(z, dtype=np.float64)
-    q = 0.5 * np.asarray(_erfc(z / _SQRT2), dtype=np.float64)
+    z = np.ascontiguousarray(z, dtype=np.float64)
+    q = 0.5 * torch.special.erfc(torch.from_numpy(z / _SQRT2)).numpy()  # vectorised, float64, no Python per element
     return np.clip(np.log(q + 1e-10) / _LOG_EPS, 0.0, 1.0)
 
 

@@ -36,6 +36,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from models.evaluation import WindowPRF
+from models.evaluation import window_prf as _window_prf
+
 PROBATION_FRACTION = 0.15
 PROBATION_CAP = 750  # = 0.15 * 5000, NAB's cap
 
@@ -265,49 +268,11 @@ def _group_cummax(x: np.ndarray, grp: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- window P/R/F1
 
 
-@dataclass
-class WindowPRF:
-    """Window-level counts: ``caught`` windows with >= 1 flag, ``missed`` windows, ``fp_runs``
-    maximal runs of consecutive flags touching no window (all after probation)."""
-
-    caught: int = 0
-    missed: int = 0
-    fp_runs: int = 0
-
-    def __add__(self, other: "WindowPRF") -> "WindowPRF":
-        return WindowPRF(self.caught + other.caught, self.missed + other.missed, self.fp_runs + other.fp_runs)
-
-    @property
-    def precision(self) -> float:
-        d = self.caught + self.fp_runs
-        return self.caught / d if d else float("nan")
-
-    @property
-    def recall(self) -> float:
-        d = self.caught + self.missed
-        return self.caught / d if d else float("nan")
-
-    @property
-    def f1(self) -> float:
-        p, r = self.precision, self.recall
-        if math.isnan(p) or math.isnan(r) or p + r == 0:
-            return float("nan") if (math.isnan(p) or math.isnan(r)) else 0.0
-        return 2 * p * r / (p + r)
-
-
 def window_prf(flags, table: PointTable) -> WindowPRF:
-    """Window precision/recall counts of boolean ``flags (n,)`` (precision = caught/(caught+fp_runs))."""
+    """Window precision/recall counts of boolean ``flags (n,)`` after probation (``models.evaluation``)."""
     f = np.asarray(flags, dtype=bool).copy()
     f[: table.probation] = False
-    caught = sum(1 for k in table.scorable if (f & (table.window == k)).any())
-    missed = table.n_windows - caught
-    # runs of consecutive flags; a run is FP when none of its rows is in a window
-    padded = np.r_[False, f, False].astype(np.int8)
-    edges = np.diff(padded)
-    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
-    inside = np.r_[0, np.cumsum(table.window >= 0)]
-    fp_runs = int(np.sum(inside[ends] - inside[starts] == 0))
-    return WindowPRF(caught, missed, fp_runs)
+    return _window_prf(f, table.window, table.scorable)
 
 
 # --------------------------------------------------------------------------- corpus report

@@ -109,16 +109,16 @@ def nab_key(path: Path) -> str:
 
 @contextlib.contextmanager
 def _torch_threads(n: int):
-    """Keep torch at ``n`` threads even though ``fit`` sets its own thread count (2 on CPU)."""
+    """Run the block (training and scoring) with torch at ``n`` threads, then restore the count.
+    ``fit`` is told the same count (``num_threads``) and restores what it found on return."""
     import torch
 
-    original = torch.set_num_threads
+    before = torch.get_num_threads()
     torch.set_num_threads(n)
-    torch.set_num_threads = lambda _k: None  # fit's own call becomes a no-op inside this block
     try:
         yield
     finally:
-        torch.set_num_threads = original
+        torch.set_num_threads(before)
 
 
 def replay_file(path: Path, windows: list, cfg: ReplayConfig, threads: int | None = None) -> SeriesResult:
@@ -139,11 +139,12 @@ def replay_file(path: Path, windows: list, cfg: ReplayConfig, threads: int | Non
     epoch_s = ts.astype("datetime64[ns]").astype(np.int64) / 1e9
     series = name
 
+    fit_kwargs = {**cfg.fit, **({"num_threads": threads} if threads else {})}
     ctx = _torch_threads(threads) if threads else contextlib.nullcontext()
     with ctx:
         t0 = time.perf_counter()
         bundle, _ = fit(fcfg, {series: values[:probation]}, epochs=cfg.epochs, seed=cfg.seed, progress=False,
-                        device="cpu", name="backtest", timestamps={series: epoch_s[:probation]}, **cfg.fit)
+                        device="cpu", name="backtest", timestamps={series: epoch_s[:probation]}, **fit_kwargs)
         fit_s = time.perf_counter() - t0
         det = StreamingDetector(bundle, detector_config(cfg))
 
@@ -158,7 +159,7 @@ def replay_file(path: Path, windows: list, cfg: ReplayConfig, threads: int | Non
                 t2 = time.perf_counter()
                 bundle, _ = fit(fcfg, {series: values[:a]}, epochs=cfg.retrain_epochs, seed=cfg.seed,
                                 warm_start=bundle, progress=False, device="cpu", name="backtest",
-                                timestamps={series: epoch_s[:a]}, **cfg.fit)
+                                timestamps={series: epoch_s[:a]}, **fit_kwargs)
                 det.swap_model(bundle)
                 fit_s += time.perf_counter() - t2
                 retrains += 1
