@@ -21,13 +21,13 @@ How an event is scored (all in the series' normalised units ``z = (value - mean)
 3. ``error = |z - forecast|`` (normalised units) with per-series EWMA error statistics ``err_mean``,
    ``err_std`` (O(1) state, seeded from the bundle's calibration). The score, by ``threshold_method``:
 
-   * ``"likelihood"`` (what the NAB backtest runs): ``models.thresholds.error_likelihood.ErrorLikelihood`` over the raw
+   * ``"likelihood"`` (default; what the NAB backtest measures): ``models.thresholds.error_likelihood.ErrorLikelihood`` over the raw
      error ``|value - predicted|`` and the value: anomaly likelihood of the recent errors (Numenta
      style) or 1.0 for a value outside the range seen so far ("spatial" check), in [0, 1]; flag at
      ``score >= threshold`` (0.5) with a refractory period after each flag (score 0 during it).
      The value counts as an *outlier* for the state update below when
      ``error_z > err_mean + outlier_z * err_std``.
-   * ``"zscore"`` (default, for now): ``score = (error - err_mean) / err_std``, anomaly when ``score > threshold`` (6.0).
+   * ``"zscore"``: ``score = (error - err_mean) / err_std``, anomaly when ``score > threshold`` (6.0).
    * ``"static"``: ``score = error``, anomaly when ``score > threshold`` (6.0).
 
    Warm-up events (and ``alert=False``) never flag; they still update every statistic.
@@ -73,7 +73,7 @@ class DetectorConfig:
     """Tunables of ``StreamingDetector`` (stable; the backtest sets these too)."""
 
     warmup_events: int | None = None      # values a series needs before it may alert (None: model window)
-    threshold_method: str = "zscore"      # "likelihood": ErrorLikelihood score in [0, 1] | "zscore": EWMA z-score
+    threshold_method: str = "likelihood"  # "likelihood": ErrorLikelihood score in [0, 1] | "zscore": EWMA z-score
                                           # of the error | "static": raw normalised error
     threshold: float | None = None        # anomaly threshold (None: 0.5 likelihood, 6.0 zscore/static)
     outlier_z: float = 6.0                # likelihood: error z-score above which a value is fed clipped

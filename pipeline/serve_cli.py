@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import sys
@@ -30,6 +31,8 @@ def serve(
     threshold_method: str = typer.Option(None, help="Error -> score method: likelihood (default, score in [0, 1]) | "
                                                     "zscore | static."),
     threshold: float = typer.Option(None, help="Score threshold (default: 0.5 for likelihood, 6 otherwise)."),
+    likelihood_config: str = typer.Option(None, help='Likelihood tunables as JSON, e.g. \'{"warmup": 100, '
+                                                     '"refractory": 40}\' (see models/thresholds/error_likelihood.py).'),
     replay_messages: int = typer.Option(20_000, help="Messages re-read per assigned partition to warm state."),
     reload_interval: float = typer.Option(1.0, help="Seconds between champion pointer checks."),
     torch_threads: int = typer.Option(1, help="torch intra-op threads."),
@@ -72,9 +75,11 @@ def serve(
         raise typer.Exit(2) from error
     overrides = {"threshold_method": threshold_method, "threshold": threshold}
     try:
+        if likelihood_config:
+            overrides["likelihood"] = json.loads(likelihood_config)
         config = DetectorConfig(max_series=settings.max_series, warmup_events=warmup_events,
                                 **{k: v for k, v in overrides.items() if v is not None})
-    except ValueError as error:
+    except (ValueError, TypeError) as error:  # json.JSONDecodeError is a ValueError
         typer.echo(f"invalid detector settings: {error}", err=True)
         raise typer.Exit(2) from error
     detector = StreamingDetector(bundle, config)

@@ -90,7 +90,7 @@ def start_scorer(kafka_settings, reg, **kw):
     watcher = ChampionWatcher(reg, "m", None, interval_s=0.1)
     bundle = watcher.load_initial()
     metrics = ScorerMetrics()
-    detector = StreamingDetector(bundle, DetectorConfig(threshold=6.0))
+    detector = StreamingDetector(bundle, DetectorConfig())
     scorer = Scorer(Settings(kafka=kafka_settings), detector, metrics, watcher=watcher, **kw)
     stop = threading.Event()
     thread = threading.Thread(target=scorer.run, args=(stop,), daemon=True)
@@ -238,7 +238,7 @@ def test_rebalance_mid_stream_loses_nothing_and_dead_letters_nothing(kafka_setti
 
     def start(**kw):
         watcher = ChampionWatcher(reg, "m", None, interval_s=60)
-        detector = StreamingDetector(watcher.load_initial(), DetectorConfig(threshold=-1e9, warmup_events=0))
+        detector = StreamingDetector(watcher.load_initial(), DetectorConfig(threshold_method="zscore", threshold=-1e9, warmup_events=0))
         scorer = Scorer(Settings(kafka=small), detector, ScorerMetrics(), watcher=watcher, replay_messages=30, **kw)
         stop = threading.Event()
         thread = threading.Thread(target=scorer.run, args=(stop,), daemon=True)

@@ -72,7 +72,7 @@ def start_serve(settings, registry_dir, metrics_port, log_path, max_poll_records
     cmd = [TSAD, "serve", "--bootstrap-servers", settings.bootstrap_servers, "--registry", str(registry_dir),
            "--model", "m", "--group-id", settings.group_id, "--events-topic", settings.events_topic,
            "--anomalies-topic", settings.anomalies_topic, "--dead-letter-topic", settings.dead_letter_topic,
-           "--metrics-port", str(metrics_port), "--threshold=-1e9", "--warmup-events", "0",
+           "--metrics-port", str(metrics_port), "--threshold-method", "zscore", "--threshold=-1e9", "--warmup-events", "0",
            "--replay-messages", "50"]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=open(log_path, "wb"),
                             start_new_session=True)

@@ -93,7 +93,7 @@ def test_duplicate_and_out_of_order_are_dropped_and_counts_add_up():
 
 def test_spike_flagged_after_warmup_and_not_before():
     bundle = make_bundle("many-to-many")
-    det = StreamingDetector(bundle, DetectorConfig(warmup_events=32, threshold=5.0))
+    det = StreamingDetector(bundle, DetectorConfig(warmup_events=32, threshold_method="zscore", threshold=5.0))
     t = np.arange(300, dtype=float)
     vals = np.sin(t / 5.0) + 0.01 * np.random.default_rng(2).normal(size=300)
     vals[10] += 50  # inside warm-up: never flagged
@@ -168,7 +168,7 @@ def test_detector_config_is_validated(bad):
 
 @pytest.mark.parametrize("kind", ["many-to-many", "many-to-one"])
 def test_huge_value_during_warmup_does_not_blind_the_series(kind):
-    det = StreamingDetector(make_bundle(kind), DetectorConfig(warmup_events=32, threshold=5.0))
+    det = StreamingDetector(make_bundle(kind), DetectorConfig(warmup_events=32, threshold_method="zscore", threshold=5.0))
     t = np.arange(400, dtype=float)
     vals = np.sin(t / 5.0) + 0.01 * np.random.default_rng(2).normal(size=400)
     vals[10] = 1e12  # inside warm-up: never flagged, but must not wreck the normaliser
@@ -284,7 +284,8 @@ def test_likelihood_config_errors_are_clear():
     with pytest.raises(ValueError, match="likelihood"):
         DetectorConfig(threshold_method="likelihood", likelihood={"nope": 1})
     assert DetectorConfig(threshold_method="likelihood").threshold == 0.5
-    assert DetectorConfig().threshold == 6.0
+    assert DetectorConfig().threshold_method == "likelihood" and DetectorConfig().threshold == 0.5
+    assert DetectorConfig(threshold_method="zscore").threshold == 6.0
 
 
 # ---------------------------------------------------------------- calendar features (models/calendar.py)
