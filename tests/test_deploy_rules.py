@@ -3,7 +3,7 @@
 Runs ``promtool check config``, ``promtool check rules`` and ``promtool test rules`` (Debian's
 ``prometheus`` package, ``make prometheus``) on ``deploy/prometheus``. Also checks the rule
 conventions: CamelCase alert names with severity, summary, description and a runbook link to a
-README anchor that exists in docs/RUNBOOK.md; ``level:metric:operations`` recording names; and
+README anchor that exists in README.md; ``level:metric:operations`` recording names; and
 that the promtool tests hold, for every alert, a case where it fires and one where it stays
 silent. A deliberately wrong expectation must make promtool fail (the tests can fail).
 """
@@ -21,7 +21,7 @@ import yaml
 PROMETHEUS_DIR = Path(__file__).resolve().parent.parent / "deploy" / "prometheus"
 RULE_FILES = sorted((PROMETHEUS_DIR / "rules").glob("*.yml"))
 RULE_TESTS = sorted((PROMETHEUS_DIR / "tests").glob("*.yml"))
-RUNBOOK = Path(__file__).resolve().parent.parent / "docs" / "RUNBOOK.md"
+RUNBOOK = Path(__file__).resolve().parent.parent / "README.md"
 RUNBOOK_URL = "https://github.com/tsad/tsad/blob/main/README.md#alert-{}"
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 
@@ -100,7 +100,7 @@ def test_the_issue_symptoms_each_have_an_alert():
 def test_every_runbook_link_has_a_section():
     anchors = github_anchors(RUNBOOK.read_text())
     missing = [rule["alert"] for rule in alerting_rules() if f"alert-{rule['alert'].lower()}" not in anchors]
-    assert not missing, f"docs/RUNBOOK.md has no section for {missing}"
+    assert not missing, f"README.md has no runbook section for {missing}"
 
 
 def test_recording_rule_names_are_level_metric_operations():
