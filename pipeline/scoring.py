@@ -61,6 +61,10 @@ from models.calendar import calendar_dim, calendar_features
 from models.thresholds.error_likelihood import ErrorLikelihood, LikelihoodConfig
 from pipeline.series_state import VALUE_LIMIT, SeriesStateStore
 
+# Hot path helpers: the ufunc behind np.clip without its Python wrapper (same results), and
+# np.count_nonzero(mask) as the cheap any()/all() test of a mask.
+_clip = (np._core if hasattr(np, "_core") else np.core).umath.clip
+
 SCORED, WARMUP, DUPLICATE, OUT_OF_ORDER = 0, 1, 2, 3
 STATUS_NAMES = {SCORED: "scored", WARMUP: "warmup", DUPLICATE: "duplicate_timestamp", OUT_OF_ORDER: "out_of_order"}
 _REBUILD_CHUNK = 4096
@@ -327,6 +331,7 @@ class StreamingDetector:
         ts = np.asarray(ts, dtype=np.float64).reshape(n)
         values = np.asarray(values, dtype=np.float64).reshape(n)
         alert_arr = np.broadcast_to(np.asarray(alert, dtype=bool), (n,))
+        noalert = None if alert_arr.all() else ~alert_arr
         status = np.full(n, WARMUP, dtype=np.int8)
         predicted = np.full(n, np.nan)
         error = np.full(n, np.nan)
@@ -340,39 +345,67 @@ class StreamingDetector:
                 if new.any():  # a new series (maybe in an evicted series' slot) starts fresh
                     self.likelihood.reset(np.unique(idx[new]))
             with torch.inference_mode():
-                for positions in rounds(idx):
-                    self._round(positions, idx[positions], ts, values, alert_arr, status, predicted, error, score, flags)
+                carry = None
+                try:
+                    for positions in rounds(idx):
+                        carry = self._round(positions, idx[positions], ts, values, noalert, status, predicted, error,
+                                            score, flags, carry)
+                finally:
+                    self._write_back(carry)
         counts = {name: int((status == code).sum()) for code, name in STATUS_NAMES.items()}
         counts["anomalies"] = int(flags.sum())
         return BatchResult(status, predicted, error, score, float(self.config.threshold), flags,
                            self.model_name, self.model_version, self.store.evicted_total - evicted_before, counts)
 
-    def _round(self, p, s, ts, values, alert, status, predicted, error, score, flags) -> None:
+    def _write_back(self, carry) -> None:
+        """Scatter a round's model outputs kept in ``carry`` ``(slots, h, c, pred)`` into the store."""
+        if carry is not None:
+            s, h, c, pred = carry
+            self.store.rnn[0][:, s] = h.numpy()
+            self.store.rnn[1][:, s] = c.numpy()
+            self.store.pred[s] = pred
+
+    def _round(self, p, s, ts, values, noalert, status, predicted, error, score, flags, carry=None):
+        """One round: distinct slots ``s (m,)`` at batch positions ``p (m,)``; ``noalert`` bool ``(n,)`` or
+        None (every event may alert). Hot path: masks are applied only when some row needs them.
+
+        Many-to-many: the model outputs of a round (``carry``: slots, h, c, pred) are kept out of the
+        store while the next round steps the very same slots (the usual case: every series once per
+        round), and scattered back otherwise; returns what to carry on (``process`` writes it back).
+        """
         store, cfg = self.store, self.config
         t = ts[p]
-        last = store.last_ts[s]
-        seen = store.count[s] > 0
-        dup = seen & (t == last)
-        ooo = seen & (t < last)
-        if dup.any() or ooo.any():
-            status[p[dup]] = DUPLICATE
-            status[p[ooo]] = OUT_OF_ORDER
-            keep = ~(dup | ooo)
-            p, s, t = p[keep], s[keep], t[keep]
-            if not len(p):
-                return
-        x = np.clip(values[p], -VALUE_LIMIT, VALUE_LIMIT)  # the event bound, for Kafka-free callers too
         count = store.count[s]
-        first = (count == 0) & ~store.fixed[s]
-        if first.any():  # an online normaliser starts at the series' first value
-            store.mean[s[first]] = x[first]
+        last = store.last_ts[s]
+        late = t <= last
+        if np.count_nonzero(late):
+            seen = count > 0
+            dup = seen & (t == last)
+            ooo = seen & (t < last)
+            if np.count_nonzero(dup) or np.count_nonzero(ooo):
+                status[p[dup]] = DUPLICATE
+                status[p[ooo]] = OUT_OF_ORDER
+                keep = ~(dup | ooo)
+                p, s, t, count, last = p[keep], s[keep], t[keep], count[keep], last[keep]
+                if not len(p):
+                    return carry
+        x = _clip(values[p], -VALUE_LIMIT, VALUE_LIMIT)  # the event bound, for Kafka-free callers too
+        fixed = store.fixed[s]
+        zero = count == 0
+        if np.count_nonzero(zero):
+            first = zero & ~fixed
+            if np.count_nonzero(first):  # an online normaliser starts at the series' first value
+                store.mean[s[first]] = x[first]
         mean, std = store.mean[s], store.std[s].astype(np.float64)
-        z = np.clip((x - mean) / std, -cfg.clip_z, cfg.clip_z)
+        z = _clip((x - mean) / std, -cfg.clip_z, cfg.clip_z)
         kind = self.bundle.kind
 
         # forecast of this value from the history before it
         if kind == "many-to-many":
-            fz = store.pred[s].astype(np.float64)
+            if carry is not None and carry[0].tobytes() != s.tobytes():
+                self._write_back(carry)
+                carry = None
+            fz = (store.pred[s] if carry is None else carry[3]).astype(np.float64)
         else:
             w = self.window
             win, valid = store.windows(s, w)
@@ -384,15 +417,20 @@ class StreamingDetector:
 
         err = np.abs(z - fz)
         e_mean = store.err_mean[s].astype(np.float64)
-        e_std = np.maximum(np.sqrt(store.err_var[s].astype(np.float64)), cfg.min_error_std)
-        warm = (count < self.warmup_events) | ~alert[p]
+        e_var32 = store.err_var[s]
+        e_std = np.maximum(np.sqrt(e_var32.astype(np.float64)), cfg.min_error_std)
+        warm = count < self.warmup_events
+        if noalert is not None:
+            warm |= noalert[p]
+        live = ~warm
         pred_raw = fz * std + mean
         err_raw = np.abs(x - pred_raw)
         if cfg.threshold_method == "likelihood":
             bound = e_mean + cfg.outlier_z * e_std          # error of an outlier
-            sc, flag = self.likelihood.step_unique(s, err_raw, x, ~warm)
-            flag &= ~warm
-            outlier = ~warm & (err > bound)                 # fed clipped, like a zscore flag
+            sc, flag = self.likelihood.step_unique(s, err_raw, x, live)
+            flag &= live
+            over = err > bound
+            outlier = live & over                           # fed clipped, like a zscore flag
         else:
             if cfg.threshold_method == "zscore":
                 sc = (err - e_mean) / e_std
@@ -400,48 +438,58 @@ class StreamingDetector:
             else:
                 sc = err
                 bound = np.full_like(err, cfg.threshold)
-            flag = ~warm & (sc > cfg.threshold)
+            flag = live & (sc > cfg.threshold)
             outlier = flag
+            over = outlier | (err > bound)
 
         # outputs
-        status[p] = np.where(warm, WARMUP, SCORED)
+        status[p] = warm  # WARMUP (1) where warm, else SCORED (0)
         predicted[p] = pred_raw
         error[p] = err_raw
         score[p] = sc
         flags[p] = flag
 
         # what goes into state
-        over = outlier | (err > bound)
-        if cfg.flagged_update == "raw":
-            fed_z = z
+        any_outlier = np.count_nonzero(outlier) > 0
+        if cfg.flagged_update == "raw" or not any_outlier:
+            fed_z = z  # already within +-clip_z
         elif cfg.flagged_update == "predict":
-            fed_z = np.where(outlier, fz, z)
+            fed_z = _clip(np.where(outlier, fz, z), -cfg.clip_z, cfg.clip_z)
         else:
             reach = np.minimum(err, np.maximum(bound, 0.0))
-            fed_z = np.where(outlier, fz + np.sign(z - fz) * reach, z)
-        fed_z = np.clip(fed_z, -cfg.clip_z, cfg.clip_z)
-        e_in = np.where(over, np.maximum(bound, e_mean + e_std), err)  # stays finite for any threshold
+            fed_z = _clip(np.where(outlier, fz + np.sign(z - fz) * reach, z), -cfg.clip_z, cfg.clip_z)
+        e_in = np.where(over, np.maximum(bound, e_mean + e_std), err) if np.count_nonzero(over) else err
         learn = count >= max(self.warmup_events // 2, 1)
-        if learn.any():
+        if np.count_nonzero(learn) == len(learn):
+            a = cfg.error_alpha
+            d = e_in - e_mean
+            store.err_mean[s] = e_mean + a * d
+            store.err_var[s] = (1 - a) * (e_var32 + a * d * d)
+        elif np.count_nonzero(learn):
             a = cfg.error_alpha
             ls = s[learn]
             d = e_in[learn] - e_mean[learn]
             store.err_mean[ls] = e_mean[learn] + a * d
-            store.err_var[ls] = (1 - a) * (store.err_var[ls] + a * d * d)
+            store.err_var[ls] = (1 - a) * (e_var32[learn] + a * d * d)
         if kind == "many-to-many":
             model = self.bundle.forecaster
-            state = (torch.from_numpy(store.rnn[0][:, s]), torch.from_numpy(store.rnn[1][:, s]))
+            if carry is None:
+                state = (torch.from_numpy(store.rnn[0][:, s]), torch.from_numpy(store.rnn[1][:, s]))
+            else:
+                state = (carry[1], carry[2])
             pred, (h, c) = model.step(self._inputs(fed_z, t), state)
-            store.rnn[0][:, s] = h.numpy()
-            store.rnn[1][:, s] = c.numpy()
-            store.pred[s] = pred[:, 0].numpy()
+            carry = (s, h, c, pred[:, 0].numpy())
         # Unflagged values go into the ring as they are, but bounded to +-clip_z normalised units once
         # the series' scale is known (fixed normaliser, or >= 2 values online), warm-up included: one
         # huge value must not inflate the online std (and blind the series) for good.
-        bounded = store.fixed[s] | (count >= 2)
         reach = cfg.clip_z * std
-        kept = np.where(bounded, np.clip(x, mean - reach, mean + reach), x)
-        store.push(s, t, np.where(outlier, fed_z * std + mean, kept))
+        kept = _clip(x, mean - reach, mean + reach)
+        bounded = fixed | (count >= 2)
+        if np.count_nonzero(bounded) < len(bounded):
+            kept = np.where(bounded, kept, x)
+        store.push(s, t, np.where(outlier, fed_z * std + mean, kept) if any_outlier else kept,
+                   count=count, last_ts=last, fixed=fixed)
+        return carry
 
     # ------------------------------------------------------------------ housekeeping
     def forget(self, series_ids) -> int:

@@ -41,6 +41,9 @@ _INITIAL_CAPACITY = 1024
 # Up to this many slots are allocated at once with np.zeros (calloc: pages become resident only
 # when a slot is first used, so memory follows the series actually tracked); beyond, arrays double.
 _PREALLOCATE_UP_TO = 1_000_000
+# Hot path helpers: the ufunc behind np.clip without its Python wrapper (same results), and
+# np.count_nonzero(mask) as the cheap any()/all() test of a mask.
+_clip = (np._core if hasattr(np, "_core") else np.core).umath.clip
 VALUE_LIMIT = 1e15  # |value| bound (same as pipeline.events); squares stay far below float64 overflow
 
 
@@ -124,8 +127,11 @@ class SeriesStateStore:
         recently seen series not in this call are evicted (``evicted_total``).
         """
         self._stamp += 1
-        get = self.ids.get
-        idx = np.fromiter((get(s, -1) for s in series_ids), dtype=np.int64, count=len(series_ids))
+        try:  # common case: every series already tracked (C-level lookups, no generator)
+            idx = np.fromiter(map(self.ids.__getitem__, series_ids), dtype=np.int64, count=len(series_ids))
+        except KeyError:
+            get = self.ids.get
+            idx = np.fromiter((get(s, -1) for s in series_ids), dtype=np.int64, count=len(series_ids))
         new_mask = idx < 0
         if new_mask.any():
             positions = np.flatnonzero(new_mask)
@@ -217,29 +223,47 @@ class SeriesStateStore:
             mean, std = mean[:, None], std[:, None]
         return (values - mean) / std
 
-    def push(self, idx: np.ndarray, ts: np.ndarray, fed: np.ndarray) -> None:
-        """Append fed values ``(n,)`` (raw units, distinct slots) to the rings and online normalisers."""
-        fed = np.clip(fed, -VALUE_LIMIT, VALUE_LIMIT)
-        count = self.count[idx]
+    def push(self, idx: np.ndarray, ts: np.ndarray, fed: np.ndarray, *, count: np.ndarray | None = None,
+             last_ts: np.ndarray | None = None, fixed: np.ndarray | None = None) -> None:
+        """Append fed values ``(n,)`` (raw units, distinct slots) to the rings and online normalisers.
+
+        ``count``, ``last_ts``, ``fixed`` ``(n,)``: the slots' current values when the caller already
+        gathered them (saves the gathers; must be current).
+        """
+        fed = _clip(fed, -VALUE_LIMIT, VALUE_LIMIT)
+        if count is None:
+            count = self.count[idx]
+        if last_ts is None:
+            last_ts = self.last_ts[idx]
+        if fixed is None:
+            fixed = self.fixed[idx]
         self.ring[idx, count % self.ring_length] = fed
-        step = ts - self.last_ts[idx]
+        step = ts - last_ts
         stepped = (count > 0) & (step > 0)
-        if stepped.any():
+        if np.count_nonzero(stepped) == len(stepped):
+            self.interval[idx] = step
+        elif np.count_nonzero(stepped):
             self.interval[idx[stepped]] = step[stepped]
         self.last_ts[idx] = ts
         new_count = count + 1
         self.count[idx] = new_count
-        online = ~self.fixed[idx]
-        if online.any():
+        online = ~fixed
+        if np.count_nonzero(online) == len(online):
+            o, x, n = idx, fed, new_count.astype(np.float64)
+        elif np.count_nonzero(online):
             o = idx[online]
             x = fed[online]
             n = new_count[online].astype(np.float64)
-            delta = x - self.mean[o]
-            mean = self.mean[o] + delta / n
-            self.m2[o] += delta * (x - mean)
-            self.mean[o] = mean
-            std = np.sqrt(self.m2[o] / n)
-            self.std[o] = np.maximum(std, 1e-3 * np.maximum(np.abs(mean), 1.0))
+        else:
+            return
+        old = self.mean[o]
+        delta = x - old
+        mean = old + delta / n
+        m2 = self.m2[o] + delta * (x - mean)
+        self.m2[o] = m2
+        self.mean[o] = mean
+        std = np.sqrt(m2 / n)
+        self.std[o] = np.maximum(std, 1e-3 * np.maximum(np.abs(mean), 1.0))
 
     def window_times(self, idx: np.ndarray, length: int) -> np.ndarray:
         """Timestamps ``(n, length)`` epoch s of the values ``windows(idx, length)`` returns, oldest first,

@@ -43,6 +43,9 @@ import torch
 
 from models._streaming import StreamingState, grow, rounds
 
+# Hot path helpers: the ufunc behind np.clip without its Python wrapper (same results), and
+# np.count_nonzero(mask) as the cheap any()/all() test of a mask.
+_clip = (np._core if hasattr(np, "_core") else np.core).umath.clip
 _LOG_EPS = math.log(1e-10)
 _SQRT2 = math.sqrt(2.0)
 _NEVER = 1 << 40
@@ -84,7 +87,7 @@ def tail_score(z) -> np.ndarray:
     """``log(Q(z) + 1e-10) / log(1e-10)`` in [0, 1]; ``Q`` the standard normal tail."""
     z = np.ascontiguousarray(z, dtype=np.float64)
     q = 0.5 * torch.special.erfc(torch.from_numpy(z / _SQRT2)).numpy()  # vectorised, float64, no Python per element
-    return np.clip(np.log(q + 1e-10) / _LOG_EPS, 0.0, 1.0)
+    return _clip(np.log(q + 1e-10) / _LOG_EPS, 0.0, 1.0)
 
 
 class ErrorLikelihood(StreamingState):
@@ -143,41 +146,80 @@ class ErrorLikelihood(StreamingState):
         return scores, flags
 
     def step_unique(self, i, e, v=None, alert=True) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`step` for distinct ``i (n,)`` already allocated (the scorer's per-round call)."""
+        """:meth:`step` for distinct ``i (n,)`` already allocated (the scorer's per-round call).
+
+        Hot path (once per scorer round): the common case (finite errors and values, series past
+        warm-up, no refractory period running) skips the masks it does not need; same arithmetic.
+        """
         cfg = self.config
         n = len(i)
-        alert = np.broadcast_to(np.asarray(alert, dtype=bool), (n,))
-        spatial = np.zeros(n, dtype=bool)
+        if not (type(alert) is np.ndarray and alert.dtype == np.bool_ and alert.shape == (n,)):
+            alert = np.broadcast_to(np.asarray(alert, dtype=bool), (n,))
+        spatial = None
         if v is not None and cfg.spatial_tolerance is not None:
             lo, hi = self.lo[i], self.hi[i]
             fin = np.isfinite(v)
             tol = cfg.spatial_tolerance * (hi - lo)
-            spatial = fin & (hi > lo) & ((v > hi + tol) | (v < lo - tol))
-            self.lo[i] = np.where(fin, np.minimum(lo, v), lo)
-            self.hi[i] = np.where(fin, np.maximum(hi, v), hi)
+            spatial = (v > hi + tol)
+            spatial |= (v < lo - tol)
+            spatial &= (hi > lo)
+            if np.count_nonzero(fin) == len(fin):
+                self.lo[i] = np.minimum(lo, v)
+                self.hi[i] = np.maximum(hi, v)
+            else:
+                spatial &= fin
+                self.lo[i] = np.where(fin, np.minimum(lo, v), lo)
+                self.hi[i] = np.where(fin, np.maximum(hi, v), hi)
+            if not np.count_nonzero(spatial):
+                spatial = None
         ok = np.isfinite(e)
+        all_ok = np.count_nonzero(ok) == len(ok)
         count = self.count[i]
         first = count == 0
-        e0 = np.where(ok, e, 0.0)
-        short = np.where(first, e0, self.short[i] + cfg.short_alpha * (e0 - self.short[i]))
-        mu = np.where(first, short, self.mu[i])
-        var = np.where(first, 0.0, self.var[i])
+        e0 = e if all_ok else np.where(ok, e, 0.0)
+        prev = self.short[i]
+        short = prev + cfg.short_alpha * (e0 - prev)
+        if np.count_nonzero(first):
+            short = np.where(first, e0, short)
+            mu = np.where(first, short, self.mu[i])
+            var = np.where(first, 0.0, self.var[i])
+        else:
+            mu, var = self.mu[i], self.var[i]
         std = np.maximum(np.maximum(np.sqrt(var), cfg.min_std_frac * np.abs(mu)), cfg.min_std)
-        s = np.where(ok, tail_score((short - mu) / std), 0.0)
-        s = np.where(spatial, 1.0, s)
+        s = tail_score((short - mu) / std)
+        if not all_ok:
+            s = np.where(ok, s, 0.0)
+        if spatial is not None:
+            s = np.where(spatial, 1.0, s)
         since = self.since[i] + 1
         in_ref = since <= cfg.refractory
-        s = np.where(in_ref, 0.0, s)
-        flag = alert & (ok | spatial) & (count >= cfg.warmup) & ~in_ref & (s >= cfg.threshold)
+        any_ref = np.count_nonzero(in_ref) > 0
+        if any_ref:
+            s = np.where(in_ref, 0.0, s)
+        young = count < cfg.warmup
+        flag = s >= cfg.threshold
+        flag &= alert
+        flag &= ~young
+        if any_ref:
+            flag &= ~in_ref
+        if not all_ok:
+            flag &= ok if spatial is None else (ok | spatial)
         # long statistics: plain running mean/var during warm-up, then EWMA; learn the clipped value
-        a = np.where(count < cfg.warmup, np.maximum(cfg.long_alpha, 1.0 / (count + 1.0)), cfg.long_alpha)
+        a = np.where(young, np.maximum(cfg.long_alpha, 1.0 / (count + 1.0)), cfg.long_alpha) if np.count_nonzero(young) \
+            else cfg.long_alpha
         d = np.minimum(short, mu + cfg.clip_z * std) - mu
-        iok = i[ok]
-        self.mu[iok] = (mu + a * d)[ok]
-        self.var[iok] = ((1 - a) * (var + a * d * d))[ok]
-        self.short[iok] = short[ok]
-        self.count[iok] = count[ok] + 1
-        self.since[i] = np.where(flag, 0, since)
+        if all_ok:
+            self.mu[i] = mu + a * d
+            self.var[i] = (1 - a) * (var + a * d * d)
+            self.short[i] = short
+            self.count[i] = count + 1
+        else:
+            iok = i[ok]
+            self.mu[iok] = (mu + a * d)[ok]
+            self.var[iok] = ((1 - a) * (var + a * d * d))[ok]
+            self.short[iok] = short[ok]
+            self.count[iok] = count[ok] + 1
+        self.since[i] = np.where(flag, 0, since) if np.count_nonzero(flag) else since
         return s, flag
 
     # StreamingState protocol (errors only, every event alerting)
