@@ -48,8 +48,8 @@ from models._streaming import StreamingState, grow, rounds
 _clip = (np._core if hasattr(np, "_core") else np.core).umath.clip
 _LOG_EPS = math.log(1e-10)
 _SQRT2 = math.sqrt(2.0)
-_NEVER = 1 << 40
-STATE_BYTES = 7 * 8  # count, since, short, mu, var, lo, hi per series
+_NEVER = 1 << 30  # 'never flagged' (int32 counters saturate here)
+STATE_BYTES = 2 * 4 + 5 * 8  # count, since (int32, saturating); short, mu, var, lo, hi (float64)
 
 
 @dataclass
@@ -96,8 +96,8 @@ class ErrorLikelihood(StreamingState):
     def __init__(self, config: LikelihoodConfig | None = None, **overrides):
         self.config = config or LikelihoodConfig(**overrides)
         self.n_series = 0
-        self.count = np.zeros(0, dtype=np.int64)
-        self.since = np.zeros(0, dtype=np.int64)
+        self.count = np.zeros(0, dtype=np.int32)
+        self.since = np.zeros(0, dtype=np.int32)
         self.short = np.zeros(0)
         self.mu = np.zeros(0)
         self.var = np.zeros(0)
@@ -212,13 +212,14 @@ class ErrorLikelihood(StreamingState):
             self.mu[i] = mu + a * d
             self.var[i] = (1 - a) * (var + a * d * d)
             self.short[i] = short
-            self.count[i] = count + 1
+            self.count[i] = np.minimum(count + 1, _NEVER)
         else:
             iok = i[ok]
             self.mu[iok] = (mu + a * d)[ok]
             self.var[iok] = ((1 - a) * (var + a * d * d))[ok]
             self.short[iok] = short[ok]
-            self.count[iok] = count[ok] + 1
+            self.count[iok] = np.minimum(count[ok] + 1, _NEVER)
+        since = np.minimum(since, _NEVER)
         self.since[i] = np.where(flag, 0, since) if np.count_nonzero(flag) else since
         return s, flag
 
