@@ -17,7 +17,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-from models._streaming import rounds
 
 MIN_STD = 1e-6  # floor for a constant series, so transform never divides by zero
 
@@ -127,54 +126,3 @@ class SeriesNormalizer(NamedTuple):
         mean, std = d
         return cls(float(mean), float(std))
 
-
-class OnlineNormalizer:
-    """Welford running mean/std for many series at once (series never seen in training).
-
-    State arrays grow on demand. ``update(series_idx (n,), values (n,))`` folds values in (NaNs are
-    skipped; an index may repeat within one call, it is then applied in order).
-    ``transform`` uses the statistics as they are now; until two values were seen std is 1.
-    """
-
-    def __init__(self, n_series: int = 0, min_std: float = MIN_STD):
-        self.min_std = min_std
-        self.count = np.zeros(n_series, dtype=np.int64)
-        self.mean_ = np.zeros(n_series)
-        self.m2 = np.zeros(n_series)
-
-    def _ensure(self, n: int) -> None:
-        if n > len(self.count):
-            extra = n - len(self.count)
-            self.count = np.concatenate([self.count, np.zeros(extra, dtype=np.int64)])
-            self.mean_ = np.concatenate([self.mean_, np.zeros(extra)])
-            self.m2 = np.concatenate([self.m2, np.zeros(extra)])
-
-    def update(self, series_idx, values) -> None:
-        idx = np.atleast_1d(np.asarray(series_idx, dtype=np.int64))
-        x = np.atleast_1d(np.asarray(values, dtype=np.float64))
-        if len(idx):
-            self._ensure(int(idx.max()) + 1)
-        for sel in rounds(idx):
-            i, v = idx[sel], x[sel]
-            ok = ~np.isnan(v)
-            i, v = i[ok], v[ok]
-            self.count[i] += 1
-            delta = v - self.mean_[i]
-            self.mean_[i] += delta / self.count[i]
-            self.m2[i] += delta * (v - self.mean_[i])
-
-    def stats(self, series_idx):
-        """``(mean (n,), std (n,))`` for the given series."""
-        idx = np.atleast_1d(np.asarray(series_idx, dtype=np.int64))
-        self._ensure(int(idx.max()) + 1 if len(idx) else 0)
-        c = self.count[idx]
-        var = np.where(c > 1, self.m2[idx] / np.maximum(c, 1), 1.0)
-        return self.mean_[idx], np.maximum(np.sqrt(var), self.min_std)
-
-    def transform(self, series_idx, values):
-        mean, std = self.stats(series_idx)
-        return (np.asarray(values, dtype=np.float64) - mean) / std
-
-    def to_normalizer(self, series_idx: int) -> SeriesNormalizer:
-        mean, std = self.stats([series_idx])
-        return SeriesNormalizer(float(mean[0]), float(std[0]))

@@ -658,7 +658,7 @@ class Scorer:
         metrics.events_consumed.inc(n_new)
         metrics.events_scored.inc(n_scored)
         metrics.events_warmup.inc(n_warm_new + n_replayed)
-        if n_replayed and hasattr(metrics, "events_replayed"):
+        if n_replayed:
             metrics.events_replayed.inc(n_replayed)
         if n_anom:
             metrics.anomalies.inc(n_anom)

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.windows import OnlineNormalizer, SeriesNormalizer, regularize, sequence_targets, sliding_windows
+from models.windows import SeriesNormalizer, regularize, sequence_targets, sliding_windows
 
 
 @settings(max_examples=60, deadline=None)
@@ -59,15 +59,3 @@ def test_series_normalizer_roundtrip():
     mean, std = n  # unpacks as (mean, std)
     assert SeriesNormalizer.fit(np.full(5, 7.0)).std > 0  # constant series: no division by zero
 
-
-def test_online_normalizer_matches_numpy_with_repeats():
-    rng = np.random.default_rng(0)
-    idx = rng.integers(0, 5, size=400)
-    vals = rng.normal(3, 2, size=400)
-    on = OnlineNormalizer()
-    for chunk in np.array_split(np.arange(400), 7):  # repeated series within a call
-        on.update(idx[chunk], vals[chunk])
-    mean, std = on.stats(np.arange(5))
-    for s in range(5):
-        assert mean[s] == pytest.approx(vals[idx == s].mean())
-        assert std[s] == pytest.approx(vals[idx == s].std())

@@ -349,3 +349,20 @@ def test_calendar_bundle_with_wrong_feature_count_is_refused():
     bundle.config = ForecasterConfig(kind="many-to-many", window=16, hidden=16, features=3)
     with pytest.raises(ValueError, match="features"):
         StreamingDetector(bundle)
+
+
+def test_online_normaliser_of_unseen_series_matches_numpy():
+    """SeriesStateStore's Welford (series never seen in training) equals numpy's mean/std."""
+    from pipeline.series_state import SeriesStateStore
+
+    rng = np.random.default_rng(0)
+    store = SeriesStateStore(ring_length=8, max_series=16)
+    ids = [f"s{k}" for k in range(5)]
+    values = {sid: rng.normal(3 + k, 2, size=60) for k, sid in enumerate(ids)}
+    for t in range(60):
+        idx, _ = store.slots(ids)
+        store.push(idx, np.full(5, 1000.0 + t), np.array([values[sid][t] for sid in ids]))
+    idx, _ = store.slots(ids)
+    for k, sid in enumerate(ids):
+        assert store.mean[idx[k]] == pytest.approx(values[sid].mean())
+        assert store.std[idx[k]] == pytest.approx(values[sid].std(), rel=1e-5)
