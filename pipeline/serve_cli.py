@@ -38,8 +38,8 @@ def serve(
     torch_threads: int = typer.Option(1, help="torch intra-op threads."),
     precision: str = typer.Option("fp32", help="Window (many-to-one) model precision: fp32 | bf16 (~2x faster, "
                                              "predictions differ slightly; many-to-many always fp32)."),
-    pipelined: bool = typer.Option(False, help="Fetch on a separate thread while the previous batch is scored "
-                                         "(no faster on 2 busy cores; see benchmarks/bench_e2e.py)."),
+    fetch_process: bool = typer.Option(True, help="Fetch in a child process while the previous batch is scored "
+                                                  "(two cores; --no-fetch-process polls in-process)."),
     log_level: str = typer.Option("INFO", help="Logging level."),
 ) -> None:
     """Score the events topic continuously; SIGTERM/SIGINT finish the batch, commit and exit."""
@@ -91,7 +91,8 @@ def serve(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    scorer = Scorer(settings, detector, metrics, watcher=watcher, replay_messages=replay_messages, pipelined=pipelined)
+    scorer = Scorer(settings, detector, metrics, watcher=watcher, replay_messages=replay_messages,
+                    fetch_process=fetch_process)
     log.info("serving %s v%s (%s) on %s group=%s", bundle.name, bundle.version, bundle.kind,
              settings.kafka.events_topic, settings.kafka.group_id)
     stats = scorer.run(stop)

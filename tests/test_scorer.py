@@ -214,9 +214,10 @@ def test_hot_reload_swaps_version_without_loss_and_refuses_corrupt(kafka_setting
     assert len(sources) == len(set(sources))
 
 
-@pytest.mark.parametrize("pipelined", [False, True], ids=["sequential", "pipelined"])
-def test_rebalance_mid_stream_loses_nothing_and_dead_letters_nothing(kafka_settings, trained, pipelined):
-    """A second scorer joins while the first has batches queued (pipelined, small batches).
+@pytest.mark.parametrize("fetch_process", [False, True], ids=["in-process", "fetch-process"])
+def test_rebalance_mid_stream_loses_nothing_and_dead_letters_nothing(kafka_settings, trained, fetch_process):
+    """A second scorer joins while the first is mid-stream (small batches; with a fetch process,
+    batches are in flight between the processes when the rebalance starts).
 
     Every event is scored at least once (a threshold that flags every scored event makes the
     anomaly records a receipt per event), and re-read events of partitions the first scorer kept
@@ -245,14 +246,14 @@ def test_rebalance_mid_stream_loses_nothing_and_dead_letters_nothing(kafka_setti
         thread.start()
         return scorer, stop, thread
 
-    a = start(pipelined=pipelined)
+    a = start(fetch_process=fetch_process)
     b = None
     try:
         deadline = time.monotonic() + 30
         while a[0].stats.consumed < 600 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert 0 < a[0].stats.consumed < len(rows), "first scorer should be mid-stream"
-        b = start(pipelined=pipelined)
+        b = start(fetch_process=fetch_process)
         deadline = time.monotonic() + 60
         while a[0].stats.consumed + b[0].stats.consumed < len(rows) and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -1,0 +1,278 @@
+"""The Kafka side of the scorer: consumer group, warm replay, batches as columns, commits, lag.
+
+``EventFeed`` owns one kafka-python consumer in the scorer's group. ``poll()`` returns, in order,
+the rebalance notices (``Rebalance``) and at most one ``Batch`` of records as plain columns (so a
+batch pickles cheaply to another process, see ``pipeline.feed_process``). The scorer scores a
+batch, waits for its outputs to be acknowledged, then calls ``commit(batch.commit_offsets)``:
+offsets are committed only after everything a batch produced is acknowledged (at-least-once).
+
+Warm state: when partitions are assigned, the feed seeks ``replay_messages`` back before each new
+partition's committed offset; the records before that offset come back marked ``replay`` (the
+scorer steps them into state only: no anomaly, no dead letter, not counted as consumed).
+Partitions kept across a rebalance whose position moved back behind what was already handed out
+(eager rebalancing restarts from the committed offset) are re-read as replay too, so no event is
+scored twice by one scorer.
+
+This module imports no torch: it is what the fetch process of ``pipeline.feed_process`` runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from itertools import chain
+from operator import attrgetter
+
+import numpy as np
+from kafka import ConsumerRebalanceListener
+from kafka.errors import CommitFailedError, KafkaError
+from kafka.structs import OffsetAndMetadata, TopicPartition
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+log = logging.getLogger(__name__)
+LAG_INTERVAL_S = 1.0
+# Consumer options of the scorer (the benchmark's raw baseline uses the same ones).
+CONSUMER_OVERRIDES: dict = {}
+_VALUE, _KEY, _OFFSET, _TIMESTAMP = attrgetter("value"), attrgetter("key"), attrgetter("offset"), attrgetter("timestamp")
+
+
+@dataclass
+class Batch:
+    """One poll batch as columns, partition by partition.
+
+    ``tps`` the partitions in batch order and ``sizes`` their record counts; per record (n,):
+    ``values`` list of bytes, ``keys`` list of bytes | None, ``offsets`` int64, ``timestamps`` int64
+    (producer timestamp, epoch ms); ``replay`` bool (n,) or None (nothing replayed);
+    ``commit_offsets`` {tp: next offset} to commit once the batch's outputs are acknowledged
+    (partitions whose records are all replay are absent); ``ends`` {tp: next offset};
+    ``polled_at`` epoch s.
+    """
+
+    tps: list
+    sizes: list
+    values: list
+    keys: list
+    offsets: np.ndarray
+    timestamps: np.ndarray
+    replay: np.ndarray | None
+    commit_offsets: dict
+    ends: dict
+    polled_at: float
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def partitions(self) -> np.ndarray:
+        """Partition number of every record, int64 (n,)."""
+        return np.repeat(np.array([tp.partition for tp in self.tps], dtype=np.int64), self.sizes)
+
+    def restricted(self, owned: set) -> "Batch":
+        """The part of this batch on partitions in ``owned`` (the others were lost in a rebalance)."""
+        keep = [k for k, tp in enumerate(self.tps) if tp in owned]
+        starts = np.cumsum([0] + self.sizes).tolist()
+        parts = [slice(starts[k], starts[k + 1]) for k in keep]
+        take = np.concatenate([np.arange(s.start, s.stop) for s in parts]) if parts else np.zeros(0, np.int64)
+        return Batch([self.tps[k] for k in keep], [self.sizes[k] for k in keep],
+                     list(chain.from_iterable(self.values[s] for s in parts)),
+                     list(chain.from_iterable(self.keys[s] for s in parts)),
+                     self.offsets[take], self.timestamps[take],
+                     None if self.replay is None else self.replay[take],
+                     {tp: o for tp, o in self.commit_offsets.items() if tp in owned},
+                     {tp: e for tp, e in self.ends.items() if tp in owned}, self.polled_at)
+
+
+@dataclass
+class Rebalance:
+    """Partitions ``lost`` to another scorer and the new ``assigned`` set (after a rebalance)."""
+
+    lost: set = field(default_factory=set)
+    assigned: set = field(default_factory=set)
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, feed: "EventFeed"):
+        self.feed = feed
+
+    def on_partitions_revoked(self, revoked):
+        self.feed._on_revoked(set(revoked))
+
+    def on_partitions_assigned(self, assigned):
+        self.feed._on_assigned(set(assigned))
+
+
+class EventFeed:
+    """The scorer's consumer: ``poll() -> [Rebalance..., Batch?]``, ``commit(offsets)``, ``lag()``.
+
+    ``before_revoke(revoked)`` is called inside the rebalance, before partitions are given up: the
+    fetch process uses it to wait for the scorer's acknowledgements and commit them first.
+    """
+
+    def __init__(self, kafka, *, replay_messages: int = 20_000, poll_timeout_ms: int = 200,
+                 consumer=None, before_revoke=None):
+        from pipeline.kafka_clients import make_consumer
+
+        self.kafka = kafka
+        self.replay_messages = replay_messages
+        self.poll_timeout_ms = poll_timeout_ms
+        self.before_revoke = before_revoke
+        self.commits = 0
+        self._replay_end: dict[TopicPartition, int] = {}
+        self._handed_upto: dict[TopicPartition, int] = {}
+        self._revoked: set[TopicPartition] = set()
+        self._pending_warm: set[TopicPartition] = set()
+        self._notices: list[Rebalance] = []
+        self._next_lag = 0.0
+        self.consumer = consumer or make_consumer(kafka, group_id=kafka.group_id, **CONSUMER_OVERRIDES)
+        self.consumer.subscribe([kafka.events_topic], listener=_Listener(self))
+
+    # ------------------------------------------------------------------ rebalance (inside poll)
+    def _on_revoked(self, revoked: set) -> None:
+        if self.before_revoke is not None:
+            self.before_revoke(revoked)
+        self._revoked = revoked
+        log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
+
+    def _on_assigned(self, assigned: set) -> None:
+        lost = self._revoked - assigned
+        for tp in lost:
+            self._replay_end.pop(tp, None)
+            self._handed_upto.pop(tp, None)
+        for tp in self._revoked & assigned:
+            # a kept partition restarts from its committed offset: what was already handed out
+            # past it is re-read as replay (state only; repeated timestamps are skipped)
+            upto = self._handed_upto.get(tp)
+            if upto is not None and upto > self._replay_end.get(tp, -1):
+                self._replay_end[tp] = upto
+        self._pending_warm |= assigned - self._revoked
+        self._revoked = set()
+        self._notices.append(Rebalance(lost, assigned))
+        log.info("partitions assigned: %s", sorted(tp.partition for tp in assigned))
+
+    def _start_replay(self, batch: dict) -> dict:
+        """Seek newly assigned partitions back ``replay_messages`` before their committed offset.
+
+        Records this poll already returned for those partitions are dropped (not handed out, not
+        committed): the seek re-reads them right after the replay.
+        """
+        pending, self._pending_warm = self._pending_warm, set()
+        if self.replay_messages <= 0:
+            return batch
+        assigned = self.consumer.assignment()
+        for tp in pending:
+            if tp not in assigned:
+                continue
+            try:
+                committed = self.consumer.committed(tp)
+            except KafkaError as error:
+                log.warning("cannot read committed offset of %s, no warm replay: %s", tp, error)
+                continue
+            if not committed:
+                continue
+            self.consumer.seek(tp, max(committed - self.replay_messages, 0))
+            self._replay_end[tp] = committed
+            batch.pop(tp, None)
+        if self._replay_end:
+            log.info("warm replay up to committed offsets %s", {tp.partition: e for tp, e in self._replay_end.items()})
+        return batch
+
+    # ------------------------------------------------------------------ batches
+    def poll(self, timeout_ms: int | None = None) -> list:
+        """Rebalance notices (in order) then at most one ``Batch``."""
+        records = self.consumer.poll(timeout_ms=self.poll_timeout_ms if timeout_ms is None else timeout_ms,
+                                     max_records=self.kafka.max_poll_records)
+        if self._pending_warm:
+            records = self._start_replay(records)
+        out, self._notices = self._notices, []
+        if records:
+            batch = self._columns(records)
+            if len(batch):
+                out.append(batch)
+        return out
+
+    def _columns(self, records: dict) -> Batch:
+        polled_at = time.time()
+        tps = [tp for tp, recs in records.items() if recs]
+        lists = [records[tp] for tp in tps]
+        flat = list(chain.from_iterable(lists))
+        n = len(flat)
+        offsets = np.fromiter(map(_OFFSET, flat), dtype=np.int64, count=n)
+        timestamps = np.fromiter(map(_TIMESTAMP, flat), dtype=np.int64, count=n)
+        sizes = [len(recs) for recs in lists]
+        replay = None
+        if self._replay_end:
+            replay = np.zeros(n, dtype=bool)
+            pos = 0
+            for tp, size in zip(tps, sizes):
+                end = self._replay_end.get(tp)
+                if end is not None:
+                    replay[pos:pos + size] = offsets[pos:pos + size] < end
+                    if offsets[pos + size - 1] + 1 >= end:
+                        del self._replay_end[tp]
+                pos += size
+            if not replay.any():
+                replay = None
+        commit, ends = {}, {}
+        for tp, recs in zip(tps, lists):
+            nxt = recs[-1].offset + 1
+            ends[tp] = nxt
+            if nxt > self._replay_end.get(tp, -1):  # else replay only: the committed offset is past these
+                commit[tp] = nxt
+        self._handed_upto.update(ends)
+        return Batch(tps, sizes, list(map(_VALUE, flat)), list(map(_KEY, flat)), offsets, timestamps, replay,
+                     commit, ends, polled_at)
+
+    # ------------------------------------------------------------------ commits, lag
+    @retry(retry=retry_if_exception_type(KafkaError), stop=stop_after_attempt(3),
+           wait=wait_exponential(multiplier=0.2, max=2), reraise=True)
+    def _commit_sync(self, offsets) -> None:
+        self.consumer.commit(offsets)
+
+    def commit(self, offsets: dict, sync: bool = True) -> bool:
+        """Commit ``{tp: next offset}`` of acknowledged batches (partitions still assigned only).
+
+        Returns True when a commit was made (sync) or sent (async). A commit lost to a rebalance
+        only means the new owner re-reads those records (at-least-once).
+        """
+        assigned = self.consumer.assignment()
+        offsets = {tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items() if tp in assigned}
+        if not offsets:
+            return False
+        if not sync:
+            self.consumer.commit_async(offsets, callback=self._on_commit)
+            return True
+        try:
+            self._commit_sync(offsets)
+        except CommitFailedError as error:
+            log.warning("commit failed after rebalance, batch will be re-read: %s", error)
+            return False
+        self.commits += 1
+        return True
+
+    def _on_commit(self, offsets, response) -> None:
+        if isinstance(response, Exception):
+            log.warning("async commit failed, those batches will be re-read: %s", response)
+        else:
+            self.commits += 1
+
+    def lag(self, force: bool = False) -> dict | None:
+        """``{tp: messages behind the end offset}``, at most once per ``LAG_INTERVAL_S`` (else None)."""
+        now = time.monotonic()
+        if not force and now < self._next_lag:
+            return None
+        self._next_lag = now + LAG_INTERVAL_S
+        out = {}
+        for tp in self.consumer.assignment():
+            high = self.consumer.highwater(tp)
+            if high is None:
+                continue
+            try:
+                position = self.consumer.position(tp, timeout_ms=0)
+            except Exception:  # noqa: BLE001 - position unknown yet
+                continue
+            if position is not None:
+                out[tp] = max(high - position, 0)
+        return out
+
+    def close(self) -> None:
+        self.consumer.close(autocommit=False)
