@@ -272,6 +272,9 @@ class EventFeed:
                 continue
             if position is not None:
                 out[tp] = max(high - position, 0)
+        if not out:
+            self._next_lag = 0.0  # nothing known yet (no fetch answered): try again at the next poll
+            return None
         return out
 
     def close(self) -> None:

@@ -199,7 +199,8 @@ def test_two_scorers_in_one_group_split_partitions(kafka_settings, registry_dir,
     reader = TopicReader(kafka_settings, kafka_settings.anomalies_topic)
     try:
         wait_for(lambda: all(assigned(log) and len(assigned(log)) == 2 for log in logs), 45, "a 2+2 split")
-        assert sorted(assigned(logs[0]) + assigned(logs[1])) == [0, 1, 2, 3]
+        by_proc = [set(assigned(log)) for log in logs]  # (the one left may take all 4 while the other stops)
+        assert sorted(by_proc[0] | by_proc[1]) == [0, 1, 2, 3] and not (by_proc[0] & by_proc[1])
         expected = publish(kafka_settings, n_series=16, n_per_series=100)
         total = len(expected)
         wait_for(lambda: set(sources(reader.read())) >= expected, 40, "every event scored")
@@ -211,5 +212,3 @@ def test_two_scorers_in_one_group_split_partitions(kafka_settings, registry_dir,
     got = sources(reader.records)
     assert set(got) == expected and len(got) == total  # each event scored exactly once
     assert all(c > 0 for c in consumed) and sum(consumed) == total
-    by_proc = [set(assigned(log)) for log in logs]
-    assert not (by_proc[0] & by_proc[1])
