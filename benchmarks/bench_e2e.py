@@ -11,7 +11,8 @@ One run prints:
    topic (same events, new consumer group); runs are interleaved (raw, m2m, m2o, ..., raw, ...)
    ``--repeats`` times and the median is reported with the range, because the machine is shared;
 3. end-to-end latency p50/p99 at a paced 5k events/s (producer in a child process, fresh topic,
-   ~20k events), and the scorer's own share (poll returned -> decision);
+   ~20k events), and the scorer's own share (poll returned -> decision), beside the transport's
+   own floor: a bare kafka-python consumer's produce -> poll-returned latency on the same pacing;
 4. scorer-process RSS with 1k and 100k tracked series (many-to-many, hidden 64), bytes per series,
    and the fetch process's RSS;
 5. bf16 vs fp32 many-to-one prediction difference on the benchmark's windows.
@@ -35,6 +36,8 @@ import uuid
 from types import SimpleNamespace
 
 import numpy as np
+
+from pipeline.scorer import CONSUMER_OVERRIDES
 
 T0 = 1_700_000_000
 
@@ -88,8 +91,6 @@ def raw_consume(kafka, total: int) -> float:
 
     from pipeline.kafka_clients import make_consumer
 
-    from pipeline.scorer import CONSUMER_OVERRIDES
-
     consumer = make_consumer(kafka, [kafka.events_topic], group_id=f"raw-{uuid.uuid4().hex[:6]}", **CONSUMER_OVERRIDES)
     n, first = 0, None
     deadline = time.monotonic() + 120
@@ -103,6 +104,48 @@ def raw_consume(kafka, total: int) -> float:
     elapsed = time.perf_counter() - first
     consumer.close()
     return n / elapsed
+
+
+def raw_latency(kafka, bootstrap: str, n_series: int, n_events: int, rate: float) -> np.ndarray:
+    """Produce -> poll-returned latency (s) of a bare consumer (scorer's options) on a paced topic."""
+    from pipeline.kafka_clients import make_consumer
+
+    consumer = make_consumer(kafka, [kafka.events_topic], group_id=f"lat-{uuid.uuid4().hex[:6]}", **CONSUMER_OVERRIDES)
+    consumer.poll(timeout_ms=3000)  # join the group before the first event
+    lat: list = []
+
+    def consume():
+        deadline = time.monotonic() + 120
+        while len(lat) < n_events and time.monotonic() < deadline:
+            for recs in consumer.poll(timeout_ms=200, max_records=kafka.max_poll_records).values():
+                now = time.time()
+                lat.extend(now - r.timestamp / 1000.0 for r in recs)
+
+    thread = threading.Thread(target=consume)
+    thread.start()
+    subprocess.run([sys.executable, __file__, "--rate", str(rate), "--produce-child", bootstrap, kafka.events_topic,
+                    str(n_series), str(n_events)], check=True)
+    thread.join(130)
+    consumer.close()
+    return np.array(lat)
+
+
+def model_ceiling(threads: int, batch: int = 256, window: int = 64, repeats: int = 8) -> float:
+    """Windows/s of the served many-to-one forecaster alone (hidden 64, window 64) at ``threads``."""
+    import torch
+
+    forecaster = make_bundle("many-to-one").forecaster
+    x = torch.randn(batch, window, 1)
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            forecaster(x)
+            start = time.perf_counter()
+            for _ in range(repeats):
+                forecaster(x)
+            return batch * repeats / (time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(1)
 
 
 def run_scorer(kafka, bundle, total: int, latency: bool = False, fetch_process: bool = True, threads: int = 1):
@@ -263,8 +306,17 @@ def main() -> None:
               f"scorer's own part (poll returned -> decided) p50 {np.percentile(own, 50):.2f} ms, "
               f"p99 {np.percentile(own, 99):.2f} ms ({100 * np.median(own / np.maximum(e2e, 1e-9)):.0f}% of the "
               f"median event's latency)")
+        floor_topic = kafka.model_copy(update={"events_topic": "bench-paced-raw"})
+        ensure_topics(floor_topic, [floor_topic.events_topic])
+        floor = raw_latency(floor_topic, broker.bootstrap_servers, args.series, args.paced_events, args.rate) * 1000
+        print(f"transport floor at {args.rate:,.0f} events/s (bare kafka-python consumer, no scoring, {len(floor)} events): "
+              f"p50 {np.percentile(floor, 50):.1f} ms, p99 {np.percentile(floor, 99):.1f} ms")
 
     print(bf16_difference())
+    for threads in (1, 2):
+        ceiling = model_ceiling(threads)
+        print(f"many-to-one model alone, {threads} thread(s) (B=256, h 64, w 64): {ceiling:,.0f} windows/s = "
+              f"{ceiling / raw:.2f}x raw (the ceiling of a many-to-one scorer here)")
     rss = {}
     for n in (1_000, 100_000):
         out = subprocess.run([sys.executable, __file__, "--rss-child", str(n)], capture_output=True, text=True, check=True)
