@@ -65,7 +65,8 @@ def test_repeated_series_in_one_call_applied_in_order():
 
 
 def test_likelihood_is_the_gaussian_tail_of_the_short_mean_against_the_long_run_distribution():
-    cfg = LikelihoodConfig(short_alpha=0.1, warmup=50, refractory=0, min_std_frac=0.1, spatial_tolerance=None)
+    cfg = LikelihoodConfig(short_alpha=0.1, warmup=50, refractory=0, min_std_frac=0.1, spatial_tolerance=None,
+                           slow_alpha=None)  # the short time scale alone
     det = ErrorLikelihood(cfg)
     det.score_batch(np.full(200, 0.1))  # long-run mean 0.1, variance 0: std floor 0.1 * 0.1 = 0.01
     short = 0.1 + 0.1 * (0.16 - 0.1)    # the short EWMA after one error of 0.16
@@ -135,7 +136,8 @@ def test_slow_time_scale_streaming_equals_the_scalar_path():
         ref_s, ref_f = score_series(e[k], cfg, v[k])
         np.testing.assert_allclose(s[k], ref_s, rtol=0, atol=1e-12)
         assert (f[k] == ref_f).all()
-    assert det.slow.dtype == np.float32 and det.bytes_per_series() == ErrorLikelihood().bytes_per_series() + 8
+    assert det.slow.dtype == np.float32
+    assert det.bytes_per_series() == ErrorLikelihood(slow_alpha=None).bytes_per_series() + 8 == 56
     det.reset([1])
     assert det.slow[1] == 0.0 and det.svar[1] == 0.0
 
@@ -162,12 +164,17 @@ def test_slow_time_scale_needs_persistence_for_a_short_burst():
     burst[1500:1503] += 0.2
     shift[1500:1700] += 0.3
     plain = dict(warmup=100, refractory=0, spatial_tolerance=None)
-    one = ErrorLikelihood(**plain)
+    one = ErrorLikelihood(**plain, slow_alpha=None)
     two = ErrorLikelihood(**plain, slow_alpha=0.04, short_weight=0.5)
     assert one.is_anomaly(one.score_batch(burst)[1500:1520]).any()
     assert not two.is_anomaly(two.score_batch(burst)[1500:1520]).any()
     assert ErrorLikelihood(**plain, slow_alpha=0.04, short_weight=0.5).is_anomaly(
         ErrorLikelihood(**plain, slow_alpha=0.04, short_weight=0.5).score_batch(shift)[1500:1700]).any()
+
+
+def test_slow_time_scale_is_the_default():
+    cfg = LikelihoodConfig()
+    assert cfg.slow_alpha == 0.04 and cfg.short_weight == 0.5
 
 
 def test_slow_time_scale_config_errors():
