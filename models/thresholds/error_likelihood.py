@@ -207,9 +207,8 @@ class ErrorLikelihood(StreamingState):
         else:
             mu, var = self.mu[i], self.var[i]
         std = np.maximum(np.maximum(np.sqrt(var), cfg.min_std_frac * np.abs(mu)), cfg.min_std)
-        s = tail_score((short - mu) / std)
         slow_on = cfg.slow_alpha is not None
-        if slow_on:  # second time scale: float32 state, float64 arithmetic
+        if slow_on:  # second time scale: float32 state, float64 arithmetic; one tail_score call for both
             sprev = self.slow[i].astype(np.float64)
             slow = sprev + cfg.slow_alpha * (e0 - sprev)
             svar = self.svar[i].astype(np.float64)
@@ -217,7 +216,10 @@ class ErrorLikelihood(StreamingState):
                 slow = np.where(first, e0, slow)
                 svar = np.where(first, 0.0, svar)
             sstd = np.maximum(np.maximum(np.sqrt(svar), cfg.min_std_frac * np.abs(mu)), cfg.min_std)
-            s = np.maximum(cfg.short_weight * s, tail_score((slow - mu) / sstd))
+            both = tail_score(np.concatenate(((short - mu) / std, (slow - mu) / sstd)))
+            s = np.maximum(cfg.short_weight * both[:n], both[n:])
+        else:
+            s = tail_score((short - mu) / std)
         if not all_ok:
             s = np.where(ok, s, 0.0)
         if spatial is not None:
