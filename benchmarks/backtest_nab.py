@@ -1,6 +1,6 @@
 """Benchmark: backtest the whole NAB subset and print the NAB scores, P/R/F1 and wall time.
 
-    .venv/bin/python benchmarks/backtest_nab.py [--data DIR] [--workers 2] [--calendar]
+    .venv/bin/python benchmarks/backtest_nab.py [--data DIR] [--workers 2] [--kind many-to-many] [--calendar]
         [--retrain-every 0] [--post '{"threshold": 0.5}'] [--detector-config '{}'] [--out DIR] [--plot DIR]
 
 Defaults to the repo's data/nab (a few files); the full 51-file subset needs an explicit
@@ -24,6 +24,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data", type=Path, default=REPO / "data" / "nab",
                     help="NAB directory with data/ and labels/ (default: the repo's data/nab)")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--kind", choices=("many-to-many", "many-to-one"), default="many-to-many")
     ap.add_argument("--retrain-every", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--window", type=int, default=32)
@@ -50,7 +51,7 @@ def main(argv=None) -> int:
         ap.error(f"{data}: no labels/combined_windows.json (pass --data with a NAB directory)")
     labels = json.loads((data / "labels" / "combined_windows.json").read_text())
     files = find_csvs([data / "data"])
-    cfg = ReplayConfig(window=args.window, hidden=args.hidden, calendar=args.calendar,
+    cfg = ReplayConfig(kind=args.kind, window=args.window, hidden=args.hidden, calendar=args.calendar,
                        calendar_week=args.calendar_week, seed=args.seed, epochs=args.epochs,
                        retrain_every=args.retrain_every, post=json.loads(args.post),
                        detector=json.loads(args.detector_config), fit=json.loads(args.fit))

@@ -65,7 +65,8 @@ def test_repeated_series_in_one_call_applied_in_order():
 
 
 def test_likelihood_is_the_gaussian_tail_of_the_short_mean_against_the_long_run_distribution():
-    cfg = LikelihoodConfig(short_alpha=0.1, warmup=50, refractory=0, min_std_frac=0.1, spatial_tolerance=None)
+    cfg = LikelihoodConfig(short_alpha=0.1, warmup=50, refractory=0, min_std_frac=0.1, spatial_tolerance=None,
+                           slow_alpha=None)  # the short time scale alone
     det = ErrorLikelihood(cfg)
     det.score_batch(np.full(200, 0.1))  # long-run mean 0.1, variance 0: std floor 0.1 * 0.1 = 0.01
     short = 0.1 + 0.1 * (0.16 - 0.1)    # the short EWMA after one error of 0.16
@@ -115,3 +116,69 @@ def test_telemanom_batch_epsilon_and_pruning():
     assert prune_sequences(e, seqs, nominal_max=0.95, p=0.13) == [(10, 11), (50, 51)]
     assert prune_sequences(e, seqs, nominal_max=0.1, p=0.13) == seqs
     assert sequences(np.array([0, 1, 1, 0, 1], dtype=bool)) == [(1, 3), (4, 5)]
+
+
+SLOW = dict(slow_alpha=0.04, short_weight=0.6)
+
+
+def test_slow_time_scale_streaming_equals_the_scalar_path():
+    from models.thresholds.error_likelihood import score_series
+
+    e = _errors()
+    v = np.random.default_rng(3).normal(size=e.shape)
+    cfg = LikelihoodConfig(warmup=50, **SLOW)
+    det, rng = ErrorLikelihood(cfg), np.random.default_rng(5)
+    s, f = np.zeros_like(e), np.zeros(e.shape, dtype=bool)
+    for t in range(e.shape[1]):
+        o = rng.permutation(e.shape[0])
+        s[o, t], f[o, t] = det.step(o, e[o, t], v[o, t])
+    for k in range(e.shape[0]):
+        ref_s, ref_f = score_series(e[k], cfg, v[k])
+        np.testing.assert_allclose(s[k], ref_s, rtol=0, atol=1e-12)
+        assert (f[k] == ref_f).all()
+    assert det.slow.dtype == np.float32
+    assert det.bytes_per_series() == ErrorLikelihood(slow_alpha=None).bytes_per_series() + 8 == 56
+    det.reset([1])
+    assert det.slow[1] == 0.0 and det.svar[1] == 0.0
+
+
+def test_slow_time_scale_by_hand():
+    """Constant errors, then one error: the slow EWMA against its own (floored) spread, short damped by short_weight."""
+    cfg = LikelihoodConfig(short_alpha=0.1, warmup=50, refractory=0, min_std_frac=0.1, spatial_tolerance=None,
+                           slow_alpha=0.05, short_weight=0.5)
+    det = ErrorLikelihood(cfg)
+    det.score_batch(np.full(200, 0.1))  # mu 0.1, both variances 0: std floors 0.01
+    z_short = (0.1 + 0.1 * (0.16 - 0.1) - 0.1) / 0.01   # 0.6
+    z_slow = (0.1 + 0.05 * (0.16 - 0.1) - 0.1) / 0.01   # 0.3
+    expected = max(0.5 * tail_score(np.array([z_short]))[0], tail_score(np.array([z_slow]))[0])
+    assert det.score_one(0, 0.16) == pytest.approx(expected, rel=1e-6)
+    assert expected == pytest.approx(tail_score(np.array([z_slow]))[0])  # here the slow scale wins
+
+
+def test_slow_time_scale_needs_persistence_for_a_short_burst():
+    """A 3-event burst that the short scale flags is not flagged with short_weight 0.5; a sustained
+    shift still is (by the slow scale)."""
+    rng = np.random.default_rng(1)
+    base = np.abs(rng.normal(0, 0.1, 2000))
+    burst, shift = base.copy(), base.copy()
+    burst[1500:1503] += 0.2
+    shift[1500:1700] += 0.3
+    plain = dict(warmup=100, refractory=0, spatial_tolerance=None)
+    one = ErrorLikelihood(**plain, slow_alpha=None)
+    two = ErrorLikelihood(**plain, slow_alpha=0.04, short_weight=0.5)
+    assert one.is_anomaly(one.score_batch(burst)[1500:1520]).any()
+    assert not two.is_anomaly(two.score_batch(burst)[1500:1520]).any()
+    assert ErrorLikelihood(**plain, slow_alpha=0.04, short_weight=0.5).is_anomaly(
+        ErrorLikelihood(**plain, slow_alpha=0.04, short_weight=0.5).score_batch(shift)[1500:1700]).any()
+
+
+def test_slow_time_scale_is_the_default():
+    cfg = LikelihoodConfig()
+    assert cfg.slow_alpha == 0.04 and cfg.short_weight == 0.5
+
+
+def test_slow_time_scale_config_errors():
+    with pytest.raises(ValueError, match="slow_alpha"):
+        LikelihoodConfig(slow_alpha=0.0)
+    with pytest.raises(ValueError, match="short_weight"):
+        LikelihoodConfig(short_weight=1.5)

@@ -3,7 +3,7 @@
 The live scorer's final detection step (``pipeline.scoring.StreamingDetector`` with
 ``threshold_method="likelihood"``), also what the NAB backtest measures. After Numenta's "anomaly
 likelihood" (Ahmad et al. 2017) and the "spatial anomaly" of NAB's detectors, in O(1) state per
-series (:data:`STATE_BYTES` bytes):
+series (:data:`STATE_BYTES` + :data:`SLOW_BYTES` bytes):
 
 1. ``short``: EWMA (``short_alpha``) of the prediction errors - one noisy error is not alarming,
    a run of large ones is.
@@ -14,6 +14,12 @@ series (:data:`STATE_BYTES` bytes):
 3. ``z = (short - mu) / max(sqrt(var), min_std_frac*mu, min_std)``; tail probability
    ``Q = 0.5 erfc(z / sqrt 2)``; ``likelihood score = log(Q + 1e-10) / log(1e-10)`` in [0, 1]
    (Numenta's log scale: 0.5 is Q = 1e-5, z ~ 4.26; 1.0 is Q <= 1e-10).
+3b. Second time scale (default on; ``slow_alpha=None``: off, 8 bytes per series less): ``slow``, a
+   slower EWMA of the same errors, and ``svar``, the long-run EWMA variance of ``slow`` (same ``mu``, same
+   clipping; float32). ``likelihood score = max(short_weight * tail(z_short), tail(z_slow))``: a
+   sustained rise of the error level counts fully, a short burst must be more extreme
+   (``short_weight < 1``): the persistence that separates incidents from the usual spikes of a
+   noisy series.
 4. Spatial check (when ``values`` are given and ``spatial_tolerance`` is not None): a value more
    than ``spatial_tolerance * (max - min)`` outside the range ``[min, max]`` of the values seen
    before scores 1.0. ``score = max(likelihood score, spatial score)``. The range then grows to
@@ -50,11 +56,12 @@ _LOG_EPS = math.log(1e-10)
 _SQRT2 = math.sqrt(2.0)
 _NEVER = 1 << 30  # 'never flagged' (int32 counters saturate here)
 STATE_BYTES = 2 * 4 + 5 * 8  # count, since (int32, saturating); short, mu, var, lo, hi (float64)
+SLOW_BYTES = 2 * 4  # slow, svar (float32), only with slow_alpha (the default)
 
 
 @dataclass
 class LikelihoodConfig:
-    """Tunables of :class:`ErrorLikelihood` (refractory and clip_z chosen on the NAB backtest, rest a priori)."""
+    """Tunables of :class:`ErrorLikelihood` (refractory, clip_z, slow_alpha chosen on the NAB backtest, rest a priori)."""
 
     short_alpha: float = 0.1       # EWMA weight of the short error average (~10 events)
     long_alpha: float = 0.002      # EWMA weight of the long-run error statistics (~500 events)
@@ -64,6 +71,9 @@ class LikelihoodConfig:
     min_std: float = 1e-6          # absolute floor of the error std (error units)
     min_std_frac: float = 0.1      # floor of the std relative to the mean error level
     clip_z: float = 8.0            # long statistics learn short clipped at mu + clip_z*std
+    slow_alpha: float | None = 0.04  # EWMA weight of a second, slower error average (~25 events); None: off
+    short_weight: float = 0.5      # with slow_alpha: score = max(short_weight*short score, slow score);
+                                   # 0.5 with threshold 0.5: the short scale alone alarms only at Q <= 1e-10
     spatial_tolerance: float | None = 0.05  # value outside [min, max] +- tol*(max-min) -> score 1; None: off
 
     def __post_init__(self) -> None:
@@ -76,6 +86,10 @@ class LikelihoodConfig:
             raise ValueError("warmup and refractory must be >= 0")
         if self.min_std <= 0 or self.min_std_frac < 0 or self.clip_z <= 0:
             raise ValueError("min_std and clip_z must be > 0, min_std_frac >= 0")
+        if self.slow_alpha is not None and not 0 < self.slow_alpha <= 1:
+            raise ValueError("slow_alpha must be in (0, 1] or None")
+        if not 0 <= self.short_weight <= 1:
+            raise ValueError("short_weight must be in [0, 1]")
         if self.spatial_tolerance is not None and self.spatial_tolerance < 0:
             raise ValueError("spatial_tolerance must be >= 0 or None")
 
@@ -103,6 +117,8 @@ class ErrorLikelihood(StreamingState):
         self.var = np.zeros(0)
         self.lo = np.zeros(0)
         self.hi = np.zeros(0)
+        self.slow = np.zeros(0, dtype=np.float32)  # stay empty without slow_alpha
+        self.svar = np.zeros(0, dtype=np.float32)
 
     @property
     def threshold(self) -> float:
@@ -116,6 +132,9 @@ class ErrorLikelihood(StreamingState):
         self.var = grow(self.var, n, 0.0)
         self.lo = grow(self.lo, n, np.inf)
         self.hi = grow(self.hi, n, -np.inf)
+        if self.config.slow_alpha is not None:
+            self.slow = grow(self.slow, n, 0.0)
+            self.svar = grow(self.svar, n, 0.0)
 
     def reset(self, series_idx) -> None:
         """Return ``series_idx`` to the fresh state (e.g. a reused slot)."""
@@ -126,9 +145,11 @@ class ErrorLikelihood(StreamingState):
         self.count[idx], self.since[idx] = 0, _NEVER
         self.short[idx] = self.mu[idx] = self.var[idx] = 0.0
         self.lo[idx], self.hi[idx] = np.inf, -np.inf
+        if self.config.slow_alpha is not None:
+            self.slow[idx] = self.svar[idx] = 0.0
 
     def bytes_per_series(self) -> int:
-        return STATE_BYTES
+        return STATE_BYTES + (SLOW_BYTES if self.config.slow_alpha is not None else 0)
 
     def step(self, series_idx, errors, values=None, alert=True) -> tuple[np.ndarray, np.ndarray]:
         """Fold ``errors (n,)`` (and raw ``values (n,)``) of ``series_idx (n,)`` in -> ``(scores, flags)``."""
@@ -186,7 +207,19 @@ class ErrorLikelihood(StreamingState):
         else:
             mu, var = self.mu[i], self.var[i]
         std = np.maximum(np.maximum(np.sqrt(var), cfg.min_std_frac * np.abs(mu)), cfg.min_std)
-        s = tail_score((short - mu) / std)
+        slow_on = cfg.slow_alpha is not None
+        if slow_on:  # second time scale: float32 state, float64 arithmetic; one tail_score call for both
+            sprev = self.slow[i].astype(np.float64)
+            slow = sprev + cfg.slow_alpha * (e0 - sprev)
+            svar = self.svar[i].astype(np.float64)
+            if np.count_nonzero(first):
+                slow = np.where(first, e0, slow)
+                svar = np.where(first, 0.0, svar)
+            sstd = np.maximum(np.maximum(np.sqrt(svar), cfg.min_std_frac * np.abs(mu)), cfg.min_std)
+            both = tail_score(np.concatenate(((short - mu) / std, (slow - mu) / sstd)))
+            s = np.maximum(cfg.short_weight * both[:n], both[n:])
+        else:
+            s = tail_score((short - mu) / std)
         if not all_ok:
             s = np.where(ok, s, 0.0)
         if spatial is not None:
@@ -208,6 +241,13 @@ class ErrorLikelihood(StreamingState):
         a = np.where(young, np.maximum(cfg.long_alpha, 1.0 / (count + 1.0)), cfg.long_alpha) if np.count_nonzero(young) \
             else cfg.long_alpha
         d = np.minimum(short, mu + cfg.clip_z * std) - mu
+        if slow_on:
+            ds = np.minimum(slow, mu + cfg.clip_z * sstd) - mu
+            svar = (1 - a) * (svar + a * ds * ds)
+            if all_ok:
+                self.slow[i], self.svar[i] = slow, svar
+            else:
+                self.slow[i[ok]], self.svar[i[ok]] = slow[ok], svar[ok]
         if all_ok:
             self.mu[i] = mu + a * d
             self.var[i] = (1 - a) * (var + a * d * d)
@@ -245,6 +285,8 @@ def score_series(errors, config: LikelihoodConfig | None = None, values=None, al
     scores = np.zeros(n)
     flags = np.zeros(n, dtype=bool)
     count, short, mu, var, since = 0, 0.0, 0.0, 0.0, _NEVER
+    slow, svar, f32 = 0.0, 0.0, np.float32  # second time scale, stored as float32 like the vector path
+    sla, sw = cfg.slow_alpha, cfg.short_weight
     lo, hi = math.inf, -math.inf
     sa, la, warmup, ref = cfg.short_alpha, cfg.long_alpha, cfg.warmup, cfg.refractory
     thr, clip_z, msf, ms, tol = cfg.threshold, cfg.clip_z, cfg.min_std_frac, cfg.min_std, cfg.spatial_tolerance
@@ -261,11 +303,19 @@ def score_series(errors, config: LikelihoodConfig | None = None, values=None, al
         if ok:
             if count == 0:
                 short, mu, var = e, e, 0.0
+                slow, svar = e, 0.0
+            elif sla is not None:
+                short = short + sa * (e - short)
+                slow = slow + sla * (e - slow)
             else:
                 short = short + sa * (e - short)
             std = max(sqrt(var), msf * abs(mu), ms)
             q = 0.5 * erfc(((short - mu) / std) / _SQRT2)
             s = min(max(log(q + 1e-10) / _LOG_EPS, 0.0), 1.0)
+            if sla is not None:
+                sstd = max(sqrt(svar), msf * abs(mu), ms)
+                q = 0.5 * erfc(((slow - mu) / sstd) / _SQRT2)
+                s = max(sw * s, min(max(log(q + 1e-10) / _LOG_EPS, 0.0), 1.0))
         else:
             s = 0.0
         if spatial:
@@ -278,6 +328,9 @@ def score_series(errors, config: LikelihoodConfig | None = None, values=None, al
         if ok:
             a = max(la, 1.0 / (count + 1.0)) if count < warmup else la
             d = min(short, mu + clip_z * std) - mu
+            if sla is not None:
+                ds = min(slow, mu + clip_z * sstd) - mu
+                slow, svar = float(f32(slow)), float(f32((1 - a) * (svar + a * ds * ds)))
             mu = mu + a * d
             var = (1 - a) * (var + a * d * d)
             count += 1
