@@ -55,7 +55,7 @@ _clip = (np._core if hasattr(np, "_core") else np.core).umath.clip
 _LOG_EPS = math.log(1e-10)
 _SQRT2 = math.sqrt(2.0)
 _NEVER = 1 << 30  # 'never flagged' (int32 counters saturate here)
-STATE_BYTES = 2 * 4 + 5 * 8  # count, since (int32, saturating); short, mu, var, lo, hi (float64)
+STATE_BYTES = 2 * 4 + 3 * 4 + 2 * 8  # count, since (int32, saturating); short, mu, var (float32); lo, hi (float64)
 SLOW_BYTES = 2 * 4  # slow, svar (float32), only with slow_alpha (the default)
 
 
@@ -112,9 +112,12 @@ class ErrorLikelihood(StreamingState):
         self.n_series = 0
         self.count = np.zeros(0, dtype=np.int32)
         self.since = np.zeros(0, dtype=np.int32)
-        self.short = np.zeros(0)
-        self.mu = np.zeros(0)
-        self.var = np.zeros(0)
+        # error statistics: float32 storage, float64 arithmetic (errors are magnitudes: float32's
+        # relative precision is ample); the value range stays float64 (a level of 1e6 with 0.01
+        # wiggles must keep its range)
+        self.short = np.zeros(0, dtype=np.float32)
+        self.mu = np.zeros(0, dtype=np.float32)
+        self.var = np.zeros(0, dtype=np.float32)
         self.lo = np.zeros(0)
         self.hi = np.zeros(0)
         self.slow = np.zeros(0, dtype=np.float32)  # stay empty without slow_alpha
@@ -198,14 +201,13 @@ class ErrorLikelihood(StreamingState):
         count = self.count[i]
         first = count == 0
         e0 = e if all_ok else np.where(ok, e, 0.0)
-        prev = self.short[i]
+        prev = self.short[i].astype(np.float64)
         short = prev + cfg.short_alpha * (e0 - prev)
+        mu, var = self.mu[i].astype(np.float64), self.var[i].astype(np.float64)
         if np.count_nonzero(first):
             short = np.where(first, e0, short)
-            mu = np.where(first, short, self.mu[i])
-            var = np.where(first, 0.0, self.var[i])
-        else:
-            mu, var = self.mu[i], self.var[i]
+            mu = np.where(first, short, mu)
+            var = np.where(first, 0.0, var)
         std = np.maximum(np.maximum(np.sqrt(var), cfg.min_std_frac * np.abs(mu)), cfg.min_std)
         slow_on = cfg.slow_alpha is not None
         if slow_on:  # second time scale: float32 state, float64 arithmetic; one tail_score call for both
@@ -285,7 +287,7 @@ def score_series(errors, config: LikelihoodConfig | None = None, values=None, al
     scores = np.zeros(n)
     flags = np.zeros(n, dtype=bool)
     count, short, mu, var, since = 0, 0.0, 0.0, 0.0, _NEVER
-    slow, svar, f32 = 0.0, 0.0, np.float32  # second time scale, stored as float32 like the vector path
+    slow, svar, f32 = 0.0, 0.0, np.float32  # state stored as float32 like the vector path
     sla, sw = cfg.slow_alpha, cfg.short_weight
     lo, hi = math.inf, -math.inf
     sa, la, warmup, ref = cfg.short_alpha, cfg.long_alpha, cfg.warmup, cfg.refractory
@@ -331,8 +333,9 @@ def score_series(errors, config: LikelihoodConfig | None = None, values=None, al
             if sla is not None:
                 ds = min(slow, mu + clip_z * sstd) - mu
                 slow, svar = float(f32(slow)), float(f32((1 - a) * (svar + a * ds * ds)))
-            mu = mu + a * d
-            var = (1 - a) * (var + a * d * d)
+            mu = float(f32(mu + a * d))
+            var = float(f32((1 - a) * (var + a * d * d)))
+            short = float(f32(short))
             count += 1
         if fl:
             since = 0
