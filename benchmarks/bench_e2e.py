@@ -255,6 +255,9 @@ def main() -> None:
         "many-to-one in-process": ("many-to-one", "fp32", False, 1),
         "many-to-one bf16": ("many-to-one", "bf16", True, 1),
     }
+    if not _native_bf16():  # emulated bf16 is ~10x slower than fp32 here: a run would only hit the deadline
+        print("many-to-one bf16 e2e run skipped: this CPU has no native bf16 (avx512_bf16 / amx_bf16)")
+        del runs["many-to-one bf16"]
     with EmbeddedBroker() as broker:
         kafka = KafkaSettings(bootstrap_servers=broker.bootstrap_servers, events_topic="bench-events",
                               anomalies_topic="bench-anomalies", dead_letter_topic="bench-dead",
@@ -329,8 +332,18 @@ def main() -> None:
     print("targets: m2m >= 0.8x raw: {}; m2o >= 0.3x raw: {} (fp32), {} (fp32, 2 threads), {} (bf16); p99 < 50 ms: {}; "
           "< 1 KiB/series: {}".format(results["many-to-many"] / raw >= 0.8, results["many-to-one"] / raw >= 0.3,
                                       results["many-to-one 2 threads"] / raw >= 0.3,
-                                      results["many-to-one bf16"] / raw >= 0.3, float(np.percentile(e2e, 99)) < 50,
+                                      results["many-to-one bf16"] / raw >= 0.3 if "many-to-one bf16" in results else "n/a",
+                                      float(np.percentile(e2e, 99)) < 50,
                                       per_series < 1024))
+
+
+def _native_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _spread(values) -> str:
