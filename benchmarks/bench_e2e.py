@@ -37,7 +37,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from pipeline.scorer import CONSUMER_OVERRIDES
+from pipeline.feed import CONSUMER_OVERRIDES  # no torch: the fetch process re-imports this module (spawn)
 
 T0 = 1_700_000_000
 
@@ -179,7 +179,12 @@ def run_scorer(kafka, bundle, total: int, latency: bool = False, fetch_process: 
 
     scorer._score = timed  # noqa: SLF001
     stop = threading.Event()
-    thread = threading.Thread(target=scorer.run, args=(stop,), daemon=True)
+
+    def run():
+        torch.set_num_threads(threads)  # intra-op threads are set per calling thread
+        scorer.run(stop)
+
+    thread = threading.Thread(target=run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 300
     while scorer.stats.consumed < total and time.monotonic() < deadline:
