@@ -26,11 +26,12 @@ from operator import attrgetter
 
 import numpy as np
 from kafka import ConsumerRebalanceListener
-from kafka.errors import CommitFailedError, KafkaError
+from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
 from kafka.structs import OffsetAndMetadata, TopicPartition
-from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import retry, retry_if_exception_type, retry_if_not_exception_type, stop_after_attempt, wait_exponential
 
 log = logging.getLogger(__name__)
+_LOST_TO_REBALANCE = (CommitFailedError, RebalanceInProgressError)  # the new owner re-reads: not retried
 LAG_INTERVAL_S = 1.0
 # Consumer options of the scorer (the benchmark's raw baseline uses the same ones).
 CONSUMER_OVERRIDES: dict = {}
@@ -223,7 +224,8 @@ class EventFeed:
                      commit, ends, polled_at)
 
     # ------------------------------------------------------------------ commits, lag
-    @retry(retry=retry_if_exception_type(KafkaError), stop=stop_after_attempt(3),
+    @retry(retry=retry_if_exception_type(KafkaError) & retry_if_not_exception_type(_LOST_TO_REBALANCE),
+           stop=stop_after_attempt(3),
            wait=wait_exponential(multiplier=0.2, max=2), reraise=True)
     def _commit_sync(self, offsets) -> None:
         self.consumer.commit(offsets)
@@ -243,8 +245,8 @@ class EventFeed:
             return True
         try:
             self._commit_sync(offsets)
-        except CommitFailedError as error:
-            log.warning("commit failed after rebalance, batch will be re-read: %s", error)
+        except _LOST_TO_REBALANCE as error:
+            log.warning("commit lost to a rebalance, those records will be re-read: %s", error)
             return False
         self.commits += 1
         return True

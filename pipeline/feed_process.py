@@ -8,13 +8,15 @@ Protocol (pickled tuples over one duplex ``multiprocessing`` pipe):
 
 * child -> parent: ``("items", [Rebalance | Batch, ...], lag or None, commits so far)``; ``("revoking",)`` when a
   rebalance is about to take partitions; ``("error", text)``; ``("closed", commits)`` on exit.
-* parent -> child: ``("done", {tp: offset})`` once a batch's outputs are acknowledged (the child
-  commits them); ``("revoke_ack",)`` answers ``"revoking"`` (the parent reads the pipe only
-  between batches, so every batch sent before it is scored and acknowledged by then);
-  ``("stop",)``.
+* parent -> child: ``("done", {tp: offset})`` once a batch's outputs are acknowledged: the child
+  commits them synchronously and answers ``("committed",)``, which the parent awaits before it
+  scores the next batch (so, as in-process, at most one batch is produced but uncommitted; the
+  next batch is fetched meanwhile); ``("revoke_ack",)`` answers ``"revoking"`` once every batch
+  sent before it is scored and committed; ``("stop",)``.
 
 At-least-once holds as in-process: the child commits only offsets the parent acknowledged; on a
-rebalance it commits them *before* giving partitions up (fewer re-reads); on ``stop`` it commits
+rebalance it first lets the parent finish every batch it was sent (acknowledgements that arrive
+inside the rebalance are committed right after it, for the partitions kept); on ``stop`` it commits
 what was acknowledged and closes; batches sent but not acknowledged are left uncommitted. If the
 parent dies (``kill -9``), the child dies with it (``PR_SET_PDEATHSIG``, and a broken pipe) without
 committing anything more; if the child dies, the parent's ``poll`` raises ``FetchProcessDied``.
@@ -60,11 +62,14 @@ def _child_main(conn, kafka, replay_messages: int, poll_timeout_ms: int, parent_
     acked: dict = {}
     stopping = False
 
-    def read(message) -> str:
+    def read(message, in_rebalance: bool = False) -> str:
         nonlocal stopping
         kind = message[0]
-        if kind == "done":
-            acked.update(message[1])  # later batches carry larger offsets
+        if kind == "done":  # commit at once and confirm: the parent waits before its next batch's outputs
+            acked.update(message[1])
+            if not in_rebalance:  # kafka-python allows no blocking consumer call inside a rebalance
+                flush()           # callback: those are committed right after it (kept partitions only)
+            conn.send(("committed",))
         elif kind == "stop":
             stopping = True
         return kind
@@ -73,13 +78,12 @@ def _child_main(conn, kafka, replay_messages: int, poll_timeout_ms: int, parent_
         conn.send(("revoking",))
         deadline = time.monotonic() + _REVOKE_WAIT_S
         while time.monotonic() < deadline and not stopping:
-            if conn.poll(0.1) and read(conn.recv()) == "revoke_ack":
+            if conn.poll(0.1) and read(conn.recv(), in_rebalance=True) == "revoke_ack":
                 break
-        flush(sync=True)
 
-    def flush(sync: bool) -> None:
+    def flush() -> None:
         if acked:
-            feed.commit(dict(acked), sync=sync)
+            feed.commit(dict(acked), sync=True)
             acked.clear()
 
     feed = None
@@ -89,14 +93,14 @@ def _child_main(conn, kafka, replay_messages: int, poll_timeout_ms: int, parent_
         while not stopping:
             while conn.poll():
                 read(conn.recv())
+            flush()  # what was acknowledged during a rebalance
             if stopping:
                 break
-            flush(sync=False)
             items = feed.poll()
             lag = feed.lag()
             if items or lag is not None:
                 conn.send(("items", items, lag, feed.commits))
-        flush(sync=True)
+        flush()
     except (BrokenPipeError, EOFError, ConnectionResetError):
         os._exit(1)  # the parent is gone: commit nothing more
     except BaseException as error:  # noqa: BLE001 - reported to the parent, which stops
@@ -135,9 +139,18 @@ class FetchProcess:
         self.commits = 0
         self.lag_values: dict | None = None
         self._closed = False
+        self._buffer: list = []        # items read while waiting for a commit, not handed out yet
+        self._revoke_pending = False   # a "revoking" to answer once the buffered batches are scored
 
     def poll(self, timeout_ms: int = 200) -> list:
         """Rebalance notices and batches the child sent (in order); the latest lag in ``lag_values``."""
+        if self._buffer:
+            k = next((j for j, item in enumerate(self._buffer) if isinstance(item, Batch)), len(self._buffer) - 1)
+            out, self._buffer = self._buffer[:k + 1], self._buffer[k + 1:]
+            return out
+        if self._revoke_pending:  # every batch sent before the "revoking" is scored now
+            self._revoke_pending = False
+            self._conn.send(("revoke_ack",))
         out = []
         deadline = time.monotonic() + timeout_ms / 1000.0
         while True:
@@ -151,30 +164,54 @@ class FetchProcess:
                 if not self._proc.is_alive():
                     raise FetchProcessDied(f"fetch process exited (code {self._proc.exitcode})")
                 return out
-            kind = message[0]
-            if kind == "items":
-                out.extend(message[1])
-                if message[2] is not None:
-                    self.lag_values = message[2]
-                self.commits = message[3]
-                if any(isinstance(item, Batch) for item in message[1]):
-                    return out  # a batch: score it before reading further
-            elif kind == "revoking":
+            if self._handle(message, out):
+                return out  # a batch: score it before reading further
+
+    def _handle(self, message, out: list) -> bool:
+        """Apply one child message; items go to ``out``. True when it carried a batch."""
+        kind = message[0]
+        if kind == "items":
+            out.extend(message[1])
+            if message[2] is not None:
+                self.lag_values = message[2]
+            self.commits = message[3]
+            return any(isinstance(item, Batch) for item in message[1])
+        if kind == "revoking":
+            if any(isinstance(item, Batch) for item in self._buffer + out):
+                self._revoke_pending = True  # answered by poll() once those are scored
+            else:
                 self._conn.send(("revoke_ack",))
-            elif kind == "error":
-                raise FetchProcessDied(f"fetch process failed: {message[1]}")
-            elif kind == "closed":
-                raise FetchProcessDied("fetch process closed unexpectedly")
+        elif kind == "error":
+            raise FetchProcessDied(f"fetch process failed: {message[1]}")
+        elif kind == "closed":
+            raise FetchProcessDied("fetch process closed unexpectedly")
+        return False
 
     def lag(self) -> dict | None:
         """The latest ``{tp: lag}`` the child reported, once (None when nothing new came)."""
         lag, self.lag_values = self.lag_values, None
         return lag
 
-    def commit(self, offsets: dict, sync: bool = True) -> bool:  # noqa: ARG002 - the child commits
-        if offsets:
-            self._conn.send(("done", offsets))
-        return bool(offsets)
+    def commit(self, offsets: dict, sync: bool = True) -> bool:  # noqa: ARG002 - always synchronous
+        """Have the child commit ``offsets`` and wait until it has (so at most one batch is ever
+        produced but uncommitted); batches it sends meanwhile are kept for the next ``poll``."""
+        if not offsets:
+            return False
+        self._conn.send(("done", offsets))
+        deadline = time.monotonic() + 60.0
+        while time.monotonic() < deadline:
+            try:
+                message = self._conn.recv() if self._conn.poll(0.1) else None
+            except (EOFError, OSError) as error:
+                raise FetchProcessDied(f"fetch process exited (code {self._proc.exitcode})") from error
+            if message is None:
+                if not self._proc.is_alive():
+                    raise FetchProcessDied(f"fetch process exited (code {self._proc.exitcode})")
+            elif message[0] == "committed":
+                return True
+            else:
+                self._handle(message, self._buffer)
+        raise FetchProcessDied("fetch process did not confirm a commit in 60 s")
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Ask the child to commit what was acknowledged and close; wait for it (then kill it)."""
