@@ -46,8 +46,7 @@ class Batch:
     ``values`` list of bytes, ``keys`` list of bytes | None, ``offsets`` int64, ``timestamps`` int64
     (producer timestamp, epoch ms); ``replay`` bool (n,) or None (nothing replayed);
     ``commit_offsets`` {tp: next offset} to commit once the batch's outputs are acknowledged
-    (partitions whose records are all replay are absent); ``ends`` {tp: next offset};
-    ``polled_at`` epoch s.
+    (partitions whose records are all replay are absent); ``polled_at`` epoch s.
     """
 
     tps: list
@@ -58,7 +57,6 @@ class Batch:
     timestamps: np.ndarray
     replay: np.ndarray | None
     commit_offsets: dict
-    ends: dict
     polled_at: float
 
     def __len__(self) -> int:
@@ -79,8 +77,7 @@ class Batch:
                      list(chain.from_iterable(self.keys[s] for s in parts)),
                      self.offsets[take], self.timestamps[take],
                      None if self.replay is None else self.replay[take],
-                     {tp: o for tp, o in self.commit_offsets.items() if tp in owned},
-                     {tp: e for tp, e in self.ends.items() if tp in owned}, self.polled_at)
+                     {tp: o for tp, o in self.commit_offsets.items() if tp in owned}, self.polled_at)
 
 
 @dataclass
@@ -213,15 +210,14 @@ class EventFeed:
                 pos += size
             if not replay.any():
                 replay = None
-        commit, ends = {}, {}
+        commit = {}
         for tp, recs in zip(tps, lists):
             nxt = recs[-1].offset + 1
-            ends[tp] = nxt
+            self._handed_upto[tp] = nxt
             if nxt > self._replay_end.get(tp, -1):  # else replay only: the committed offset is past these
                 commit[tp] = nxt
-        self._handed_upto.update(ends)
         return Batch(tps, sizes, list(map(_VALUE, flat)), list(map(_KEY, flat)), offsets, timestamps, replay,
-                     commit, ends, polled_at)
+                     commit, polled_at)
 
     # ------------------------------------------------------------------ commits, lag
     @retry(retry=retry_if_exception_type(KafkaError) & retry_if_not_exception_type(_LOST_TO_REBALANCE),
@@ -230,19 +226,15 @@ class EventFeed:
     def _commit_sync(self, offsets) -> None:
         self.consumer.commit(offsets)
 
-    def commit(self, offsets: dict, sync: bool = True) -> bool:
-        """Commit ``{tp: next offset}`` of acknowledged batches (partitions still assigned only).
-
-        Returns True when a commit was made (sync) or sent (async). A commit lost to a rebalance
-        only means the new owner re-reads those records (at-least-once).
+    def commit(self, offsets: dict) -> bool:
+        """Commit ``{tp: next offset}`` of acknowledged batches synchronously (partitions still
+        assigned only). Returns True when a commit was made. A commit lost to a rebalance only
+        means the new owner re-reads those records (at-least-once).
         """
         assigned = self.consumer.assignment()
         offsets = {tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items() if tp in assigned}
         if not offsets:
             return False
-        if not sync:
-            self.consumer.commit_async(offsets, callback=self._on_commit)
-            return True
         try:
             self._commit_sync(offsets)
         except _LOST_TO_REBALANCE as error:
@@ -250,12 +242,6 @@ class EventFeed:
             return False
         self.commits += 1
         return True
-
-    def _on_commit(self, offsets, response) -> None:
-        if isinstance(response, Exception):
-            log.warning("async commit failed, those batches will be re-read: %s", response)
-        else:
-            self.commits += 1
 
     def lag(self, force: bool = False) -> dict | None:
         """``{tp: messages behind the end offset}``, at most once per ``LAG_INTERVAL_S`` (else None)."""

@@ -83,7 +83,7 @@ def _child_main(conn, kafka, replay_messages: int, poll_timeout_ms: int, parent_
 
     def flush() -> None:
         if acked:
-            feed.commit(dict(acked), sync=True)
+            feed.commit(dict(acked))
             acked.clear()
 
     feed = None
@@ -154,18 +154,22 @@ class FetchProcess:
         out = []
         deadline = time.monotonic() + timeout_ms / 1000.0
         while True:
-            remaining = max(deadline - time.monotonic(), 0.0)
-            try:
-                ready = self._conn.poll(remaining if not out else 0)
-                message = self._conn.recv() if ready else None
-            except (EOFError, OSError) as error:
-                raise FetchProcessDied(f"fetch process exited (code {self._proc.exitcode})") from error
+            message = self._recv(0.0 if out else max(deadline - time.monotonic(), 0.0))
             if message is None:
-                if not self._proc.is_alive():
-                    raise FetchProcessDied(f"fetch process exited (code {self._proc.exitcode})")
                 return out
             if self._handle(message, out):
                 return out  # a batch: score it before reading further
+
+    def _recv(self, timeout_s: float):
+        """The child's next message, or None after ``timeout_s``; ``FetchProcessDied`` if it is gone."""
+        try:
+            if self._conn.poll(timeout_s):
+                return self._conn.recv()
+        except (EOFError, OSError) as error:
+            raise FetchProcessDied(f"fetch process exited (code {self._proc.exitcode})") from error
+        if not self._proc.is_alive():
+            raise FetchProcessDied(f"fetch process exited (code {self._proc.exitcode})")
+        return None
 
     def _handle(self, message, out: list) -> bool:
         """Apply one child message; items go to ``out``. True when it carried a batch."""
@@ -192,7 +196,7 @@ class FetchProcess:
         lag, self.lag_values = self.lag_values, None
         return lag
 
-    def commit(self, offsets: dict, sync: bool = True) -> bool:  # noqa: ARG002 - always synchronous
+    def commit(self, offsets: dict) -> bool:
         """Have the child commit ``offsets`` and wait until it has (so at most one batch is ever
         produced but uncommitted); batches it sends meanwhile are kept for the next ``poll``."""
         if not offsets:
@@ -200,17 +204,12 @@ class FetchProcess:
         self._conn.send(("done", offsets))
         deadline = time.monotonic() + 60.0
         while time.monotonic() < deadline:
-            try:
-                message = self._conn.recv() if self._conn.poll(0.1) else None
-            except (EOFError, OSError) as error:
-                raise FetchProcessDied(f"fetch process exited (code {self._proc.exitcode})") from error
+            message = self._recv(0.1)
             if message is None:
-                if not self._proc.is_alive():
-                    raise FetchProcessDied(f"fetch process exited (code {self._proc.exitcode})")
-            elif message[0] == "committed":
+                continue
+            if message[0] == "committed":
                 return True
-            else:
-                self._handle(message, self._buffer)
+            self._handle(message, self._buffer)
         raise FetchProcessDied("fetch process did not confirm a commit in 60 s")
 
     def close(self, timeout_s: float = 30.0) -> None:

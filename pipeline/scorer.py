@@ -329,11 +329,6 @@ class Scorer:
             self.close()
         return self.stats
 
-    def process_batch(self, batch: Batch) -> None:
-        """Score, produce, flush and commit one ``Batch`` inline (tests, tools)."""
-        self._score(batch)
-        self.feed.commit(batch.commit_offsets)
-
     def close(self) -> None:
         try:
             self.producer.flush(timeout=10)
