@@ -44,7 +44,8 @@ the state rebuild take their timestamps from ``SeriesStateStore.window_times`` (
 
 Series seen in training use the bundle's (mean, std); others are normalised online (Welford over
 the fed values). ``swap_model(bundle)`` replaces the model between batches and rebuilds every
-series' recurrent state by running its ring buffer through the new model.
+series' recurrent state by running its ring buffer through the new model (a many-to-many series
+keeps its last ``REBUILD_STEPS`` = 32 values for that; a many-to-one series its input window).
 """
 
 from __future__ import annotations
@@ -68,6 +69,10 @@ _clip = (np._core if hasattr(np, "_core") else np.core).umath.clip
 SCORED, WARMUP, DUPLICATE, OUT_OF_ORDER = 0, 1, 2, 3
 STATUS_NAMES = {SCORED: "scored", WARMUP: "warmup", DUPLICATE: "duplicate_timestamp", OUT_OF_ORDER: "out_of_order"}
 _REBUILD_CHUNK = 4096
+# Values a many-to-many series keeps to rebuild its recurrent state after a model swap: the model is
+# trained with a loss at every step from a zero state on, so 32 steps of warm-up are within what it
+# learnt; keeping a whole window (64 at the served size) would cost 128 B more per series.
+REBUILD_STEPS = 32
 THRESHOLD_METHODS = ("likelihood", "zscore", "static")
 DEFAULT_THRESHOLDS = {"likelihood": 0.5, "zscore": 6.0, "static": 6.0}
 
@@ -87,7 +92,7 @@ class DetectorConfig:
     flagged_update: str = "clip"          # what a flagged value feeds into state: "clip" | "predict" | "raw"
     clip_z: float = 20.0                  # normalised inputs are clipped to +-clip_z
     max_series: int = 100_000             # tracked-series cap; least recently seen evicted beyond it
-    ring_length: int | None = None        # raw values kept per series (None: model window)
+    ring_length: int | None = None        # raw values kept per series (None: what the model needs, ring_needed)
     initial_error_mean: float | None = None  # seed of the error statistics (None: bundle calibration)
     initial_error_std: float | None = None
 
@@ -162,6 +167,13 @@ def _calibration_error_stats(calibration: dict | None) -> tuple[float, float]:
     return mean, std
 
 
+def ring_needed(bundle) -> int:
+    """Raw values per series a bundle needs: a many-to-one model its input window; a many-to-many model
+    at most :data:`REBUILD_STEPS` (only to rebuild its recurrent state after a model swap)."""
+    window = int(bundle.config.window)
+    return window if bundle.kind == "many-to-one" else min(window, REBUILD_STEPS)
+
+
 class StreamingDetector:
     """Scores events of many series against one forecaster; see the module docstring."""
 
@@ -169,8 +181,8 @@ class StreamingDetector:
         self.config = config or DetectorConfig()
         self._check_bundle(bundle)
         self.bundle = bundle
-        window = int(bundle.config.window)
-        ring = max(self.config.ring_length or window, window)
+        needed = ring_needed(bundle)
+        ring = max(self.config.ring_length or needed, needed)
         mean, std = self._seed(bundle)
         self.store = SeriesStateStore(ring, self.config.max_series, self._rnn_shapes(bundle), mean, std * std)
         self.likelihood = (ErrorLikelihood(self.config.likelihood_config())
@@ -250,8 +262,8 @@ class StreamingDetector:
         """
         self._check_bundle(bundle)
         store = self.store
-        if int(bundle.config.window) > store.ring_length:
-            self._resize_ring(int(bundle.config.window))
+        if ring_needed(bundle) > store.ring_length:
+            self._resize_ring(ring_needed(bundle))
         mean, std = self._seed(bundle)
         old_bundle, old_seed = self.bundle, (store.init_err_mean, store.init_err_var)
         self.bundle = bundle
@@ -427,7 +439,7 @@ class StreamingDetector:
         err_raw = np.abs(x - pred_raw)
         if cfg.threshold_method == "likelihood":
             bound = e_mean + cfg.outlier_z * e_std          # error of an outlier
-            sc, flag = self.likelihood.step_unique(s, err_raw, x, live)
+            sc, flag = self.likelihood.step_unique(s, err_raw, x, live, t, t - last)
             flag &= live
             over = err > bound
             outlier = live & over                           # fed clipped, like a zscore flag

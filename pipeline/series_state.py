@@ -29,8 +29,8 @@ Values fed to ``push`` are clamped to +-``VALUE_LIMIT`` (the events' own bound),
 sums stay finite; the detector also bounds each fed value to +-``clip_z`` normalised units once a
 series' scale is known, so one huge value cannot inflate the online std for good.
 
-Per series this is 4*ring_length + 8*len(rnn)*layers*hidden/2 + ~64 bytes: 832 bytes for an LSTM with
-hidden 64 and window 64.
+Per series this is 4*ring_length + 8*len(rnn)*layers*hidden/2 + ~64 bytes: 704 bytes for a
+many-to-many LSTM with hidden 64 (ring 32: ``pipeline.scoring.REBUILD_STEPS``).
 """
 
 from __future__ import annotations

@@ -65,8 +65,11 @@ def test_many_series_streaming_equals_scalar_batch_per_series():
     e = np.abs(rng.normal(0, 1, (3, 300))) * np.array([[1.0], [10.0], [0.1]])
     e[:, 250] *= 40
     e[1, 100] = np.nan
-    v = rng.normal(0, 1, (3, 300))
+    # ~20 min steps over ~4 days with a daily square wave: the time-of-day context is exercised too
+    times = 1.7e9 + np.cumsum(rng.integers(900, 1500, (3, 300)), axis=1).astype(float)
+    v = rng.normal(0, 1, (3, 300)) + 5.0 * ((times % 86400) < 43200)
     v[2, 200] = 50.0
+    v[0, 260:280] = 0.0                          # a missing daily high
     alert = rng.random((3, 300)) > 0.1
     cfg = LikelihoodConfig(warmup=50, refractory=20)
     state = ErrorLikelihood(cfg)
@@ -76,10 +79,12 @@ def test_many_series_streaming_equals_scalar_batch_per_series():
     for chunk in np.array_split(np.arange(len(order)), 37):
         idx = np.array([order[k][0] for k in chunk])
         ts = [order[k][1] for k in chunk]
-        sc, fl = state.step(idx, e[idx, ts], v[idx, ts], alert[idx, ts])
+        prev = np.array([times[s, t - 1] if t else -np.inf for s, t in zip(idx, ts)])
+        sc, fl = state.step(idx, e[idx, ts], v[idx, ts], alert[idx, ts], times[idx, ts], times[idx, ts] - prev)
         got_s[idx, ts], got_f[idx, ts] = sc, fl
+    assert state.ccount.max() > cfg.warmup      # the context channel was live
     for k in range(3):
-        s, f = score_series(e[k], cfg, values=v[k], alert=alert[k])
+        s, f = score_series(e[k], cfg, values=v[k], alert=alert[k], times=times[k])
         np.testing.assert_allclose(got_s[k], s, rtol=1e-12, atol=1e-12)
         np.testing.assert_array_equal(got_f[k], f)
         assert f[250] or not alert[k, 250]  # scale-free: each series is judged against its own error level
@@ -96,7 +101,9 @@ def test_streaming_protocol_and_reset():
     det.reset([0])
     assert det.count[0] == 0 and det.count[1] == 200
     np.testing.assert_allclose(det.score_batch(e[0]), ErrorLikelihood(warmup=10).score_batch(e[0]))
-    assert det.bytes_per_series() <= 64
+    # 44 B likelihood + 13 B context statistics + 2 B per time-of-day bin
+    assert det.bytes_per_series() == 44 + 13 + 2 * 24
+    assert ErrorLikelihood(seasonal_bins=None).bytes_per_series() == 44
 
 
 def test_config_validation():

@@ -193,6 +193,9 @@ def test_values_beyond_the_event_bound_keep_the_state_finite():
 def test_state_under_one_kib_per_series():
     det = StreamingDetector(make_bundle("many-to-many", window=64, hidden=64))
     assert det.state_bytes_per_series() < 1024
+    # a many-to-many series keeps only the values its state rebuild uses; many-to-one its whole window
+    assert det.store.ring_length == 32
+    assert StreamingDetector(make_bundle("many-to-one", window=64)).store.ring_length == 64
 
 
 def test_swap_model_rebuilds_state_from_ring_buffer():
@@ -259,7 +262,7 @@ def test_likelihood_flags_a_spike_once_and_matches_the_module_on_the_detectors_e
     assert parts[0].threshold == 0.5 and np.all((score >= 0) & (score <= 1))
     assert np.flatnonzero(flag).tolist() == [300] and score[310] == 0.0
     # the detector's score is exactly the likelihood module run on its raw errors and values
-    ref_s, ref_f = score_series(error, det.config.likelihood_config(), values=vals, alert=status == SCORED)
+    ref_s, ref_f = score_series(error, det.config.likelihood_config(), values=vals, alert=status == SCORED, times=t)
     np.testing.assert_allclose(score, ref_s, rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(flag, ref_f)
     # the outlier is fed clipped, not raw: the next forecasts stay near the signal
@@ -276,6 +279,8 @@ def test_likelihood_state_is_small_and_reset_for_a_reused_slot():
     det.process(["b", "c"], [1.0, 1.0], [1.0, 1.0])  # "a" evicted, its slot reused
     slot = det.store.ids.get("b") if det.store.ids.get("b") == slot_a else det.store.ids["c"]
     assert slot == slot_a and det.likelihood.count[slot] == 1 and det.likelihood.hi[slot] == 1.0
+    # the time-of-day context starts afresh too: one bin seen (this value), no residual yet
+    assert det.likelihood.ccount[slot] == 0 and (det.likelihood.profile.level[slot] != 65535).sum() == 1
 
 
 def test_likelihood_config_errors_are_clear():

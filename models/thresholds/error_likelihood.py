@@ -20,6 +20,14 @@ series (:data:`STATE_BYTES` + :data:`SLOW_BYTES` bytes):
    sustained rise of the error level counts fully, a short burst must be more extreme
    (``short_weight < 1``): the persistence that separates incidents from the usual spikes of a
    noisy series.
+3c. Time-of-day context (default on; ``seasonal_bins=None``: off; needs ``values`` and ``times``): a
+   :class:`models.thresholds.time_of_day.TimeOfDayProfile` keeps each series' usual level per hour of
+   the day; the residual ``|value - level of its hour|`` goes through its own slow EWMA ``cslow``
+   (the slow time scale: ``slow_alpha``, else ``short_alpha``) with long-run ``cmu``/``cvar``
+   (clipped like the others) and scores ``tail(z_context)`` once ``warmup`` residuals were seen
+   (``ccount``). ``likelihood score = max(..., context score)``: a daily peak that does not come, or
+   comes lower than usual, is anomalous although each value is easy to forecast from the ones just
+   before it. The profile does not learn from a flagged value.
 4. Spatial check (when ``values`` are given and ``spatial_tolerance`` is not None): a value more
    than ``spatial_tolerance * (max - min)`` outside the range ``[min, max]`` of the values seen
    before scores 1.0. ``score = max(likelihood score, spatial score)``. The range then grows to
@@ -31,8 +39,9 @@ series (:data:`STATE_BYTES` + :data:`SLOW_BYTES` bytes):
    wants one alert per incident). Non-alerting events (``alert=False``: warm-up, replays) update
    the statistics but never flag nor start a refractory period; their score is still reported.
 
-Vectorised over series: ``step(series_idx (n,), errors (n,), values=None, alert=True) -> (scores
-(n,), flags (n,))``, repeated series in one call applied in order; ``update`` (scores only),
+Vectorised over series: ``step(series_idx (n,), errors (n,), values=None, alert=True, times=None,
+dt=None) -> (scores (n,), flags (n,))`` (``times`` epoch seconds, ``dt`` each series' step to this
+value: the context check's inputs), repeated series in one call applied in order; ``update`` (scores only),
 ``score_one`` and ``score_batch`` as for the other detectors in this package; ``reset(idx)``
 returns slots to the fresh state (the scorer reuses slots of evicted series). ``score_series`` is
 the one-series scalar path (same arithmetic, tested equal, ~50x faster per event). NaN errors
@@ -48,6 +57,8 @@ import numpy as np
 import torch
 
 from models._streaming import StreamingState, grow, rounds
+from models.thresholds.time_of_day import (DAY_SECONDS, UNSEEN, TimeOfDayProfile, bin_of, bin_one, decode_one,
+                                           encode_one)
 
 # Hot path helpers: the ufunc behind np.clip without its Python wrapper (same results), and
 # np.count_nonzero(mask) as the cheap any()/all() test of a mask.
@@ -57,6 +68,8 @@ _SQRT2 = math.sqrt(2.0)
 _NEVER = 1 << 30  # 'never flagged' (int32 counters saturate here)
 STATE_BYTES = 2 * 4 + 3 * 4 + 2 * 8  # count, since (int32, saturating); short, mu, var (float32); lo, hi (float64)
 SLOW_BYTES = 2 * 4  # slow, svar (float32), only with slow_alpha (the default)
+CONTEXT_BYTES = 3 * 4 + 1  # cslow, cmu, cvar (float32), ccount (uint8), plus 2 B per time-of-day bin
+_CCOUNT_MAX = 255
 
 
 @dataclass
@@ -75,6 +88,8 @@ class LikelihoodConfig:
     short_weight: float = 0.5      # with slow_alpha: score = max(short_weight*short score, slow score);
                                    # 0.5 with threshold 0.5: the short scale alone alarms only at Q <= 1e-10
     spatial_tolerance: float | None = 0.05  # value outside [min, max] +- tol*(max-min) -> score 1; None: off
+    seasonal_bins: int | None = 24  # time-of-day context: bins per (UTC) day; None: off
+    seasonal_days: float = 3.0      # memory of a time-of-day bin's level (days)
 
     def __post_init__(self) -> None:
         for name in ("short_alpha", "long_alpha"):
@@ -92,6 +107,17 @@ class LikelihoodConfig:
             raise ValueError("short_weight must be in [0, 1]")
         if self.spatial_tolerance is not None and self.spatial_tolerance < 0:
             raise ValueError("spatial_tolerance must be >= 0 or None")
+        if self.seasonal_bins is not None and not 1 <= self.seasonal_bins <= 24 * 60:
+            raise ValueError("seasonal_bins must be in [1, 1440] or None")
+        if self.seasonal_days <= 0:
+            raise ValueError("seasonal_days must be > 0")
+        if self.seasonal_bins is not None and self.warmup > _CCOUNT_MAX:
+            raise ValueError(f"warmup must be <= {_CCOUNT_MAX} with seasonal_bins (the context count is a uint8)")
+
+    @property
+    def context_alpha(self) -> float:
+        """EWMA weight of the time-of-day residuals: the slow time scale (or the short one without it)."""
+        return self.slow_alpha if self.slow_alpha is not None else self.short_alpha
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -122,6 +148,12 @@ class ErrorLikelihood(StreamingState):
         self.hi = np.zeros(0)
         self.slow = np.zeros(0, dtype=np.float32)  # stay empty without slow_alpha
         self.svar = np.zeros(0, dtype=np.float32)
+        cfg = self.config
+        self.profile = None if cfg.seasonal_bins is None else TimeOfDayProfile(cfg.seasonal_bins, cfg.seasonal_days)
+        self.cslow = np.zeros(0, dtype=np.float32)  # time-of-day context channel; stay empty without it
+        self.cmu = np.zeros(0, dtype=np.float32)
+        self.cvar = np.zeros(0, dtype=np.float32)
+        self.ccount = np.zeros(0, dtype=np.uint8)
 
     @property
     def threshold(self) -> float:
@@ -138,6 +170,12 @@ class ErrorLikelihood(StreamingState):
         if self.config.slow_alpha is not None:
             self.slow = grow(self.slow, n, 0.0)
             self.svar = grow(self.svar, n, 0.0)
+        if self.profile is not None:
+            self.profile.resize(n)
+            self.cslow = grow(self.cslow, n, 0.0)
+            self.cmu = grow(self.cmu, n, 0.0)
+            self.cvar = grow(self.cvar, n, 0.0)
+            self.ccount = grow(self.ccount, n, 0)
 
     def reset(self, series_idx) -> None:
         """Return ``series_idx`` to the fresh state (e.g. a reused slot)."""
@@ -150,26 +188,39 @@ class ErrorLikelihood(StreamingState):
         self.lo[idx], self.hi[idx] = np.inf, -np.inf
         if self.config.slow_alpha is not None:
             self.slow[idx] = self.svar[idx] = 0.0
+        if self.profile is not None:
+            self.profile.reset(idx)
+            self.cslow[idx] = self.cmu[idx] = self.cvar[idx] = 0.0
+            self.ccount[idx] = 0
 
     def bytes_per_series(self) -> int:
-        return STATE_BYTES + (SLOW_BYTES if self.config.slow_alpha is not None else 0)
+        ctx = CONTEXT_BYTES + self.profile.bytes_per_series() if self.profile is not None else 0
+        return STATE_BYTES + (SLOW_BYTES if self.config.slow_alpha is not None else 0) + ctx
 
-    def step(self, series_idx, errors, values=None, alert=True) -> tuple[np.ndarray, np.ndarray]:
-        """Fold ``errors (n,)`` (and raw ``values (n,)``) of ``series_idx (n,)`` in -> ``(scores, flags)``."""
+    def step(self, series_idx, errors, values=None, alert=True, times=None, dt=None
+             ) -> tuple[np.ndarray, np.ndarray]:
+        """Fold ``errors (n,)`` (and raw ``values (n,)``, epoch-second ``times (n,)`` with each series' step
+        ``dt (n,)`` to them) of ``series_idx (n,)`` in -> ``(scores, flags)``."""
         idx = np.atleast_1d(np.asarray(series_idx, dtype=np.int64))
         n = len(idx)
+        if (times is None) != (dt is None):
+            raise ValueError("times and dt go together (the time-of-day context needs both)")
         e = np.broadcast_to(np.asarray(errors, dtype=np.float64), (n,))
         v = None if values is None else np.broadcast_to(np.asarray(values, dtype=np.float64), (n,))
         a = np.broadcast_to(np.asarray(alert, dtype=bool), (n,))
+        t = None if times is None else np.broadcast_to(np.asarray(times, dtype=np.float64), (n,))
+        d = None if dt is None else np.broadcast_to(np.asarray(dt, dtype=np.float64), (n,))
         scores = np.zeros(n)
         flags = np.zeros(n, dtype=bool)
         if n:
             self.ensure(int(idx.max()) + 1)
             for sel in rounds(idx):
-                scores[sel], flags[sel] = self.step_unique(idx[sel], e[sel], None if v is None else v[sel], a[sel])
+                scores[sel], flags[sel] = self.step_unique(
+                    idx[sel], e[sel], None if v is None else v[sel], a[sel],
+                    None if t is None else t[sel], None if d is None else d[sel])
         return scores, flags
 
-    def step_unique(self, i, e, v=None, alert=True) -> tuple[np.ndarray, np.ndarray]:
+    def step_unique(self, i, e, v=None, alert=True, t=None, dt=None) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`step` for distinct ``i (n,)`` already allocated (the scorer's per-round call).
 
         Hot path (once per scorer round): the common case (finite errors and values, series past
@@ -180,22 +231,29 @@ class ErrorLikelihood(StreamingState):
         if not (type(alert) is np.ndarray and alert.dtype == np.bool_ and alert.shape == (n,)):
             alert = np.broadcast_to(np.asarray(alert, dtype=bool), (n,))
         spatial = None
-        if v is not None and cfg.spatial_tolerance is not None:
+        context = self.profile is not None and v is not None and t is not None
+        if v is not None and (cfg.spatial_tolerance is not None or context):
             lo, hi = self.lo[i], self.hi[i]
             fin = np.isfinite(v)
-            tol = cfg.spatial_tolerance * (hi - lo)
-            spatial = (v > hi + tol)
-            spatial |= (v < lo - tol)
-            spatial &= (hi > lo)
-            if np.count_nonzero(fin) == len(fin):
-                self.lo[i] = np.minimum(lo, v)
-                self.hi[i] = np.maximum(hi, v)
+            all_fin = np.count_nonzero(fin) == len(fin)
+            if cfg.spatial_tolerance is not None:
+                tol = cfg.spatial_tolerance * (hi - lo)
+                spatial = (v > hi + tol)
+                spatial |= (v < lo - tol)
+                spatial &= (hi > lo)
+                if not all_fin:
+                    spatial &= fin
+                if not np.count_nonzero(spatial):
+                    spatial = None
+            if all_fin:
+                new_lo, new_hi = np.minimum(lo, v), np.maximum(hi, v)
             else:
-                spatial &= fin
-                self.lo[i] = np.where(fin, np.minimum(lo, v), lo)
-                self.hi[i] = np.where(fin, np.maximum(hi, v), hi)
-            if not np.count_nonzero(spatial):
-                spatial = None
+                new_lo, new_hi = np.where(fin, np.minimum(lo, v), lo), np.where(fin, np.maximum(hi, v), hi)
+            self.lo[i], self.hi[i] = new_lo, new_hi
+            if context:  # the value against its time of day, in the (possibly grown) range
+                self.profile.requantise(i, lo, hi, new_lo, new_hi)
+                tbin = bin_of(t, self.profile.bins)
+                resid, level = self.profile.residual(i, tbin, v, new_lo, new_hi)
         ok = np.isfinite(e)
         all_ok = np.count_nonzero(ok) == len(ok)
         count = self.count[i]
@@ -209,8 +267,9 @@ class ErrorLikelihood(StreamingState):
             mu = np.where(first, short, mu)
             var = np.where(first, 0.0, var)
         std = np.maximum(np.maximum(np.sqrt(var), cfg.min_std_frac * np.abs(mu)), cfg.min_std)
+        zs = [(short - mu) / std]
         slow_on = cfg.slow_alpha is not None
-        if slow_on:  # second time scale: float32 state, float64 arithmetic; one tail_score call for both
+        if slow_on:  # second time scale: float32 state, float64 arithmetic
             sprev = self.slow[i].astype(np.float64)
             slow = sprev + cfg.slow_alpha * (e0 - sprev)
             svar = self.svar[i].astype(np.float64)
@@ -218,12 +277,28 @@ class ErrorLikelihood(StreamingState):
                 slow = np.where(first, e0, slow)
                 svar = np.where(first, 0.0, svar)
             sstd = np.maximum(np.maximum(np.sqrt(svar), cfg.min_std_frac * np.abs(mu)), cfg.min_std)
-            both = tail_score(np.concatenate(((short - mu) / std, (slow - mu) / sstd)))
-            s = np.maximum(cfg.short_weight * both[:n], both[n:])
-        else:
-            s = tail_score((short - mu) / std)
+            zs.append((slow - mu) / sstd)
+        if context:  # time-of-day channel: its own slow EWMA and long-run statistics
+            rok = np.isfinite(resid)
+            r0 = np.where(rok, resid, 0.0)
+            ccount = self.ccount[i]
+            cfirst = ccount == 0
+            cprev = self.cslow[i].astype(np.float64)
+            cslow = np.where(cfirst, r0, cprev + cfg.context_alpha * (r0 - cprev))
+            cmu = np.where(cfirst, cslow, self.cmu[i].astype(np.float64))
+            cvar = np.where(cfirst, 0.0, self.cvar[i].astype(np.float64))
+            cstd = np.maximum(np.maximum(np.sqrt(cvar), cfg.min_std_frac * np.abs(cmu)), cfg.min_std)
+            zs.append((cslow - cmu) / cstd)
+        tails = tail_score(np.concatenate(zs)) if len(zs) > 1 else tail_score(zs[0])
+        s = tails[:n]
+        if slow_on:
+            s = np.maximum(cfg.short_weight * s, tails[n:2 * n])
         if not all_ok:
             s = np.where(ok, s, 0.0)
+        if context:
+            cs = tails[-n:]
+            cs = np.where(rok & (ccount >= cfg.warmup), cs, 0.0)
+            s = np.maximum(s, cs)
         if spatial is not None:
             s = np.where(spatial, 1.0, s)
         since = self.since[i] + 1
@@ -250,6 +325,16 @@ class ErrorLikelihood(StreamingState):
                 self.slow[i], self.svar[i] = slow, svar
             else:
                 self.slow[i[ok]], self.svar[i[ok]] = slow[ok], svar[ok]
+        if context:
+            cyoung = ccount < cfg.warmup
+            ca = np.where(cyoung, np.maximum(cfg.long_alpha, 1.0 / (ccount + 1.0)), cfg.long_alpha)
+            dc = np.minimum(cslow, cmu + cfg.clip_z * cstd) - cmu
+            ir = i[rok]
+            self.cslow[ir] = cslow[rok]
+            self.cmu[ir] = (cmu + ca * dc)[rok]
+            self.cvar[ir] = ((1 - ca) * (cvar + ca * dc * dc))[rok]
+            self.ccount[ir] = np.minimum(ccount[rok].astype(np.int64) + 1, _CCOUNT_MAX)
+            self.profile.learn(i, tbin, v, level, dt, new_lo, new_hi, fin & ~flag)
         if all_ok:
             self.mu[i] = mu + a * d
             self.var[i] = (1 - a) * (var + a * d * d)
@@ -273,9 +358,11 @@ class ErrorLikelihood(StreamingState):
         return np.asarray(scores) >= self.config.threshold
 
 
-def score_series(errors, config: LikelihoodConfig | None = None, values=None, alert=None
+def score_series(errors, config: LikelihoodConfig | None = None, values=None, alert=None, times=None
                  ) -> tuple[np.ndarray, np.ndarray]:
-    """One series' ``errors (time,)`` (+ ``values``, ``alert``) -> ``(scores (time,), flags (time,))``.
+    """One series' ``errors (time,)`` (+ ``values``, ``alert``, epoch-second ``times``) -> ``(scores (time,),
+    flags (time,))``. The time-of-day context needs ``values`` and ``times`` (each row's ``dt`` is the
+    step from the row before).
 
     Scalar loop with the same arithmetic as :class:`ErrorLikelihood` (tested equal).
     """
@@ -283,6 +370,7 @@ def score_series(errors, config: LikelihoodConfig | None = None, values=None, al
     errors = np.asarray(errors, dtype=np.float64)
     n = len(errors)
     vals = None if values is None else np.asarray(values, dtype=np.float64)
+    times = None if times is None else np.asarray(times, dtype=np.float64)
     al = np.ones(n, dtype=bool) if alert is None else np.broadcast_to(np.asarray(alert, dtype=bool), (n,))
     scores = np.zeros(n)
     flags = np.zeros(n, dtype=bool)
@@ -293,14 +381,35 @@ def score_series(errors, config: LikelihoodConfig | None = None, values=None, al
     sa, la, warmup, ref = cfg.short_alpha, cfg.long_alpha, cfg.warmup, cfg.refractory
     thr, clip_z, msf, ms, tol = cfg.threshold, cfg.clip_z, cfg.min_std_frac, cfg.min_std, cfg.spatial_tolerance
     erfc, log, sqrt, isfinite = math.erfc, math.log, math.sqrt, math.isfinite
+    context = cfg.seasonal_bins is not None and vals is not None and times is not None
+    if context:
+        bins, ca_alpha = cfg.seasonal_bins, cfg.context_alpha
+        horizon = cfg.seasonal_days * (DAY_SECONDS / bins)
+        prof = [int(UNSEEN)] * bins
+        cslow, cmu, cvar, ccount, t_prev = 0.0, 0.0, 0.0, 0, -math.inf
+    track = vals is not None and (tol is not None or context)
+
+    def tail(z: float) -> float:
+        q = 0.5 * erfc(z / _SQRT2)
+        return min(max(log(q + 1e-10) / _LOG_EPS, 0.0), 1.0)
+
     for t in range(n):
         e = errors[t]
         spatial = False
-        if vals is not None and tol is not None:
+        resid = math.nan
+        if track:
             v = vals[t]
             if isfinite(v):
-                spatial = hi > lo and (v > hi + tol * (hi - lo) or v < lo - tol * (hi - lo))
+                if tol is not None:
+                    spatial = hi > lo and (v > hi + tol * (hi - lo) or v < lo - tol * (hi - lo))
+                lo_old, hi_old = lo, hi
                 lo, hi = min(lo, v), max(hi, v)
+                if context:
+                    if lo != lo_old or hi != hi_old:
+                        prof = [encode_one(decode_one(q, lo_old, hi_old), lo, hi) for q in prof]
+                    tbin = bin_one(times[t], bins)
+                    level = decode_one(prof[tbin], lo, hi)
+                    resid = abs(v - level)
         ok = isfinite(e)
         if ok:
             if count == 0:
@@ -312,14 +421,21 @@ def score_series(errors, config: LikelihoodConfig | None = None, values=None, al
             else:
                 short = short + sa * (e - short)
             std = max(sqrt(var), msf * abs(mu), ms)
-            q = 0.5 * erfc(((short - mu) / std) / _SQRT2)
-            s = min(max(log(q + 1e-10) / _LOG_EPS, 0.0), 1.0)
+            s = tail((short - mu) / std)
             if sla is not None:
                 sstd = max(sqrt(svar), msf * abs(mu), ms)
-                q = 0.5 * erfc(((slow - mu) / sstd) / _SQRT2)
-                s = max(sw * s, min(max(log(q + 1e-10) / _LOG_EPS, 0.0), 1.0))
+                s = max(sw * s, tail((slow - mu) / sstd))
         else:
             s = 0.0
+        rok = context and isfinite(resid)
+        if rok:
+            if ccount == 0:
+                cslow, cmu, cvar = resid, resid, 0.0
+            else:
+                cslow = cslow + ca_alpha * (resid - cslow)
+            cstd = max(sqrt(cvar), msf * abs(cmu), ms)
+            if ccount >= warmup:
+                s = max(s, tail((cslow - cmu) / cstd))
         if spatial:
             s = 1.0
         since += 1
@@ -327,6 +443,17 @@ def score_series(errors, config: LikelihoodConfig | None = None, values=None, al
         if in_ref:
             s = 0.0
         fl = bool(al[t]) and (ok or spatial) and count >= warmup and not in_ref and s >= thr
+        if rok:
+            ca = max(la, 1.0 / (ccount + 1.0)) if ccount < warmup else la
+            dc = min(cslow, cmu + clip_z * cstd) - cmu
+            cslow = float(f32(cslow))
+            cmu, cvar = float(f32(cmu + ca * dc)), float(f32((1 - ca) * (cvar + ca * dc * dc)))
+            ccount = min(ccount + 1, _CCOUNT_MAX)
+        if context:  # the profile learns the value unless it was flagged
+            if isfinite(vals[t]) and not fl:
+                beta = min((times[t] - t_prev) / horizon, 1.0)
+                prof[tbin] = encode_one(vals[t] if math.isnan(level) else level + beta * (vals[t] - level), lo, hi)
+            t_prev = times[t]
         if ok:
             a = max(la, 1.0 / (count + 1.0)) if count < warmup else la
             d = min(short, mu + clip_z * std) - mu
