@@ -36,6 +36,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="training seed (run a few to see the run-to-run spread)")
     ap.add_argument("--post", default="{}")
     ap.add_argument("--fit", default="{}", help="extra models.training.fit kwargs as JSON (batch_size, lr, ...)")
+    ap.add_argument("--model", default="{}", help="extra ForecasterConfig fields as JSON (residual, layers, ...)")
     ap.add_argument("--detector-config", default="{}")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--plot", type=Path, default=None)
@@ -54,7 +55,8 @@ def main(argv=None) -> int:
     cfg = ReplayConfig(kind=args.kind, window=args.window, hidden=args.hidden, calendar=args.calendar,
                        calendar_week=args.calendar_week, seed=args.seed, epochs=args.epochs,
                        retrain_every=args.retrain_every, post=json.loads(args.post),
-                       detector=json.loads(args.detector_config), fit=json.loads(args.fit))
+                       detector=json.loads(args.detector_config), fit=json.loads(args.fit),
+                       model=json.loads(args.model))
     t0 = time.perf_counter()
     results, errors = run_corpus(files, labels, cfg, workers=args.workers)
     wall = time.perf_counter() - t0

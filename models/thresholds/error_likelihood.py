@@ -28,6 +28,9 @@ series (:data:`STATE_BYTES` + :data:`SLOW_BYTES` bytes):
    (``ccount``). ``likelihood score = max(..., context score)``: a daily peak that does not come, or
    comes lower than usual, is anomalous although each value is easy to forecast from the ones just
    before it. The profile does not learn from a flagged value.
+3d. Daily repeats (default on; ``repeat_bins=None``: off; needs ``times``): a score reaching the
+   threshold in the same hour as one the day before is a scheduled job's spike, and scores 0
+   (:class:`models.thresholds.daily_repeat.DailyRepeats`, one byte per series and hour).
 4. Spatial check (when ``values`` are given and ``spatial_tolerance`` is not None): a value more
    than ``spatial_tolerance * (max - min)`` outside the range ``[min, max]`` of the values seen
    before scores 1.0. ``score = max(likelihood score, spatial score)``. The range then grows to
@@ -57,6 +60,7 @@ import numpy as np
 import torch
 
 from models._streaming import StreamingState, grow, rounds
+from models.thresholds.daily_repeat import DailyRepeats, repeat_one
 from models.thresholds.time_of_day import (DAY_SECONDS, UNSEEN, TimeOfDayProfile, bin_of, bin_one, decode_one,
                                            encode_one)
 
@@ -90,6 +94,7 @@ class LikelihoodConfig:
     spatial_tolerance: float | None = 0.05  # value outside [min, max] +- tol*(max-min) -> score 1; None: off
     seasonal_bins: int | None = 24  # time-of-day context: bins per (UTC) day; None: off
     seasonal_days: float = 3.0      # memory of a time-of-day bin's level (days)
+    repeat_bins: int | None = 24    # daily repeats: an alarm in the same bin (hour) as one yesterday scores 0; None: off
 
     def __post_init__(self) -> None:
         for name in ("short_alpha", "long_alpha"):
@@ -109,6 +114,8 @@ class LikelihoodConfig:
             raise ValueError("spatial_tolerance must be >= 0 or None")
         if self.seasonal_bins is not None and not 1 <= self.seasonal_bins <= 24 * 60:
             raise ValueError("seasonal_bins must be in [1, 1440] or None")
+        if self.repeat_bins is not None and not 1 <= self.repeat_bins <= 24 * 60:
+            raise ValueError("repeat_bins must be in [1, 1440] or None")
         if self.seasonal_days <= 0:
             raise ValueError("seasonal_days must be > 0")
         if self.seasonal_bins is not None and self.warmup > _CCOUNT_MAX:
@@ -154,6 +161,7 @@ class ErrorLikelihood(StreamingState):
         self.cmu = np.zeros(0, dtype=np.float32)
         self.cvar = np.zeros(0, dtype=np.float32)
         self.ccount = np.zeros(0, dtype=np.uint8)
+        self.repeats = None if cfg.repeat_bins is None else DailyRepeats(cfg.repeat_bins)
 
     @property
     def threshold(self) -> float:
@@ -176,6 +184,8 @@ class ErrorLikelihood(StreamingState):
             self.cmu = grow(self.cmu, n, 0.0)
             self.cvar = grow(self.cvar, n, 0.0)
             self.ccount = grow(self.ccount, n, 0)
+        if self.repeats is not None:
+            self.repeats.resize(n)
 
     def reset(self, series_idx) -> None:
         """Return ``series_idx`` to the fresh state (e.g. a reused slot)."""
@@ -192,10 +202,13 @@ class ErrorLikelihood(StreamingState):
             self.profile.reset(idx)
             self.cslow[idx] = self.cmu[idx] = self.cvar[idx] = 0.0
             self.ccount[idx] = 0
+        if self.repeats is not None:
+            self.repeats.reset(idx)
 
     def bytes_per_series(self) -> int:
         ctx = CONTEXT_BYTES + self.profile.bytes_per_series() if self.profile is not None else 0
-        return STATE_BYTES + (SLOW_BYTES if self.config.slow_alpha is not None else 0) + ctx
+        rep = self.repeats.bytes_per_series() if self.repeats is not None else 0
+        return STATE_BYTES + (SLOW_BYTES if self.config.slow_alpha is not None else 0) + ctx + rep
 
     def step(self, series_idx, errors, values=None, alert=True, times=None, dt=None
              ) -> tuple[np.ndarray, np.ndarray]:
@@ -299,6 +312,10 @@ class ErrorLikelihood(StreamingState):
             cs = tails[-n:]
             cs = np.where(rok & (ccount >= cfg.warmup), cs, 0.0)
             s = np.maximum(s, cs)
+        if self.repeats is not None and t is not None:
+            rep = self.repeats.step(i, t, s >= cfg.threshold)
+            if np.count_nonzero(rep):
+                s = np.where(rep, 0.0, s)
         if spatial is not None:
             s = np.where(spatial, 1.0, s)
         since = self.since[i] + 1
@@ -362,7 +379,7 @@ def score_series(errors, config: LikelihoodConfig | None = None, values=None, al
                  ) -> tuple[np.ndarray, np.ndarray]:
     """One series' ``errors (time,)`` (+ ``values``, ``alert``, epoch-second ``times``) -> ``(scores (time,),
     flags (time,))``. The time-of-day context needs ``values`` and ``times`` (each row's ``dt`` is the
-    step from the row before).
+    step from the row before), the daily repeats ``times``.
 
     Scalar loop with the same arithmetic as :class:`ErrorLikelihood` (tested equal).
     """
@@ -388,6 +405,7 @@ def score_series(errors, config: LikelihoodConfig | None = None, values=None, al
         prof = [int(UNSEEN)] * bins
         cslow, cmu, cvar, ccount, t_prev = 0.0, 0.0, 0.0, 0, -math.inf
     track = vals is not None and (tol is not None or context)
+    repeat_codes = [0] * cfg.repeat_bins if cfg.repeat_bins is not None and times is not None else None
 
     def tail(z: float) -> float:
         q = 0.5 * erfc(z / _SQRT2)
@@ -436,6 +454,8 @@ def score_series(errors, config: LikelihoodConfig | None = None, values=None, al
             cstd = max(sqrt(cvar), msf * abs(cmu), ms)
             if ccount >= warmup:
                 s = max(s, tail((cslow - cmu) / cstd))
+        if repeat_codes is not None and s >= thr and repeat_one(repeat_codes, times[t], cfg.repeat_bins):
+            s = 0.0
         if spatial:
             s = 1.0
         since += 1

@@ -53,6 +53,7 @@ class ReplayConfig:
     detector: dict = field(default_factory=dict)   # DetectorConfig overrides
     post: dict = field(default_factory=dict)       # LikelihoodConfig overrides (-> DetectorConfig.likelihood)
     fit: dict = field(default_factory=dict)        # extra models.training.fit keyword arguments (batch_size, lr, ...)
+    model: dict = field(default_factory=dict)      # extra ForecasterConfig fields (residual, layers, ...)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -135,7 +136,7 @@ def replay_file(path: Path, windows: list, cfg: ReplayConfig, threads: int | Non
         raise ValueError(f"{name}: {n} rows give a probationary period of {probation} rows, "
                          f"too short to train a window-{cfg.window} model")
     fcfg = ForecasterConfig(kind=cfg.kind, window=cfg.window, hidden=cfg.hidden, calendar_features=cfg.calendar,
-                            calendar_week=cfg.calendar_week)
+                            calendar_week=cfg.calendar_week, **cfg.model)
     epoch_s = ts.astype("datetime64[ns]").astype(np.int64) / 1e9
     series = name
 
