@@ -138,7 +138,7 @@ def test_slow_time_scale_streaming_equals_the_scalar_path():
         np.testing.assert_allclose(s[k], ref_s, rtol=0, atol=1e-12)
         assert (f[k] == ref_f).all()
     assert det.slow.dtype == np.float32
-    assert det.bytes_per_series() == ErrorLikelihood(slow_alpha=None).bytes_per_series() + 8 == 44
+    assert det.bytes_per_series() == ErrorLikelihood(slow_alpha=None).bytes_per_series() + 8 == 44 + 13 + 48 + 24
     det.reset([1])
     assert det.slow[1] == 0.0 and det.svar[1] == 0.0
 
