@@ -66,6 +66,23 @@ class Batch:
         """Partition number of every record, int64 (n,)."""
         return np.repeat(np.array([tp.partition for tp in self.tps], dtype=np.int64), self.sizes)
 
+    @staticmethod
+    def merged(batches: list["Batch"]) -> "Batch":
+        """Consecutive batches as one (a partition may appear more than once in ``tps``); the later
+        commit offset of a partition wins, ``polled_at`` is the earliest (latency is not hidden)."""
+        if len(batches) == 1:
+            return batches[0]
+        replay = None
+        if any(b.replay is not None for b in batches):
+            replay = np.concatenate([b.replay if b.replay is not None else np.zeros(len(b), bool) for b in batches])
+        commit: dict = {}
+        for b in batches:
+            commit.update(b.commit_offsets)
+        return Batch(list(chain.from_iterable(b.tps for b in batches)), list(chain.from_iterable(b.sizes for b in batches)),
+                     list(chain.from_iterable(b.values for b in batches)), list(chain.from_iterable(b.keys for b in batches)),
+                     np.concatenate([b.offsets for b in batches]), np.concatenate([b.timestamps for b in batches]),
+                     replay, commit, min(b.polled_at for b in batches))
+
     def restricted(self, owned: set) -> "Batch":
         """The part of this batch on partitions in ``owned`` (the others were lost in a rebalance)."""
         keep = [k for k, tp in enumerate(self.tps) if tp in owned]

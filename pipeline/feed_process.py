@@ -35,6 +35,7 @@ from pipeline.feed import Batch
 
 log = logging.getLogger(__name__)
 _REVOKE_WAIT_S = 120.0
+MERGE_RECORDS = 50_000  # waiting batches are merged up to this many records
 
 
 class FetchProcessDied(RuntimeError):
@@ -143,22 +144,41 @@ class FetchProcess:
         self._revoke_pending = False   # a "revoking" to answer once the buffered batches are scored
 
     def poll(self, timeout_ms: int = 200) -> list:
-        """Rebalance notices and batches the child sent (in order); the latest lag in ``lag_values``."""
-        if self._buffer:
-            k = next((j for j, item in enumerate(self._buffer) if isinstance(item, Batch)), len(self._buffer) - 1)
-            out, self._buffer = self._buffer[:k + 1], self._buffer[k + 1:]
-            return out
-        if self._revoke_pending:  # every batch sent before the "revoking" is scored now
-            self._revoke_pending = False
-            self._conn.send(("revoke_ack",))
-        out = []
-        deadline = time.monotonic() + timeout_ms / 1000.0
-        while True:
-            message = self._recv(0.0 if out else max(deadline - time.monotonic(), 0.0))
+        """Rebalance notices and batches the child sent (in order); the latest lag in ``lag_values``.
+
+        Batches already waiting (the scorer fell behind) come back merged into one, up to
+        ``MERGE_RECORDS`` records: one model pass, one produce flush and one commit for all of
+        them, so a backlog of small batches is worked off instead of growing.
+        """
+        if not self._buffer:
+            if self._revoke_pending:  # every batch sent before the "revoking" is scored now
+                self._revoke_pending = False
+                self._conn.send(("revoke_ack",))
+            deadline = time.monotonic() + timeout_ms / 1000.0
+            while True:
+                message = self._recv(0.0 if self._buffer else max(deadline - time.monotonic(), 0.0))
+                if message is None or self._handle(message, self._buffer):
+                    break
+        while self._buffered_records() < MERGE_RECORDS:  # what else is there already, without waiting
+            message = self._recv(0.0)
             if message is None:
-                return out
-            if self._handle(message, out):
-                return out  # a batch: score it before reading further
+                break
+            self._handle(message, self._buffer)
+        return self._take()
+
+    def _buffered_records(self) -> int:
+        return sum(len(item) for item in self._buffer if isinstance(item, Batch))
+
+    def _take(self) -> list:
+        """Leading rebalance notices, then the run of consecutive batches after them merged."""
+        k = next((j for j, item in enumerate(self._buffer) if isinstance(item, Batch)), len(self._buffer))
+        out, run, n = self._buffer[:k], [], 0
+        while k < len(self._buffer) and isinstance(self._buffer[k], Batch) and (not run or n < MERGE_RECORDS):
+            run.append(self._buffer[k])
+            n += len(self._buffer[k])
+            k += 1
+        self._buffer = self._buffer[k:]
+        return out + ([Batch.merged(run)] if run else [])
 
     def _recv(self, timeout_s: float):
         """The child's next message, or None after ``timeout_s``; ``FetchProcessDied`` if it is gone."""

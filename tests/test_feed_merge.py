@@ -1,0 +1,55 @@
+"""Waiting batches are merged (pipeline.feed.Batch.merged, FetchProcess._take): order, offsets,
+replay flags and the commit offsets survive; a rebalance notice is never merged across."""
+
+from __future__ import annotations
+
+import numpy as np
+from kafka.structs import TopicPartition
+
+from pipeline.feed import Batch, Rebalance
+from pipeline.feed_process import MERGE_RECORDS, FetchProcess
+
+TP0, TP1 = TopicPartition("t", 0), TopicPartition("t", 1)
+
+
+def _batch(tp, start, n, polled_at, replay=None):
+    offsets = np.arange(start, start + n, dtype=np.int64)
+    return Batch([tp], [n], [b"v%d" % o for o in offsets], [b"k"] * n, offsets, offsets * 10, replay,
+                 {tp: start + n}, polled_at)
+
+
+def test_merged_batches_keep_order_offsets_and_the_last_commit_offset():
+    a, b = _batch(TP0, 0, 3, 10.0), _batch(TP1, 5, 2, 9.0, replay=np.array([True, False]))
+    c = _batch(TP0, 3, 2, 11.0)
+    m = Batch.merged([a, b, c])
+    assert len(m) == 7 and m.values[:3] == a.values and m.values[-2:] == c.values
+    assert m.partitions().tolist() == [0, 0, 0, 1, 1, 0, 0]
+    assert m.offsets.tolist() == [0, 1, 2, 5, 6, 3, 4]
+    assert m.replay.tolist() == [False, False, False, True, False, False, False]
+    assert m.commit_offsets == {TP0: 5, TP1: 7}
+    assert m.polled_at == 9.0                     # the earliest: latency is not hidden
+    assert Batch.merged([a]) is a
+
+
+def _parent_with(buffer):
+    feed = FetchProcess.__new__(FetchProcess)     # the parent side alone: no child process
+    feed._buffer = list(buffer)
+    return feed
+
+
+def test_take_merges_the_run_of_waiting_batches_and_stops_at_a_rebalance():
+    notice = Rebalance(lost=set(), assigned={TP1})
+    a, b, c = _batch(TP0, 0, 3, 1.0), _batch(TP0, 3, 3, 2.0), _batch(TP1, 0, 1, 3.0)
+    feed = _parent_with([a, b, notice, c])
+    first = feed._take()
+    assert len(first) == 1 and len(first[0]) == 6 and first[0].commit_offsets == {TP0: 6}
+    second = feed._take()
+    assert second[0] is notice and second[1] is c and feed._buffer == []
+
+
+def test_take_caps_a_merged_batch():
+    big = [_batch(TP0, k * 30_000, 30_000, float(k)) for k in range(3)]
+    feed = _parent_with(big)
+    first = feed._take()
+    assert len(first[0]) == 60_000 and MERGE_RECORDS == 50_000  # stops once past the cap
+    assert len(feed._take()[0]) == 30_000
