@@ -97,11 +97,12 @@ def test_memory_is_in_days_not_visits():
     assert out[1] == pytest.approx(out[0], abs=2.0)
 
 
-def test_context_config_validation():
+@pytest.mark.parametrize("bad", [dict(seasonal_bins=0), dict(seasonal_days=0),
+                                 dict(warmup=300)])  # the context count is a uint8
+def test_context_config_validation(bad):
     with pytest.raises(ValueError):
-        LikelihoodConfig(seasonal_bins=0)
-    with pytest.raises(ValueError):
-        LikelihoodConfig(seasonal_days=0)
-    with pytest.raises(ValueError):
-        LikelihoodConfig(warmup=300)              # the context count is a uint8
-    LikelihoodConfig(warmup=300, seasonal_bins=None)
+        LikelihoodConfig(**bad)
+
+
+def test_a_long_warmup_is_fine_without_the_context():
+    assert LikelihoodConfig(warmup=300, seasonal_bins=None).warmup == 300

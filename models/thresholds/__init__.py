@@ -6,6 +6,8 @@ the same numbers, and ``is_anomaly(scores)`` comparing against its ``threshold``
 ``error_likelihood.ErrorLikelihood`` (likelihood + spatial check + refractory period) is the live
 scorer's final step (``threshold_method="likelihood"``); its ``step`` also returns the flags. It is
 the one anomaly-likelihood implementation (errors-only ``update`` scores NaN errors 0, not NaN).
+Its time-of-day parts live in their own modules: ``time_of_day.TimeOfDayProfile`` (the usual level
+of each hour) and ``daily_repeat.DailyRepeats`` (an alarm in the same hour as yesterday's).
 """
 
 from models.thresholds.error_likelihood import ErrorLikelihood, LikelihoodConfig, score_series, tail_score
