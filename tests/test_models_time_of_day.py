@@ -106,3 +106,12 @@ def test_context_config_validation(bad):
 
 def test_a_long_warmup_is_fine_without_the_context():
     assert LikelihoodConfig(warmup=300, seasonal_bins=None).warmup == 300
+
+
+def test_times_without_steps_are_refused():
+    det = ErrorLikelihood()
+    with pytest.raises(ValueError, match="dt"):
+        det.step([0], 1.0, 1.0, True, times=1.7e9)
+    det.ensure(1)
+    with pytest.raises(ValueError, match="dt"):
+        det.step_unique(np.array([0]), np.array([1.0]), np.array([1.0]), True, np.array([1.7e9]))

@@ -245,6 +245,8 @@ class ErrorLikelihood(StreamingState):
             alert = np.broadcast_to(np.asarray(alert, dtype=bool), (n,))
         spatial = None
         context = self.profile is not None and v is not None and t is not None
+        if t is not None and dt is None:
+            raise ValueError("times need dt (each series' step to this value)")
         if v is not None and (cfg.spatial_tolerance is not None or context):
             lo, hi = self.lo[i], self.hi[i]
             fin = np.isfinite(v)
