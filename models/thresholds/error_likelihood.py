@@ -3,7 +3,8 @@
 The live scorer's final detection step (``pipeline.scoring.StreamingDetector`` with
 ``threshold_method="likelihood"``), also what the NAB backtest measures. After Numenta's "anomaly
 likelihood" (Ahmad et al. 2017) and the "spatial anomaly" of NAB's detectors, in O(1) state per
-series (:data:`STATE_BYTES` + :data:`SLOW_BYTES` bytes):
+series (:data:`STATE_BYTES` + :data:`SLOW_BYTES` + :data:`CONTEXT_BYTES` bytes, plus 2 B per
+time-of-day bin and 1 B per daily-repeat bin: 129 B with the defaults):
 
 1. ``short``: EWMA (``short_alpha``) of the prediction errors - one noisy error is not alarming,
    a run of large ones is.
