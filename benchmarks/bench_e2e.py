@@ -2,7 +2,7 @@
 
 One run prints:
 1. raw kafka-python consume + orjson decode, events/s (the ceiling for any scorer; same consumer
-   options as the scorer, ``pipeline.scorer.CONSUMER_OVERRIDES``);
+   options as the scorer, ``pipeline.feed.CONSUMER_OVERRIDES``);
 2. ``tsad serve``'s loop (``pipeline.scorer.Scorer``, in-process) events/s for a stateful
    many-to-many and a window many-to-one forecaster (hidden 64, window 64, untrained weights:
    speed does not depend on the weights; warmed up before timing), many-to-one also at bf16 and

@@ -43,7 +43,7 @@ from pipeline.events import (
     DUPLICATE_TIMESTAMP, MALFORMED_JSON, MAX_MESSAGE_BYTES, MAX_SERIES_ID_LENGTH, OUT_OF_ORDER, Event, Rejection,
     parse_event, validate_payload,
 )
-from pipeline.feed import CONSUMER_OVERRIDES, Batch, EventFeed, Rebalance  # noqa: F401 - CONSUMER_OVERRIDES re-exported
+from pipeline.feed import Batch, EventFeed, Rebalance
 from pipeline.feed_process import FetchProcess
 from pipeline.metrics import ScorerMetrics
 from pipeline.records import anomaly_value, dead_letter_headers, dead_letter_value

@@ -262,8 +262,9 @@ class StreamingDetector:
         """
         self._check_bundle(bundle)
         store = self.store
-        if ring_needed(bundle) > store.ring_length:
-            self._resize_ring(ring_needed(bundle))
+        needed = ring_needed(bundle)
+        if needed > store.ring_length:
+            self._resize_ring(needed)
         mean, std = self._seed(bundle)
         old_bundle, old_seed = self.bundle, (store.init_err_mean, store.init_err_var)
         self.bundle = bundle

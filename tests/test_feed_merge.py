@@ -48,8 +48,9 @@ def test_take_merges_the_run_of_waiting_batches_and_stops_at_a_rebalance():
 
 
 def test_take_caps_a_merged_batch():
-    big = [_batch(TP0, k * 30_000, 30_000, float(k)) for k in range(3)]
-    feed = _parent_with(big)
+    size = MERGE_RECORDS * 6 // 10
+    feed = _parent_with([_batch(TP0, k * size, size, float(k)) for k in range(3)])
     first = feed._take()
-    assert len(first[0]) == 60_000 and MERGE_RECORDS == 50_000  # stops once past the cap
-    assert len(feed._take()[0]) == 30_000
+    assert len(first) == 1 and len(first[0]) == 2 * size  # the run stops once it is past the cap
+    second = feed._take()
+    assert len(second[0]) == size and second[0].offsets[0] == 2 * size and feed._buffer == []

@@ -28,7 +28,9 @@ def test_repeats_are_same_hour_yesterday_or_a_repeat_already_today():
     assert hot(T0 + DAY + 3 * 3600 + 900)          # day 1 again: still a repeat
     assert not hot(T0 + DAY + 5 * 3600)            # another hour
     assert not hot(T0 + 3 * DAY + 3 * 3600)        # day 3 after a day without: alarms again
-    assert rep.step(i, np.array([T0]), np.array([False]))[0] == False  # noqa: E712 - not hot: nothing recorded
+    before = rep.code.copy()
+    assert not rep.step(i, np.array([T0 + 4 * DAY + 3 * 3600]), np.array([False]))[0]
+    np.testing.assert_array_equal(rep.code, before)  # a value that is not hot records nothing
     rep.reset(i)
     assert (rep.code == 0).all()
 

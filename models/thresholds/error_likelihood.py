@@ -131,6 +131,35 @@ class LikelihoodConfig:
         return asdict(self)
 
 
+def _floor_std(var, mu, cfg: LikelihoodConfig) -> np.ndarray:
+    """``max(sqrt(var), min_std_frac * |mu|, min_std)``: the spread a z-score divides by."""
+    return np.maximum(np.maximum(np.sqrt(var), cfg.min_std_frac * np.abs(mu)), cfg.min_std)
+
+
+def _learning_rate(count, young, cfg: LikelihoodConfig):
+    """Long-run EWMA weight: a plain running mean (``1 / (count + 1)``) while ``young``, then ``long_alpha``."""
+    if not np.count_nonzero(young):
+        return cfg.long_alpha
+    return np.where(young, np.maximum(cfg.long_alpha, 1.0 / (count + 1.0)), cfg.long_alpha)
+
+
+def _learn_clipped(x, mu, var, std, a, clip_z) -> tuple[np.ndarray, np.ndarray]:
+    """Long-run mean / variance after learning ``x`` clipped at ``mu + clip_z * std`` with weight ``a``."""
+    d = np.minimum(x, mu + clip_z * std) - mu
+    return mu + a * d, (1 - a) * (var + a * d * d)
+
+
+def _store(i, mask, all_set: bool, *pairs) -> None:
+    """``array[i] = values`` for each ``(array, values)`` pair, only the rows where ``mask`` holds."""
+    if all_set:
+        for array, values in pairs:
+            array[i] = values
+    else:
+        rows = i[mask]
+        for array, values in pairs:
+            array[rows] = values[mask]
+
+
 def tail_score(z) -> np.ndarray:
     """``log(Q(z) + 1e-10) / log(1e-10)`` in [0, 1]; ``Q`` the standard normal tail."""
     z = np.ascontiguousarray(z, dtype=np.float64)
@@ -282,7 +311,7 @@ class ErrorLikelihood(StreamingState):
             short = np.where(first, e0, short)
             mu = np.where(first, short, mu)
             var = np.where(first, 0.0, var)
-        std = np.maximum(np.maximum(np.sqrt(var), cfg.min_std_frac * np.abs(mu)), cfg.min_std)
+        std = _floor_std(var, mu, cfg)
         zs = [(short - mu) / std]
         slow_on = cfg.slow_alpha is not None
         if slow_on:  # second time scale: float32 state, float64 arithmetic
@@ -292,7 +321,7 @@ class ErrorLikelihood(StreamingState):
             if np.count_nonzero(first):
                 slow = np.where(first, e0, slow)
                 svar = np.where(first, 0.0, svar)
-            sstd = np.maximum(np.maximum(np.sqrt(svar), cfg.min_std_frac * np.abs(mu)), cfg.min_std)
+            sstd = _floor_std(svar, mu, cfg)
             zs.append((slow - mu) / sstd)
         if context:  # time-of-day channel: its own slow EWMA and long-run statistics
             rok = np.isfinite(resid)
@@ -303,7 +332,7 @@ class ErrorLikelihood(StreamingState):
             cslow = np.where(cfirst, r0, cprev + cfg.context_alpha * (r0 - cprev))
             cmu = np.where(cfirst, cslow, self.cmu[i].astype(np.float64))
             cvar = np.where(cfirst, 0.0, self.cvar[i].astype(np.float64))
-            cstd = np.maximum(np.maximum(np.sqrt(cvar), cfg.min_std_frac * np.abs(cmu)), cfg.min_std)
+            cstd = _floor_std(cvar, cmu, cfg)
             zs.append((cslow - cmu) / cstd)
         tails = tail_score(np.concatenate(zs)) if len(zs) > 1 else tail_score(zs[0])
         s = tails[:n]
@@ -335,37 +364,18 @@ class ErrorLikelihood(StreamingState):
         if not all_ok:
             flag &= ok if spatial is None else (ok | spatial)
         # long statistics: plain running mean/var during warm-up, then EWMA; learn the clipped value
-        a = np.where(young, np.maximum(cfg.long_alpha, 1.0 / (count + 1.0)), cfg.long_alpha) if np.count_nonzero(young) \
-            else cfg.long_alpha
-        d = np.minimum(short, mu + cfg.clip_z * std) - mu
-        if slow_on:
-            ds = np.minimum(slow, mu + cfg.clip_z * sstd) - mu
-            svar = (1 - a) * (svar + a * ds * ds)
-            if all_ok:
-                self.slow[i], self.svar[i] = slow, svar
-            else:
-                self.slow[i[ok]], self.svar[i[ok]] = slow[ok], svar[ok]
+        a = _learning_rate(count, young, cfg)
+        mu_new, var_new = _learn_clipped(short, mu, var, std, a, cfg.clip_z)
+        _store(i, ok, all_ok, (self.mu, mu_new), (self.var, var_new), (self.short, short),
+               (self.count, np.minimum(count + 1, _NEVER)))
+        if slow_on:  # the slow average's spread around the same mu
+            _store(i, ok, all_ok, (self.slow, slow), (self.svar, _learn_clipped(slow, mu, svar, sstd, a, cfg.clip_z)[1]))
         if context:
-            cyoung = ccount < cfg.warmup
-            ca = np.where(cyoung, np.maximum(cfg.long_alpha, 1.0 / (ccount + 1.0)), cfg.long_alpha)
-            dc = np.minimum(cslow, cmu + cfg.clip_z * cstd) - cmu
-            ir = i[rok]
-            self.cslow[ir] = cslow[rok]
-            self.cmu[ir] = (cmu + ca * dc)[rok]
-            self.cvar[ir] = ((1 - ca) * (cvar + ca * dc * dc))[rok]
-            self.ccount[ir] = np.minimum(ccount[rok].astype(np.int64) + 1, _CCOUNT_MAX)
+            ca = _learning_rate(ccount, ccount < cfg.warmup, cfg)
+            cmu_new, cvar_new = _learn_clipped(cslow, cmu, cvar, cstd, ca, cfg.clip_z)
+            _store(i, rok, np.count_nonzero(rok) == n, (self.cslow, cslow), (self.cmu, cmu_new), (self.cvar, cvar_new),
+                   (self.ccount, np.minimum(ccount.astype(np.int64) + 1, _CCOUNT_MAX)))
             self.profile.learn(i, tbin, v, level, dt, new_lo, new_hi, fin & ~flag)
-        if all_ok:
-            self.mu[i] = mu + a * d
-            self.var[i] = (1 - a) * (var + a * d * d)
-            self.short[i] = short
-            self.count[i] = np.minimum(count + 1, _NEVER)
-        else:
-            iok = i[ok]
-            self.mu[iok] = (mu + a * d)[ok]
-            self.var[iok] = ((1 - a) * (var + a * d * d))[ok]
-            self.short[iok] = short[ok]
-            self.count[iok] = np.minimum(count[ok] + 1, _NEVER)
         since = np.minimum(since, _NEVER)
         self.since[i] = np.where(flag, 0, since) if np.count_nonzero(flag) else since
         return s, flag

@@ -37,19 +37,23 @@ def bin_of(t, bins: int) -> np.ndarray:
     return np.minimum((sod * (bins / DAY_SECONDS)).astype(np.int64), bins - 1)
 
 
+def _frame(lo, hi) -> tuple[np.ndarray, np.ndarray]:
+    """``(base, width)`` of the range codes are relative to: ``(lo, hi - lo)``; ``(0, 0)`` for a range
+    not known yet, width 0 for a single value."""
+    return np.where(np.isfinite(lo), lo, 0.0), np.where(hi > lo, hi - lo, 0.0)
+
+
 def decode(q: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """Quantised levels ``q`` (uint16, any shape broadcasting with ``lo``/``hi``) -> raw levels (float64;
     NaN where unseen). A zero-width (or not yet known) range decodes to ``lo``."""
-    width = np.where(hi > lo, hi - lo, 0.0)
-    base = np.where(np.isfinite(lo), lo, 0.0)
+    base, width = _frame(lo, hi)
     out = base + (q.astype(np.float64) / _SCALE) * width
     return np.where(q == UNSEEN, np.nan, out)
 
 
 def encode(p: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """Raw levels ``p`` (float64; NaN: unseen) -> uint16 codes in the range ``[lo, hi]``."""
-    width = np.where(hi > lo, hi - lo, 0.0)
-    base = np.where(np.isfinite(lo), lo, 0.0)
+    base, width = _frame(lo, hi)
     with np.errstate(invalid="ignore", divide="ignore"):
         u = np.where(width > 0, (p - base) / np.where(width > 0, width, 1.0), 0.0)
     q = np.rint(np.clip(u, 0.0, 1.0) * _SCALE)

@@ -126,7 +126,7 @@ def replay_file(path: Path, windows: list, cfg: ReplayConfig, threads: int | Non
     """Replay one file; ``windows`` are the file's label windows (timestamp pairs)."""
     from models.forecasters import ForecasterConfig
     from models.training import fit
-    from pipeline.scoring import DetectorConfig, StreamingDetector
+    from pipeline.scoring import StreamingDetector
 
     name = nab_key(path)
     ts, values, dropped = load_series(path)
