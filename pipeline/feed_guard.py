@@ -21,7 +21,7 @@ from kafka.errors import CorruptRecordError, KafkaError, UnsupportedCodecError
 
 log = logging.getLogger(__name__)
 UNDECODABLE_BATCH = "undecodable_batch"  # dead-letter marker reason (not an event rejection)
-_PROBE_WAIT_S = 2.0
+_PROBE_WAIT_S = 1.0  # a probe that reads nothing in this time is at the log end
 
 
 @dataclass
@@ -66,8 +66,25 @@ def is_data_error(error: BaseException) -> bool:
     return not isinstance(error, KafkaError) and isinstance(error, Exception)
 
 
+def _discard_buffered(consumer) -> None:
+    """Drop what kafka-python's fetcher holds: after a decode error its half-read batch keeps a dead
+    iterator, and no new fetch is sent for that partition while it is buffered. (kafka-python has
+    no public call for this; the attributes are those of kafka-python 3.0.)"""
+    fetcher = getattr(consumer, "_fetcher", None)
+    part = getattr(fetcher, "_next_partition_records", None)
+    if part is not None:
+        part.drain()
+        fetcher._next_partition_records = None  # noqa: SLF001
+    completed = getattr(fetcher, "_completed_fetches", None)
+    if completed is not None:
+        completed.clear()
+    if fetcher is not None and hasattr(fetcher, "_next_in_line_exception_metadata"):
+        fetcher._next_in_line_exception_metadata = None  # noqa: SLF001
+
+
 def _probe(consumer, tp, offset: int, max_records: int) -> bool:
     """True when reading ``tp`` from ``offset`` fails (the other partitions are paused)."""
+    _discard_buffered(consumer)
     consumer.seek(tp, offset)
     deadline = time.monotonic() + _PROBE_WAIT_S
     while time.monotonic() < deadline:
@@ -105,6 +122,7 @@ def skip_undecodable(consumer, error: BaseException, epoch: int = 0) -> list[Ski
                           tp.topic, tp.partition, start, good - 1, detail)
             consumer.pause(tp)
     finally:
+        _discard_buffered(consumer)
         consumer.resume(*assigned)
         for tp, offset in positions.items():
             consumer.seek(tp, offset)
