@@ -54,7 +54,8 @@ def publish(
     from pipeline.publish import PublishFailed, publish_events, read_series_csv, series_rows
     from pipeline.settings import load_settings
 
-    logging.getLogger("kafka").setLevel(logging.CRITICAL)  # a broker outage is reported once, below
+    for name in ("kafka", "pipeline.publish"):  # a broker outage is reported once, below
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     settings = load_settings(kafka={"bootstrap_servers": bootstrap_servers}, publish_timeout_s=timeout)
     topic = topic or settings.kafka.events_topic
     for path in paths:
