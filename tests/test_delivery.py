@@ -183,3 +183,73 @@ def test_every_event_published_after_a_broker_restart_is_scored(tmp_path, reg):
         assert published <= scored, f"{len(published - scored)} of {len(published)} events never scored"
     finally:
         broker.stop()
+
+
+def fuzz_messages(n: int, seed: int = 15) -> list:
+    """``n`` mixed messages: (key, value, expected reason or None for a valid event)."""
+    import random
+
+    rnd = random.Random(seed)
+    next_t: dict = {}
+
+    def valid(keyed=True):
+        s = f"f-{rnd.randrange(40)}"
+        t = next_t.get(s, 0)
+        next_t[s] = t + 1
+        return (s.encode() if keyed else None), encode_event(s, T0 + 60 * t, rnd.uniform(-1e3, 1e3)), None
+
+    ev = b'{"series": "a", "ts": 1700000000, "value": '
+    invalid = [
+        lambda: (b"a", b'{"series": "a\xff\xfe", "ts": 1700000000, "value": 1}', "malformed_json"),   # bad UTF-8
+        lambda: (None, b"\x00" + rnd.randbytes(rnd.randrange(0, 200)), "malformed_json"),                # binary
+        lambda: (b"a", ev + b"9" * rnd.randrange(309, 2000) + b"}", "value_out_of_range"),              # huge int
+        lambda: (b"a", ev + b"1e400}", "value_out_of_range"),
+        lambda: (b"a", b'{"series": "a", "ts": 1e300, "value": 1}', "bad_timestamp"),
+        lambda: (b"a", ev + b"[" * 3000 + b"]" * 3000 + b"}", "malformed_json"),                        # deep nesting
+        lambda: (b"a", ev + b"[" * 100 + b"]" * 100 + b"}", "wrong_type"),
+        lambda: (b"a", ev + b'1, "pad": "' + b"p" * 70_000 + b'"}', "oversize_message"),
+        lambda: (b"a", b'{"series": 7, "ts": 1700000000, "value": 1}', "wrong_type"),
+        lambda: (b"a", ev + b'"12"}', "wrong_type"),
+        lambda: (b"a", b'{"series": "a", "ts": [1], "value": 1}', "wrong_type"),
+        lambda: (b"a", b"[1, 2]", "not_an_object"),
+        lambda: (b"a", b'{"series": "a", "ts": 1700000000}', "missing_field"),
+        lambda: (None, b'{"series": "\\ud800", "ts": 1700000000, "value": 1}', "bad_series_id"),
+        lambda: (b"zzz", encode_event("a", T0, 1.0), "key_mismatch"),
+        lambda: (b"a", ev + b"NaN}", "non_finite_value"),
+        lambda: (b"a", b"\xef\xbb\xbf" + encode_event("a", T0, 1.0), "malformed_json"),
+        lambda: (b"a", b'{"a":"}', "malformed_json"),
+        lambda: (b"a", b'{",  "series":"a","ts":1700000000,"value":5}', "malformed_json"),
+    ]
+    out = []
+    for _ in range(n):
+        if rnd.random() < 0.5:
+            out.append(valid(keyed=rnd.random() < 0.8))
+        else:
+            gen = rnd.choice(invalid)
+            if gen is invalid[7] and rnd.random() < 0.8:  # keep oversize messages few (70 KB each)
+                gen = invalid[0]
+            out.append(gen())
+    return out
+
+
+def test_fuzz_every_valid_event_is_scored_and_every_invalid_one_dead_lettered_with_its_reason(kafka_settings, reg):
+    messages = fuzz_messages(6000)
+    for key, value, reason in messages:  # the generator's expectation is the schema's
+        verdict = parse_event(value, key)
+        assert getattr(verdict, "reason", None) == reason, (key, value[:80], verdict)
+    coords = send(kafka_settings, [(k, v) for k, v, _ in messages], max_request_size=4 * 1024 * 1024)
+    run = RunningScorer(kafka_settings, receipt_detector(reg))
+    try:
+        run.wait(lambda: run.stats.consumed == len(messages), 120, "every message consumed")
+        assert run.thread.is_alive() and run.metric("tsad_scorer_up") == 1  # alive at the end
+    finally:
+        run.stop()
+    assert run.error is None
+    invalid = {c: r for c, (_, _, r) in zip(coords, messages) if r is not None}
+    valid = set(coords) - set(invalid)
+    assert len(valid) > 2000 and len(invalid) > 2000
+    dead = dead_letters(read_all(kafka_settings, kafka_settings.dead_letter_topic, len(invalid), timeout_s=60))
+    assert {(p, int(o)): h["tsad.reason"] for (p, o), h in dead.items()} == invalid
+    assert receipts(read_all(kafka_settings, kafka_settings.anomalies_topic, len(valid), timeout_s=60)) == valid
+    st = run.stats
+    assert st.consumed == st.scored + st.warmup + st.rejected_total and st.scored == len(valid)
