@@ -242,6 +242,11 @@ class FetchProcess:
         self._commit_in_flight = True
         return True
 
+    @property
+    def commit_in_flight(self) -> bool:
+        """A checkpoint was handed to the child and not confirmed yet."""
+        return self._commit_in_flight
+
     def wait_committed(self, timeout_s: float = 60.0) -> None:
         """Wait until the checkpoint in flight (if any) is confirmed by the child."""
         deadline = time.monotonic() + timeout_s

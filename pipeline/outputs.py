@@ -2,9 +2,11 @@
 
 ``Outputs`` sends anomaly and dead-letter records at once (no flush per batch) and remembers, for
 each send, which input message it came from. ``checkpoint()`` (every ``commit_interval_ms`` or
-``commit_every_events``, and before partitions are given up or the scorer stops) flushes the
-producer, checks every acknowledgement, and only then returns the offsets that may be committed:
-offsets are never committed before every output produced up to them is acknowledged.
+``commit_every_events``) is *sealed*: later batches go to the next one, and once every send of
+the sealed one is acknowledged (the producer sends in the background; nothing waits for it)
+``acknowledged()`` returns its offsets to commit. Before partitions are given up and on stop,
+``checkpoint()`` seals everything, flushes and waits. Offsets are never committed before every
+output produced up to them is acknowledged.
 
 Failures are told apart:
 
@@ -64,7 +66,8 @@ class Pending:
 
     def add(self, offsets: dict, epoch: int, events: int) -> None:
         self.offsets.update(offsets)
-        self.epoch = epoch if self.epoch is None else min(self.epoch, epoch)
+        if epoch is not None:
+            self.epoch = epoch if self.epoch is None else min(self.epoch, epoch)
         self.events += events
 
 
@@ -84,6 +87,7 @@ class Outputs:
         self.commit_every_events = max(int(commit_every_events), 1)
         self.on_internal_error = on_internal_error
         self.pending = Pending()
+        self.sealed: Pending | None = None  # a checkpoint waiting for its acknowledgements
 
     # ------------------------------------------------------------------ sending
     def send(self, topic: str, key, value: bytes, source: Source | None, headers=None) -> None:
@@ -121,37 +125,62 @@ class Outputs:
         self.pending.add(offsets, epoch, events)
 
     def due(self) -> bool:
+        """The current checkpoint is full (``commit_every_events``) or old (``commit_interval_ms``)."""
         p = self.pending
         if not p.offsets and not p.sends:
             return False
         return p.events >= self.commit_every_events or time.monotonic() - p.since >= self.commit_interval_s
 
-    def checkpoint(self) -> tuple[dict, int | None]:
-        """Flush and check every acknowledgement; ``(offsets, epoch)`` safe to commit now.
+    def seal(self) -> None:
+        """Close the current checkpoint: later batches go to the next one; ``acknowledged()`` tells
+        when every send of it is acknowledged (no flush: the producer sends in the background)."""
+        if self.sealed is None:
+            self.sealed, self.pending = self.pending, Pending()
+        else:
+            self.sealed.sends.extend(self.pending.sends)
+            self.sealed.add(self.pending.offsets, self.pending.epoch, self.pending.events)
+            self.pending = Pending()
 
-        Records refused one by one dead-letter their input message (``internal_error``), which is
-        flushed and checked in turn; an outage raises ``ProduceFailed`` and nothing is committed.
-        """
-        pending, self.pending = self.pending, Pending()
-        sends = pending.sends
-        while sends:
+    def acknowledged(self) -> tuple[dict, int | None] | None:
+        """``(offsets, epoch)`` of the sealed checkpoint once all its sends are acknowledged (and
+        records refused one by one were dead-lettered and acknowledged in turn), else None."""
+        sealed = self.sealed
+        if sealed is None or not all(future.is_done for future, _ in sealed.sends):
+            return None
+        retry = self._settle(sealed.sends)
+        if retry:
+            sealed.sends = retry
+            return None
+        self.sealed = None
+        return sealed.offsets, sealed.epoch
+
+    def checkpoint(self) -> tuple[dict, int | None]:
+        """Seal everything sent so far, flush and wait for it: ``(offsets, epoch)`` safe to commit
+        now (before partitions are given up, and on stop). An outage raises ``ProduceFailed``."""
+        self.seal()
+        while True:
             self.producer.flush()
-            retry = []
-            for future, source in sends:
-                if not future.failed():
-                    continue
-                error = future.exception
-                if source is None or is_outage(error):
-                    self.pending = pending  # nothing of it is committed; the caller stops
-                    raise ProduceFailed(f"a record was not acknowledged: {type(error).__name__}: {error}")
-                detail = f"producing its output record: {type(error).__name__}: {error}"
-                log.error("message %s/%d/%d dead-lettered: %s", self.kafka.events_topic, source.partition,
-                          source.offset, detail)
-                mark = len(self.pending.sends)
-                self.dead_letter(source, INTERNAL_ERROR, detail)
-                retry.extend(self.pending.sends[mark:])
-                del self.pending.sends[mark:]
-                if self.on_internal_error is not None:
-                    self.on_internal_error(source, detail)
-            sends = retry
-        return pending.offsets, pending.epoch
+            done = self.acknowledged()
+            if done is not None:
+                return done
+
+    def _settle(self, sends: list) -> list:
+        """Check finished sends: an outage raises ``ProduceFailed``; a record refused on its own
+        dead-letters its input message (``internal_error``): those new sends are returned."""
+        retry: list = []
+        for future, source in sends:
+            if not future.failed():
+                continue
+            error = future.exception
+            if source is None or is_outage(error):
+                raise ProduceFailed(f"a record was not acknowledged: {type(error).__name__}: {error}")
+            detail = f"producing its output record: {type(error).__name__}: {error}"
+            log.error("message %s/%d/%d dead-lettered: %s", self.kafka.events_topic, source.partition,
+                      source.offset, detail)
+            mark = len(self.pending.sends)
+            self.dead_letter(source, INTERNAL_ERROR, detail)
+            retry.extend(self.pending.sends[mark:])
+            del self.pending.sends[mark:]
+            if self.on_internal_error is not None:
+                self.on_internal_error(source, detail)
+        return retry

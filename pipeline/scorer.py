@@ -192,8 +192,7 @@ class Scorer:
                         last_message = time.monotonic()
                     else:
                         self._notice(item)
-                if self.outputs.due():
-                    self.checkpoint()
+                self._advance_checkpoint()
                 self._publish_feed_metrics()
                 if not items and idle_exit_s is not None and time.monotonic() - last_message > idle_exit_s:
                     break
@@ -211,8 +210,20 @@ class Scorer:
             self.feed.close()
             self._publish_feed_metrics()
 
+    def _advance_checkpoint(self) -> None:
+        """Seal a due checkpoint (not while the previous one's commit is in flight: at most one
+        checkpoint is ever produced-but-uncommitted besides the current one) and commit a sealed
+        one once all its sends are acknowledged. Never waits for the broker."""
+        out = self.outputs
+        if out.sealed is None and out.due() and not getattr(self.feed, "commit_in_flight", False):
+            out.seal()
+        done = out.acknowledged()
+        if done is not None and done[0]:
+            self.feed.commit(*done)
+
     def checkpoint(self) -> bool:
-        """Flush, check every send, then commit the offsets produced so far (see ``pipeline.outputs``)."""
+        """Flush, check every send, then commit the offsets produced so far (see ``pipeline.outputs``);
+        blocking: before partitions are given up, and on stop."""
         offsets, epoch = self.outputs.checkpoint()
         if not offsets:
             return False

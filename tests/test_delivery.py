@@ -193,7 +193,9 @@ def fuzz_messages(n: int, seed: int = 15) -> list:
     next_t: dict = {}
 
     def valid(keyed=True):
-        s = f"f-{rnd.randrange(40)}"
+        # keyed events share 40 series (in order on their partition); an event without a key may
+        # land on any partition, so each of those is a series of its own
+        s = f"f-{rnd.randrange(40)}" if keyed else f"u-{len(next_t)}"
         t = next_t.get(s, 0)
         next_t[s] = t + 1
         return (s.encode() if keyed else None), encode_event(s, T0 + 60 * t, rnd.uniform(-1e3, 1e3)), None
