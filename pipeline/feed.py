@@ -161,6 +161,7 @@ class EventFeed:
         self._epoch = 0
         self._epoch_of: dict[TopicPartition, int] = {}   # epoch of each partition's last reset
         self._topic_id = None
+        self._async_commits: list = []  # futures of commits sent with commit_async
         self._revoked: set[TopicPartition] = set()
         self._pending_warm: set[TopicPartition] = set()
         self._notices: list[Rebalance] = []
@@ -362,6 +363,38 @@ class EventFeed:
             return False
         self.commits += 1
         return True
+
+    def commit_async(self, offsets: dict, epoch: int | None = None) -> bool:
+        """Send a commit of ``offsets`` (as ``commit``) without waiting for it; ``settled_commits()``
+        tells when it finished. False when there was nothing to commit."""
+        assigned = self.consumer.assignment()
+        offsets = {tp: OffsetAndMetadata(o, "", -1) for tp, o in self.current(offsets, epoch).items()
+                   if tp in assigned}
+        if not offsets:
+            return False
+        self._async_commits.append(self.consumer.commit_async(offsets))
+        return True
+
+    def settled_commits(self) -> int:
+        """How many commits sent with ``commit_async`` finished since the last call (successes
+        are counted in ``commits``; a failure only means those records are read again)."""
+        done = [f for f in self._async_commits if f.is_done]
+        if not done:
+            return 0
+        self._async_commits = [f for f in self._async_commits if not f.is_done]
+        for future in done:
+            if future.succeeded():
+                self.commits += 1
+            else:
+                log.warning("commit failed, those records will be read again: %s", future.exception)
+        return len(done)
+
+    def wait_commits(self, timeout_s: float = 10.0) -> int:
+        """Wait (bounded) for the commits in flight (kafka-python's IO thread completes them)."""
+        deadline = time.monotonic() + timeout_s
+        while any(not f.is_done for f in self._async_commits) and time.monotonic() < deadline:
+            time.sleep(0.01)  # the futures complete on kafka-python's IO thread; nothing to poll
+        return self.settled_commits()
 
     def lag(self, force: bool = False) -> dict | None:
         """``{tp: messages behind the end offset}``, at most once per ``LAG_INTERVAL_S`` (else None)."""

@@ -64,15 +64,20 @@ def _child_main(conn, kafka, replay_messages: int, poll_timeout_ms: int, parent_
 
     acked: dict = {}
     stopping = False
+    confirms = 0  # "committed" answers owed for commits sent with commit_async
 
     def read(message, in_rebalance: bool = False) -> str:
-        nonlocal stopping
+        nonlocal stopping, confirms
         kind = message[0]
-        if kind == "done":  # commit at once and confirm: the parent sends no next checkpoint before this
+        if kind == "done":  # commit at once (without blocking the fetch loop) and confirm once done
             acked.update(feed.current(message[1], message[2]))
-            if not in_rebalance:  # kafka-python allows no blocking consumer call inside a rebalance
-                flush()           # callback: those are committed right after it (kept partitions only)
-            conn.send(("committed",))
+            # no consumer call inside a rebalance callback: those are committed right after it
+            # (kept partitions only)
+            if not in_rebalance and feed.commit_async(dict(acked)):
+                acked.clear()
+                confirms += 1
+            else:
+                conn.send(("committed",))
         elif kind == "stop":
             stopping = True
         return kind
@@ -100,9 +105,16 @@ def _child_main(conn, kafka, replay_messages: int, poll_timeout_ms: int, parent_
             if stopping:
                 break
             items = feed.poll()
+            if items:
+                conn.send(("items", items, None, feed.commits))
+            settled = feed.settled_commits()
+            for _ in range(min(settled, confirms)):
+                conn.send(("committed",))
+            confirms -= min(settled, confirms)
             lag = feed.lag()
-            if items or lag is not None:
-                conn.send(("items", items, lag, feed.commits))
+            if lag is not None or settled:
+                conn.send(("items", [], lag, feed.commits))
+        feed.wait_commits()
         flush()
     except (BrokenPipeError, EOFError, ConnectionResetError):
         os._exit(1)  # the parent is gone: commit nothing more

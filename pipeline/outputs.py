@@ -63,6 +63,7 @@ class Pending:
     events: int = 0
     sends: list = field(default_factory=list)  # (future, Source | None: a dead-letter record itself)
     since: float = field(default_factory=time.monotonic)
+    done_upto: int = 0  # sends[:done_upto] are known to be finished (acknowledged or failed)
 
     def add(self, offsets: dict, epoch: int, events: int) -> None:
         self.offsets.update(offsets)
@@ -137,6 +138,7 @@ class Outputs:
         if self.sealed is None:
             self.sealed, self.pending = self.pending, Pending()
         else:
+            self.sealed.done_upto = 0
             self.sealed.sends.extend(self.pending.sends)
             self.sealed.add(self.pending.offsets, self.pending.epoch, self.pending.events)
             self.pending = Pending()
@@ -145,11 +147,17 @@ class Outputs:
         """``(offsets, epoch)`` of the sealed checkpoint once all its sends are acknowledged (and
         records refused one by one were dead-lettered and acknowledged in turn), else None."""
         sealed = self.sealed
-        if sealed is None or not all(future.is_done for future, _ in sealed.sends):
+        if sealed is None:
             return None
-        retry = self._settle(sealed.sends)
+        sends, k = sealed.sends, sealed.done_upto
+        while k < len(sends) and sends[k][0].is_done:  # sends finish in order, mostly: resume the scan
+            k += 1
+        sealed.done_upto = k
+        if k < len(sends):
+            return None
+        retry = self._settle(sends)
         if retry:
-            sealed.sends = retry
+            sealed.sends, sealed.done_upto = retry, 0
             return None
         self.sealed = None
         return sealed.offsets, sealed.epoch

@@ -255,3 +255,22 @@ def test_fuzz_every_valid_event_is_scored_and_every_invalid_one_dead_lettered_wi
     assert receipts(read_all(kafka_settings, kafka_settings.anomalies_topic, len(valid), timeout_s=60)) == valid
     st = run.stats
     assert st.consumed == st.scored + st.warmup + st.rejected_total and st.scored == len(valid)
+
+
+def test_an_unreadable_champion_pointer_is_counted_and_the_old_model_keeps_serving(kafka_settings, tmp_path):
+    from pipeline.reload import ChampionWatcher
+    from pipeline.scoring import DetectorConfig
+
+    reg = make_registry(tmp_path / "reg")
+    watcher = ChampionWatcher(reg, "m", None, interval_s=0.05)
+    detector = StreamingDetector(watcher.load_initial(), DetectorConfig())
+    run = RunningScorer(kafka_settings, detector, watcher=watcher, fetch_process=False)
+    try:
+        (reg.root / "m" / "champion.json").write_text("[1, 2]")
+        run.wait(lambda: run.metric("tsad_model_pointer_errors_total") >= 2, 30, "the pointer errors counted")
+        rows = good("p", 0, 20)
+        send(kafka_settings, rows)
+        run.wait(lambda: run.stats.consumed == len(rows), 60, "events scored meanwhile")
+    finally:
+        run.stop()
+    assert run.metric("tsad_model_reload_failures_total") == 0 and run.metric("tsad_model_version") == 1
