@@ -269,7 +269,11 @@ class EventFeed:
         previous, self._topic_id = self._topic_id, current
         if previous is None or previous == current:
             return False
-        self._reset(set(self.consumer.assignment()), f"topic id changed from {previous} to {current}")
+        # every partition read from the old topic: those assigned, and those between a revoke and
+        # their re-assignment (a rebalance may span polls) whose read positions would else be kept
+        known = set(self.consumer.assignment()) | set(self._handed_upto) | set(self._pending_kept) | self._revoked
+        self._reset({tp for tp in known if tp.topic == self.kafka.events_topic},
+                    f"topic id changed from {previous} to {current}")
         return True
 
     def _check_kept(self) -> None:
