@@ -29,6 +29,14 @@ def backtest(
     detector_json: str = typer.Option("{}", "--detector-config", help="DetectorConfig overrides as JSON."),
     post_json: str = typer.Option("{}", "--post-config", help="LikelihoodConfig overrides as JSON (the likelihood step)."),
     seed: int = typer.Option(0, help="Training seed."),
+    model_source: str = typer.Option("per-file", "--model-source",
+                                     help="per-file (fit on each file's probation rows) | fleet (one model trained on "
+                                          "other series) | fleet-finetune (the fleet model tuned on the probation rows)."),
+    cv: bool = typer.Option(False, "--cv", help="Leave-one-group-out cross-validation over the corpus's top-level "
+                                                 "folders: choices made on the other groups, scored on the held-out one."),
+    seeds: str = typer.Option("0,1,2", "--seeds", help="With --cv: training seeds (comma-separated)."),
+    candidates_json: str = typer.Option("", "--candidates", help="With --cv: JSON {name: LikelihoodConfig overrides} "
+                                        "to compare (default: every on/off combination of the added steps)."),
 ) -> None:
     """Replay each series in time order through StreamingDetector (NAB rules) and print NAB scores."""
     import time
@@ -43,16 +51,24 @@ def backtest(
     try:
         windows = json.loads(labels.read_text())
         cfg = ReplayConfig(kind=kind, window=window, hidden=hidden, epochs=epochs, retrain_every=retrain_every,
-                           retrain_epochs=retrain_epochs, seed=seed,
+                           retrain_epochs=retrain_epochs, seed=seed, model_source=model_source,
                            detector=json.loads(detector_json), post=json.loads(post_json))
         from pipeline.backtest.replay import detector_config
 
         detector_config(cfg)  # fail fast on bad overrides
+        if cv:
+            from pipeline.backtest.crossval import candidates_from_json
+
+            seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+            cands = candidates_from_json(candidates_json, base=cfg.post)
     except (ValueError, TypeError) as exc:
         raise typer.BadParameter(str(exc)) from exc
     files = find_csvs(paths)
     if not files:
         raise typer.BadParameter("no CSV files found")
+    if cv:
+        _cross_validate(files, windows, cfg, seed_list, cands, workers, out, console)
+        return
     t0 = time.perf_counter()
     results, errors = run_corpus(files, windows, cfg, workers=workers)
     wall = time.perf_counter() - t0
@@ -79,4 +95,23 @@ def backtest(
             plot_series(r, plot, thr)
         console.print(f"plots: {plot}")
     if errors:
+        raise typer.Exit(2)
+
+
+def _cross_validate(files, windows, cfg, seeds, cands, workers, out, console) -> None:
+    """``--cv``: replay per seed, cross-validate the candidates by group, print and save the figures."""
+    from pipeline.backtest.cv_run import cv_summary, render_cv, run_cv
+
+    rep = run_cv(files, windows, cfg, seeds, cands, workers=workers)
+    for err in rep.errors:
+        console.print(f"[red]failed[/red] {err}")
+    render_cv(rep, console)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / "crossval.json"
+        path.write_text(json.dumps(cv_summary(rep), indent=2))
+        console.print(f"cross-validation figures: {path}")
+    if not rep.nested:
+        raise typer.Exit(1)
+    if rep.errors:
         raise typer.Exit(2)

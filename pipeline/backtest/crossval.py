@@ -1,0 +1,247 @@
+"""Leave-one-group-out cross-validation of detector choices: scores on data the choice never saw.
+
+A backtest on one corpus rewards whatever was tuned on that corpus. This module measures the
+*procedure* instead: every choice made from labelled data (a candidate post-processing config,
+the corpus-wide threshold) is made on all groups but one and scored on the held-out group.
+
+* **Groups** are the corpus's top-level folders (NAB: ``artificialWithAnomaly``, ``realTweets``,
+  ...): the first component of a result's NAB key ``<group>/<file>.csv``. A group without any
+  scorable window cannot be scored alone (NAB's normalisation divides by its windows); it stays
+  in every training fold and is not a held-out fold.
+* **Candidates** are named ``LikelihoodConfig`` overrides. The forecast errors of one replay do not
+  depend on them (the detector's state update uses the error z-score, not the likelihood), so a
+  candidate is applied by re-scoring the stored errors with the scalar reference path
+  ``models.thresholds.error_likelihood.score_series`` (checked equal to the live scores for the
+  default config by :func:`rescore` and its test).
+* **Per candidate** (``candidate_table``): the threshold is chosen on the training groups (NAB's
+  label-optimised sweep), applied to the held-out group; also the detector's own threshold. The
+  pooled held-out score sums the held-out raw scores of all folds (one NAB score over the corpus);
+  the in-sample score sweeps the threshold on everything.
+* **Nested** (``nested_selection``): the candidate *and* the threshold are chosen on the training
+  groups of each fold, so the figure includes the cost of choosing.
+
+Seeds: each training seed is one replay; figures are reported as mean and spread over seeds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from models.thresholds.error_likelihood import LikelihoodConfig, score_series
+from pipeline.backtest.nab_scoring import PROFILES, PointTable, Profile, normalised, point_table, score_detections, \
+    sweep_threshold
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A named set of ``LikelihoodConfig`` overrides (``post``), listed simplest first."""
+
+    name: str
+    post: dict = field(default_factory=dict)
+
+
+# Each step of the likelihood that was added on the development corpus is a switch here; the
+# simplest candidate (all added steps off) is first, so ties go to fewer steps.
+_STEPS = {"slow": {"slow_alpha": None}, "tod": {"seasonal_bins": None}, "rep": {"repeat_bins": None}}
+
+
+def switch_grid() -> list[Candidate]:
+    """All on/off combinations of the slow time scale, the time-of-day context and daily repeats."""
+    out = []
+    for mask in range(8):
+        on = [k for i, k in enumerate(_STEPS) if mask >> i & 1]
+        post: dict = {}
+        for k in _STEPS:
+            if k not in on:
+                post.update(_STEPS[k])
+        out.append(Candidate("+".join(on) or "base", post))
+    out.sort(key=lambda c: (len(c.post) * -1, c.name))  # fewest steps first
+    return out
+
+
+def candidates_from_json(text: str, base: dict | None = None) -> list[Candidate]:
+    """``{"name": {overrides}, ...}`` (in order) -> candidates, each on top of ``base``; empty text:
+    :func:`switch_grid`. Every candidate is validated as a ``LikelihoodConfig`` (ValueError if bad)."""
+    import json
+
+    base = dict(base or {})
+    if text.strip():
+        spec = json.loads(text)
+        if not isinstance(spec, dict) or not spec or not all(isinstance(v, dict) for v in spec.values()):
+            raise ValueError("--candidates must be a JSON object of {name: {LikelihoodConfig overrides}}")
+        cands = [Candidate(str(k), {**base, **v}) for k, v in spec.items()]
+    else:
+        cands = [Candidate(c.name, {**base, **c.post}) for c in switch_grid()]
+    for c in cands:
+        try:
+            LikelihoodConfig(**c.post)
+        except TypeError as exc:
+            raise ValueError(f"candidate {c.name!r}: {exc}") from exc
+    return cands
+
+
+def group_of(name: str) -> str:
+    """``realTweets/Twitter_volume_AAPL.csv`` -> ``realTweets`` (the corpus group of a NAB key)."""
+    return name.split("/", 1)[0] if "/" in name else ""
+
+
+def _alert_mask(result) -> np.ndarray:
+    """Rows the live detector scored with alerting on: after probation, with a finite live score."""
+    alert = np.arange(len(result.values)) >= result.probation
+    return alert & np.isfinite(result.detector_score)
+
+
+def rescore(result, post: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Re-score one ``SeriesResult``'s stored errors with ``LikelihoodConfig(**post)``.
+
+    Returns ``(anomaly_score (n,), flags (n,))`` as the backtest reports them: 0 during probation
+    and on rows the detector refused (duplicate / out-of-order timestamps, left out of the stream).
+    """
+    cfg = LikelihoodConfig(**post)
+    n = len(result.values)
+    kept = np.isfinite(result.detector_score)  # refused rows never reached the likelihood
+    times = result.timestamps.astype("datetime64[ns]").astype(np.int64)[kept] / 1e9
+    alert = (np.arange(n) >= result.probation)[kept]
+    s, f = score_series(result.error[kept], cfg, values=result.values[kept], alert=alert, times=times)
+    score, flag = np.zeros(n), np.zeros(n, dtype=bool)
+    score[kept], flag[kept] = s, f
+    score[: result.probation] = 0.0
+    return score, flag
+
+
+def _rescore_job(args) -> tuple[np.ndarray, np.ndarray]:
+    return rescore(*args)
+
+
+@dataclass
+class Scored:
+    """One seed's results under one candidate: per file ``(score (n,), flags (n,), table)``."""
+
+    files: dict[str, tuple[np.ndarray, np.ndarray, PointTable]]
+
+
+def score_candidates(results: Sequence, candidates: Sequence[Candidate], *, workers: int = 1) -> dict[str, Scored]:
+    """Re-score every result under every candidate (``workers`` processes)."""
+    tables = {r.name: point_table(len(r.values), r.windows, r.probation) for r in results}
+    jobs = [(r, c.post) for c in candidates for r in results]
+    if workers > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            outs = list(pool.map(_rescore_job, jobs, chunksize=4))
+    else:
+        outs = [_rescore_job(j) for j in jobs]
+    by_cand: dict[str, Scored] = {c.name: Scored({}) for c in candidates}
+    k = 0
+    for c in candidates:
+        for r in results:
+            s, f = outs[k]
+            by_cand[c.name].files[r.name] = (s, f, tables[r.name])
+            k += 1
+    return by_cand
+
+
+def _raw(files: dict, names: list[str], profile: Profile, thr: float | None) -> tuple[float, int]:
+    """Summed raw NAB score and scorable windows of ``names``; ``thr=None``: the detector's flags."""
+    raw, wins = 0.0, 0
+    for n in names:
+        score, flags, table = files[n]
+        det = flags if thr is None else (np.nan_to_num(score, nan=-np.inf) >= thr)
+        fs = score_detections(det, table, profile)
+        raw, wins = raw + fs.raw, wins + fs.n_windows
+    return raw, wins
+
+
+def _sweep(files: dict, names: list[str], profile: Profile) -> float:
+    thr, _ = sweep_threshold([files[n][0] for n in names], [files[n][2] for n in names], profile)
+    return thr
+
+
+@dataclass
+class FoldScores:
+    """Held-out figures of one candidate (or of the nested selection) on one seed."""
+
+    held_out: dict[str, float]        # group -> normalised score, threshold chosen on the other groups
+    held_out_own: dict[str, float]    # group -> normalised score with the detector's own flags
+    pooled: float                     # one NAB score over all held-out folds together (optimised thr)
+    pooled_own: float                 # the same with the detector's own flags
+    in_sample: float                  # threshold swept on all files
+    chosen: dict[str, str] = field(default_factory=dict)  # nested: group -> chosen candidate
+    thresholds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def group_mean(self) -> float:
+        return float(np.mean(list(self.held_out.values()))) if self.held_out else math.nan
+
+
+def folds(names: Sequence[str], tables: dict[str, PointTable]) -> dict[str, list[str]]:
+    """Group -> its files, for groups with at least one scorable window (the held-out folds)."""
+    groups: dict[str, list[str]] = {}
+    for n in names:
+        groups.setdefault(group_of(n), []).append(n)
+    return {g: ns for g, ns in sorted(groups.items()) if sum(tables[n].n_windows for n in ns) > 0}
+
+
+def evaluate(by_cand: dict[str, Scored], profile: Profile = PROFILES["standard"]) -> tuple[dict[str, FoldScores], FoldScores]:
+    """Leave-one-group-out figures for every candidate, and for the nested selection.
+
+    Per candidate: threshold chosen on the training groups. Nested: candidate and threshold chosen
+    on the training groups (highest training score; ties go to the earlier, simpler candidate).
+    """
+    first = next(iter(by_cand.values())).files
+    names = sorted(first)
+    tables = {n: first[n][2] for n in names}
+    fold_of = folds(names, tables)
+    per: dict[str, FoldScores] = {}
+    train_score: dict[tuple[str, str], tuple[float, float]] = {}  # (cand, group) -> (train score, threshold)
+    for cname, sc in by_cand.items():
+        f = sc.files
+        held, held_own, thrs = {}, {}, {}
+        pooled = [0.0, 0]
+        pooled_own = [0.0, 0]
+        for g, test in fold_of.items():
+            train = [n for n in names if n not in set(test)]
+            thr = _sweep(f, train, profile)
+            traw, twins = _raw(f, train, profile, thr)
+            train_score[(cname, g)] = (normalised(traw, twins, profile), thr)
+            raw, wins = _raw(f, test, profile, thr)
+            held[g], thrs[g] = normalised(raw, wins, profile), thr
+            pooled[0] += raw
+            pooled[1] += wins
+            raw_o, _ = _raw(f, test, profile, None)
+            held_own[g] = normalised(raw_o, wins, profile)
+            pooled_own[0] += raw_o
+            pooled_own[1] += wins
+        thr_all = _sweep(f, names, profile)
+        ins_raw, ins_w = _raw(f, names, profile, thr_all)
+        per[cname] = FoldScores(held, held_own, normalised(pooled[0], pooled[1], profile),
+                                normalised(pooled_own[0], pooled_own[1], profile),
+                                normalised(ins_raw, ins_w, profile), thresholds=thrs)
+    held, held_own, chosen, thrs = {}, {}, {}, {}
+    pooled, pooled_own = [0.0, 0], [0.0, 0]
+    for g, test in fold_of.items():
+        best = max(by_cand, key=lambda c: (round(train_score[(c, g)][0], 9), -list(by_cand).index(c)))
+        thr = train_score[(best, g)][1]
+        f = by_cand[best].files
+        raw, wins = _raw(f, test, profile, thr)
+        raw_o, _ = _raw(f, test, profile, None)
+        held[g], held_own[g], chosen[g], thrs[g] = (normalised(raw, wins, profile), normalised(raw_o, wins, profile),
+                                                     best, thr)
+        pooled[0] += raw
+        pooled[1] += wins
+        pooled_own[0] += raw_o
+        pooled_own[1] += wins
+    in_best = max(by_cand, key=lambda c: (round(per[c].in_sample, 9), -list(by_cand).index(c)))
+    nested = FoldScores(held, held_own, normalised(pooled[0], pooled[1], profile),
+                        normalised(pooled_own[0], pooled_own[1], profile), per[in_best].in_sample,
+                        chosen=chosen, thresholds=thrs)
+    return per, nested
+
+
+def mean_sd(xs: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    a = np.asarray(xs, dtype=np.float64)
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
