@@ -19,8 +19,9 @@ Normalisation of a series the fleet model never saw (``ReplayConfig.fleet_normal
 
 * ``"probation"`` (default): a fixed ``(mean, std)`` from the file's own probationary rows - what a
   per-file model would have used, so per-file and fleet differ in the model only. A probation with no
-  spread (a flat stretch, a crash rate that was 0 throughout) has no scale to fix: that series is
-  normalised online instead (below), which learns a scale as soon as the series moves.
+  spread (a flat stretch, a crash rate that was 0 throughout) has no scale to fix: the detector
+  normalises that series online instead (below), for any model source, so it learns a scale as soon
+  as the series moves.
 * ``"online"``: what the live scorer does for an unseen series: Welford over the values fed to the
   detector (the probationary rows included).
 
@@ -41,8 +42,6 @@ if TYPE_CHECKING:
 
 MODEL_SOURCES = ("per-file", "fleet", "fleet-finetune")
 FLEET_NORMALIZERS = ("probation", "online")
-# A probation whose std is below this fraction of max(|mean|, 1) has no usable scale (flat): online instead.
-FLAT_STD_FRACTION = 1e-3
 
 
 def min_train_rows(window: int) -> int:
@@ -103,17 +102,15 @@ def resolve_fleet(cfg, fleet: ModelBundle | None) -> ModelBundle | None:
 
 def for_series(fleet: ModelBundle, series: str, probation_values: np.ndarray, normalizer: str) -> ModelBundle:
     """The fleet bundle as it serves ``series``: a shallow copy (same forecaster) whose normalisers hold
-    the series' probation ``(mean, std)`` when ``normalizer="probation"``, the fleet did not train on
-    it and the probation has a spread (see the module docstring); otherwise a series the fleet did not
-    train on goes online (``StreamingDetector``'s Welford normaliser).
+    the series' probation ``(mean, std)`` when ``normalizer="probation"`` and the fleet did not train on
+    it; otherwise a series the fleet did not train on goes online (``StreamingDetector``'s Welford
+    normaliser), as does one whose probation was flat (``pipeline.series_state.has_scale``).
     """
     from models.windows import SeriesNormalizer
 
     norms = dict(fleet.normalizers)
     if normalizer == "probation" and series not in norms:
-        fitted = SeriesNormalizer.fit(probation_values)
-        if fitted.std > FLAT_STD_FRACTION * max(abs(fitted.mean), 1.0):
-            norms[series] = fitted
+        norms[series] = SeriesNormalizer.fit(probation_values)  # a flat one: the detector goes online
     return dataclasses.replace(fleet, normalizers=norms)
 
 
