@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.backtest.crossval import (Candidate, Scored, candidates_from_json, evaluate, folds, group_of, rescore,
-                                        switch_grid)
+from pipeline.backtest.crossval import (Scored, candidates_from_json, complexity, evaluate, folds, group_of, rescore,
+                                        select, switch_grid)
 from pipeline.backtest.nab_scoring import point_table
 from pipeline.backtest.replay import ReplayConfig, replay_file
 from pipeline.cli import app
@@ -52,7 +52,7 @@ def _toy(tuned: bool) -> Scored:
 
 
 def test_tuned_candidate_wins_in_sample_and_loses_held_out():
-    per, nested = evaluate({"plain": _toy(False), "tuned": _toy(True)})
+    per, nested = evaluate({"plain": _toy(False), "tuned": _toy(True)}, rule="max")
     assert per["tuned"].in_sample > per["plain"].in_sample + 5       # fitting the big group pays in-sample
     assert per["tuned"].pooled < per["plain"].pooled - 5             # and costs on each held-out group
     assert per["tuned"].held_out["a"] < per["plain"].held_out["a"]
@@ -61,6 +61,17 @@ def test_tuned_candidate_wins_in_sample_and_loses_held_out():
     # the nested selection picks "tuned" only where the big group is in the training folds
     assert nested.chosen == {"big": "plain", "a": "tuned", "b": "tuned"}
     assert nested.pooled < max(p.in_sample for p in per.values())
+
+
+def test_one_se_rule_keeps_a_step_only_when_it_beats_the_group_noise():
+    """Contributions per group: 'complex' (the slow time scale on) against 'simple' (it off)."""
+    cx = {"simple": complexity({"slow_alpha": None}), "complex": complexity({})}
+    assert cx["complex"] == cx["simple"] + 2  # slow_alpha and short_weight
+    noisy = {"simple": {"a": 10.0, "b": 10.0, "c": 10.0}, "complex": {"a": 14.0, "b": 7.0, "c": 10.0}}
+    assert select(noisy, cx, "max") == "complex"       # 1 point better in total ...
+    assert select(noisy, cx, "one-se") == "simple"     # ... but groups disagree by more than that
+    steady = {"simple": {"a": 10.0, "b": 10.0, "c": 10.0}, "complex": {"a": 11.0, "b": 11.2, "c": 10.9}}
+    assert select(steady, cx, "one-se") == "complex"   # better on every group: kept
 
 
 def test_groups_without_windows_are_never_held_out():
@@ -113,12 +124,12 @@ def test_cli_cross_validation(tmp_path, nab_small):
         "--cv", "--seeds", "0,1", "--window", "16", "--hidden", "8", "--epochs", "1", "--workers", "1",
         "--candidates", '{"one-scale": {"slow_alpha": null}, "default": {}}', "--out", str(tmp_path)])
     assert res.exit_code == 0, res.output
-    assert "chosen per held-out group" in res.output and "highest held-out score" in res.output
+    assert "chosen per held-out group" in res.output and "cross-validated choice" in res.output
     summary = json.loads((tmp_path / "crossval.json").read_text())
     assert summary["seeds"] == [0, 1] and set(summary["per_candidate"]) == {"one-scale", "default"}
     groups = summary["per_candidate"]["default"]["groups"]
     assert set(groups) == {g.name for g in (nab_small / "data").iterdir() if g.is_dir()} - {"artificialNoAnomaly"}
-    assert summary["best"] in {"one-scale", "default"}
+    assert summary["best"] in {"one-scale", "default"} and summary["rule"] == "one-se"
 
 
 def test_cli_rejects_bad_candidates(nab_small):

@@ -35,6 +35,8 @@ def backtest(
     cv: bool = typer.Option(False, "--cv", help="Leave-one-group-out cross-validation over the corpus's top-level "
                                                  "folders: choices made on the other groups, scored on the held-out one."),
     seeds: str = typer.Option("0,1,2", "--seeds", help="With --cv: training seeds (comma-separated)."),
+    rule: str = typer.Option("one-se", "--rule", help="With --cv: how a candidate is chosen on the training groups: "
+                             "one-se (the fewest knobs within one standard error of the best) | max."),
     candidates_json: str = typer.Option("", "--candidates", help="With --cv: JSON {name: LikelihoodConfig overrides} "
                                         "to compare (default: every on/off combination of the added steps)."),
 ) -> None:
@@ -60,6 +62,8 @@ def backtest(
             from pipeline.backtest.crossval import candidates_from_json
 
             seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+            if rule not in ("one-se", "max"):
+                raise ValueError(f"--rule must be one-se or max, got {rule!r}")
             cands = candidates_from_json(candidates_json, base=cfg.post)
     except (ValueError, TypeError) as exc:
         raise typer.BadParameter(str(exc)) from exc
@@ -67,7 +71,7 @@ def backtest(
     if not files:
         raise typer.BadParameter("no CSV files found")
     if cv:
-        _cross_validate(files, windows, cfg, seed_list, cands, workers, out, console)
+        _cross_validate(files, windows, cfg, seed_list, cands, workers, out, console, rule)
         return
     t0 = time.perf_counter()
     results, errors = run_corpus(files, windows, cfg, workers=workers)
@@ -98,11 +102,11 @@ def backtest(
         raise typer.Exit(2)
 
 
-def _cross_validate(files, windows, cfg, seeds, cands, workers, out, console) -> None:
+def _cross_validate(files, windows, cfg, seeds, cands, workers, out, console, rule) -> None:
     """``--cv``: replay per seed, cross-validate the candidates by group, print and save the figures."""
     from pipeline.backtest.cv_run import cv_summary, render_cv, run_cv
 
-    rep = run_cv(files, windows, cfg, seeds, cands, workers=workers)
+    rep = run_cv(files, windows, cfg, seeds, cands, workers=workers, rule=rule)
     for err in rep.errors:
         console.print(f"[red]failed[/red] {err}")
     render_cv(rep, console)

@@ -123,6 +123,7 @@ class Scored:
     """One seed's results under one candidate: per file ``(score (n,), flags (n,), table)``."""
 
     files: dict[str, tuple[np.ndarray, np.ndarray, PointTable]]
+    post: dict | None = None  # the candidate's LikelihoodConfig overrides (None: not a likelihood candidate)
 
 
 def score_candidates(results: Sequence, candidates: Sequence[Candidate], *, workers: int = 1) -> dict[str, Scored]:
@@ -134,7 +135,7 @@ def score_candidates(results: Sequence, candidates: Sequence[Candidate], *, work
             outs = list(pool.map(_rescore_job, jobs, chunksize=4))
     else:
         outs = [_rescore_job(j) for j in jobs]
-    by_cand: dict[str, Scored] = {c.name: Scored({}) for c in candidates}
+    by_cand: dict[str, Scored] = {c.name: Scored({}, c.post) for c in candidates}
     k = 0
     for c in candidates:
         for r in results:
@@ -185,60 +186,119 @@ def folds(names: Sequence[str], tables: dict[str, PointTable]) -> dict[str, list
     return {g: ns for g, ns in sorted(groups.items()) if sum(tables[n].n_windows for n in ns) > 0}
 
 
-def evaluate(by_cand: dict[str, Scored], profile: Profile = PROFILES["standard"]) -> tuple[dict[str, FoldScores], FoldScores]:
+# Parameters each added step brings (what the one-standard-error rule counts as complexity).
+STEP_KNOBS = {"slow_alpha": ("slow_alpha", "short_weight"), "seasonal_bins": ("seasonal_bins", "seasonal_days"),
+              "repeat_bins": ("repeat_bins",)}
+RULES = ("one-se", "max")
+
+
+def complexity(post: dict) -> int:
+    """Knobs of the steps a candidate has switched on (0: none of the added steps)."""
+    cfg = LikelihoodConfig(**post)
+    return sum(len(knobs) for step, knobs in STEP_KNOBS.items() if getattr(cfg, step) is not None)
+
+
+def select(contrib: dict[str, dict[str, float]], complexity_of: dict[str, int], rule: str = "one-se") -> str:
+    """Pick a candidate from its per-group contributions to a pooled score (``cand -> group -> points``).
+
+    ``"max"``: the highest total. ``"one-se"`` (Breiman's one-standard-error rule): every candidate
+    whose total is within one standard error of the best one's, the error taken over groups of the
+    paired differences (``sqrt(G) * sd``), is eligible; the one with the fewest knobs wins, then the
+    higher total, then the earlier listed. Groups are the units that vary between corpora, so a
+    step must beat the simpler detector by more than the group-to-group noise to be kept.
+    """
+    names = list(contrib)
+    total = {c: sum(contrib[c].values()) for c in names}
+    best = max(names, key=lambda c: (round(total[c], 9), -names.index(c)))
+    if rule == "max":
+        return best
+    groups = sorted(contrib[best])
+    eligible = []
+    for c in names:
+        d = np.array([contrib[c][g] - contrib[best][g] for g in groups])
+        se = math.sqrt(len(d)) * float(d.std(ddof=1)) if len(d) > 1 else 0.0
+        if total[c] >= total[best] - se - 1e-9:
+            eligible.append(c)
+    return min(eligible, key=lambda c: (complexity_of[c], -round(total[c], 9), names.index(c)))
+
+
+def _contrib(f: dict, by_group: dict[str, list[str]], profile: Profile, thr: float) -> dict[str, float]:
+    """Each group's share of a pooled normalised score at threshold ``thr`` (points; they add up to
+    the pooled score minus its constant)."""
+    raws = {g: _raw(f, ns, profile, thr) for g, ns in by_group.items()}
+    wins = sum(w for _, w in raws.values())
+    scale = 100.0 / ((profile.a_tp + profile.a_fn) * max(wins, 1))
+    return {g: raw * scale for g, (raw, _) in raws.items()}
+
+
+def _groups(names: Sequence[str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for n in names:
+        out.setdefault(group_of(n), []).append(n)
+    return out
+
+
+def evaluate(by_cand: dict[str, Scored], profile: Profile = PROFILES["standard"], rule: str = "one-se"
+             ) -> tuple[dict[str, FoldScores], FoldScores]:
     """Leave-one-group-out figures for every candidate, and for the nested selection.
 
-    Per candidate: threshold chosen on the training groups. Nested: candidate and threshold chosen
-    on the training groups (highest training score; ties go to the earlier, simpler candidate).
+    Per candidate: threshold chosen on the training groups. Nested: candidate (by ``rule``, see
+    :func:`select`) and threshold chosen on the training groups only.
     """
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
     first = next(iter(by_cand.values())).files
     names = sorted(first)
     tables = {n: first[n][2] for n in names}
     fold_of = folds(names, tables)
+    cx = {c: complexity(sc.post) if sc.post is not None else 0 for c, sc in by_cand.items()}
     per: dict[str, FoldScores] = {}
-    train_score: dict[tuple[str, str], tuple[float, float]] = {}  # (cand, group) -> (train score, threshold)
+    train_contrib: dict[str, dict[str, dict[str, float]]] = {g: {} for g in fold_of}  # fold -> cand -> group
     for cname, sc in by_cand.items():
         f = sc.files
         held, held_own, thrs = {}, {}, {}
-        pooled = [0.0, 0]
-        pooled_own = [0.0, 0]
+        pooled, pooled_own = [0.0, 0], [0.0, 0]
         for g, test in fold_of.items():
             train = [n for n in names if n not in set(test)]
             thr = _sweep(f, train, profile)
-            traw, twins = _raw(f, train, profile, thr)
-            train_score[(cname, g)] = (normalised(traw, twins, profile), thr)
+            train_contrib[g][cname] = _contrib(f, _groups(train), profile, thr)
             raw, wins = _raw(f, test, profile, thr)
-            held[g], thrs[g] = normalised(raw, wins, profile), thr
-            pooled[0] += raw
-            pooled[1] += wins
             raw_o, _ = _raw(f, test, profile, None)
-            held_own[g] = normalised(raw_o, wins, profile)
-            pooled_own[0] += raw_o
-            pooled_own[1] += wins
+            held[g], held_own[g], thrs[g] = normalised(raw, wins, profile), normalised(raw_o, wins, profile), thr
+            pooled = [pooled[0] + raw, pooled[1] + wins]
+            pooled_own = [pooled_own[0] + raw_o, pooled_own[1] + wins]
         thr_all = _sweep(f, names, profile)
         ins_raw, ins_w = _raw(f, names, profile, thr_all)
-        per[cname] = FoldScores(held, held_own, normalised(pooled[0], pooled[1], profile),
-                                normalised(pooled_own[0], pooled_own[1], profile),
+        per[cname] = FoldScores(held, held_own, normalised(*pooled, profile), normalised(*pooled_own, profile),
                                 normalised(ins_raw, ins_w, profile), thresholds=thrs)
     held, held_own, chosen, thrs = {}, {}, {}, {}
     pooled, pooled_own = [0.0, 0], [0.0, 0]
     for g, test in fold_of.items():
-        best = max(by_cand, key=lambda c: (round(train_score[(c, g)][0], 9), -list(by_cand).index(c)))
-        thr = train_score[(best, g)][1]
-        f = by_cand[best].files
+        pick = select(train_contrib[g], cx, rule)
+        thr = per[pick].thresholds[g]
+        f = by_cand[pick].files
         raw, wins = _raw(f, test, profile, thr)
         raw_o, _ = _raw(f, test, profile, None)
         held[g], held_own[g], chosen[g], thrs[g] = (normalised(raw, wins, profile), normalised(raw_o, wins, profile),
-                                                     best, thr)
-        pooled[0] += raw
-        pooled[1] += wins
-        pooled_own[0] += raw_o
-        pooled_own[1] += wins
+                                                     pick, thr)
+        pooled = [pooled[0] + raw, pooled[1] + wins]
+        pooled_own = [pooled_own[0] + raw_o, pooled_own[1] + wins]
     in_best = max(by_cand, key=lambda c: (round(per[c].in_sample, 9), -list(by_cand).index(c)))
-    nested = FoldScores(held, held_own, normalised(pooled[0], pooled[1], profile),
-                        normalised(pooled_own[0], pooled_own[1], profile), per[in_best].in_sample,
-                        chosen=chosen, thresholds=thrs)
+    nested = FoldScores(held, held_own, normalised(*pooled, profile), normalised(*pooled_own, profile),
+                        per[in_best].in_sample, chosen=chosen, thresholds=thrs)
     return per, nested
+
+
+def held_out_contrib(per: dict[str, FoldScores], by_cand: dict[str, Scored], profile: Profile = PROFILES["standard"]
+                     ) -> dict[str, dict[str, float]]:
+    """Per candidate, each held-out group's points in the pooled held-out score (threshold from the other groups)."""
+    first = next(iter(by_cand.values())).files
+    names = sorted(first)
+    fold_of = folds(names, {n: first[n][2] for n in names})
+    wins = sum(first[n][2].n_windows for ns in fold_of.values() for n in ns)
+    scale = 100.0 / ((profile.a_tp + profile.a_fn) * max(wins, 1))
+    return {c: {g: _raw(by_cand[c].files, test, profile, per[c].thresholds[g])[0] * scale
+                for g, test in fold_of.items()} for c in per}
 
 
 def mean_sd(xs: Sequence[float]) -> tuple[float, float]:

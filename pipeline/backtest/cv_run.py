@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.backtest.crossval import Candidate, FoldScores, evaluate, group_of, mean_sd, score_candidates
+from pipeline.backtest.crossval import (Candidate, FoldScores, complexity, evaluate, group_of, held_out_contrib,
+                                        mean_sd, score_candidates, select)
 from pipeline.backtest.replay import ReplayConfig, SeriesResult, nab_key, run_corpus
 
 
@@ -54,30 +55,37 @@ class CVReport:
     candidates: list[Candidate]
     per: dict[str, list[FoldScores]] = field(default_factory=dict)   # candidate -> one per seed
     nested: list[FoldScores] = field(default_factory=list)
+    contrib: list[dict[str, dict[str, float]]] = field(default_factory=list)  # per seed: cand -> group -> points
     errors: list[str] = field(default_factory=list)
     files: int = 0
+    rule: str = "one-se"
     config: dict = field(default_factory=dict)
 
     def best(self) -> str:
-        """The candidate with the highest mean pooled held-out score (ties: the simpler, listed first)."""
+        """The pick of ``rule`` (``crossval.select``) on the held-out contributions averaged over seeds."""
         names = [c.name for c in self.candidates]
-        return max(names, key=lambda c: (round(np.mean([f.pooled for f in self.per[c]]), 9), -names.index(c)))
+        groups = sorted(self.contrib[0][names[0]])
+        mean = {c: {g: float(np.mean([s[c][g] for s in self.contrib])) for g in groups} for c in names}
+        return select(mean, {c.name: complexity(c.post) for c in self.candidates}, self.rule)
 
 
 def run_cv(files: Sequence[Path], labels: dict, cfg: ReplayConfig, seeds: Sequence[int],
-           candidates: Sequence[Candidate], *, workers: int = 2, progress: bool = True) -> CVReport:
-    """Replay once per seed, re-score under each candidate, cross-validate by group."""
-    rep = CVReport(list(seeds), list(candidates), {c.name: [] for c in candidates}, config=cfg.to_dict())
+           candidates: Sequence[Candidate], *, workers: int = 2, progress: bool = True, rule: str = "one-se"
+           ) -> CVReport:
+    """Replay once per seed, re-score under each candidate, cross-validate by group (``rule`` picks)."""
+    rep = CVReport(list(seeds), list(candidates), {c.name: [] for c in candidates}, rule=rule, config=cfg.to_dict())
     for seed in seeds:
         results, errors = replay_for_cv(files, labels, replace(cfg, seed=seed), workers=workers, progress=progress)
         rep.errors += [f"seed {seed}: {e}" for e in errors]
         if not results:
             continue
         rep.files = len(results)
-        per, nested = evaluate(score_candidates(results, candidates, workers=workers))
+        scored = score_candidates(results, candidates, workers=workers)
+        per, nested = evaluate(scored, rule=rule)
         for c, fs in per.items():
             rep.per[c].append(fs)
         rep.nested.append(nested)
+        rep.contrib.append(held_out_contrib(per, scored))
     return rep
 
 
@@ -96,7 +104,7 @@ def cv_summary(rep: CVReport) -> dict:
                 "in_sample": mean_sd([f.in_sample for f in runs]),
                 "groups": {g: mean_sd([f.held_out[g] for f in runs]) for g in groups}}
 
-    out = {"seeds": rep.seeds, "files": rep.files, "candidates": {c.name: c.post for c in rep.candidates},
+    out = {"seeds": rep.seeds, "files": rep.files, "rule": rep.rule, "candidates": {c.name: c.post for c in rep.candidates},
            "per_candidate": {c: block(runs) for c, runs in rep.per.items() if runs},
            "nested": {**block(rep.nested), "chosen": [f.chosen for f in rep.nested]} if rep.nested else {},
            "best": rep.best() if rep.nested else None}
@@ -130,4 +138,5 @@ def render_cv(rep: CVReport, console=None) -> None:
     for seed, f in zip(rep.seeds, rep.nested):
         console.print(f"seed {seed}: chosen per held-out group: " + ", ".join(f"{g}={c}" for g, c in f.chosen.items()))
     best = rep.best()
-    console.print(f"highest held-out score: [bold]{best}[/bold] {dict(next(c.post for c in rep.candidates if c.name == best))}")
+    console.print(f"cross-validated choice ({rep.rule}): [bold]{best}[/bold] "
+                  f"{dict(next(c.post for c in rep.candidates if c.name == best))}")
