@@ -32,6 +32,11 @@ def backtest(
     model_source: str = typer.Option("per-file", "--model-source",
                                      help="per-file (fit on each file's probation rows) | fleet (one model trained on "
                                           "other series) | fleet-finetune (the fleet model tuned on the probation rows)."),
+    warmup: str = typer.Option("default", "--warmup", help="default (the detector's and the likelihood's warm-ups) | "
+                               "probation (both capped at NAB's probation: a short series alerts right after it)."),
+    fleet_registry: Path = typer.Option(None, "--fleet-registry", help="With a fleet source: registry root holding "
+                                        "the fleet model (default: train one on the files' probation rows)."),
+    fleet_model: str = typer.Option(None, "--fleet-model", help="With --fleet-registry: the model name (its champion)."),
     cv: bool = typer.Option(False, "--cv", help="Leave-one-group-out cross-validation over the corpus's top-level "
                                                  "folders: choices made on the other groups, scored on the held-out one."),
     seeds: str = typer.Option("0,1,2", "--seeds", help="With --cv: training seeds (comma-separated)."),
@@ -53,7 +58,8 @@ def backtest(
     try:
         windows = json.loads(labels.read_text())
         cfg = ReplayConfig(kind=kind, window=window, hidden=hidden, epochs=epochs, retrain_every=retrain_every,
-                           retrain_epochs=retrain_epochs, seed=seed, model_source=model_source,
+                           retrain_epochs=retrain_epochs, seed=seed, model_source=model_source, warmup=warmup,
+                           fleet_registry=str(fleet_registry) if fleet_registry else None, fleet_model=fleet_model,
                            detector=json.loads(detector_json), post=json.loads(post_json))
         from pipeline.backtest.replay import detector_config
 
@@ -74,7 +80,12 @@ def backtest(
         _cross_validate(files, windows, cfg, seed_list, cands, workers, out, console, rule)
         return
     t0 = time.perf_counter()
-    results, errors = run_corpus(files, windows, cfg, workers=workers)
+    fleet = None
+    if cfg.model_source != "per-file" and not cfg.fleet_registry:
+        from pipeline.backtest.fleet import train_fleet
+
+        fleet = train_fleet(files, cfg, threads=workers)  # probation rows only: NAB lets a detector learn from them
+    results, errors = run_corpus(files, windows, cfg, workers=workers, fleet=fleet)
     wall = time.perf_counter() - t0
     for err in errors:
         console.print(f"[red]failed[/red] {err}")

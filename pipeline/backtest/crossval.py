@@ -96,12 +96,17 @@ def _alert_mask(result) -> np.ndarray:
     return alert & np.isfinite(result.detector_score)
 
 
-def rescore(result, post: dict) -> tuple[np.ndarray, np.ndarray]:
+def rescore(result, post: dict, warmup: str = "default") -> tuple[np.ndarray, np.ndarray]:
     """Re-score one ``SeriesResult``'s stored errors with ``LikelihoodConfig(**post)``.
+
+    ``warmup``: the replay's ``ReplayConfig.warmup``; with ``"probation"`` the likelihood warm-up is
+    capped at the file's probation length, as the replay did.
 
     Returns ``(anomaly_score (n,), flags (n,))`` as the backtest reports them: 0 during probation
     and on rows the detector refused (duplicate / out-of-order timestamps, left out of the stream).
     """
+    if warmup == "probation":
+        post = {**post, "warmup": min(int(post.get("warmup", LikelihoodConfig.warmup)), result.probation)}
     cfg = LikelihoodConfig(**post)
     n = len(result.values)
     kept = np.isfinite(result.detector_score)  # refused rows never reached the likelihood
@@ -126,10 +131,11 @@ class Scored:
     post: dict | None = None  # the candidate's LikelihoodConfig overrides (None: not a likelihood candidate)
 
 
-def score_candidates(results: Sequence, candidates: Sequence[Candidate], *, workers: int = 1) -> dict[str, Scored]:
-    """Re-score every result under every candidate (``workers`` processes)."""
+def score_candidates(results: Sequence, candidates: Sequence[Candidate], *, workers: int = 1,
+                     warmup: str = "default") -> dict[str, Scored]:
+    """Re-score every result under every candidate (``workers`` processes); ``warmup`` as in :func:`rescore`."""
     tables = {r.name: point_table(len(r.values), r.windows, r.probation) for r in results}
-    jobs = [(r, c.post) for c in candidates for r in results]
+    jobs = [(r, c.post, warmup) for c in candidates for r in results]
     if workers > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             outs = list(pool.map(_rescore_job, jobs, chunksize=4))

@@ -28,7 +28,7 @@ def replay_for_cv(files: Sequence[Path], labels: dict, cfg: ReplayConfig, *, wor
     fleet model (``cfg.model_source`` ``fleet`` / ``fleet-finetune``) is trained once per group
     on the files of all the other groups, and scores that group's files.
     """
-    if cfg.model_source == "per-file":
+    if cfg.model_source == "per-file" or cfg.fleet_registry:  # a registry fleet model is the user's to keep apart
         return run_corpus(list(files), labels, cfg, workers=workers, progress=progress)
     from pipeline.backtest.fleet import train_fleet
 
@@ -80,7 +80,7 @@ def run_cv(files: Sequence[Path], labels: dict, cfg: ReplayConfig, seeds: Sequen
         if not results:
             continue
         rep.files = len(results)
-        scored = score_candidates(results, candidates, workers=workers)
+        scored = score_candidates(results, candidates, workers=workers, warmup=cfg.warmup)
         per, nested = evaluate(scored, rule=rule)
         for c, fs in per.items():
             rep.per[c].append(fs)
