@@ -86,8 +86,9 @@ def test_switch_grid_lists_every_combination_simplest_first():
     grid = switch_grid()
     assert len(grid) == 8 and len({c.name for c in grid}) == 8
     assert grid[0].name == "base" and grid[0].post == {"slow_alpha": None, "seasonal_bins": None, "repeat_bins": None}
-    assert grid[-1].name == "slow+tod+rep" and grid[-1].post == {}
-    assert [len(c.post) for c in grid] == sorted((len(c.post) for c in grid), reverse=True)
+    assert grid[-1].name == "slow+tod+rep"
+    assert grid[-1].post == {"slow_alpha": 0.04, "short_weight": 0.5, "seasonal_bins": 24, "repeat_bins": 24}
+    assert [complexity(c.post) for c in grid] == sorted(complexity(c.post) for c in grid)
 
 
 def test_candidates_from_json_validates():

@@ -45,9 +45,12 @@ class Candidate:
     post: dict = field(default_factory=dict)
 
 
-# Each step of the likelihood that was added on the development corpus is a switch here; the
-# simplest candidate (all added steps off) is first, so ties go to fewer steps.
-_STEPS = {"slow": {"slow_alpha": None}, "tod": {"seasonal_bins": None}, "rep": {"repeat_bins": None}}
+# Each step of the likelihood that was added on the development corpus is a switch here, written
+# out both ways so the grid does not depend on the current defaults; the simplest candidate (all
+# added steps off) is first, so ties go to fewer steps.
+_STEPS = {"slow": ({"slow_alpha": 0.04, "short_weight": 0.5}, {"slow_alpha": None}),
+          "tod": ({"seasonal_bins": 24}, {"seasonal_bins": None}),
+          "rep": ({"repeat_bins": 24}, {"repeat_bins": None})}
 
 
 def switch_grid() -> list[Candidate]:
@@ -56,11 +59,10 @@ def switch_grid() -> list[Candidate]:
     for mask in range(8):
         on = [k for i, k in enumerate(_STEPS) if mask >> i & 1]
         post: dict = {}
-        for k in _STEPS:
-            if k not in on:
-                post.update(_STEPS[k])
+        for k, (when_on, when_off) in _STEPS.items():
+            post.update(when_on if k in on else when_off)
         out.append(Candidate("+".join(on) or "base", post))
-    out.sort(key=lambda c: (len(c.post) * -1, c.name))  # fewest steps first
+    out.sort(key=lambda c: (complexity(c.post), c.name))  # fewest knobs first
     return out
 
 
