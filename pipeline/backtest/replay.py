@@ -277,7 +277,8 @@ def _worker_init(fleet_blob: bytes | None = None) -> None:
 
 def _replay_job(path: str, windows: list, cfg: ReplayConfig, fleet=None):
     try:
-        return replay_file(Path(path), windows, cfg, threads=1, fleet=fleet if fleet is not None else _WORKER_FLEET), None
+        fleet = fleet if fleet is not None else _WORKER_FLEET
+        return replay_file(Path(path), windows, cfg, threads=1, fleet=fleet), None
     except Exception as exc:  # reported per file; the corpus run goes on
         return None, f"{nab_key(Path(path))}: {type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
 
