@@ -138,3 +138,27 @@ def test_cli_rejects_bad_candidates(nab_small):
                                    str(nab_small / "labels" / "combined_windows.json"), "--cv",
                                    "--candidates", '{"x": {"nope": 1}}'])
     assert res.exit_code == 2 and "nope" in res.output
+
+
+def test_cli_cross_validation_of_replay_variants(tmp_path, nab_small):
+    """Per-file and fleet models compared in one run: each group's fleet model never saw that group."""
+    res = CliRunner().invoke(app, [
+        "backtest", str(nab_small / "data"), "--labels", str(nab_small / "labels" / "combined_windows.json"),
+        "--cv", "--seeds", "0", "--window", "16", "--hidden", "8", "--epochs", "1", "--workers", "1",
+        "--variants", '{"per-file": {"model_source": "per-file"}, "fleet": {"model_source": "fleet"}}',
+        "--candidates", '{"one-scale": {"slow_alpha": null}}', "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "crossval.json").read_text())
+    assert set(summary["per_candidate"]) == {"per-file/one-scale", "fleet/one-scale"}
+    assert summary["candidates"]["fleet/one-scale"]["replay"] == {"model_source": "fleet"}
+    assert summary["files"] == 5
+    per_file = summary["per_candidate"]["per-file/one-scale"]["groups"]
+    fleet = summary["per_candidate"]["fleet/one-scale"]["groups"]
+    assert per_file.keys() == fleet.keys() == {"artificialWithAnomaly", "realAWSCloudwatch", "realTraffic"}
+
+
+def test_cli_rejects_bad_variants(nab_small):
+    res = CliRunner().invoke(app, ["backtest", str(nab_small / "data"), "--labels",
+                                   str(nab_small / "labels" / "combined_windows.json"), "--cv",
+                                   "--variants", '{"x": {"model_source": "nope"}}'])
+    assert res.exit_code == 2 and "model_source" in res.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import typer
@@ -42,6 +43,9 @@ def backtest(
     seeds: str = typer.Option("0,1,2", "--seeds", help="With --cv: training seeds (comma-separated)."),
     rule: str = typer.Option("one-se", "--rule", help="With --cv: how a candidate is chosen on the training groups: "
                              "one-se (the fewest knobs within one standard error of the best) | max."),
+    variants_json: str = typer.Option("", "--variants", help="With --cv: JSON {name: replay overrides} (e.g. "
+                                      '{"per-file": {"model_source": "per-file"}, "fleet": {"model_source": "fleet"}}): '
+                                      "each candidate under each variant, one replay per variant and seed."),
     candidates_json: str = typer.Option("", "--candidates", help="With --cv: JSON {name: LikelihoodConfig overrides} "
                                         "to compare (default: every on/off combination of the added steps)."),
 ) -> None:
@@ -70,7 +74,14 @@ def backtest(
             seed_list = [int(s) for s in seeds.split(",") if s.strip()]
             if rule not in ("one-se", "max"):
                 raise ValueError(f"--rule must be one-se or max, got {rule!r}")
-            cands = candidates_from_json(candidates_json, base=cfg.post)
+            from pipeline.backtest.cv_run import with_variants
+
+            variants = json.loads(variants_json) if variants_json.strip() else {}
+            if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
+                raise ValueError("--variants must be a JSON object of {name: {ReplayConfig overrides}}")
+            for over in variants.values():
+                replace(cfg, **over)  # unknown fields or bad values fail here
+            cands = with_variants(candidates_from_json(candidates_json, base=cfg.post), variants)
     except (ValueError, TypeError) as exc:
         raise typer.BadParameter(str(exc)) from exc
     files = find_csvs(paths)
@@ -84,7 +95,7 @@ def backtest(
     if cfg.model_source != "per-file" and not cfg.fleet_registry:
         from pipeline.backtest.fleet import train_fleet
 
-        fleet = train_fleet(files, cfg, threads=workers)  # probation rows only: NAB lets a detector learn from them
+        fleet = train_fleet(files, cfg, threads=1)  # probation rows only: NAB lets a detector learn from them
     results, errors = run_corpus(files, windows, cfg, workers=workers, fleet=fleet)
     wall = time.perf_counter() - t0
     for err in errors:

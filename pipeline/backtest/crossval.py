@@ -43,6 +43,7 @@ class Candidate:
 
     name: str
     post: dict = field(default_factory=dict)
+    replay: dict = field(default_factory=dict)  # ReplayConfig overrides (model source, size, ...): its own replay
 
 
 # Each step of the likelihood that was added on the development corpus is a switch here, written

@@ -9,6 +9,7 @@ trained on the other groups' files only), re-scores every replay under every can
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -39,7 +40,7 @@ def replay_for_cv(files: Sequence[Path], labels: dict, cfg: ReplayConfig, *, wor
     errors: list[str] = []
     for g, members in sorted(by_group.items()):
         others = [p for h, ps in by_group.items() if h != g for p in ps]
-        fleet = train_fleet(others, cfg, seed=cfg.seed, threads=workers)
+        fleet = train_fleet(others, cfg, seed=cfg.seed, threads=1)  # 2 threads measured far slower here
         r, e = run_corpus(members, labels, cfg, workers=workers, progress=progress, fleet=fleet)
         results += r
         errors += e
@@ -69,18 +70,38 @@ class CVReport:
         return select(mean, {c.name: complexity(c.post) for c in self.candidates}, self.rule)
 
 
+def with_variants(candidates: Sequence[Candidate], variants: dict[str, dict]) -> list[Candidate]:
+    """Every candidate under every replay variant (``name -> ReplayConfig overrides``), named ``variant/candidate``."""
+    if not variants:
+        return list(candidates)
+    return [Candidate(f"{v}/{c.name}", c.post, {**c.replay, **over}) for v, over in variants.items() for c in candidates]
+
+
 def run_cv(files: Sequence[Path], labels: dict, cfg: ReplayConfig, seeds: Sequence[int],
            candidates: Sequence[Candidate], *, workers: int = 2, progress: bool = True, rule: str = "one-se"
            ) -> CVReport:
-    """Replay once per seed, re-score under each candidate, cross-validate by group (``rule`` picks)."""
+    """Replay once per seed and replay variant, re-score under each candidate, cross-validate by group.
+
+    Candidates that share ``replay`` overrides share one replay per seed. Only files every replay
+    scored are compared (a file one variant cannot run is reported in ``errors`` and left out).
+    """
     rep = CVReport(list(seeds), list(candidates), {c.name: [] for c in candidates}, rule=rule, config=cfg.to_dict())
+    variants: dict[str, list[Candidate]] = {}
+    for c in candidates:
+        variants.setdefault(json.dumps(c.replay, sort_keys=True), []).append(c)
     for seed in seeds:
-        results, errors = replay_for_cv(files, labels, replace(cfg, seed=seed), workers=workers, progress=progress)
-        rep.errors += [f"seed {seed}: {e}" for e in errors]
-        if not results:
+        scored: dict = {}
+        for key, cands in variants.items():
+            vcfg = replace(cfg, seed=seed, **json.loads(key))
+            results, errors = replay_for_cv(files, labels, vcfg, workers=workers, progress=progress)
+            rep.errors += [f"seed {seed} {key}: {e}" for e in errors]
+            scored.update(score_candidates(results, cands, workers=workers, warmup=vcfg.warmup))
+        common = set.intersection(*(set(sc.files) for sc in scored.values()))
+        if not common:
             continue
-        rep.files = len(results)
-        scored = score_candidates(results, candidates, workers=workers, warmup=cfg.warmup)
+        for sc in scored.values():
+            sc.files = {n: sc.files[n] for n in sorted(common)}
+        rep.files = len(common)
         per, nested = evaluate(scored, rule=rule)
         for c, fs in per.items():
             rep.per[c].append(fs)
@@ -104,7 +125,8 @@ def cv_summary(rep: CVReport) -> dict:
                 "in_sample": mean_sd([f.in_sample for f in runs]),
                 "groups": {g: mean_sd([f.held_out[g] for f in runs]) for g in groups}}
 
-    out = {"seeds": rep.seeds, "files": rep.files, "rule": rep.rule, "candidates": {c.name: c.post for c in rep.candidates},
+    out = {"seeds": rep.seeds, "files": rep.files, "rule": rep.rule,
+           "candidates": {c.name: {"post": c.post, "replay": c.replay} for c in rep.candidates},
            "per_candidate": {c: block(runs) for c, runs in rep.per.items() if runs},
            "nested": {**block(rep.nested), "chosen": [f.chosen for f in rep.nested]} if rep.nested else {},
            "best": rep.best() if rep.nested else None}
