@@ -34,8 +34,9 @@ def main(argv=None) -> int:
                     help="time-of-day/week input features (models.calendar)")
     ap.add_argument("--calendar-week", action=argparse.BooleanOptionalAction, default=True,
                     help="with --calendar: include the day-of-week columns")
-    ap.add_argument("--model-source", choices=("per-file", "fleet", "fleet-finetune"), default="per-file",
-                    help="fleet: one model trained on the probation rows of all files serves every file")
+    ap.add_argument("--model-source", choices=("per-file", "fleet", "fleet-finetune"), default="fleet-finetune",
+                    help="fleet: one model trained on the probation rows of all files serves every file; "
+                         "fleet-finetune (default): it is fine-tuned on each file's probation rows")
     ap.add_argument("--warmup", choices=("default", "probation"), default="default")
     ap.add_argument("--seed", type=int, default=0, help="training seed (run a few to see the run-to-run spread)")
     ap.add_argument("--post", default="{}")

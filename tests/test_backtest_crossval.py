@@ -65,7 +65,7 @@ def test_tuned_candidate_wins_in_sample_and_loses_held_out():
 
 def test_one_se_rule_keeps_a_step_only_when_it_beats_the_group_noise():
     """Contributions per group: 'complex' (the slow time scale on) against 'simple' (it off)."""
-    cx = {"simple": complexity({"slow_alpha": None}), "complex": complexity({})}
+    cx = {"simple": complexity({"slow_alpha": None}), "complex": complexity({"slow_alpha": 0.04})}
     assert cx["complex"] == cx["simple"] + 2  # slow_alpha and short_weight
     noisy = {"simple": {"a": 10.0, "b": 10.0, "c": 10.0}, "complex": {"a": 14.0, "b": 7.0, "c": 10.0}}
     assert select(noisy, cx, "max") == "complex"       # 1 point better in total ...
@@ -162,3 +162,19 @@ def test_cli_rejects_bad_variants(nab_small):
                                    str(nab_small / "labels" / "combined_windows.json"), "--cv",
                                    "--variants", '{"x": {"model_source": "nope"}}'])
     assert res.exit_code == 2 and "model_source" in res.output
+
+
+def test_cli_default_scores_a_100_row_series(tmp_path, nab_small):
+    """The default model source (fleet-finetune, chosen by --cv) runs a series too short to train on."""
+    import pandas as pd
+
+    short = tmp_path / "data" / "realTraffic" / "speed_7578.csv"
+    short.parent.mkdir(parents=True)
+    pd.read_csv(nab_small / "data" / "realTraffic" / "speed_7578.csv").iloc[:100].to_csv(short, index=False)
+    other = nab_small / "data" / "artificialWithAnomaly" / "art_daily_jumpsup.csv"
+    res = CliRunner().invoke(app, ["backtest", str(short), str(other), "--labels",
+                                   str(nab_small / "labels" / "combined_windows.json"), "--workers", "1",
+                                   "--window", "16", "--hidden", "8", "--epochs", "1", "--out", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    scored = pd.read_csv(tmp_path / "out" / "tsad" / "realTraffic" / "tsad_speed_7578.csv")
+    assert len(scored) == 100 and scored["anomaly_score"].between(0, 1).all()

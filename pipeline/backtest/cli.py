@@ -30,9 +30,10 @@ def backtest(
     detector_json: str = typer.Option("{}", "--detector-config", help="DetectorConfig overrides as JSON."),
     post_json: str = typer.Option("{}", "--post-config", help="LikelihoodConfig overrides as JSON (the likelihood step)."),
     seed: int = typer.Option(0, help="Training seed."),
-    model_source: str = typer.Option("per-file", "--model-source",
-                                     help="per-file (fit on each file's probation rows) | fleet (one model trained on "
-                                          "other series) | fleet-finetune (the fleet model tuned on the probation rows)."),
+    model_source: str = typer.Option("fleet-finetune", "--model-source",
+                                     help="fleet-finetune (default, chosen by --cv: a model trained on the probation rows "
+                                          "of all files, fine-tuned on each file's own) | fleet (that model as is) | "
+                                          "per-file (fitted on each file's probation rows alone)."),
     warmup: str = typer.Option("default", "--warmup", help="default (the detector's and the likelihood's warm-ups) | "
                                "probation (both capped at NAB's probation: a short series alerts right after it)."),
     fleet_registry: Path = typer.Option(None, "--fleet-registry", help="With a fleet source: registry root holding "
