@@ -16,10 +16,22 @@ import typer
 models_app = typer.Typer(help="Inspect and manage registered models.", no_args_is_help=True)
 
 
+def _check_name(name: str | None) -> None:
+    """Refuse an unsafe model name with one line and exit code 2, before any work."""
+    from models.registry import InvalidModelNameError, validate_name
+
+    if name is None:
+        return
+    try:
+        validate_name(name)
+    except InvalidModelNameError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
 def _registry(path: Path | None):
     """``ModelRegistry`` at ``--registry``, else at the ``registry_dir`` setting (``TSAD_REGISTRY_DIR``)."""
     from models.registry import ModelRegistry
-
 
     if path is None:
         from pipeline.settings import load_settings
@@ -58,6 +70,7 @@ def train(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Train a forecaster on DATA and register it as a new version."""
+    _check_name(name)
     from rich.console import Console
 
     from models.data import load_training_data
@@ -92,14 +105,21 @@ def list_models(
     name: str = typer.Argument(None, help="Model name; all models when omitted."),
 ) -> None:
     """List registered versions (champion marked with *)."""
+    _check_name(name)
     from rich.console import Console
     from rich.table import Table
 
+    from models.registry import RegistryError
 
     reg = _registry(registry)
     table = Table("name", "version", "champion", "kind", "created_at", "val_mse", "ok")
     for n in [name] if name else reg.names():
-        for row in reg.list(n):
+        try:
+            rows = reg.list(n)
+        except RegistryError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from exc
+        for row in rows:
             val = row.metrics.get("val_mse")
             table.add_row(
                 n, str(row.version), "*" if row.is_champion else "", row.kind or "?", row.created_at or "?",
@@ -115,6 +135,7 @@ def promote_model(
     registry: Path = typer.Option(None, "--registry", help="Model registry root (default: TSAD_REGISTRY_DIR / settings.registry_dir)."),
 ) -> None:
     """Make VERSION the champion of NAME (refused for a corrupt version)."""
+    _check_name(name)
     from models.registry import RegistryError
 
     try:
@@ -131,6 +152,7 @@ def rollback_model(
     registry: Path = typer.Option(None, "--registry", help="Model registry root (default: TSAD_REGISTRY_DIR / settings.registry_dir)."),
 ) -> None:
     """Restore the previous champion of NAME."""
+    _check_name(name)
     from models.registry import RegistryError
 
     try:

@@ -48,6 +48,22 @@ class ModelNotFoundError(RegistryError, LookupError):
     """Unknown model name/version, or no champion yet."""
 
 
+class InvalidModelNameError(RegistryError, ValueError):
+    """A model name that is not a plain directory name (e.g. ``..``, ``../../etc``, ``/etc``)."""
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def validate_name(name: str) -> str:
+    """``name`` if it is a safe model name (letters, digits, ``_ . -``, not starting with a dot or a
+    dash, at most 128 characters), else ``InvalidModelNameError``."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise InvalidModelNameError(
+            f"invalid model name {name!r}: use letters, digits, '_', '.', '-' (starting with a letter or digit)")
+    return name
+
+
 @dataclass
 class VersionInfo:
     """One row of ``ModelRegistry.list``."""
@@ -102,16 +118,18 @@ class ModelRegistry:
 
     # ------------------------------------------------------------------ paths & locking
     def _model_dir(self, name: str) -> Path:
-        if not name or "/" in name or name.startswith("."):
-            raise ValueError(f"invalid model name {name!r}")
-        return self.root / name
+        return self.root / validate_name(name)
 
     def _version_dir(self, name: str, version: int) -> Path:
         return self._model_dir(name) / f"v{version:04d}"
 
     @contextlib.contextmanager
-    def _lock(self, name: str):
+    def _lock(self, name: str, create: bool = True):
+        """Hold the model's flock; ``create=False``: a model that does not exist is an error (no
+        directory is left behind by a promote or rollback of an unknown name)."""
         d = self._model_dir(name)
+        if not create and not d.is_dir():
+            raise ModelNotFoundError(f"no model named {name!r} in {self.root}")
         d.mkdir(parents=True, exist_ok=True)
         with open(d / ".lock", "w") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
@@ -270,13 +288,20 @@ class ModelRegistry:
         if not path.is_file():
             return {}
         try:
-            return json.loads(path.read_text())
-        except ValueError as exc:
+            pointer = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
             raise RegistryError(f"{path} is unreadable: {exc}") from exc
+        if not isinstance(pointer, dict):
+            raise RegistryError(f"{path} is not a JSON object (got a {type(pointer).__name__})")
+        version, history = pointer.get("version"), pointer.get("history", [])
+        if (version is not None and (isinstance(version, bool) or not isinstance(version, int))) or not (
+                isinstance(history, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in history)):
+            raise RegistryError(f"{path}: 'version' must be an integer and 'history' a list of integers")
+        return pointer
 
     def promote(self, name: str, version: int) -> None:
         """Make ``version`` the champion (verified first; corrupt versions are refused)."""
-        with self._lock(name):
+        with self._lock(name, create=False):
             self.verify(name, version)
             ptr = self._read_pointer(name)
             current = ptr.get("version")
@@ -289,7 +314,7 @@ class ModelRegistry:
 
     def rollback(self, name: str) -> int:
         """Restore the previous champion and return it (the abandoned one is dropped from history)."""
-        with self._lock(name):
+        with self._lock(name, create=False):
             ptr = self._read_pointer(name)
             history = list(ptr.get("history", []))
             if not history:

@@ -37,7 +37,12 @@ def archive(
     metrics = ArchiverMetrics()
     server = None
     if metrics_port:
-        server, _ = serve_metrics(metrics.registry, host=settings.metrics_host, port=metrics_port)
+        try:
+            server, _ = serve_metrics(metrics.registry, host=settings.metrics_host, port=metrics_port)
+        except OSError as error:
+            typer.echo(f"cannot serve metrics on {settings.metrics_host}:{metrics_port}: "
+                       f"{error.strerror or error}; pick a free port with --metrics-port (0 disables)", err=True)
+            raise typer.Exit(2) from error
     archiver = Archiver(
         settings,
         flush_every_events=flush_every_events,

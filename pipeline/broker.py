@@ -113,6 +113,12 @@ class EmbeddedBroker:
                 time.sleep(0.1)
         raise BrokerError(f"broker on {self.bootstrap_servers} not ready after {timeout_s}s: {last_error}")
 
+    def restart(self, timeout_s: float = 20.0) -> "EmbeddedBroker":
+        """Stop, then start again on the same host and port: it comes back EMPTY (memory storage),
+        as a restarted Tansu or a Kafka whose topics were deleted and recreated would."""
+        self.stop()
+        return self.start(timeout_s)
+
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 

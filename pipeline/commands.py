@@ -44,20 +44,32 @@ def publish(
     bootstrap_servers: str = typer.Option(None, help="Kafka bootstrap servers (default: settings)."),
     series: str = typer.Option(None, help="Series id (default: each file's stem)."),
     rate: float = typer.Option(None, help="Pace sends at this many events/s (default: as fast as possible)."),
+    timeout: float = typer.Option(None, "--timeout", help="Retry (with backoff) while the broker is unreachable or "
+                                                          "does not acknowledge, for at most this many seconds per "
+                                                          "file (default: TSAD_PUBLISH_TIMEOUT_S, 60)."),
 ) -> None:
     """Publish CSV rows as JSON events keyed by series id; prints how many were acknowledged."""
-    from pipeline.kafka_clients import ensure_topics, make_producer
-    from pipeline.publish import publish_csv
+    import logging
+
+    from pipeline.publish import PublishFailed, publish_events, read_series_csv, series_rows
     from pipeline.settings import load_settings
 
-    settings = load_settings(kafka={"bootstrap_servers": bootstrap_servers})
+    for name in ("kafka", "pipeline.publish"):  # a broker outage is reported once, below
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    settings = load_settings(kafka={"bootstrap_servers": bootstrap_servers}, publish_timeout_s=timeout)
     topic = topic or settings.kafka.events_topic
-    ensure_topics(settings.kafka, [topic])
-    producer = make_producer(settings.kafka)
-    try:
-        for path in paths:
-            report = publish_csv(producer, topic, path, series=series, rate=rate)
-            typer.echo(f"{path}: {report.events} events acknowledged on {topic} "
-                       f"in {report.seconds:.2f}s ({report.rate:,.0f} events/s)")
-    finally:
-        producer.close()
+    for path in paths:
+        try:
+            frame = read_series_csv(path)
+        except (ValueError, OSError) as error:
+            typer.echo(f"error: cannot read {path}: {error}", err=True)
+            raise typer.Exit(2) from error
+        rows = series_rows(series or Path(path).stem, frame["timestamp"], frame["value"])
+        try:
+            report = publish_events(settings.kafka, topic, rows, rate=rate, timeout_s=settings.publish_timeout_s,
+                                    ensure_topic=True)
+        except PublishFailed as error:
+            typer.echo(f"error: {path}: {error}", err=True)
+            raise typer.Exit(1) from error
+        typer.echo(f"{path}: {report.events} events acknowledged on {topic} "
+                   f"in {report.seconds:.2f}s ({report.rate:,.0f} events/s)")

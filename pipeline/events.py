@@ -5,6 +5,12 @@ milliseconds, "value": number}``, published with the series id as the message ke
 ``parse_event`` never raises: every input becomes exactly one ``Event`` or one ``Rejection``
 whose ``reason`` (a short, fixed code usable as a metric label) and ``detail`` (human text)
 say what was wrong. Timestamps are normalised to float epoch seconds (UTC).
+
+Encoding: a message must be UTF-8 JSON (RFC 8259) without a byte-order mark; UTF-16/32, a BOM
+and invalid UTF-8 are ``malformed_json``. A series id holding a lone surrogate (the escape
+``\\ud800`` or its raw bytes ED A0 80) is ``bad_series_id``: ids must be well-formed Unicode. A number too large for a double
+(a 400-digit integer, ``1e400``) is ``value_out_of_range``; only the literals NaN and ±Infinity
+are ``non_finite_value``.
 """
 
 from __future__ import annotations
@@ -37,13 +43,40 @@ BAD_SERIES_ID = "bad_series_id"
 BAD_TIMESTAMP = "bad_timestamp"
 OVERSIZE_MESSAGE = "oversize_message"
 KEY_MISMATCH = "key_mismatch"
+# Any exception while handling one message in the scorer (decode, score, build or produce records).
+INTERNAL_ERROR = "internal_error"
 # Reasons assigned later in the pipeline (per-series ordering, lifecycle).
 DUPLICATE_TIMESTAMP = "duplicate_timestamp"
 OUT_OF_ORDER = "out_of_order"
 REJECTION_REASONS = (
     MALFORMED_JSON, NOT_AN_OBJECT, MISSING_FIELD, WRONG_TYPE, NON_FINITE_VALUE, VALUE_OUT_OF_RANGE, BAD_SERIES_ID,
-    BAD_TIMESTAMP, OVERSIZE_MESSAGE, KEY_MISMATCH, DUPLICATE_TIMESTAMP, OUT_OF_ORDER,
+    BAD_TIMESTAMP, OVERSIZE_MESSAGE, KEY_MISMATCH, DUPLICATE_TIMESTAMP, OUT_OF_ORDER, INTERNAL_ERROR,
 )
+
+
+class _OverflowedNumber(float):
+    """A JSON number literal too large for a double (e.g. ``1e400``): infinite here, but out of
+    range rather than non-finite in the sender's intent."""
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    return value if math.isfinite(value) else _OverflowedNumber(value)
+
+
+def _lenient_loads(raw: bytes) -> object:
+    """Python's json with NaN/Infinity literals, on UTF-8 text (a BOM or another encoding fails)."""
+    text = raw.decode("utf-8", "surrogatepass")  # invalid UTF-8 raises; encoded surrogates reach well_formed
+    return json.loads(text, parse_float=_parse_float)
+
+
+def well_formed(text: str) -> bool:
+    """True when ``text`` holds no surrogate code point (it encodes to UTF-8)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,9 +153,9 @@ def parse_event(
             # Python's json.dumps writes NaN/Infinity literals; accept them here only so the
             # rejection names the real problem (non-finite value) rather than "malformed".
             try:
-                payload = json.loads(raw_bytes)
-            except (ValueError, RecursionError):
-                return _reject(MALFORMED_JSON, f"not valid JSON: {error}", raw_bytes)
+                payload = _lenient_loads(raw_bytes)
+            except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+                return _reject(MALFORMED_JSON, f"not valid UTF-8 JSON: {error}", raw_bytes)
         return validate_payload(payload, raw_bytes, key, max_series_id_length=max_series_id_length)
     except Exception as error:  # noqa: BLE001 - the contract is: never raise
         return _reject(MALFORMED_JSON, f"unexpected error while parsing: {type(error).__name__}: {error}", raw_bytes)
@@ -146,12 +179,17 @@ def validate_payload(
         return _reject(WRONG_TYPE, f"'series' must be a string, got {type(series).__name__}", raw)
     if not series.strip() or len(series) > max_series_id_length:
         return _reject(BAD_SERIES_ID, f"'series' must be 1..{max_series_id_length} characters, not blank", raw)
+    if not well_formed(series):
+        return _reject(BAD_SERIES_ID, "'series' is not well-formed Unicode (lone surrogate)", raw)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return _reject(WRONG_TYPE, f"'value' must be a number, got {type(value).__name__}", raw)
     try:
-        value = float(value)
+        number = float(value)
     except OverflowError:  # an integer too large for a double
-        value = math.inf
+        return _reject(VALUE_OUT_OF_RANGE, "|value| must be below 2**53, got an integer beyond a double's range", raw)
+    if type(value) is _OverflowedNumber:
+        return _reject(VALUE_OUT_OF_RANGE, "|value| must be below 2**53, got a number beyond a double's range", raw)
+    value = number
     if not math.isfinite(value):
         return _reject(NON_FINITE_VALUE, "'value' is NaN or infinite", raw)
     if abs(value) >= MAX_ABS_VALUE:

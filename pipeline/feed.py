@@ -2,9 +2,24 @@
 
 ``EventFeed`` owns one kafka-python consumer in the scorer's group. ``poll()`` returns, in order,
 the rebalance notices (``Rebalance``) and at most one ``Batch`` of records as plain columns (so a
-batch pickles cheaply to another process, see ``pipeline.feed_process``). The scorer scores a
-batch, waits for its outputs to be acknowledged, then calls ``commit(batch.commit_offsets)``:
-offsets are committed only after everything a batch produced is acknowledged (at-least-once).
+batch pickles cheaply to another process, see ``pipeline.feed_process``), and notices of
+partition resets (``PartitionReset``) and undecodable record batches skipped (``SkippedRange``).
+The scorer produces a batch's outputs at once and, at its next checkpoint, once every output is
+acknowledged, calls ``commit(offsets, epoch)`` (at-least-once).
+
+Log resets (a broker that restarted empty, a topic deleted and recreated): a partition whose topic
+id changed, or whose position jumped back without a seek of ours (the consumer's offset reset
+after the log end fell below our position), or, where the broker gives no topic ids, whose end
+offset fell below what we handed out while the group's committed offset is gone or past it, is
+*reset*: logged at WARNING, reported as a ``PartitionReset`` and read from its new log start as
+new events (never as replay). Each reset bumps an *epoch*: offsets acknowledged for batches read
+before a partition's reset are never committed on its new log (``commit(offsets, epoch)``).
+
+Undecodable record batches (a codec error, a corrupt batch): the partition that fails is found by
+probing, the first readable offset after the bad batch by exponential then binary search; the
+bad range is skipped (logged at ERROR, reported as ``SkippedRange``: the scorer counts it, writes
+a marker to the dead-letter topic and commits past it), so such a batch cannot crash-loop the
+scorer.
 
 Warm state: when partitions are assigned, the feed seeks ``replay_messages`` back before each new
 partition's committed offset; the records before that offset come back marked ``replay`` (the
@@ -30,6 +45,10 @@ from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 from tenacity import retry, retry_if_exception_type, retry_if_not_exception_type, stop_after_attempt, wait_exponential
 
+from pipeline.feed_guard import PartitionReset, SkippedRange, is_data_error, refresh_metadata, skip_undecodable, topic_id
+
+__all__ = ["Batch", "EventFeed", "PartitionReset", "Rebalance", "SkippedRange"]
+
 log = logging.getLogger(__name__)
 _LOST_TO_REBALANCE = (CommitFailedError, RebalanceInProgressError)  # the new owner re-reads: not retried
 LAG_INTERVAL_S = 1.0
@@ -46,7 +65,8 @@ class Batch:
     ``values`` list of bytes, ``keys`` list of bytes | None, ``offsets`` int64, ``timestamps`` int64
     (producer timestamp, epoch ms); ``replay`` bool (n,) or None (nothing replayed);
     ``commit_offsets`` {tp: next offset} to commit once the batch's outputs are acknowledged
-    (partitions whose records are all replay are absent); ``polled_at`` epoch s.
+    (partitions whose records are all replay are absent); ``polled_at`` epoch s; ``epoch`` the
+    feed's reset epoch when the batch was read (see ``EventFeed.commit``).
     """
 
     tps: list
@@ -58,6 +78,7 @@ class Batch:
     replay: np.ndarray | None
     commit_offsets: dict
     polled_at: float
+    epoch: int = 0
 
     def __len__(self) -> int:
         return len(self.values)
@@ -69,7 +90,8 @@ class Batch:
     @staticmethod
     def merged(batches: list["Batch"]) -> "Batch":
         """Consecutive batches as one (a partition may appear more than once in ``tps``); the later
-        commit offset of a partition wins, ``polled_at`` is the earliest (latency is not hidden)."""
+        commit offset of a partition wins, ``polled_at`` is the earliest (latency is not hidden),
+        ``epoch`` the earliest (offsets of a partition reset in between are then not committed)."""
         if len(batches) == 1:
             return batches[0]
         replay = None
@@ -81,7 +103,7 @@ class Batch:
         return Batch(list(chain.from_iterable(b.tps for b in batches)), list(chain.from_iterable(b.sizes for b in batches)),
                      list(chain.from_iterable(b.values for b in batches)), list(chain.from_iterable(b.keys for b in batches)),
                      np.concatenate([b.offsets for b in batches]), np.concatenate([b.timestamps for b in batches]),
-                     replay, commit, min(b.polled_at for b in batches))
+                     replay, commit, min(b.polled_at for b in batches), min(b.epoch for b in batches))
 
     def restricted(self, owned: set) -> "Batch":
         """The part of this batch on partitions in ``owned`` (the others were lost in a rebalance)."""
@@ -94,7 +116,7 @@ class Batch:
                      list(chain.from_iterable(self.keys[s] for s in parts)),
                      self.offsets[take], self.timestamps[take],
                      None if self.replay is None else self.replay[take],
-                     {tp: o for tp, o in self.commit_offsets.items() if tp in owned}, self.polled_at)
+                     {tp: o for tp, o in self.commit_offsets.items() if tp in owned}, self.polled_at, self.epoch)
 
 
 @dataclass
@@ -134,6 +156,12 @@ class EventFeed:
         self.commits = 0
         self._replay_end: dict[TopicPartition, int] = {}
         self._handed_upto: dict[TopicPartition, int] = {}
+        self._expected: dict[TopicPartition, int] = {}   # next offset the consumer should return
+        self._pending_kept: dict[TopicPartition, int | None] = {}  # kept in a rebalance: check first
+        self._epoch = 0
+        self._epoch_of: dict[TopicPartition, int] = {}   # epoch of each partition's last reset
+        self._topic_id = None
+        self._async_commits: list = []  # futures of commits sent with commit_async
         self._revoked: set[TopicPartition] = set()
         self._pending_warm: set[TopicPartition] = set()
         self._notices: list[Rebalance] = []
@@ -153,12 +181,13 @@ class EventFeed:
         for tp in lost:
             self._replay_end.pop(tp, None)
             self._handed_upto.pop(tp, None)
+            self._pending_kept.pop(tp, None)
+        self._expected.clear()  # positions now come from the committed offsets
         for tp in self._revoked & assigned:
             # a kept partition restarts from its committed offset: what was already handed out
-            # past it is re-read as replay (state only; repeated timestamps are skipped)
-            upto = self._handed_upto.get(tp)
-            if upto is not None and upto > self._replay_end.get(tp, -1):
-                self._replay_end[tp] = upto
+            # past it is re-read as replay (state only; repeated timestamps are skipped), unless its
+            # log was reset meanwhile (checked outside this callback, before the next batch)
+            self._pending_kept[tp] = self._handed_upto.get(tp)
         self._pending_warm |= assigned - self._revoked
         self._revoked = set()
         self._notices.append(Rebalance(lost, assigned))
@@ -185,6 +214,7 @@ class EventFeed:
             if not committed:
                 continue
             self.consumer.seek(tp, max(committed - self.replay_messages, 0))
+            self._expected[tp] = max(committed - self.replay_messages, 0)
             self._replay_end[tp] = committed
             batch.pop(tp, None)
         if self._replay_end:
@@ -193,9 +223,19 @@ class EventFeed:
 
     # ------------------------------------------------------------------ batches
     def poll(self, timeout_ms: int | None = None) -> list:
-        """Rebalance notices (in order) then at most one ``Batch``."""
-        records = self.consumer.poll(timeout_ms=self.poll_timeout_ms if timeout_ms is None else timeout_ms,
-                                     max_records=self.kafka.max_poll_records)
+        """Notices (``Rebalance``, ``PartitionReset``, ``SkippedRange``, in order) then at most one ``Batch``."""
+        try:
+            records = self.consumer.poll(timeout_ms=self.poll_timeout_ms if timeout_ms is None else timeout_ms,
+                                         max_records=self.kafka.max_poll_records)
+        except Exception as error:  # noqa: BLE001 - only undecodable data is handled; the rest re-raised
+            if not is_data_error(error):
+                raise
+            self._notices.extend(skip_undecodable(self.consumer, error, self._epoch))
+            records = {}
+        if self._pending_kept:
+            self._check_kept()
+        else:
+            self._check_topic_id()
         if self._pending_warm:
             records = self._start_replay(records)
         out, self._notices = self._notices, []
@@ -205,10 +245,69 @@ class EventFeed:
                 out.append(batch)
         return out
 
+    # ------------------------------------------------------------------ log resets
+    def _reset(self, tps: set, why: str) -> None:
+        """Partitions whose log was reset: read on from the new log as new events, never replay."""
+        if not tps:
+            return
+        self._epoch += 1
+        for tp in tps:
+            self._epoch_of[tp] = self._epoch
+            self._replay_end.pop(tp, None)
+            self._handed_upto.pop(tp, None)
+            self._expected.pop(tp, None)
+            self._pending_kept.pop(tp, None)
+        log.warning("log reset on %s partitions %s (%s): scoring their events from the new log start",
+                    self.kafka.events_topic, sorted(tp.partition for tp in tps), why)
+        self._notices.append(PartitionReset(set(tps), why))
+
+    def _check_topic_id(self) -> bool:
+        """Reset every assigned partition when the topic id changed (the topic was recreated)."""
+        current = topic_id(self.consumer, self.kafka.events_topic)
+        if current is None:
+            return False
+        previous, self._topic_id = self._topic_id, current
+        if previous is None or previous == current:
+            return False
+        # every partition read from the old topic: those assigned, and those between a revoke and
+        # their re-assignment (a rebalance may span polls) whose read positions would else be kept
+        known = set(self.consumer.assignment()) | set(self._handed_upto) | set(self._pending_kept) | self._revoked
+        self._reset({tp for tp in known if tp.topic == self.kafka.events_topic},
+                    f"topic id changed from {previous} to {current}")
+        return True
+
+    def _check_kept(self) -> None:
+        """Partitions kept across a rebalance: reset if their log was reset, else replay up to
+        what was already handed out (called outside the rebalance callback, before any batch)."""
+        kept, self._pending_kept = self._pending_kept, {}
+        refresh_metadata(self.consumer)
+        if self._check_topic_id():
+            return
+        if self._topic_id is None:  # no topic ids from this broker: compare end and committed offsets
+            suspects = [tp for tp, upto in kept.items() if upto is not None]
+            try:
+                ends = self.consumer.end_offsets(suspects) if suspects else {}
+                reset = set()
+                for tp in suspects:
+                    end, committed = ends.get(tp), self.consumer.committed(tp)
+                    if end is not None and end < kept[tp] and (committed is None or committed > end):
+                        reset.add(tp)
+            except KafkaError as error:
+                log.warning("cannot check kept partitions for a log reset: %s", error)
+                reset = set()
+            self._reset(reset, "end offset fell below the position already read")
+            kept = {tp: upto for tp, upto in kept.items() if tp not in reset}
+        for tp, upto in kept.items():
+            if upto is not None and upto > self._replay_end.get(tp, -1):
+                self._replay_end[tp] = upto
+
     def _columns(self, records: dict) -> Batch:
         polled_at = time.time()
         tps = [tp for tp, recs in records.items() if recs]
         lists = [records[tp] for tp in tps]
+        jumped = {tp for tp, recs in zip(tps, lists)
+                  if self._expected.get(tp) is not None and recs[0].offset < self._expected[tp]}
+        self._reset(jumped, "the position jumped back without a seek (log end fell below it)")
         flat = list(chain.from_iterable(lists))
         n = len(flat)
         offsets = np.fromiter(map(_OFFSET, flat), dtype=np.int64, count=n)
@@ -231,10 +330,11 @@ class EventFeed:
         for tp, recs in zip(tps, lists):
             nxt = recs[-1].offset + 1
             self._handed_upto[tp] = nxt
+            self._expected[tp] = nxt
             if nxt > self._replay_end.get(tp, -1):  # else replay only: the committed offset is past these
                 commit[tp] = nxt
         return Batch(tps, sizes, list(map(_VALUE, flat)), list(map(_KEY, flat)), offsets, timestamps, replay,
-                     commit, polled_at)
+                     commit, polled_at, self._epoch)
 
     # ------------------------------------------------------------------ commits, lag
     @retry(retry=retry_if_exception_type(KafkaError) & retry_if_not_exception_type(_LOST_TO_REBALANCE),
@@ -243,13 +343,21 @@ class EventFeed:
     def _commit_sync(self, offsets) -> None:
         self.consumer.commit(offsets)
 
-    def commit(self, offsets: dict) -> bool:
-        """Commit ``{tp: next offset}`` of acknowledged batches synchronously (partitions still
-        assigned only). Returns True when a commit was made. A commit lost to a rebalance only
-        means the new owner re-reads those records (at-least-once).
+    def current(self, offsets: dict, epoch: int | None) -> dict:
+        """``offsets`` less the partitions reset since ``epoch`` (read from a log that is gone)."""
+        if epoch is None:
+            return dict(offsets)
+        return {tp: o for tp, o in offsets.items() if self._epoch_of.get(tp, 0) <= epoch}
+
+    def commit(self, offsets: dict, epoch: int | None = None) -> bool:
+        """Commit ``{tp: next offset}`` of acknowledged batches read at ``epoch`` synchronously
+        (partitions still assigned and not reset since ``epoch`` only). Returns True when a commit
+        was made. A commit lost to a rebalance only means the new owner re-reads those records
+        (at-least-once).
         """
         assigned = self.consumer.assignment()
-        offsets = {tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items() if tp in assigned}
+        offsets = {tp: OffsetAndMetadata(o, "", -1) for tp, o in self.current(offsets, epoch).items()
+                   if tp in assigned}
         if not offsets:
             return False
         try:
@@ -259,6 +367,38 @@ class EventFeed:
             return False
         self.commits += 1
         return True
+
+    def commit_async(self, offsets: dict, epoch: int | None = None) -> bool:
+        """Send a commit of ``offsets`` (as ``commit``) without waiting for it; ``settled_commits()``
+        tells when it finished. False when there was nothing to commit."""
+        assigned = self.consumer.assignment()
+        offsets = {tp: OffsetAndMetadata(o, "", -1) for tp, o in self.current(offsets, epoch).items()
+                   if tp in assigned}
+        if not offsets:
+            return False
+        self._async_commits.append(self.consumer.commit_async(offsets))
+        return True
+
+    def settled_commits(self) -> int:
+        """How many commits sent with ``commit_async`` finished since the last call (successes
+        are counted in ``commits``; a failure only means those records are read again)."""
+        done = [f for f in self._async_commits if f.is_done]
+        if not done:
+            return 0
+        self._async_commits = [f for f in self._async_commits if not f.is_done]
+        for future in done:
+            if future.succeeded():
+                self.commits += 1
+            else:
+                log.warning("commit failed, those records will be read again: %s", future.exception)
+        return len(done)
+
+    def wait_commits(self, timeout_s: float = 10.0) -> int:
+        """Wait (bounded) for the commits in flight (kafka-python's IO thread completes them)."""
+        deadline = time.monotonic() + timeout_s
+        while any(not f.is_done for f in self._async_commits) and time.monotonic() < deadline:
+            time.sleep(0.01)  # the futures complete on kafka-python's IO thread; nothing to poll
+        return self.settled_commits()
 
     def lag(self, force: bool = False) -> dict | None:
         """``{tp: messages behind the end offset}``, at most once per ``LAG_INTERVAL_S`` (else None)."""

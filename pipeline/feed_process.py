@@ -6,13 +6,15 @@ the consumer and sends each ``Batch`` through a pipe while the parent scores the
 
 Protocol (pickled tuples over one duplex ``multiprocessing`` pipe):
 
-* child -> parent: ``("items", [Rebalance | Batch, ...], lag or None, commits so far)``; ``("revoking",)`` when a
-  rebalance is about to take partitions; ``("error", text)``; ``("closed", commits)`` on exit.
-* parent -> child: ``("done", {tp: offset})`` once a batch's outputs are acknowledged: the child
-  commits them synchronously and answers ``("committed",)``, which the parent awaits before it
-  scores the next batch (so, as in-process, at most one batch is produced but uncommitted; the
-  next batch is fetched meanwhile); ``("revoke_ack",)`` answers ``"revoking"`` once every batch
-  sent before it is scored and committed; ``("stop",)``.
+* child -> parent: ``("items", [notice | Batch, ...], lag or None, commits so far)`` (notices:
+  ``Rebalance``, ``PartitionReset``, ``SkippedRange``); ``("committed",)`` after each commit;
+  ``("revoking",)`` when a rebalance is about to take partitions; ``("error", text)``;
+  ``("closed", commits)`` on exit.
+* parent -> child: ``("done", {tp: offset}, epoch)`` at a checkpoint, once every output produced
+  up to it is acknowledged: the child commits it synchronously and answers ``("committed",)``.
+  The parent does not wait for that answer (scoring goes on), but sends no next checkpoint before
+  it came, so at most one checkpoint is ever in flight; ``("revoke_ack",)`` answers ``"revoking"``
+  once every batch sent before it is scored and checkpointed; ``("stop",)``.
 
 At-least-once holds as in-process: the child commits only offsets the parent acknowledged; on a
 rebalance it first lets the parent finish every batch it was sent (acknowledgements that arrive
@@ -35,7 +37,7 @@ from pipeline.feed import Batch
 
 log = logging.getLogger(__name__)
 _REVOKE_WAIT_S = 120.0
-MERGE_RECORDS = 50_000  # waiting batches are merged up to this many records
+MERGE_RECORDS = 50_000  # waiting batches are merged up to this many records (at most one checkpoint's worth)
 
 
 class FetchProcessDied(RuntimeError):
@@ -62,15 +64,20 @@ def _child_main(conn, kafka, replay_messages: int, poll_timeout_ms: int, parent_
 
     acked: dict = {}
     stopping = False
+    confirms = 0  # "committed" answers owed for commits sent with commit_async
 
     def read(message, in_rebalance: bool = False) -> str:
-        nonlocal stopping
+        nonlocal stopping, confirms
         kind = message[0]
-        if kind == "done":  # commit at once and confirm: the parent waits before its next batch's outputs
-            acked.update(message[1])
-            if not in_rebalance:  # kafka-python allows no blocking consumer call inside a rebalance
-                flush()           # callback: those are committed right after it (kept partitions only)
-            conn.send(("committed",))
+        if kind == "done":  # commit at once (without blocking the fetch loop) and confirm once done
+            acked.update(feed.current(message[1], message[2]))
+            # no consumer call inside a rebalance callback: those are committed right after it
+            # (kept partitions only)
+            if not in_rebalance and feed.commit_async(dict(acked)):
+                acked.clear()
+                confirms += 1
+            else:
+                conn.send(("committed",))
         elif kind == "stop":
             stopping = True
         return kind
@@ -98,9 +105,16 @@ def _child_main(conn, kafka, replay_messages: int, poll_timeout_ms: int, parent_
             if stopping:
                 break
             items = feed.poll()
+            if items:
+                conn.send(("items", items, None, feed.commits))
+            settled = feed.settled_commits()
+            for _ in range(min(settled, confirms)):
+                conn.send(("committed",))
+            confirms -= min(settled, confirms)
             lag = feed.lag()
-            if items or lag is not None:
-                conn.send(("items", items, lag, feed.commits))
+            if lag is not None or settled:
+                conn.send(("items", [], lag, feed.commits))
+        feed.wait_commits()
         flush()
     except (BrokenPipeError, EOFError, ConnectionResetError):
         os._exit(1)  # the parent is gone: commit nothing more
@@ -129,7 +143,8 @@ class FetchProcess:
     returns at once; ``commits`` is the child's count of commits made (as of its last message).
     """
 
-    def __init__(self, kafka, *, replay_messages: int = 20_000, poll_timeout_ms: int = 200):
+    def __init__(self, kafka, *, replay_messages: int = 20_000, poll_timeout_ms: int = 200,
+                 merge_records: int = MERGE_RECORDS, before_revoke_ack=None):
         ctx = multiprocessing.get_context("spawn")
         self._conn, child_conn = ctx.Pipe(duplex=True)
         self._proc = ctx.Process(target=_child_main, name="tsad-fetch", daemon=True,
@@ -139,6 +154,9 @@ class FetchProcess:
         child_conn.close()
         self.commits = 0
         self.lag_values: dict | None = None
+        self.merge_records = max(int(merge_records), 1)
+        self.before_revoke_ack = before_revoke_ack  # e.g. the scorer's checkpoint, before partitions go
+        self._commit_in_flight = False
         self._closed = False
         self._buffer: list = []        # items read while waiting for a commit, not handed out yet
         self._revoke_pending = False   # a "revoking" to answer once the buffered batches are scored
@@ -147,19 +165,19 @@ class FetchProcess:
         """Rebalance notices and batches the child sent (in order); the latest lag in ``lag_values``.
 
         Batches already waiting (the scorer fell behind) come back merged into one, up to
-        ``MERGE_RECORDS`` records: one model pass, one produce flush and one commit for all of
-        them, so a backlog of small batches is worked off instead of growing.
+        ``merge_records`` records: one model pass for all of them, so a backlog of small batches
+        is worked off instead of growing.
         """
+        if self._revoke_pending and not any(isinstance(item, Batch) for item in self._buffer):
+            self._revoke_pending = False  # every batch sent before the "revoking" is scored now
+            self._ack_revoke()
         if not self._buffer:
-            if self._revoke_pending:  # every batch sent before the "revoking" is scored now
-                self._revoke_pending = False
-                self._conn.send(("revoke_ack",))
             deadline = time.monotonic() + timeout_ms / 1000.0
             while True:
                 message = self._recv(0.0 if self._buffer else max(deadline - time.monotonic(), 0.0))
                 if message is None or self._handle(message, self._buffer):
                     break
-        while self._buffered_records() < MERGE_RECORDS:  # what else is there already, without waiting
+        while self._buffered_records() < self.merge_records:  # what else is there already, without waiting
             message = self._recv(0.0)
             if message is None:
                 break
@@ -173,7 +191,7 @@ class FetchProcess:
         """Leading rebalance notices, then the run of consecutive batches after them merged."""
         k = next((j for j, item in enumerate(self._buffer) if isinstance(item, Batch)), len(self._buffer))
         out, run, n = self._buffer[:k], [], 0
-        while k < len(self._buffer) and isinstance(self._buffer[k], Batch) and (not run or n < MERGE_RECORDS):
+        while k < len(self._buffer) and isinstance(self._buffer[k], Batch) and (not run or n < self.merge_records):
             run.append(self._buffer[k])
             n += len(self._buffer[k])
             k += 1
@@ -192,7 +210,8 @@ class FetchProcess:
         return None
 
     def _handle(self, message, out: list) -> bool:
-        """Apply one child message; items go to ``out``. True when it carried a batch."""
+        """Apply one child message; items go to ``out``. True when it carried a batch or a revoke
+        request (``poll`` returns then)."""
         kind = message[0]
         if kind == "items":
             out.extend(message[1])
@@ -200,11 +219,11 @@ class FetchProcess:
                 self.lag_values = message[2]
             self.commits = message[3]
             return any(isinstance(item, Batch) for item in message[1])
-        if kind == "revoking":
-            if any(isinstance(item, Batch) for item in self._buffer + out):
-                self._revoke_pending = True  # answered by poll() once those are scored
-            else:
-                self._conn.send(("revoke_ack",))
+        if kind == "committed":
+            self._commit_in_flight = False
+        elif kind == "revoking":
+            self._revoke_pending = True  # answered by the next poll(), once the batches before it are scored
+            return True
         elif kind == "error":
             raise FetchProcessDied(f"fetch process failed: {message[1]}")
         elif kind == "closed":
@@ -216,21 +235,39 @@ class FetchProcess:
         lag, self.lag_values = self.lag_values, None
         return lag
 
-    def commit(self, offsets: dict) -> bool:
-        """Have the child commit ``offsets`` and wait until it has (so at most one batch is ever
-        produced but uncommitted); batches it sends meanwhile are kept for the next ``poll``."""
+    def _ack_revoke(self) -> None:
+        if self.before_revoke_ack is not None:
+            self.before_revoke_ack()
+        self._conn.send(("revoke_ack",))
+
+    def commit(self, offsets: dict, epoch: int | None = None) -> bool:
+        """Hand a checkpoint's ``offsets`` (read at ``epoch``) to the child, which commits them.
+
+        Returns at once, after waiting only for the previous checkpoint's confirmation when it has
+        not come yet (at most one in flight); batches the child sends meanwhile are kept for the
+        next ``poll``.
+        """
         if not offsets:
             return False
-        self._conn.send(("done", offsets))
-        deadline = time.monotonic() + 60.0
-        while time.monotonic() < deadline:
+        self.wait_committed()
+        self._conn.send(("done", offsets, epoch))
+        self._commit_in_flight = True
+        return True
+
+    @property
+    def commit_in_flight(self) -> bool:
+        """A checkpoint was handed to the child and not confirmed yet."""
+        return self._commit_in_flight
+
+    def wait_committed(self, timeout_s: float = 60.0) -> None:
+        """Wait until the checkpoint in flight (if any) is confirmed by the child."""
+        deadline = time.monotonic() + timeout_s
+        while self._commit_in_flight:
+            if time.monotonic() > deadline:
+                raise FetchProcessDied(f"fetch process did not confirm a commit in {timeout_s:.0f} s")
             message = self._recv(0.1)
-            if message is None:
-                continue
-            if message[0] == "committed":
-                return True
-            self._handle(message, self._buffer)
-        raise FetchProcessDied("fetch process did not confirm a commit in 60 s")
+            if message is not None:
+                self._handle(message, self._buffer)
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Ask the child to commit what was acknowledged and close; wait for it (then kill it)."""

@@ -70,6 +70,17 @@ class ScorerMetrics:
         self.commits = Counter(
             "tsad_offset_commits_total", "Offset commits after a batch's records were acknowledged.", registry=r)
         self.up = Gauge("tsad_scorer_up", "1 while the scorer loop runs.", registry=r)
+        self.partition_resets = Counter(
+            "tsad_partition_resets_total",
+            "Partitions whose log was reset or recreated (broker restarted empty, topic recreated); "
+            "read again from the new log start.", ["topic"], registry=r)
+        self.undecodable_batches = Counter(
+            "tsad_undecodable_batches_total",
+            "Record batches that could not be decoded (codec, corruption) and were skipped.", registry=r)
+        self.skipped_offsets = Counter(
+            "tsad_skipped_offsets_total", "Offsets skipped inside undecodable record batches.", registry=r)
+        self.pointer_errors = Counter(
+            "tsad_model_pointer_errors_total", "Checks of the champion pointer that could not read it.", registry=r)
 
 
 class ArchiverMetrics:

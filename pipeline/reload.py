@@ -32,6 +32,7 @@ class ReloadOutcome:
     bundle: object | None = None
     refused_version: int | None = None
     error: str = ""
+    pointer_error: bool = False  # the champion pointer could not be read (nothing refused)
 
 
 PRECISIONS = ("fp32", "bf16")
@@ -109,7 +110,7 @@ class ChampionWatcher:
             version = self.registry.champion(self.name)
         except Exception as error:  # noqa: BLE001 - an unreadable pointer must not stop scoring
             log.warning("cannot read champion pointer of %s: %s", self.name, error)
-            return None
+            return ReloadOutcome(error=f"{type(error).__name__}: {error}", pointer_error=True)
         if version is None or version == self.serving or version in self.refused:
             return None
         try:

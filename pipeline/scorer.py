@@ -1,12 +1,20 @@
 """The Kafka scoring loop behind ``tsad serve`` (at-least-once).
 
-Per poll batch (``pipeline.feed.Batch``, columns): decode + validate every message (one orjson
-call for the whole batch when it parses cleanly, else message by message) ->
-``StreamingDetector.process`` on all valid events at once -> produce anomaly records and
-dead-letter records -> flush and check every send -> commit the batch's offsets. Offsets are
-committed only after everything the batch produced was acknowledged; a send that still fails
-after retries stops the scorer WITHOUT committing, so a restart re-reads the batch (duplicates
-only from that last batch).
+Per poll batch (``pipeline.feed.Batch``, columns): decode + validate every message, each within
+its own bytes (``pipeline.decode``) -> ``StreamingDetector.process`` on all valid events at once
+-> send anomaly records and dead-letter records at once (no flush per batch). Checkpoints
+(``pipeline.outputs``): every ``commit_interval_ms`` or ``commit_every_events`` events, before
+partitions are given up and on stop, the producer is flushed, every send is checked, and only
+then are the offsets of the batches produced so far committed. A send that fails for an outage
+stops the scorer WITHOUT committing, so a restart re-reads what followed the last checkpoint
+(duplicates after a crash: bounded by the checkpoint, see README "Delivery guarantees").
+
+Isolation: no single message can stop the scorer. An exception while decoding, scoring, or
+building or producing the records of one message dead-letters that message unchanged with reason
+``internal_error`` (the exception in ``tsad.detail``; ``tsad_events_rejected_total{reason=
+"internal_error"}``) and the scorer goes on. Undecodable record batches are skipped with a marker
+in the dead-letter topic, and partitions whose log was reset are read from the new log start
+(``pipeline.feed_guard``; ``tsad_partition_resets_total``).
 
 Accounting (``tsad_events_*``): every consumed event is exactly one of scored, warm-up (held in
 state without alerting) or rejected (dead-lettered with a reason).
@@ -32,28 +40,24 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from itertools import compress
-from operator import attrgetter, itemgetter
 
 import numpy as np
 import orjson
 from kafka.structs import TopicPartition
 
-from pipeline.events import (
-    DUPLICATE_TIMESTAMP, MALFORMED_JSON, MAX_MESSAGE_BYTES, MAX_SERIES_ID_LENGTH, OUT_OF_ORDER, Event, Rejection,
-    parse_event, validate_payload,
-)
-from pipeline.feed import Batch, EventFeed, Rebalance
-from pipeline.feed_process import FetchProcess
+from pipeline.decode import DecodedBatch, decode_batch, decode_columns, decode_one
+from pipeline.events import DUPLICATE_TIMESTAMP, INTERNAL_ERROR, OUT_OF_ORDER, Event, Rejection
+from pipeline.feed import Batch, EventFeed, PartitionReset, Rebalance, SkippedRange
+from pipeline.feed_guard import UNDECODABLE_BATCH
+from pipeline.feed_process import MERGE_RECORDS, FetchProcess
+from pipeline.isolate import process_isolated
 from pipeline.metrics import ScorerMetrics
-from pipeline.records import anomaly_value, dead_letter_headers, dead_letter_value
+from pipeline.outputs import Outputs, ProduceFailed, Source
+from pipeline.records import anomaly_value
 from pipeline.scoring import DUPLICATE, OUT_OF_ORDER as ST_OUT_OF_ORDER, SCORED, WARMUP, StreamingDetector
 
 log = logging.getLogger(__name__)
-
-
-class ProduceFailed(RuntimeError):
-    """Some records of a batch were not acknowledged after retries; the batch is not committed."""
+__all__ = ["DecodedBatch", "ProduceFailed", "Scorer", "ScorerStats", "decode_batch", "decode_columns"]
 
 
 @dataclass
@@ -92,149 +96,6 @@ def observe_many(histogram, values: np.ndarray) -> None:
             histogram.observe(v)
 
 
-@dataclass
-class DecodedBatch:
-    """Columns of the valid events of a batch (in batch order) and the rejections, by position.
-
-    ``series`` list of str; ``ts``, ``values`` float64 ``(n_valid,)``; ``valid_pos`` int64
-    ``(n_valid,)`` positions in the batch; ``rejections`` list of ``(position, Rejection)``.
-    """
-
-    series: list = field(default_factory=list)
-    ts: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    values: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    valid_pos: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    rejections: list = field(default_factory=list)  # (position, Rejection)
-
-
-_MAX_EXACT_INT = 2**53
-_MS_CUTOFF, _MAX_TS = 1e11, 7_258_118_400.0
-_SERIES, _TS, _VALUE = itemgetter("series"), itemgetter("ts"), itemgetter("value")
-_KEY, _VALUE_BYTES = attrgetter("key"), attrgetter("value")
-_NUMBER_TYPES = {int, float}
-_FIRST, _LAST = itemgetter(0), itemgetter(-1)
-
-
-def _fast_columns(payloads: list, keys: list, max_series_id_length: int):
-    """Column-wise checks of the common case with C-level loops (``map``, numpy).
-
-    Returns ``(ok (n,) bool, series list, ts (n,) s, values (n,))`` where ``ok`` marks the events
-    accepted here, or None when the batch needs the per-message path (rare: a non-object, a
-    missing field, a wrong type). Rows not ``ok`` still need ``validate_payload``: they may be valid
-    (e.g. an integer beyond 2**53, an ISO timestamp) or rejected; only that function decides.
-    """
-    n = len(payloads)
-    if set(map(type, payloads)) != {dict}:
-        return None
-    try:
-        sids = list(map(_SERIES, payloads))
-        tss = list(map(_TS, payloads))
-        vals = list(map(_VALUE, payloads))
-    except KeyError:
-        return None
-    if (set(map(type, sids)) != {str} or not set(map(type, tss)) <= _NUMBER_TYPES
-            or not set(map(type, vals)) <= _NUMBER_TYPES):
-        return None
-    try:
-        t = np.array(tss, dtype=np.float64)
-        v = np.array(vals, dtype=np.float64)
-        encoded = list(map(str.encode, sids))
-    except (OverflowError, ValueError, TypeError, UnicodeError):
-        return None
-    lengths = np.fromiter(map(len, sids), dtype=np.int64, count=n)
-    with np.errstate(invalid="ignore"):
-        ok = ((lengths > 0) & (lengths <= max_series_id_length)
-              & (np.abs(v) < _MAX_EXACT_INT) & (np.abs(t) < _MAX_EXACT_INT))
-        big = np.abs(t) >= _MS_CUTOFF
-        if big.any():
-            t = np.where(big, t / 1000.0, t)
-        ok &= (t >= 0.0) & (t <= _MAX_TS)
-    if any(map(str.isspace, sids)):
-        ok &= ~np.fromiter(map(str.isspace, sids), dtype=bool, count=n)
-    if encoded != keys:  # a key that is given must equal the series id
-        ok &= ~np.fromiter((k is not None and k != e for k, e in zip(keys, encoded)), dtype=bool, count=n)
-    return ok, sids, t, v
-
-
-def _all_objects(values: list, max_message_bytes: int) -> bool:
-    """Every value is ``{...}`` of 1..max bytes (so joining them cannot shift message boundaries)."""
-    if None in values:
-        return False
-    lengths = list(map(len, values))
-    if min(lengths) < 2 or max(lengths) > max_message_bytes:
-        return False
-    return set(map(_FIRST, values)) == {0x7B} and set(map(_LAST, values)) == {0x7D}
-
-
-def decode_batch(records, max_message_bytes: int = MAX_MESSAGE_BYTES,
-                 max_series_id_length: int = MAX_SERIES_ID_LENGTH) -> DecodedBatch:
-    """``decode_columns`` of records with ``.value`` and ``.key`` (e.g. kafka-python's ConsumerRecord)."""
-    return decode_columns(list(map(_VALUE_BYTES, records)), list(map(_KEY, records)), max_message_bytes,
-                          max_series_id_length)
-
-
-def decode_columns(values: list, keys: list, max_message_bytes: int = MAX_MESSAGE_BYTES,
-                   max_series_id_length: int = MAX_SERIES_ID_LENGTH) -> DecodedBatch:
-    """Decode and validate a batch's message values (bytes) and keys (bytes | None); same verdicts as
-    ``pipeline.events.parse_event``.
-
-    One ``orjson.loads`` for the whole batch when every value is a JSON object that parses
-    (count checked), then column-wise checks of the common case (numeric ts and value, plain
-    series id, matching key); anything else goes through ``validate_payload`` / ``parse_event``
-    (the schema's reference implementation) so reasons stay exact.
-    """
-    n = len(values)
-    out = DecodedBatch()
-    if n == 0:
-        return out
-    payloads = None
-    if _all_objects(values, max_message_bytes):
-        try:
-            payloads = orjson.loads(b"[" + b",".join(values) + b"]")
-        except orjson.JSONDecodeError:
-            payloads = None
-        if payloads is not None and len(payloads) != n:
-            payloads = None
-    fast = _fast_columns(payloads, keys, max_series_id_length) if payloads is not None else None
-    if fast is not None:
-        ok, sids, t, v = fast
-        if not ok.all():
-            for i in np.flatnonzero(~ok).tolist():
-                try:
-                    item = validate_payload(payloads[i], values[i], keys[i], max_series_id_length=max_series_id_length)
-                except Exception as error:  # noqa: BLE001 - never raise on bad input
-                    item = Rejection(MALFORMED_JSON, f"unexpected error while validating: {error}", bytes(values[i]))
-                if type(item) is Event:
-                    ok[i], sids[i], t[i], v[i] = True, item.series, item.ts, item.value
-                else:
-                    out.rejections.append((i, item))
-            out.series = list(compress(sids, ok.tolist()))
-            out.ts, out.values, out.valid_pos = t[ok], v[ok], np.flatnonzero(ok)
-        else:
-            out.series, out.ts, out.values, out.valid_pos = sids, t, v, np.arange(n, dtype=np.int64)
-        return out
-    series, ts, vals, pos = [], [], [], []
-    for i, (raw, key) in enumerate(zip(values, keys)):
-        if payloads is not None:
-            try:
-                item = validate_payload(payloads[i], raw, key, max_series_id_length=max_series_id_length)
-            except Exception as error:  # noqa: BLE001 - never raise on bad input
-                item = Rejection(MALFORMED_JSON, f"unexpected error while validating: {error}", bytes(raw))
-        else:
-            item = parse_event(raw, key, max_message_bytes=max_message_bytes, max_series_id_length=max_series_id_length)
-        if type(item) is Event:
-            series.append(item.series)
-            ts.append(item.ts)
-            vals.append(item.value)
-            pos.append(i)
-        else:
-            out.rejections.append((i, item))
-    out.series = series
-    out.ts, out.values = np.array(ts, dtype=np.float64), np.array(vals, dtype=np.float64)
-    out.valid_pos = np.array(pos, dtype=np.int64)
-    return out
-
-
 class Scorer:
     """Consumes ``settings.kafka.events_topic`` in the scorer group and scores it with ``detector``.
 
@@ -263,10 +124,17 @@ class Scorer:
         self._commits_seen = 0
         self.latency_log: list | None = None
         self.producer = producer or make_producer(self.kafka, linger_ms=5)
+        every = getattr(settings, "commit_every_events", 20_000)
+        self.outputs = Outputs(self.producer, self.kafka, settings.max_message_bytes,
+                               commit_interval_ms=getattr(settings, "commit_interval_ms", 1000),
+                               commit_every_events=every, on_internal_error=self._late_internal_error)
         if fetch_process:
-            self.feed = FetchProcess(self.kafka, replay_messages=replay_messages, poll_timeout_ms=poll_timeout_ms)
-        else:
-            self.feed = EventFeed(self.kafka, replay_messages=replay_messages, poll_timeout_ms=poll_timeout_ms)
+            self.feed = FetchProcess(self.kafka, replay_messages=replay_messages, poll_timeout_ms=poll_timeout_ms,
+                                     merge_records=max(min(MERGE_RECORDS, every), self.kafka.max_poll_records),
+                                     before_revoke_ack=self.checkpoint)
+        else:  # inside the rebalance callback only the producer may be flushed; the commit follows it
+            self.feed = EventFeed(self.kafka, replay_messages=replay_messages, poll_timeout_ms=poll_timeout_ms,
+                                  before_revoke=lambda _revoked: self.producer.flush())
         self._publish_model_info()
 
     # ------------------------------------------------------------------ model
@@ -287,7 +155,10 @@ class Scorer:
         if outcome is None:
             return
         if outcome.bundle is None:
-            self.metrics.reload_failures.inc()
+            if outcome.pointer_error:
+                self.metrics.pointer_errors.inc()
+            else:
+                self.metrics.reload_failures.inc()
             return
         bundle = outcome.bundle
         try:
@@ -305,8 +176,9 @@ class Scorer:
     def run(self, stop: threading.Event, idle_exit_s: float | None = None) -> ScorerStats:
         """Poll and score until ``stop`` is set (or no message came for ``idle_exit_s``); commit and close.
 
-        On ``stop`` the batch being scored is finished, produced, acknowledged and committed;
-        batches fetched but not scored yet are left uncommitted (re-read by the next owner).
+        On ``stop`` the batch being scored is finished, and a last checkpoint flushes, checks and
+        commits everything produced; batches fetched but not scored yet are left uncommitted
+        (re-read by the next owner). After a ``ProduceFailed`` nothing more is committed.
         """
         self.metrics.up.set(1)
         try:
@@ -315,15 +187,16 @@ class Scorer:
                 self.check_reload()
                 items = self.feed.poll(self.poll_timeout_ms)
                 for item in items:
-                    if isinstance(item, Rebalance):
-                        self._rebalanced(item)
-                    else:
+                    if isinstance(item, Batch):
                         self._score(item)
-                        self.feed.commit(item.commit_offsets)
                         last_message = time.monotonic()
+                    else:
+                        self._notice(item)
+                self._advance_checkpoint()
                 self._publish_feed_metrics()
                 if not items and idle_exit_s is not None and time.monotonic() - last_message > idle_exit_s:
                     break
+            self.checkpoint()
         finally:
             self.metrics.up.set(0)
             self.close()
@@ -336,6 +209,42 @@ class Scorer:
         finally:
             self.feed.close()
             self._publish_feed_metrics()
+
+    def _advance_checkpoint(self) -> None:
+        """Seal a due checkpoint (not while the previous one's commit is in flight: at most one
+        checkpoint is ever produced-but-uncommitted besides the current one) and commit a sealed
+        one once all its sends are acknowledged. Never waits for the broker."""
+        out = self.outputs
+        if out.sealed is None and out.due() and not getattr(self.feed, "commit_in_flight", False):
+            out.seal()
+        done = out.acknowledged()
+        if done is not None and done[0]:
+            self.feed.commit(*done)
+
+    def checkpoint(self) -> bool:
+        """Flush, check every send, then commit the offsets produced so far (see ``pipeline.outputs``);
+        blocking: before partitions are given up, and on stop."""
+        offsets, epoch = self.outputs.checkpoint()
+        if not offsets:
+            return False
+        return bool(self.feed.commit(offsets, epoch))
+
+    def _notice(self, item) -> None:
+        if isinstance(item, Rebalance):
+            self.checkpoint()  # (fetch process: done before the revoke was acknowledged; in-process: now)
+            self._rebalanced(item)
+        elif isinstance(item, PartitionReset):
+            log.warning("partition log reset on %s (%s): scoring from the new log start", sorted(
+                f"{tp.topic}-{tp.partition}" for tp in item.tps), item.why)
+            for tp in item.tps:
+                self.metrics.partition_resets.labels(tp.topic).inc()
+        elif isinstance(item, SkippedRange):
+            tp = item.tp
+            self.metrics.undecodable_batches.inc()
+            self.metrics.skipped_offsets.inc(item.end - item.start)
+            if tp in self._owned or not self._owned:
+                self.outputs.marker(UNDECODABLE_BATCH, item.detail, tp.partition, item.start, item.end - 1)
+                self.outputs.add({tp: item.end}, item.epoch, 0)
 
     def _rebalanced(self, notice: Rebalance) -> None:
         """Drop the state of series on partitions lost to another scorer."""
@@ -363,8 +272,28 @@ class Scorer:
             self._commits_seen = commits
         self.stats.commits = commits
 
+    def _late_internal_error(self, source: Source, detail: str) -> None:
+        """An input message dead-lettered at a checkpoint (its output record was refused); it stays
+        counted as scored too (counters only go up)."""
+        self.stats.rejected[INTERNAL_ERROR] += 1
+        self.metrics.events_rejected.labels(INTERNAL_ERROR).inc()
+
+    def _decode(self, batch: Batch) -> DecodedBatch:
+        """``decode_columns``, or message by message (failures as ``internal_error``) if it raises."""
+        limit, id_limit = self.settings.max_message_bytes, self.settings.max_series_id_length
+        try:
+            return decode_columns(batch.values, batch.keys, limit, id_limit)
+        except Exception as error:  # noqa: BLE001 - decode_one isolates each message
+            log.error("batch decode failed (%s: %s); decoding message by message", type(error).__name__, error)
+        items = [decode_one(raw, key, max_message_bytes=limit, max_series_id_length=id_limit)
+                 for raw, key in zip(batch.values, batch.keys)]
+        ok = [i for i, item in enumerate(items) if type(item) is Event]
+        return DecodedBatch([items[i].series for i in ok], np.array([items[i].ts for i in ok], dtype=np.float64),
+                            np.array([items[i].value for i in ok], dtype=np.float64), np.array(ok, dtype=np.int64),
+                            [(i, item) for i, item in enumerate(items) if type(item) is not Event])
+
     def _score(self, batch: Batch) -> bool:
-        """Decode, score, produce and await one batch (its offsets are committed by the caller).
+        """Decode, score and send one batch's records (committed at a later checkpoint).
 
         Returns False when nothing of the batch is on a partition still assigned to us.
         """
@@ -378,51 +307,78 @@ class Scorer:
         keys, raw_values, offsets = batch.keys, batch.values, batch.offsets
         partitions = batch.partitions()
         topic_in = self.kafka.events_topic
-        dec = decode_columns(raw_values, keys, self.settings.max_message_bytes, self.settings.max_series_id_length)
+        dec = self._decode(batch)
         vp = dec.valid_pos
         new = np.ones(len(vp), dtype=bool) if replay is None else ~replay[vp]
-        result = self.detector.process(dec.series, dec.ts, dec.values, alert=new)
+        result, failures = process_isolated(self.detector, dec.series, dec.ts, dec.values, new)
         decided_at = time.time()
-        futures = []
-        stats, metrics = self.stats, self.metrics
-        topic_out, topic_dl = self.kafka.anomalies_topic, self.kafka.dead_letter_topic
-        send = self.producer.send
+        stats, metrics, outputs = self.stats, self.metrics, self.outputs
+        topic_out = self.kafka.anomalies_topic
+        failed = np.zeros(n, dtype=bool)  # became internal_error after decoding
 
+        def source(i: int) -> Source:
+            return Source(keys[i], bytes(raw_values[i]) if raw_values[i] is not None else b"", int(partitions[i]),
+                          int(offsets[i]))
+
+        def reject(i: int, reason: str, detail: str) -> None:
+            outputs.dead_letter(source(i), reason, detail)
+            stats.rejected[reason] += 1
+            metrics.events_rejected.labels(reason).inc()
+
+        def isolate(i: int, stage: str, error: BaseException) -> None:
+            if isinstance(error, ProduceFailed):
+                raise error
+            detail = f"{stage}: {type(error).__name__}: {error}"
+            log.error("message %s/%d/%d dead-lettered as %s: %s", topic_in, int(partitions[i]), int(offsets[i]),
+                      INTERNAL_ERROR, detail)
+            failed[i] = True
+            reject(i, INTERNAL_ERROR, detail)
+
+        for j, error in failures:
+            if new[j]:
+                isolate(int(vp[j]), "scoring", error)
+            else:
+                failed[int(vp[j])] = True  # a replayed event: state only, nothing to dead-letter
         # rejected by validation (not replay)
         for i, item in dec.rejections:
             if replay is None or not replay[i]:
-                value, extra = dead_letter_value(item.raw, self.settings.max_message_bytes)
-                futures.append(send(topic_dl, key=keys[i], value=value, headers=dead_letter_headers(
-                    item.reason, item.detail, topic_in, int(partitions[i]), int(offsets[i])) + extra))
-                stats.rejected[item.reason] += 1
-                metrics.events_rejected.labels(item.reason).inc()
+                try:
+                    reject(i, item.reason, item.detail)
+                except Exception as error:  # noqa: BLE001
+                    isolate(i, "dead-lettering", error)
         status = result.status
         # rejected by the detector: duplicate / out-of-order timestamps
         for j in np.flatnonzero(new & ((status == DUPLICATE) | (status == ST_OUT_OF_ORDER))).tolist():
             i = int(vp[j])
             reason = DUPLICATE_TIMESTAMP if status[j] == DUPLICATE else OUT_OF_ORDER
-            detail = f"series {dec.series[j]!r}: timestamp {dec.ts[j]} " + (
-                "equals the last accepted one" if reason == DUPLICATE_TIMESTAMP else "is older than the last accepted one")
-            futures.append(send(topic_dl, key=keys[i], value=raw_values[i], headers=dead_letter_headers(
-                reason, detail, topic_in, int(partitions[i]), int(offsets[i]))))
-            stats.rejected[reason] += 1
-            metrics.events_rejected.labels(reason).inc()
+            try:
+                detail = f"series {dec.series[j]!r}: timestamp {dec.ts[j]} " + (
+                    "equals the last accepted one" if reason == DUPLICATE_TIMESTAMP else "is older than the last accepted one")
+                reject(i, reason, detail)
+            except Exception as error:  # noqa: BLE001
+                isolate(i, "dead-lettering", error)
         # anomalies
-        for j in np.flatnonzero(result.is_anomaly).tolist():
+        n_anom = 0
+        for j in np.flatnonzero(result.is_anomaly & new).tolist():
             i, sid = int(vp[j]), dec.series[j]
-            value = anomaly_value(sid, float(dec.ts[j]), float(dec.values[j]), float(result.predicted[j]),
-                                  float(result.error[j]), float(result.score[j]), result.threshold, result.model,
-                                  result.model_version, topic_in, int(partitions[i]), int(offsets[i]))
-            futures.append(send(topic_out, key=sid.encode("utf-8"), value=value))
-            if self.on_anomaly is not None:
-                self.on_anomaly(orjson.loads(value))
-        self._await(futures)
+            try:
+                value = anomaly_value(sid, float(dec.ts[j]), float(dec.values[j]), float(result.predicted[j]),
+                                      float(result.error[j]), float(result.score[j]), result.threshold, result.model,
+                                      result.model_version, topic_in, int(partitions[i]), int(offsets[i]))
+                outputs.send(topic_out, sid.encode("utf-8"), value, source(i))
+                n_anom += 1
+                if self.on_anomaly is not None:
+                    self.on_anomaly(orjson.loads(value))
+            except Exception as error:  # noqa: BLE001 - this message alone
+                isolate(i, "building or producing its anomaly record", error)
+        outputs.add(batch.commit_offsets, batch.epoch, n)
 
-        counts_new = np.bincount(status[new], minlength=4)
-        n_scored, n_warm_new = int(counts_new[SCORED]), int(counts_new[WARMUP])
-        n_replayed = int(np.count_nonzero(status[~new] == WARMUP)) if replay is not None else 0
+        ok = ~failed[vp]
+        is_new = new & ok
+        n_scored = int(np.count_nonzero(status[is_new] == SCORED))
+        n_warm_new = int(np.count_nonzero(status[is_new] == WARMUP))
+        n_replayed = int(np.count_nonzero(status[~new & ok] == WARMUP)) if replay is not None else 0
         n_new = n - (int(replay.sum()) if replay is not None else 0)
-        n_anom = int(np.count_nonzero(result.is_anomaly))
         stats.consumed += n_new
         stats.scored += n_scored
         stats.warmup += n_warm_new + n_replayed
@@ -437,7 +393,7 @@ class Scorer:
             metrics.anomalies.inc(n_anom)
         if result.evicted:
             metrics.series_evicted.inc(result.evicted)
-        decided = new & ((status == SCORED) | (status == WARMUP))
+        decided = is_new & ((status == SCORED) | (status == WARMUP))
         if decided.any():
             ts_ms = batch.timestamps[vp[decided]].astype(np.float64)
             latency = np.maximum(decided_at - ts_ms / 1000.0, 0.0)
@@ -471,11 +427,3 @@ class Scorer:
             ids.intersection_update(tracked)
         self._evictions_since_prune = 0
 
-    def _await(self, futures) -> None:
-        """Flush and make sure every send of the batch was acknowledged (retrying failed ones)."""
-        if not futures:
-            return
-        self.producer.flush()
-        failed = [f for f in futures if f.failed()]
-        if failed:
-            raise ProduceFailed(f"{len(failed)} of {len(futures)} records not acknowledged: {failed[0].exception}")

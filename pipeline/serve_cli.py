@@ -34,6 +34,10 @@ def serve(
     likelihood_config: str = typer.Option(None, help='Likelihood tunables as JSON, e.g. \'{"warmup": 100, '
                                                      '"refractory": 40}\' (see models/thresholds/error_likelihood.py).'),
     replay_messages: int = typer.Option(20_000, help="Messages re-read per assigned partition to warm state."),
+    commit_interval_ms: int = typer.Option(None, help="Checkpoint (flush, check, commit) at least this often "
+                                                      "(default: TSAD_COMMIT_INTERVAL_MS, 1000)."),
+    commit_every_events: int = typer.Option(None, help="... or after this many events (default: "
+                                                       "TSAD_COMMIT_EVERY_EVENTS, 20000)."),
     reload_interval: float = typer.Option(1.0, help="Seconds between champion pointer checks."),
     torch_threads: int = typer.Option(1, help="torch intra-op threads."),
     precision: str = typer.Option("fp32", help="Window (many-to-one) model precision: fp32 | bf16 (~2x faster, "
@@ -59,6 +63,7 @@ def serve(
     torch.set_num_threads(max(torch_threads, 1))
     settings = load_settings(
         registry_dir=registry, metrics_host=metrics_host, metrics_port=metrics_port, max_series=max_series,
+        commit_interval_ms=commit_interval_ms, commit_every_events=commit_every_events,
         kafka={"bootstrap_servers": bootstrap_servers, "group_id": group_id, "events_topic": events_topic,
                "anomalies_topic": anomalies_topic, "dead_letter_topic": dead_letter_topic},
     )
@@ -85,7 +90,12 @@ def serve(
     detector = StreamingDetector(bundle, config)
     metrics = ScorerMetrics()
     if settings.metrics_port:
-        server, _ = serve_metrics(metrics.registry, settings.metrics_host, settings.metrics_port)
+        try:
+            server, _ = serve_metrics(metrics.registry, settings.metrics_host, settings.metrics_port)
+        except OSError as error:
+            typer.echo(f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}: "
+                       f"{error.strerror or error}; pick a free port with --metrics-port (0 disables)", err=True)
+            raise typer.Exit(2) from error
         log.info("metrics on http://%s:%s/metrics", settings.metrics_host, server.server_port)
     ensure_topics(settings.kafka)
     stop = threading.Event()

@@ -74,6 +74,12 @@ class Settings(BaseSettings):
     max_series: int = 100_000
     max_message_bytes: int = 64 * 1024
     max_series_id_length: int = 256
+    # Checkpoints: offsets are committed every commit_interval_ms or commit_every_events events
+    # (whichever comes first), once every output produced up to them is acknowledged.
+    commit_interval_ms: int = Field(1000, ge=0)
+    commit_every_events: int = Field(20_000, ge=1)
+    # tsad publish / publish_events: retry with backoff until this many seconds have passed.
+    publish_timeout_s: float = Field(60.0, gt=0)
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -108,3 +108,31 @@ def test_arbitrary_payloads_never_raise_and_events_are_finite(series, ts, value)
     if isinstance(result, Event):
         assert math.isfinite(result.value) and math.isfinite(result.ts)
         assert isinstance(result.series, str) and result.series.strip()
+
+
+@pytest.mark.parametrize("key", [None, b"\xed\xa0\x80"], ids=["no-key", "key"])
+@pytest.mark.parametrize("raw", [b'{"series": "\\ud800", "ts": 1700000000, "value": 1}',
+                                 b'{"series": "\xed\xa0\x80", "ts": 1700000000, "value": 1}'], ids=["escape", "raw-bytes"])
+def test_a_lone_surrogate_in_the_series_id_is_a_bad_series_id(raw, key):
+    result = parse_event(raw, key)
+    assert isinstance(result, Rejection) and result.reason == events.BAD_SERIES_ID, result
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"series": "a", "ts": 1700000000, "value": ' + b"9" * 400 + b"}",
+    b'{"series": "a", "ts": 1700000000, "value": -' + b"9" * 400 + b"}",
+    b'{"series": "a", "ts": 1700000000, "value": 1e400}',
+])
+def test_numbers_beyond_a_double_are_out_of_range_not_non_finite(raw):
+    assert parse_event(raw).reason == events.VALUE_OUT_OF_RANGE
+
+
+@pytest.mark.parametrize("raw", [
+    b"\xef\xbb\xbf" + encode_event("a", 1700000000, 1.0),                       # UTF-8 BOM
+    '{"series": "a", "ts": 1700000000, "value": 1}'.encode("utf-16"),            # UTF-16 with BOM
+    '{"series": "a", "ts": 1700000000, "value": 1}'.encode("utf-16-le"),         # UTF-16 without BOM
+    '{"series": "a", "ts": 1700000000, "value": 1}'.encode("utf-32"),
+    b'{"series": "a\xff", "ts": 1700000000, "value": 1}',                        # invalid UTF-8
+])
+def test_only_utf8_without_a_bom_is_json_here(raw):
+    assert parse_event(raw).reason == events.MALFORMED_JSON

@@ -34,6 +34,7 @@ def test_merged_batches_keep_order_offsets_and_the_last_commit_offset():
 def _parent_with(buffer):
     feed = FetchProcess.__new__(FetchProcess)     # the parent side alone: no child process
     feed._buffer = list(buffer)
+    feed.merge_records = MERGE_RECORDS
     return feed
 
 

@@ -55,3 +55,34 @@ def test_concatenation_cannot_shift_message_boundaries():
                Rec(None, b'{"y": "'), Rec(None, b'"}')]
     dec = decode_batch(records)
     assert [verdict(parse_event(r.value)) for r in records] == [("rej", rej.reason) for _, rej in dec.rejections]
+
+
+def test_the_three_merging_messages_of_issue_15_stay_apart():
+    records = [Rec(b"s", b'{"a":"}'), Rec(b"s", b'{",  "series":"s","ts":1700000000,"value":5}'),
+               Rec(b"s", b'{"q":1},{"r":2}')]
+    dec = decode_batch(records)
+    assert len(dec.valid_pos) == 0
+    assert [(i, rej.reason) for i, rej in dec.rejections] == [(0, "malformed_json"), (1, "malformed_json"),
+                                                              (2, "malformed_json")]
+
+
+valid_event = st.builds(lambda s, t, v: orjson.dumps({"series": s, "ts": t, "value": v}),
+                        st.sampled_from(["a", "b", "s-1"]), st.integers(1_600_000_000, 1_800_000_000),
+                        st.floats(-1e6, 1e6, allow_nan=False))
+fragments = st.sampled_from([b'{"a":"}', b'{",  "series":"s","ts":1700000000,"value":5}', b'{"q":1},{"r":2}',
+                             b'{"series": "a", "ts": 1700000000, "value": 1, "x": "}', b'{"y": "', b'"}', b"{", b"}",
+                             b"{}", b'{"series":"\\ud800","ts":1,"value":1}', b"\xef\xbb\xbf{}", b"[1]", b"null"])
+message = st.one_of(st.binary(max_size=64), valid_event, fragments, st.none())
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(message, st.sampled_from([None, b"a", b"s", b"\xed\xa0\x80"])), min_size=1, max_size=12))
+def test_batch_decoder_agrees_with_parse_event_on_arbitrary_bytes(items):
+    """Differential: arbitrary bytes per message; verdicts equal to parse_event's, message by message."""
+    records = [Rec(key, value) for value, key in items]
+    dec = decode_batch(records)
+    got = {int(i): ("ok", dec.series[j], dec.ts[j], dec.values[j]) for j, i in enumerate(dec.valid_pos)}
+    got.update({i: ("rej", rej.reason) for i, rej in dec.rejections})
+    assert sorted(got) == list(range(len(records)))
+    for i, r in enumerate(records):
+        assert got[i] == verdict(parse_event(r.value, r.key)), (i, r, got[i])

@@ -1,0 +1,124 @@
+"""Helpers of the delivery tests: a tiny trained registry, an in-process scorer that emits one
+anomaly record per scored event (a receipt), and readers of the output topics."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import orjson
+from kafka import KafkaConsumer
+from kafka.structs import TopicPartition
+
+from models.forecasters import ForecasterConfig
+from models.registry import ModelRegistry
+from models.training import fit
+from pipeline.kafka_clients import make_producer
+from pipeline.metrics import ScorerMetrics
+from pipeline.records import headers_dict
+from pipeline.reload import ChampionWatcher
+from pipeline.scorer import Scorer
+from pipeline.scoring import DetectorConfig, StreamingDetector
+from pipeline.settings import Settings
+
+T0 = 1_700_000_000
+
+
+def make_registry(root) -> ModelRegistry:
+    reg = ModelRegistry(root)
+    i = np.arange(300)
+    bundle, _ = fit(ForecasterConfig(kind="many-to-many", window=8, hidden=16), {"s": np.sin(i / 6.0)},
+                    epochs=1, progress=False, name="m")
+    reg.promote("m", reg.register(bundle))
+    return reg
+
+
+def receipt_detector(reg, cls=StreamingDetector):
+    """A detector that flags every scored event: its anomaly records are receipts."""
+    watcher = ChampionWatcher(reg, "m", None, interval_s=60)
+    return cls(watcher.load_initial(), DetectorConfig(threshold_method="zscore", threshold=-1e9, warmup_events=0))
+
+
+class RunningScorer:
+    """A ``Scorer`` running in a thread until ``stop()``."""
+
+    def __init__(self, kafka, detector, **kw):
+        self.scorer = Scorer(Settings(kafka=kafka, **kw.pop("settings", {})), detector, ScorerMetrics(), **kw)
+        self.stop_event = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        try:
+            self.scorer.run(self.stop_event)
+        except BaseException as error:  # noqa: BLE001 - reported to the test
+            self.error = error
+
+    @property
+    def stats(self):
+        return self.scorer.stats
+
+    def metric(self, name, labels=None) -> float:
+        return self.scorer.metrics.registry.get_sample_value(name, labels or {}) or 0.0
+
+    def wait(self, predicate, timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.error is not None:
+                raise AssertionError(f"scorer failed: {self.error!r}")
+            if predicate():
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what} (stats {self.stats})")
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.thread.join(30)
+        assert not self.thread.is_alive(), "scorer did not stop"
+
+
+def send(kafka, rows, **producer_config) -> list:
+    """rows: (key, value); returns each row's (partition, offset)."""
+    producer = make_producer(kafka, **producer_config)
+    try:
+        futures = [producer.send(kafka.events_topic, key=k, value=v) for k, v in rows]
+        producer.flush()
+        return [(m.partition, m.offset) for m in (f.get(timeout=30) for f in futures)]
+    finally:
+        producer.close()
+
+
+def read_all(kafka, topic: str, expected: int, timeout_s: float = 30.0) -> list:
+    """Every record of ``topic`` from the beginning, once at least ``expected`` came (or the deadline)."""
+    consumer = KafkaConsumer(**kafka.client_config(), group_id=None, enable_auto_commit=False,
+                             auto_offset_reset="earliest")
+    try:
+        parts = [TopicPartition(topic, p) for p in range(kafka.partitions)]
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        out, deadline = [], time.monotonic() + timeout_s
+        while time.monotonic() < deadline and len(out) < expected:
+            for batch in consumer.poll(timeout_ms=300).values():
+                out.extend(batch)
+        for batch in consumer.poll(timeout_ms=300).values():  # and anything beyond (must not be there)
+            out.extend(batch)
+        return out
+    finally:
+        consumer.close()
+
+
+def receipts(records) -> set:
+    """(partition, offset) of the source of each anomaly record."""
+    return {(a["source"]["partition"], a["source"]["offset"]) for a in (orjson.loads(r.value) for r in records)}
+
+
+def dead_letters(records) -> dict:
+    """{source "partition/offset" or range: headers} of dead-letter records."""
+    out = {}
+    for r in records:
+        h = headers_dict(r.headers)
+        _, partition, offset = h["tsad.source"].rsplit("/", 2)
+        out[(int(partition), offset)] = {**h, "value": r.value, "key": r.key}
+    return out
