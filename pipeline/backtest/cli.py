@@ -129,10 +129,12 @@ def _cross_validate(files, windows, cfg, seeds, cands, workers, out, console, ru
     """``--cv``: replay per seed, cross-validate the candidates by group, print and save the figures."""
     from pipeline.backtest.cv_run import cv_summary, render_cv, run_cv
 
+    from rich.console import Console
+
     rep = run_cv(files, windows, cfg, seeds, cands, workers=workers, rule=rule)
     for err in rep.errors:
         console.print(f"[red]failed[/red] {err}")
-    render_cv(rep, console)
+    render_cv(rep, Console(width=max(console.width, 200)))  # one row per candidate, one column per group
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         path = out / "crossval.json"
