@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from models.thresholds.error_likelihood import LikelihoodConfig, score_series
-from pipeline.backtest.nab_scoring import PROFILES, PointTable, Profile, normalised, point_table, score_detections, \
-    sweep_threshold
+from pipeline.backtest.nab_scoring import (PROFILES, PointTable, Profile, normalised, point_table, score_detections,
+                                           sweep_threshold)
 
 
 @dataclass(frozen=True)
@@ -93,12 +93,6 @@ def group_of(name: str) -> str:
     return name.split("/", 1)[0] if "/" in name else ""
 
 
-def _alert_mask(result) -> np.ndarray:
-    """Rows the live detector scored with alerting on: after probation, with a finite live score."""
-    alert = np.arange(len(result.values)) >= result.probation
-    return alert & np.isfinite(result.detector_score)
-
-
 def rescore(result, post: dict, warmup: str = "default") -> tuple[np.ndarray, np.ndarray]:
     """Re-score one ``SeriesResult``'s stored errors with ``LikelihoodConfig(**post)``.
 
@@ -145,12 +139,8 @@ def score_candidates(results: Sequence, candidates: Sequence[Candidate], *, work
     else:
         outs = [_rescore_job(j) for j in jobs]
     by_cand: dict[str, Scored] = {c.name: Scored({}, c.post) for c in candidates}
-    k = 0
-    for c in candidates:
-        for r in results:
-            s, f = outs[k]
-            by_cand[c.name].files[r.name] = (s, f, tables[r.name])
-            k += 1
+    for (r, _, _), c, (s, f) in zip(jobs, (c for c in candidates for _ in results), outs):
+        by_cand[c.name].files[r.name] = (s, f, tables[r.name])
     return by_cand
 
 
