@@ -119,11 +119,16 @@ def test_rescore_reproduces_the_live_detector(nab_small):
     assert not np.allclose(off, score)  # a candidate really changes the scores
 
 
-def test_cli_cross_validation(tmp_path, nab_small):
-    res = CliRunner().invoke(app, [
+def _cv(nab_small, *args: str):
+    """``tsad backtest --cv`` on the in-repo NAB files with a tiny model."""
+    return CliRunner().invoke(app, [
         "backtest", str(nab_small / "data"), "--labels", str(nab_small / "labels" / "combined_windows.json"),
-        "--cv", "--seeds", "0,1", "--window", "16", "--hidden", "8", "--epochs", "1", "--workers", "1",
-        "--candidates", '{"one-scale": {"slow_alpha": null}, "default": {}}', "--out", str(tmp_path)])
+        "--cv", "--window", "16", "--hidden", "8", "--epochs", "1", "--workers", "1", *args])
+
+
+def test_cli_cross_validation(tmp_path, nab_small):
+    res = _cv(nab_small, "--seeds", "0,1", "--candidates", '{"one-scale": {"slow_alpha": null}, "default": {}}',
+              "--out", str(tmp_path))
     assert res.exit_code == 0, res.output
     assert "chosen per held-out group" in res.output and "cross-validated choice" in res.output
     summary = json.loads((tmp_path / "crossval.json").read_text())
@@ -134,19 +139,14 @@ def test_cli_cross_validation(tmp_path, nab_small):
 
 
 def test_cli_rejects_bad_candidates(nab_small):
-    res = CliRunner().invoke(app, ["backtest", str(nab_small / "data"), "--labels",
-                                   str(nab_small / "labels" / "combined_windows.json"), "--cv",
-                                   "--candidates", '{"x": {"nope": 1}}'])
+    res = _cv(nab_small, "--candidates", '{"x": {"nope": 1}}')
     assert res.exit_code == 2 and "nope" in res.output
 
 
 def test_cli_cross_validation_of_replay_variants(tmp_path, nab_small):
     """Per-file and fleet models compared in one run: each group's fleet model never saw that group."""
-    res = CliRunner().invoke(app, [
-        "backtest", str(nab_small / "data"), "--labels", str(nab_small / "labels" / "combined_windows.json"),
-        "--cv", "--seeds", "0", "--window", "16", "--hidden", "8", "--epochs", "1", "--workers", "1",
-        "--variants", '{"per-file": {"model_source": "per-file"}, "fleet": {"model_source": "fleet"}}',
-        "--candidates", '{"one-scale": {"slow_alpha": null}}', "--out", str(tmp_path)])
+    res = _cv(nab_small, "--seeds", "0", "--candidates", '{"one-scale": {"slow_alpha": null}}', "--out", str(tmp_path),
+              "--variants", '{"per-file": {"model_source": "per-file"}, "fleet": {"model_source": "fleet"}}')
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "crossval.json").read_text())
     assert set(summary["per_candidate"]) == {"per-file/one-scale", "fleet/one-scale"}
@@ -158,9 +158,7 @@ def test_cli_cross_validation_of_replay_variants(tmp_path, nab_small):
 
 
 def test_cli_rejects_bad_variants(nab_small):
-    res = CliRunner().invoke(app, ["backtest", str(nab_small / "data"), "--labels",
-                                   str(nab_small / "labels" / "combined_windows.json"), "--cv",
-                                   "--variants", '{"x": {"model_source": "nope"}}'])
+    res = _cv(nab_small, "--variants", '{"x": {"model_source": "nope"}}')
     assert res.exit_code == 2 and "model_source" in res.output
 
 
