@@ -1,6 +1,7 @@
 """Benchmark: backtest the whole NAB subset and print the NAB scores, P/R/F1 and wall time.
 
     .venv/bin/python benchmarks/backtest_nab.py [--data DIR] [--workers 2] [--kind many-to-many] [--calendar]
+        [--model-source per-file|fleet|fleet-finetune] [--warmup default|probation]
         [--retrain-every 0] [--post '{"threshold": 0.5}'] [--detector-config '{}'] [--out DIR] [--plot DIR]
 
 Defaults to the repo's data/nab (a few files); the full 51-file subset needs an explicit
@@ -33,6 +34,10 @@ def main(argv=None) -> int:
                     help="time-of-day/week input features (models.calendar)")
     ap.add_argument("--calendar-week", action=argparse.BooleanOptionalAction, default=True,
                     help="with --calendar: include the day-of-week columns")
+    ap.add_argument("--model-source", choices=("per-file", "fleet", "fleet-finetune"), default="fleet-finetune",
+                    help="fleet: one model trained on the probation rows of all files serves every file; "
+                         "fleet-finetune (default): it is fine-tuned on each file's probation rows")
+    ap.add_argument("--warmup", choices=("default", "probation"), default="default")
     ap.add_argument("--seed", type=int, default=0, help="training seed (run a few to see the run-to-run spread)")
     ap.add_argument("--post", default="{}")
     ap.add_argument("--fit", default="{}", help="extra models.training.fit kwargs as JSON (batch_size, lr, ...)")
@@ -56,9 +61,14 @@ def main(argv=None) -> int:
                        calendar_week=args.calendar_week, seed=args.seed, epochs=args.epochs,
                        retrain_every=args.retrain_every, post=json.loads(args.post),
                        detector=json.loads(args.detector_config), fit=json.loads(args.fit),
-                       model=json.loads(args.model))
+                       model=json.loads(args.model), model_source=args.model_source, warmup=args.warmup)
     t0 = time.perf_counter()
-    results, errors = run_corpus(files, labels, cfg, workers=args.workers)
+    fleet = None
+    if cfg.model_source != "per-file":
+        from pipeline.backtest.fleet import train_fleet
+
+        fleet = train_fleet(files, cfg, threads=1)
+    results, errors = run_corpus(files, labels, cfg, workers=args.workers, fleet=fleet)
     wall = time.perf_counter() - t0
     for e in errors:
         print("FAILED", e, file=sys.stderr)

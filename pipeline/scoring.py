@@ -42,8 +42,9 @@ Calendar features: when the bundle's ``config.calendar_features`` is set, the mo
 event is ``[z, models.calendar.calendar_features(ts)]`` (built per round, vectorised); windows and
 the state rebuild take their timestamps from ``SeriesStateStore.window_times`` (last ts and step).
 
-Series seen in training use the bundle's (mean, std); others are normalised online (Welford over
-the fed values). ``swap_model(bundle)`` replaces the model between batches and rebuilds every
+Series seen in training use the bundle's (mean, std); others, and a series that was flat in training
+(no scale to fix, ``pipeline.series_state.has_scale``), are normalised online (Welford over the fed
+values). ``swap_model(bundle)`` replaces the model between batches and rebuilds every
 series' recurrent state by running its ring buffer through the new model (a many-to-many series
 keeps its last ``REBUILD_STEPS`` = 32 values for that; a many-to-one series its input window).
 """
@@ -60,7 +61,7 @@ import torch
 from models._streaming import rounds
 from models.calendar import calendar_dim, calendar_features
 from models.thresholds.error_likelihood import ErrorLikelihood, LikelihoodConfig
-from pipeline.series_state import VALUE_LIMIT, SeriesStateStore
+from pipeline.series_state import VALUE_LIMIT, SeriesStateStore, has_scale
 
 # Hot path helpers: the ufunc behind np.clip without its Python wrapper (same results), and
 # np.count_nonzero(mask) as the cheap any()/all() test of a mask.
@@ -297,12 +298,13 @@ class StreamingDetector:
         store.ring, store.ring_length = ring, length
 
     def _refresh_normalizers(self, slots: np.ndarray) -> None:
-        """Series known to the serving bundle use its (mean, std); the others go online."""
+        """Series known to the serving bundle use its (mean, std) (if it has a scale: ``has_scale``); the
+        others go online."""
         store, norms = self.store, self.normalizers
         for slot in slots.tolist():
-            series = store.slot_ids[slot]
-            if series in norms:
-                m, s = norms[series][0], norms[series][1]
+            norm = norms.get(store.slot_ids[slot])
+            if norm is not None and has_scale(norm[0], norm[1]):
+                m, s = norm[0], norm[1]
                 store.mean[slot], store.std[slot], store.fixed[slot] = float(m), max(float(s), 1e-6), True
             elif store.fixed[slot]:
                 values, valid = store.windows(np.array([slot]), store.ring_length)

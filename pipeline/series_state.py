@@ -14,7 +14,9 @@ slot index array ``idx (n,)``:
   models with calendar features (many-to-one windows, state rebuild after a model swap).
 * ``mean``/``m2`` float64 and ``fixed``: the series' normaliser. ``fixed`` series use the
   training (mean, std) kept in ``mean``/``std``; the others are normalised online (Welford on
-  the fed values: ``std = sqrt(m2 / count)``).
+  the fed values: ``std = sqrt(m2 / count)``). A training normaliser without a usable scale (the
+  series was flat in training: ``has_scale`` is False) is not fixed: a series that only starts to
+  move after training would otherwise sit at +-clip_z for good, its forecast stuck at the old level.
 * ``err_mean``/``err_var`` float32: O(1) running (EWMA) statistics of the normalised forecast
   error, the threshold state.
 * ``pred`` float32: the model's normalised forecast of the series' next value (many-to-many).
@@ -35,6 +37,8 @@ many-to-many LSTM with hidden 64 (ring 32: ``pipeline.scoring.REBUILD_STEPS``).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 _INITIAL_CAPACITY = 1024
@@ -45,6 +49,14 @@ _PREALLOCATE_UP_TO = 1_000_000
 # np.count_nonzero(mask) as the cheap any()/all() test of a mask.
 _clip = (np._core if hasattr(np, "_core") else np.core).umath.clip
 VALUE_LIMIT = 1e15  # |value| bound (same as pipeline.events); squares stay far below float64 overflow
+FLAT_STD = 1e-6  # a training std at or below FLAT_STD * max(|mean|, 1) is a flat series (float rounding at most)
+
+
+def has_scale(mean: float, std: float) -> bool:
+    """A training normaliser ``(mean, std)`` the detector may fix: finite, with a spread beyond rounding
+    (``models.windows.SeriesNormalizer.fit`` floors a constant series' std at 1e-6)."""
+    mean, std = float(mean), float(std)
+    return math.isfinite(mean) and math.isfinite(std) and std > FLAT_STD * max(abs(mean), 1.0)
 
 
 class SeriesStateStore:
@@ -123,7 +135,7 @@ class SeriesStateStore:
         """Slots ``(n,)`` for ``series_ids`` (allocating new ones) and a bool mask of new series.
 
         New series take their normaliser from ``fixed_normalizers[series] -> (mean, std)`` when
-        present (seen in training), else are normalised online. When the cap is hit, the least
+        present (seen in training) and it has a scale (``has_scale``), else are normalised online. When the cap is hit, the least
         recently seen series not in this call are evicted (``evicted_total``).
         """
         self._stamp += 1
@@ -187,7 +199,7 @@ class SeriesStateStore:
         self.pred[slot] = 0.0
         for arr in self.rnn:
             arr[:, slot] = 0.0
-        if normalizer is not None:
+        if normalizer is not None and has_scale(normalizer[0], normalizer[1]):
             mean, std = float(normalizer[0]), float(normalizer[1])
             self.mean[slot], self.std[slot], self.fixed[slot] = mean, max(std, 1e-6), True
         else:

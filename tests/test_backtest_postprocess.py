@@ -101,9 +101,9 @@ def test_streaming_protocol_and_reset():
     det.reset([0])
     assert det.count[0] == 0 and det.count[1] == 200
     np.testing.assert_allclose(det.score_batch(e[0]), ErrorLikelihood(warmup=10).score_batch(e[0]))
-    # 44 B likelihood + 13 B context statistics + 2 B per time-of-day bin + 1 B per hour (daily repeats)
-    assert det.bytes_per_series() == 44 + 13 + 2 * 24 + 24
-    assert ErrorLikelihood(seasonal_bins=None, repeat_bins=None).bytes_per_series() == 44
+    # 36 B likelihood + 13 B context statistics + 2 B per time-of-day bin + 1 B per hour (daily repeats)
+    assert det.bytes_per_series() == 36 + 13 + 2 * 24 + 24
+    assert ErrorLikelihood(seasonal_bins=None, repeat_bins=None).bytes_per_series() == 36
 
 
 def test_config_validation():

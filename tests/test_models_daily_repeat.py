@@ -102,7 +102,7 @@ def test_vector_path_equals_scalar_with_repeats():
     ref_s, ref_f = score_series(e, cfg, values=v, times=t)
     np.testing.assert_allclose(s, ref_s, rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(f, ref_f)
-    assert det.bytes_per_series() == 44 + 13 + 2 * 24 + 24
+    assert det.bytes_per_series() == 36 + 13 + 2 * 24 + 24
 
 
 def test_repeat_config_validation():

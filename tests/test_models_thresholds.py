@@ -173,9 +173,11 @@ def test_slow_time_scale_needs_persistence_for_a_short_burst():
         ErrorLikelihood(**plain, slow_alpha=0.04, short_weight=0.5).score_batch(shift)[1500:1700]).any()
 
 
-def test_slow_time_scale_is_the_default():
+def test_slow_time_scale_is_off_by_default():
+    """Cross-validation dropped it (docs/detection.md): one time scale, 8 bytes per series less."""
     cfg = LikelihoodConfig()
-    assert cfg.slow_alpha == 0.04 and cfg.short_weight == 0.5
+    assert cfg.slow_alpha is None and cfg.short_weight == 0.5
+    assert ErrorLikelihood().bytes_per_series() + 8 == ErrorLikelihood(slow_alpha=0.04).bytes_per_series()
 
 
 def test_slow_time_scale_config_errors():

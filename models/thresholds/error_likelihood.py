@@ -3,8 +3,8 @@
 The live scorer's final detection step (``pipeline.scoring.StreamingDetector`` with
 ``threshold_method="likelihood"``), also what the NAB backtest measures. After Numenta's "anomaly
 likelihood" (Ahmad et al. 2017) and the "spatial anomaly" of NAB's detectors, in O(1) state per
-series (:data:`STATE_BYTES` + :data:`SLOW_BYTES` + :data:`CONTEXT_BYTES` bytes, plus 2 B per
-time-of-day bin and 1 B per daily-repeat bin: 129 B with the defaults):
+series (:data:`STATE_BYTES` (+ :data:`SLOW_BYTES` with the slow time scale) + :data:`CONTEXT_BYTES` bytes, plus 2 B per
+time-of-day bin and 1 B per daily-repeat bin: 121 B with the defaults):
 
 1. ``short``: EWMA (``short_alpha``) of the prediction errors - one noisy error is not alarming,
    a run of large ones is.
@@ -15,7 +15,7 @@ time-of-day bin and 1 B per daily-repeat bin: 129 B with the defaults):
 3. ``z = (short - mu) / max(sqrt(var), min_std_frac*mu, min_std)``; tail probability
    ``Q = 0.5 erfc(z / sqrt 2)``; ``likelihood score = log(Q + 1e-10) / log(1e-10)`` in [0, 1]
    (Numenta's log scale: 0.5 is Q = 1e-5, z ~ 4.26; 1.0 is Q <= 1e-10).
-3b. Second time scale (default on; ``slow_alpha=None``: off, 8 bytes per series less): ``slow``, a
+3b. Second time scale (default off; ``slow_alpha=0.04``: on, 8 bytes per series more): ``slow``, a
    slower EWMA of the same errors, and ``svar``, the long-run EWMA variance of ``slow`` (same ``mu``, same
    clipping; float32). ``likelihood score = max(short_weight * tail(z_short), tail(z_slow))``: a
    sustained rise of the error level counts fully, a short burst must be more extreme
@@ -72,14 +72,14 @@ _LOG_EPS = math.log(1e-10)
 _SQRT2 = math.sqrt(2.0)
 _NEVER = 1 << 30  # 'never flagged' (int32 counters saturate here)
 STATE_BYTES = 2 * 4 + 3 * 4 + 2 * 8  # count, since (int32, saturating); short, mu, var (float32); lo, hi (float64)
-SLOW_BYTES = 2 * 4  # slow, svar (float32), only with slow_alpha (the default)
+SLOW_BYTES = 2 * 4  # slow, svar (float32), only with slow_alpha (off by default)
 CONTEXT_BYTES = 3 * 4 + 1  # cslow, cmu, cvar (float32), ccount (uint8), plus 2 B per time-of-day bin
 _CCOUNT_MAX = 255
 
 
 @dataclass
 class LikelihoodConfig:
-    """Tunables of :class:`ErrorLikelihood` (refractory, clip_z, slow_alpha chosen on the NAB backtest, rest a priori)."""
+    """Tunables of :class:`ErrorLikelihood`; the on/off steps are chosen by ``tsad backtest --cv`` (docs/detection.md)."""
 
     short_alpha: float = 0.1       # EWMA weight of the short error average (~10 events)
     long_alpha: float = 0.002      # EWMA weight of the long-run error statistics (~500 events)
@@ -89,7 +89,8 @@ class LikelihoodConfig:
     min_std: float = 1e-6          # absolute floor of the error std (error units)
     min_std_frac: float = 0.1      # floor of the std relative to the mean error level
     clip_z: float = 8.0            # long statistics learn short clipped at mu + clip_z*std
-    slow_alpha: float | None = 0.04  # EWMA weight of a second, slower error average (~25 events); None: off
+    slow_alpha: float | None = None  # EWMA weight of a second, slower error average (0.04: ~25 events); None: off
+                                     # (off by default: it lost out of sample, see docs/detection.md)
     short_weight: float = 0.5      # with slow_alpha: score = max(short_weight*short score, slow score);
                                    # 0.5 with threshold 0.5: the short scale alone alarms only at Q <= 1e-10
     spatial_tolerance: float | None = 0.05  # value outside [min, max] +- tol*(max-min) -> score 1; None: off

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import typer
@@ -29,6 +30,25 @@ def backtest(
     detector_json: str = typer.Option("{}", "--detector-config", help="DetectorConfig overrides as JSON."),
     post_json: str = typer.Option("{}", "--post-config", help="LikelihoodConfig overrides as JSON (the likelihood step)."),
     seed: int = typer.Option(0, help="Training seed."),
+    model_source: str = typer.Option("fleet-finetune", "--model-source",
+                                     help="fleet-finetune (default, chosen by --cv: a model trained on the probation rows "
+                                          "of all files, fine-tuned on each file's own) | fleet (that model as is) | "
+                                          "per-file (fitted on each file's probation rows alone)."),
+    warmup: str = typer.Option("default", "--warmup", help="default (the detector's and the likelihood's warm-ups) | "
+                               "probation (both capped at NAB's probation: a short series alerts right after it)."),
+    fleet_registry: Path = typer.Option(None, "--fleet-registry", help="With a fleet source: registry root holding "
+                                        "the fleet model (default: train one on the files' probation rows)."),
+    fleet_model: str = typer.Option(None, "--fleet-model", help="With --fleet-registry: the model name (its champion)."),
+    cv: bool = typer.Option(False, "--cv", help="Leave-one-group-out cross-validation over the corpus's top-level "
+                                                 "folders: choices made on the other groups, scored on the held-out one."),
+    seeds: str = typer.Option("0,1,2", "--seeds", help="With --cv: training seeds (comma-separated)."),
+    rule: str = typer.Option("one-se", "--rule", help="With --cv: how a candidate is chosen on the training groups: "
+                             "one-se (the fewest knobs within one standard error of the best) | max."),
+    variants_json: str = typer.Option("", "--variants", help="With --cv: JSON {name: replay overrides} (e.g. "
+                                      '{"per-file": {"model_source": "per-file"}, "fleet": {"model_source": "fleet"}}): '
+                                      "each candidate under each variant, one replay per variant and seed."),
+    candidates_json: str = typer.Option("", "--candidates", help="With --cv: JSON {name: LikelihoodConfig overrides} "
+                                        "to compare (default: every on/off combination of the added steps)."),
 ) -> None:
     """Replay each series in time order through StreamingDetector (NAB rules) and print NAB scores."""
     import time
@@ -43,18 +63,41 @@ def backtest(
     try:
         windows = json.loads(labels.read_text())
         cfg = ReplayConfig(kind=kind, window=window, hidden=hidden, epochs=epochs, retrain_every=retrain_every,
-                           retrain_epochs=retrain_epochs, seed=seed,
+                           retrain_epochs=retrain_epochs, seed=seed, model_source=model_source, warmup=warmup,
+                           fleet_registry=str(fleet_registry) if fleet_registry else None, fleet_model=fleet_model,
                            detector=json.loads(detector_json), post=json.loads(post_json))
         from pipeline.backtest.replay import detector_config
 
         detector_config(cfg)  # fail fast on bad overrides
+        if cv:
+            from pipeline.backtest.crossval import candidates_from_json
+
+            seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+            if rule not in ("one-se", "max"):
+                raise ValueError(f"--rule must be one-se or max, got {rule!r}")
+            from pipeline.backtest.cv_run import with_variants
+
+            variants = json.loads(variants_json) if variants_json.strip() else {}
+            if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
+                raise ValueError("--variants must be a JSON object of {name: {ReplayConfig overrides}}")
+            for over in variants.values():
+                replace(cfg, **over)  # unknown fields or bad values fail here
+            cands = with_variants(candidates_from_json(candidates_json, base=cfg.post), variants)
     except (ValueError, TypeError) as exc:
         raise typer.BadParameter(str(exc)) from exc
     files = find_csvs(paths)
     if not files:
         raise typer.BadParameter("no CSV files found")
+    if cv:
+        _cross_validate(files, windows, cfg, seed_list, cands, workers, out, console, rule)
+        return
     t0 = time.perf_counter()
-    results, errors = run_corpus(files, windows, cfg, workers=workers)
+    fleet = None
+    if cfg.model_source != "per-file" and not cfg.fleet_registry:
+        from pipeline.backtest.fleet import train_fleet
+
+        fleet = train_fleet(files, cfg, threads=1)  # probation rows only: NAB lets a detector learn from them
+    results, errors = run_corpus(files, windows, cfg, workers=workers, fleet=fleet)
     wall = time.perf_counter() - t0
     for err in errors:
         console.print(f"[red]failed[/red] {err}")
@@ -79,4 +122,25 @@ def backtest(
             plot_series(r, plot, thr)
         console.print(f"plots: {plot}")
     if errors:
+        raise typer.Exit(2)
+
+
+def _cross_validate(files, windows, cfg, seeds, cands, workers, out, console, rule) -> None:
+    """``--cv``: replay per seed, cross-validate the candidates by group, print and save the figures."""
+    from pipeline.backtest.cv_run import cv_summary, render_cv, run_cv
+
+    from rich.console import Console
+
+    rep = run_cv(files, windows, cfg, seeds, cands, workers=workers, rule=rule)
+    for err in rep.errors:
+        console.print(f"[red]failed[/red] {err}")
+    render_cv(rep, Console(width=max(console.width, 200)))  # one row per candidate, one column per group
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / "crossval.json"
+        path.write_text(json.dumps(cv_summary(rep), indent=2))
+        console.print(f"cross-validation figures: {path}")
+    if not rep.nested:
+        raise typer.Exit(1)
+    if rep.errors:
         raise typer.Exit(2)

@@ -19,6 +19,18 @@ Rows whose timestamp or value cannot be parsed are dropped at load time and coun
 rows the detector refuses (duplicate / out-of-order timestamp) get score 0 and are counted too.
 ``run_corpus`` runs files in parallel worker processes (one torch thread each) with a rich bar;
 a file that fails is reported with its error, the others still complete.
+
+Which model serves a file (``ReplayConfig.model_source``: a per-file model, a fleet model trained on
+other series, or the fleet model fine-tuned on the probation) is described in
+``pipeline.backtest.fleet``; the per-file model (the default) needs ``probation >= window + 8`` rows.
+
+Warm-up (``ReplayConfig.warmup``). A series may flag only once (a) the detector has taken
+``DetectorConfig.warmup_events`` values (default: the model window) and (b) the likelihood step has
+seen ``LikelihoodConfig.warmup`` errors (default 100). Both count every row fed, the probationary rows
+included, so on a file of n rows with probation P = min(floor(0.15 n), 750) the first row that may
+flag is max(P, window, 100): row 100 of a 100-row file (it never flags), row 100 of a 400-row file
+(P = 60). ``warmup="probation"`` caps both at P, so every series may flag from the first row after
+NAB's probation (the likelihood statistics then rest on P errors only: 15 on a 100-row file).
 """
 
 from __future__ import annotations
@@ -33,7 +45,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.backtest import fleet as fleet_mod
 from pipeline.backtest.nab_scoring import probation_length, window_indices
+
+WARMUPS = ("default", "probation")
 
 
 @dataclass
@@ -54,6 +69,20 @@ class ReplayConfig:
     post: dict = field(default_factory=dict)       # LikelihoodConfig overrides (-> DetectorConfig.likelihood)
     fit: dict = field(default_factory=dict)        # extra models.training.fit keyword arguments (batch_size, lr, ...)
     model: dict = field(default_factory=dict)      # extra ForecasterConfig fields (residual, layers, ...)
+    model_source: str = "per-file"  # "per-file" | "fleet" | "fleet-finetune" (pipeline.backtest.fleet)
+    fleet_registry: str | None = None  # fleet model from a registry root (its champion of fleet_model) ...
+    fleet_model: str | None = None     # ... unless a bundle is passed to run_corpus / replay_file (fleet=)
+    fleet_normalizer: str = "probation"  # series unseen by the fleet model: "probation" (mean, std) | "online"
+    warmup: str = "default"  # "default": warm-ups as configured | "probation": capped at the probation length
+
+    def __post_init__(self) -> None:
+        if self.model_source not in fleet_mod.MODEL_SOURCES:
+            raise ValueError(f"model_source must be one of {fleet_mod.MODEL_SOURCES}, got {self.model_source!r}")
+        if self.fleet_normalizer not in fleet_mod.FLEET_NORMALIZERS:
+            raise ValueError(f"fleet_normalizer must be one of {fleet_mod.FLEET_NORMALIZERS}, "
+                             f"got {self.fleet_normalizer!r}")
+        if self.warmup not in WARMUPS:
+            raise ValueError(f"warmup must be one of {WARMUPS}, got {self.warmup!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -82,6 +111,7 @@ class SeriesResult:
     retrains: int = 0
     fit_seconds: float = 0.0
     replay_seconds: float = 0.0
+    model: str = "per-file"         # what served the file: per-file | fleet | fleet-finetune
 
 
 def load_series(path: Path) -> tuple[np.ndarray, np.ndarray, int]:
@@ -122,21 +152,33 @@ def _torch_threads(n: int):
         torch.set_num_threads(before)
 
 
-def replay_file(path: Path, windows: list, cfg: ReplayConfig, threads: int | None = None) -> SeriesResult:
-    """Replay one file; ``windows`` are the file's label windows (timestamp pairs)."""
+def forecaster_config(cfg: ReplayConfig):
+    """The ``ForecasterConfig`` a replay trains (per-file model, fleet model)."""
     from models.forecasters import ForecasterConfig
+
+    return ForecasterConfig(kind=cfg.kind, window=cfg.window, hidden=cfg.hidden, calendar_features=cfg.calendar,
+                            calendar_week=cfg.calendar_week, **cfg.model)
+
+
+def replay_file(path: Path, windows: list, cfg: ReplayConfig, threads: int | None = None,
+                fleet=None) -> SeriesResult:
+    """Replay one file; ``windows`` are the file's label windows (timestamp pairs).
+
+    ``fleet``: the ``ModelBundle`` of ``model_source="fleet"`` / ``"fleet-finetune"`` (else the registry
+    model named in ``cfg``); ignored for ``"per-file"``.
+    """
     from models.training import fit
     from pipeline.scoring import StreamingDetector
 
     name = nab_key(path)
+    fleet = fleet_mod.resolve_fleet(cfg, fleet)
     ts, values, dropped = load_series(path)
     n = len(values)
     probation = probation_length(n)
-    if probation < cfg.window + 8:
+    if fleet is None and probation < fleet_mod.min_train_rows(cfg.window):
         raise ValueError(f"{name}: {n} rows give a probationary period of {probation} rows, "
-                         f"too short to train a window-{cfg.window} model")
-    fcfg = ForecasterConfig(kind=cfg.kind, window=cfg.window, hidden=cfg.hidden, calendar_features=cfg.calendar,
-                            calendar_week=cfg.calendar_week, **cfg.model)
+                         f"too short to train a window-{cfg.window} model; model_source='fleet' scores it "
+                         "with a model trained on other series")
     epoch_s = ts.astype("datetime64[ns]").astype(np.int64) / 1e9
     series = name
 
@@ -144,10 +186,21 @@ def replay_file(path: Path, windows: list, cfg: ReplayConfig, threads: int | Non
     ctx = _torch_threads(threads) if threads else contextlib.nullcontext()
     with ctx:
         t0 = time.perf_counter()
-        bundle, _ = fit(fcfg, {series: values[:probation]}, epochs=cfg.epochs, seed=cfg.seed, progress=False,
-                        device="cpu", name="backtest", timestamps={series: epoch_s[:probation]}, **fit_kwargs)
+        if fleet is None:
+            bundle, _ = fit(forecaster_config(cfg), {series: values[:probation]}, epochs=cfg.epochs, seed=cfg.seed,
+                            progress=False, device="cpu", name="backtest", timestamps={series: epoch_s[:probation]},
+                            **fit_kwargs)
+            source = "per-file"
+        elif cfg.model_source == "fleet-finetune" and probation >= fleet_mod.min_train_rows(fleet.config.window):
+            bundle, _ = fit(fleet.config, {series: values[:probation]}, epochs=cfg.retrain_epochs, seed=cfg.seed,
+                            warm_start=fleet, progress=False, device="cpu", name="backtest",
+                            timestamps={series: epoch_s[:probation]}, **fit_kwargs)
+            source = "fleet-finetune"
+        else:
+            bundle = fleet_mod.for_series(fleet, series, values[:probation], cfg.fleet_normalizer)
+            source = "fleet"
         fit_s = time.perf_counter() - t0
-        det = StreamingDetector(bundle, detector_config(cfg))
+        det = StreamingDetector(bundle, detector_config(cfg, probation=probation, window=int(bundle.config.window)))
 
         predicted, error = np.full(n, np.nan), np.full(n, np.nan)
         dscore, dflag = np.full(n, np.nan), np.zeros(n, dtype=bool)
@@ -156,9 +209,9 @@ def replay_file(path: Path, windows: list, cfg: ReplayConfig, threads: int | Non
         cuts = sorted({0, probation, n} | retrain_at | set(range(0, n, cfg.chunk)))
         t1 = time.perf_counter()
         for a, b in zip(cuts[:-1], cuts[1:]):
-            if a in retrain_at:
+            if a in retrain_at and a >= fleet_mod.min_train_rows(int(bundle.config.window)):
                 t2 = time.perf_counter()
-                bundle, _ = fit(fcfg, {series: values[:a]}, epochs=cfg.retrain_epochs, seed=cfg.seed,
+                bundle, _ = fit(bundle.config, {series: values[:a]}, epochs=cfg.retrain_epochs, seed=cfg.seed,
                                 warm_start=bundle, progress=False, device="cpu", name="backtest",
                                 timestamps={series: epoch_s[:a]}, **fit_kwargs)
                 det.swap_model(bundle)
@@ -182,13 +235,15 @@ def replay_file(path: Path, windows: list, cfg: ReplayConfig, threads: int | Non
         detector_score=dscore, detector_flag=dflag, detector_threshold=float(det.config.threshold),
         anomaly_score=score, flag=flag, threshold=float(det.config.threshold), label=label, windows=win_idx,
         probation=probation, dropped=dropped, refused=refused, retrains=retrains,
-        fit_seconds=fit_s, replay_seconds=replay_s,
+        fit_seconds=fit_s, replay_seconds=replay_s, model=source,
     )
 
 
-def detector_config(cfg: ReplayConfig):
+def detector_config(cfg: ReplayConfig, probation: int | None = None, window: int | None = None):
     """``DetectorConfig`` of a replay: likelihood method, ``cfg.detector`` overrides, ``cfg.post`` merged
-    into ``likelihood``."""
+    into ``likelihood``. With ``cfg.warmup="probation"`` and a ``probation`` length, the detector's
+    ``warmup_events`` (as set, else ``window``) and the likelihood ``warmup`` are capped at it."""
+    from models.thresholds.error_likelihood import LikelihoodConfig
     from pipeline.scoring import DetectorConfig
 
     over = {"threshold_method": "likelihood", **cfg.detector}
@@ -197,30 +252,46 @@ def detector_config(cfg: ReplayConfig):
         over["threshold"] = post.pop("threshold")
     if post:
         over["likelihood"] = {**over.get("likelihood", {}), **post}
+    if cfg.warmup == "probation" and probation is not None:
+        events = over.get("warmup_events")
+        events = window if events is None else events
+        if events is not None:
+            over["warmup_events"] = min(int(events), probation)
+        lik = dict(over.get("likelihood", {}))
+        lik["warmup"] = min(int(lik.get("warmup", LikelihoodConfig.warmup)), probation)
+        over["likelihood"] = lik
     return DetectorConfig(**over)
 
 
-def _worker_init() -> None:
+_WORKER_FLEET = None  # the fleet bundle of this worker process (unpickled once, by _worker_init)
+
+
+def _worker_init(fleet_blob: bytes | None = None) -> None:
     import torch
 
+    global _WORKER_FLEET
     torch.set_num_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    _WORKER_FLEET = fleet_mod.unpack(fleet_blob)
 
 
-def _replay_job(path: str, windows: list, cfg: ReplayConfig):
+def _replay_job(path: str, windows: list, cfg: ReplayConfig, fleet=None):
     try:
-        return replay_file(Path(path), windows, cfg, threads=1), None
+        fleet = fleet if fleet is not None else _WORKER_FLEET
+        return replay_file(Path(path), windows, cfg, threads=1, fleet=fleet), None
     except Exception as exc:  # reported per file; the corpus run goes on
         return None, f"{nab_key(Path(path))}: {type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
 
 
 def run_corpus(paths: list[Path], labels: dict[str, list], cfg: ReplayConfig, *, workers: int = 2,
-               progress: bool = True) -> tuple[list[SeriesResult], list[str]]:
+               progress: bool = True, fleet=None) -> tuple[list[SeriesResult], list[str]]:
     """Replay ``paths`` (largest first, ``workers`` processes); returns ``(results, errors)``.
 
     ``labels`` maps NAB keys to window lists; a file missing from it is an error (not silently
-    scored as anomaly-free).
+    scored as anomaly-free). ``fleet``: the fleet ``ModelBundle`` of a fleet ``model_source`` (else the
+    registry model named in ``cfg`` is loaded once here); sent to each worker once, pickled.
     """
+    fleet = fleet_mod.resolve_fleet(cfg, fleet)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     errors: list[str] = []
@@ -239,11 +310,12 @@ def run_corpus(paths: list[Path], labels: dict[str, list], cfg: ReplayConfig, *,
         task = bar.add_task("backtest", total=len(jobs), last="")
         if workers <= 1:
             for p, w in jobs:
-                r, err = _replay_job(str(p), w, cfg)
+                r, err = _replay_job(str(p), w, cfg, fleet)
                 _collect(r, err, results, errors)
                 bar.update(task, advance=1, last=nab_key(Path(p)))
         else:
-            with ProcessPoolExecutor(max_workers=workers, initializer=_worker_init) as pool:
+            with ProcessPoolExecutor(max_workers=workers, initializer=_worker_init,
+                                     initargs=(fleet_mod.pack(fleet),)) as pool:
                 futs = {pool.submit(_replay_job, str(p), w, cfg): p for p, w in jobs}
                 for fut in as_completed(futs):
                     r, err = fut.result()
