@@ -362,9 +362,11 @@ class Scorer:
         for j in np.flatnonzero(result.is_anomaly & new).tolist():
             i, sid = int(vp[j]), dec.series[j]
             try:
+                model, version = result.model_at(j)
+                lower, upper = result.band_at(j)
                 value = anomaly_value(sid, float(dec.ts[j]), float(dec.values[j]), float(result.predicted[j]),
-                                      float(result.error[j]), float(result.score[j]), result.threshold, result.model,
-                                      result.model_version, topic_in, int(partitions[i]), int(offsets[i]))
+                                      float(result.error[j]), float(result.score[j]), result.threshold, model,
+                                      version, topic_in, int(partitions[i]), int(offsets[i]), lower, upper)
                 outputs.send(topic_out, sid.encode("utf-8"), value, source(i))
                 n_anom += 1
                 if self.on_anomaly is not None:
