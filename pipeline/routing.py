@@ -109,13 +109,11 @@ class Routing:
             raise RoutingError(f"{source}: 'default' must be a group name or {{group: NAME, model: NAME}}")
         group = _name(default.get("group", default.get("model")), f"{source}: default group")
         model = _name(default.get("model", f"{group}-{kind}"), f"{source}: default model")
-        groups = [r.group for r in routes] + [group]
-        models_of = {}
+        models_of: dict[str, str] = {}
         for r in routes + [Route(group, model, ("*",))]:
             if models_of.setdefault(r.group, r.model) != r.model:
                 raise RoutingError(f"{source}: group {r.group!r} is routed to two models "
                                    f"({models_of[r.group]!r}, {r.model!r})")
-        del groups
         return cls(routes, Route(group, model, ("*",)), kind, source)
 
     @classmethod

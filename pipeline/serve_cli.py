@@ -19,8 +19,8 @@ def register(app: typer.Typer) -> None:
 def serve(
     bootstrap_servers: str = typer.Option(None, help="Kafka bootstrap servers (default: settings)."),
     registry: str = typer.Option(None, help="Model registry directory (default: TSAD_REGISTRY_DIR)."),
-    model: str = typer.Option(None, help="Registry model whose champion scores every series (default: 'default'; "
-                                         "not with --routing)."),
+    model: str = typer.Option(None, envvar="TSAD_MODEL", help="Registry model whose champion scores every series "
+                                                               "(default: 'default'; not with --routing)."),
     routing: str = typer.Option(None, help="Routing file (YAML/JSON): series globs -> models, first match wins "
                                            "(default: TSAD_ROUTING). Read at start: changes need a restart."),
     alertmanager_url: str = typer.Option(None, help="Post anomalies as alerts to this Alertmanager "
@@ -84,7 +84,7 @@ def serve(
         typer.echo(f"--precision must be fp32 or bf16, got {precision!r}", err=True)
         raise typer.Exit(2)
     if settings.routing and model:
-        typer.echo("use --routing (TSAD_ROUTING) or --model, not both", err=True)
+        typer.echo("set either --routing (TSAD_ROUTING) or --model (TSAD_MODEL), not both", err=True)
         raise typer.Exit(2)
     try:
         plan = Routing.load(settings.routing) if settings.routing else Routing.single(model or "default")
