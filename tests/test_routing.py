@@ -83,13 +83,16 @@ def test_serve_with_a_bad_routing_file_exits_2_with_one_line(tmp_path):
     bad = tmp_path / "routing.yaml"
     bad.write_text("routes: [unclosed\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    good = str(write(tmp_path, CONFIG))
     for args in (["--routing", str(bad)], ["--routing", str(tmp_path / "missing.yaml")],
-                 ["--routing", str(write(tmp_path, CONFIG)), "--model", "x"]):
+                 ["--routing", good, "--model", "x"],
+                 ["--routing", good, "--registry", str(tmp_path / "empty-registry")]):  # no champion: names it
         done = subprocess.run([TSAD, "serve", *args, "--metrics-port", "0"], capture_output=True, text=True,
                               timeout=120, env=env)
         assert done.returncode == 2, done.stderr
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "cpu-many-to-many" in done.stderr  # the first routed model without a champion
 
 
 def test_the_dag_trains_each_group_on_the_series_routed_to_it(tmp_path):
