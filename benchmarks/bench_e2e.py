@@ -243,7 +243,8 @@ def routed_detector(n_models: int):
     from pipeline.routing import Routing
     from pipeline.scoring import DetectorConfig, StreamingDetector
 
-    routes = [{"group": f"q{k}", "match": glob, "model": f"bench-q{k}"} for k, glob in enumerate(ROUTE_GLOBS[:n_models - 1])]
+    routes = [{"group": f"q{k}", "match": glob, "model": f"bench-q{k}"}
+              for k, glob in enumerate(ROUTE_GLOBS[:n_models - 1])]
     routing = Routing.from_dict({"routes": routes, "default": {"group": "rest", "model": "bench-rest"}})
     detectors = {}
     for name in routing.models:

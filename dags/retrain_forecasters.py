@@ -8,8 +8,8 @@ For each data interval (default daily, ``TSAD_RETRAIN_SCHEDULE``; no catch-up):
    is **skipped** with the reason in the log when the archive holds too little data.
 2. ``train``: dynamically mapped over model groups (the routing file in ``TSAD_ROUTING``, the one
    ``tsad serve --routing`` reads: each group trains on the series routed to it; without it
-   ``TSAD_RETRAIN_GROUPS``, JSON ``{"group": "series glob"}``, default ``{"default": "*"}``) x kinds (``many-to-one`` and
-   ``many-to-many``): fits a candidate on CUDA when present, else CPU (``device="auto"``),
+   ``TSAD_RETRAIN_GROUPS``, JSON ``{"group": "series glob"}``, default ``{"default": "*"}``) x kinds
+   (``many-to-one`` and ``many-to-many``): fits a candidate on CUDA when present, else CPU (``device="auto"``),
    evaluates it and the current champion on the held-out slice (normalised MAE; detection F1 when
    ``TSAD_RETRAIN_LABELS`` points at NAB-style label windows) and registers it, unpromoted, in the
    model registry (``TSAD_REGISTRY_DIR``) as ``<group>-<kind>`` with the figures in meta.json.
