@@ -127,7 +127,8 @@ class AnomalousSeries:
                 elif row is None:
                     continue
                 lower, upper = result.band_at(j)
-                row.score, row.value, row.expected = float(result.score[j]), float(values[j]), float(result.predicted[j])
+                row.score, row.value = float(result.score[j]), float(values[j])
+                row.expected = float(result.predicted[j])
                 row.lower, row.upper, row.anomalous = lower, upper, 1.0 if flagged[j] else 0.0
             self._expire(now)
 

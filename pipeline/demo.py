@@ -79,7 +79,8 @@ def run_demo(series: str = FAMILIES[0][1], train_fraction: float = 0.4, epochs: 
         values = frame["value"].to_numpy(dtype=np.float64)
         data[group] = (Path(file).stem, frame, values, int(len(values) * train_fraction), _labels(file))
     console.rule("[bold]tsad demo[/bold]: " + "; ".join(
-        f"{group} = {file} ({len(data[group][2])} points; train on {data[group][3]})" for group, file, _, _ in families))
+        f"{group} = {file} ({len(data[group][2])} points; train on {data[group][3]})"
+        for group, file, _, _ in families))
 
     with tempfile.TemporaryDirectory(prefix="tsad-demo-") as tmp, \
             EmbeddedBroker(log_path=Path(tmp) / "tansu.log") as broker:
@@ -137,8 +138,8 @@ def run_demo(series: str = FAMILIES[0][1], train_fraction: float = 0.4, epochs: 
         total = 0
         try:  # the scorer thread and metrics server started here are stopped, whatever fails below
             thread.start()
-            console.print(f"scorer serving {', '.join(f'{m} v{d.model_version}' for m, d in detector.detectors.items())}"
-                          f"; metrics at {url}")
+            serving = ", ".join(f"{m} v{d.model_version}" for m, d in detector.detectors.items())
+            console.print(f"scorer serving {serving}; metrics at {url}")
             producer = make_producer(kafka)
             try:
                 t0 = time.perf_counter()

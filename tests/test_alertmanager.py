@@ -24,7 +24,8 @@ from pipeline.broker import free_port
 from pipeline.scoring import SCORED, BatchResult
 
 pytestmark = pytest.mark.integration
-ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager") or "/usr/bin/prometheus-alertmanager"
+ALERTMANAGER = (shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+                or "/usr/bin/prometheus-alertmanager")
 CONFIG = """\
 route:
   receiver: "null"

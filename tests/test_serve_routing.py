@@ -42,7 +42,8 @@ def test_routed_serve_alerts_exports_and_lists_the_anomaly(kafka_settings, tmp_p
                         epochs=2, progress=False, name=name)
         registry.promote(name, registry.register(bundle))
     routing = tmp_path / "routing.yaml"
-    routing.write_text("routes:\n  - {group: cpus, match: 'series-0', model: cpu}\ndefault: {group: rest, model: web}\n")
+    routing.write_text("routes:\n  - {group: cpus, match: 'series-0', model: cpu}\n"
+                       "default: {group: rest, model: web}\n")
     am_port, metrics_port = free_port(), free_port()
     alertmanager = start_alertmanager(tmp_path, am_port)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "TSAD_KAFKA__SESSION_TIMEOUT_MS": "2000",
