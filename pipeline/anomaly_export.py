@@ -104,9 +104,9 @@ class AnomalousSeries:
             if not rows and not np.count_nonzero(flagged):
                 return
             candidates = np.flatnonzero(flagged)
-            if rows:
-                listed = [j for j, s in enumerate(series) if s in rows]
-                candidates = np.union1d(candidates, np.array(listed, dtype=np.int64))
+            watched = rows.keys() | {series[j] for j in candidates.tolist()}  # incl. those entering now
+            listed = [j for j, s in enumerate(series) if s in watched]
+            candidates = np.array(listed, dtype=np.int64)
             scored = (result.status == SCORED) & new
             for j in candidates.tolist():
                 if not scored[j]:

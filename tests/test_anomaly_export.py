@@ -80,3 +80,11 @@ def test_rows_carry_the_routed_model_and_group():
     rows = export.rows()
     assert (rows["c"].model, rows["c"].group) == ("cpu-model", "cpu")
     assert (rows["w"].model, rows["w"].group) == ("web-model", "web")
+
+
+def test_a_later_normal_event_in_the_same_batch_updates_the_new_row():
+    export = AnomalousSeries()
+    export.observe(["a", "a"], np.array([1.0, 2.0]), np.array([9.0, 1.1]), batch(["a", "a"], [0]),
+                   np.ones(2, dtype=bool))
+    row = export.rows()["a"]
+    assert (row.value, row.anomalous, row.started, row.last_ts) == (1.1, 0.0, 1.0, 1.0)
