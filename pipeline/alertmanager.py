@@ -6,7 +6,7 @@ posting never blocks scoring. A background thread:
 
 * keeps one alert per series: labels ``alertname="TsadSeriesAnomaly"``, ``series``, ``model``,
   ``group`` (the routing group), ``severity``; annotations ``summary``, ``score``, ``value``,
-  ``expected``, ``lower``, ``upper``; ``startsAt`` = the first anomaly (wall clock);
+  ``expected``, ``lower``, ``upper``, ``event_time``, ``runbook``; ``startsAt`` = the first anomaly (wall clock);
 * posts a new alert at once (``POST {url}/api/v2/alerts``, batched), re-posts a firing one every
   ``resend_s`` with ``endsAt`` = now + 3 x ``resend_s`` (so Alertmanager resolves it by itself if
   the scorer disappears), and posts it once more with ``endsAt`` = now (resolved) when the series
@@ -41,6 +41,7 @@ from pipeline.scoring import SCORED
 
 log = logging.getLogger(__name__)
 ALERTNAME = "TsadSeriesAnomaly"
+RUNBOOK = "https://github.com/tsad/tsad/blob/main/README.md#alert-tsadseriesanomaly"
 _BATCH = 500
 _MAX_BACKOFF_S = 30.0
 
@@ -170,7 +171,8 @@ class AlertmanagerSink:
         alert = self.active.get(sid)
         annotations = {"summary": f"series {sid} anomalous (model {model}, score {score:.3f})",
                        "score": _num(score), "value": _num(value), "expected": _num(predicted),
-                       "lower": _num(lower), "upper": _num(upper), "event_time": _iso(ts) if math.isfinite(ts) else ""}
+                       "lower": _num(lower), "upper": _num(upper), "event_time": _iso(ts) if math.isfinite(ts) else "",
+                       "runbook": RUNBOOK}
         if alert is None:
             if len(self.active) >= self.max_active:
                 self.dropped.labels("too_many_active").inc()
