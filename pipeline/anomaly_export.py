@@ -16,7 +16,8 @@ per metric):
 ``tsad_series_value``                              its value
 ``tsad_series_expected``                           the forecast (``predicted``)
 ``tsad_series_expected_lower`` / ``..._upper``     the band considered normal (``pipeline.band``)
-``tsad_series_anomalous``                          1 if that event was flagged, else 0
+``tsad_series_anomalous``                          1 while its last anomaly is under a minute old (wall
+                                                   clock; any scrape interval up to 1 min sees it), else 0
 ``tsad_series_anomaly_started_timestamp_seconds``  event time of the first anomaly since it entered
 ``tsad_series_last_anomaly_timestamp_seconds``     event time of its last anomaly
 =================================================  ==========================================
@@ -40,6 +41,7 @@ from pipeline.scoring import SCORED
 
 DEFAULT_MAX_SERIES = 500
 DEFAULT_TTL_S = 900.0
+ANOMALOUS_FOR_S = 60.0  # tsad_series_anomalous stays 1 this long after an anomaly (wall clock)
 
 _GAUGES = (
     ("tsad_series_anomaly_score", "Score of the last scored event of a recently anomalous series.", "score"),
@@ -48,7 +50,7 @@ _GAUGES = (
      "expected"),
     ("tsad_series_expected_lower", "Lower edge of the band considered normal for that event (raw units).", "lower"),
     ("tsad_series_expected_upper", "Upper edge of the band considered normal for that event (raw units).", "upper"),
-    ("tsad_series_anomalous", "1 if the last scored event of the series was an anomaly, else 0.", "anomalous"),
+    ("tsad_series_anomalous", "1 while the series' last anomaly is less than a minute old, else 0.", "anomalous"),
     ("tsad_series_anomaly_started_timestamp_seconds",
      "Event time of the first anomaly since the series entered the recently-anomalous table.", "started"),
     ("tsad_series_last_anomaly_timestamp_seconds", "Event time of the series' last anomaly.", "last_ts"),
@@ -69,7 +71,6 @@ class Row:
     expected: float = math.nan
     lower: float = math.nan
     upper: float = math.nan
-    anomalous: float = 0.0
 
 
 class AnomalousSeries:
@@ -129,7 +130,7 @@ class AnomalousSeries:
                 lower, upper = result.band_at(j)
                 row.score, row.value = float(result.score[j]), float(values[j])
                 row.expected = float(result.predicted[j])
-                row.lower, row.upper, row.anomalous = lower, upper, 1.0 if flagged[j] else 0.0
+                row.lower, row.upper = lower, upper
             self._expire(now)
 
     def _expire(self, now: float) -> None:
@@ -145,13 +146,15 @@ class AnomalousSeries:
         return []  # families depend on the data; nothing to check at registration
 
     def collect(self):
+        now = self.clock()
         rows = self.rows()
         labels = ["series", "model", "group"]
         families = [(GaugeMetricFamily(name, doc, labels=labels), attr) for name, doc, attr in _GAUGES]
         for sid, row in rows.items():
             key = [sid, row.model, row.group]
             for family, attr in families:
-                value = getattr(row, attr)
+                value = (1.0 if now - row.last_wall < ANOMALOUS_FOR_S else 0.0) if attr == "anomalous" \
+                    else getattr(row, attr)
                 if not math.isnan(value):
                     family.add_metric(key, value)
         for family, _ in families:

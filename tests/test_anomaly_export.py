@@ -56,7 +56,7 @@ def test_cardinality_stays_within_k_under_10k_anomalous_series():
 def test_a_series_drops_out_ttl_after_its_last_anomaly_and_normal_events_update_its_row():
     clock = Clock()
     registry = CollectorRegistry()
-    export = AnomalousSeries(max_series=10, ttl_s=60, clock=clock)
+    export = AnomalousSeries(max_series=10, ttl_s=120, clock=clock)
     registry.register(export)
     new = np.ones(2, dtype=bool)
     export.observe(["a", "b"], np.array([100.0, 100.0]), np.array([5.0, 5.0]), batch(["a", "b"], [0]), new)
@@ -65,10 +65,12 @@ def test_a_series_drops_out_ttl_after_its_last_anomaly_and_normal_events_update_
     export.observe(["a", "b"], np.array([160.0, 160.0]), np.array([1.2, 1.2]), batch(["a", "b"], [], value=1.2), new)
     g = registry.get_sample_value
     labels = {"series": "a", "model": "m", "group": "m"}
-    assert g("tsad_series_value", labels) == 1.2 and g("tsad_series_anomalous", labels) == 0
+    assert g("tsad_series_value", labels) == 1.2 and g("tsad_series_anomalous", labels) == 1  # < 1 min ago
     assert g("tsad_series_expected_lower", labels) == 0.5 and g("tsad_series_expected_upper", labels) == 1.5
     assert g("tsad_series_anomaly_started_timestamp_seconds", labels) == 100.0
-    clock.now += 31  # 61 s after the last anomaly
+    clock.now += 31  # 61 s after the last anomaly: still listed, no longer anomalous now
+    assert g("tsad_series_anomalous", labels) == 0 and g("tsad_series_value", labels) == 1.2
+    clock.now += 60  # 121 s: out
     assert export.rows() == {} and g("tsad_series_value", labels) is None
 
 
@@ -87,4 +89,4 @@ def test_a_later_normal_event_in_the_same_batch_updates_the_new_row():
     export.observe(["a", "a"], np.array([1.0, 2.0]), np.array([9.0, 1.1]), batch(["a", "a"], [0]),
                    np.ones(2, dtype=bool))
     row = export.rows()["a"]
-    assert (row.value, row.anomalous, row.started, row.last_ts) == (1.1, 0.0, 1.0, 1.0)
+    assert (row.value, row.started, row.last_ts) == (1.1, 1.0, 1.0)
