@@ -262,7 +262,8 @@ def test_prometheus_ingests_the_scorer_and_fires_the_anomaly_rate_alert(kafka_se
                          "anomaly_started_timestamp_seconds")}
     assert band["expected_lower"] <= band["expected"] <= band["expected_upper"], band
     assert band["anomaly_started_timestamp_seconds"] >= T0 + 60 * 56, band
-    assert query_value(url, 'count(tsad_series_anomaly_score{job="tsad-scorer"})') == N_SERIES
+    wait_for(lambda: query_value(url, 'count(tsad_series_anomaly_score{job="tsad-scorer"})') == N_SERIES, 20,
+             "every series of the burst exported")
     series_values = set(api(url, "label/series/values", **{"match[]": "tsad_series_anomaly_score"}))
     assert chosen in series_values  # the dashboard's `series` variable
     print(f"{chosen}: value {band['value']:.1f}, expected {band['expected']:.2f} "
