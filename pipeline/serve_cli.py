@@ -148,12 +148,12 @@ def serve(
 
 def demo(
     series: str = typer.Option("realAWSCloudwatch/ec2_cpu_utilization_24ae8d.csv",
-                               help="NAB file (under data/nab/data) to train on and stream."),
+                               help="NAB file (under data/nab/data) of the 'cpu' family to train on and stream."),
     train_fraction: float = typer.Option(0.4, help="Leading fraction of the series used for training."),
     epochs: int = typer.Option(8, help="Training epochs per forecaster."),
     metrics_port: int = typer.Option(0, help="Metrics port (0: a free port)."),
 ) -> None:
-    """One command: broker, train both forecasters, score the rest of a NAB series live, summary."""
+    """One command: broker, two series families routed to two models, score the rest of both live, summary."""
     from pipeline.demo import run_demo
 
     raise typer.Exit(run_demo(series=series, train_fraction=train_fraction, epochs=epochs, metrics_port=metrics_port))
