@@ -82,10 +82,17 @@ def main() -> None:
                    "--metrics-port", "0", "--threshold-method", "zscore", "--threshold=-1e9", "--warmup-events", "0",
                    "--log-level", "INFO"]
             log = open(tmp / f"serve-{time.monotonic():.0f}.log", "ab")
-            return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+            return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True), log.name
 
-        first = serve()
-        time.sleep(3.0)  # the group join (Tansu answers after session_timeout/2)
+        def assigned(log_path: str, timeout_s: float = 60.0) -> None:
+            deadline = time.monotonic() + timeout_s
+            while "partitions assigned" not in Path(log_path).read_text():
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"the scorer joined no group in {timeout_s:.0f} s (see {log_path})")
+                time.sleep(0.1)
+
+        first, first_log = serve()
+        assigned(first_log)  # score a live stream, not a start-up backlog
         producer = threading.Thread(target=produce)
         producer.start()
         time.sleep(args.kill_after)
@@ -94,7 +101,7 @@ def main() -> None:
         check = KafkaConsumer(**kafka.client_config(), group_id=kafka.group_id, enable_auto_commit=False)
         committed = sum(check.committed(TopicPartition(kafka.events_topic, p)) or 0 for p in range(kafka.partitions))
         check.close()
-        second = serve()
+        second, _ = serve()
         producer.join()
         reader = KafkaConsumer(**kafka.client_config(), group_id=None, enable_auto_commit=False,
                                auto_offset_reset="earliest")

@@ -269,7 +269,11 @@ class EventFeed:
         previous, self._topic_id = self._topic_id, current
         if previous is None or previous == current:
             return False
-        self._reset(set(self.consumer.assignment()), f"topic id changed from {previous} to {current}")
+        # every partition read from the old topic: those assigned, and those between a revoke and
+        # their re-assignment (a rebalance may span polls) whose read positions would else be kept
+        known = set(self.consumer.assignment()) | set(self._handed_upto) | set(self._pending_kept) | self._revoked
+        self._reset({tp for tp in known if tp.topic == self.kafka.events_topic},
+                    f"topic id changed from {previous} to {current}")
         return True
 
     def _check_kept(self) -> None:
@@ -364,35 +368,39 @@ class EventFeed:
         self.commits += 1
         return True
 
-    def commit_async(self, offsets: dict, epoch: int | None = None) -> bool:
+    def commit_async(self, offsets: dict, epoch: int | None = None, tag=None) -> bool:
         """Send a commit of ``offsets`` (as ``commit``) without waiting for it; ``settled_commits()``
-        tells when it finished. False when there was nothing to commit."""
+        tells when it finished (and returns ``tag``, e.g. what to commit again, if it failed).
+        False when there was nothing to commit."""
         assigned = self.consumer.assignment()
         offsets = {tp: OffsetAndMetadata(o, "", -1) for tp, o in self.current(offsets, epoch).items()
                    if tp in assigned}
         if not offsets:
             return False
-        self._async_commits.append(self.consumer.commit_async(offsets))
+        self._async_commits.append((self.consumer.commit_async(offsets), tag if tag is not None else offsets))
         return True
 
-    def settled_commits(self) -> int:
-        """How many commits sent with ``commit_async`` finished since the last call (successes
-        are counted in ``commits``; a failure only means those records are read again)."""
-        done = [f for f in self._async_commits if f.is_done]
+    def settled_commits(self) -> tuple[int, dict]:
+        """``(how many commits sent with commit_async finished since the last call, the merged
+        tags of those that failed)``: successes are counted in ``commits``; the caller commits
+        failed offsets again (a later checkpoint may not hold those partitions)."""
+        done = [(f, o) for f, o in self._async_commits if f.is_done]
         if not done:
-            return 0
-        self._async_commits = [f for f in self._async_commits if not f.is_done]
-        for future in done:
+            return 0, {}
+        self._async_commits = [(f, o) for f, o in self._async_commits if not f.is_done]
+        failed: dict = {}
+        for future, offsets in done:
             if future.succeeded():
                 self.commits += 1
             else:
-                log.warning("commit failed, those records will be read again: %s", future.exception)
-        return len(done)
+                log.warning("commit failed (%s); committing those offsets again", future.exception)
+                failed.update(offsets)
+        return len(done), failed
 
     def wait_commits(self, timeout_s: float = 10.0) -> int:
         """Wait (bounded) for the commits in flight (kafka-python's IO thread completes them)."""
         deadline = time.monotonic() + timeout_s
-        while any(not f.is_done for f in self._async_commits) and time.monotonic() < deadline:
+        while any(not f.is_done for f, _ in self._async_commits) and time.monotonic() < deadline:
             time.sleep(0.01)  # the futures complete on kafka-python's IO thread; nothing to poll
         return self.settled_commits()
 

@@ -62,18 +62,26 @@ def _child_main(conn, kafka, replay_messages: int, poll_timeout_ms: int, parent_
     logging.getLogger("kafka").setLevel(max(logging.WARNING, log_level))
     from pipeline.feed import EventFeed
 
-    acked: dict = {}
+    acked: dict = {}  # {tp: (offset, epoch)} acknowledged, not committed yet (the latest ack wins)
     stopping = False
     confirms = 0  # "committed" answers owed for commits sent with commit_async
+
+    def current_acked() -> dict:
+        """``acked`` less partitions reset since their offsets were read (checked at commit time)."""
+        return {tp: o for tp, (o, epoch) in acked.items() if feed.current({tp: o}, epoch)}
+
+    def requeue(failed: dict) -> None:
+        for tp, (offset, epoch) in failed.items():
+            acked.setdefault(tp, (offset, epoch))  # a newer acknowledgement supersedes it
 
     def read(message, in_rebalance: bool = False) -> str:
         nonlocal stopping, confirms
         kind = message[0]
         if kind == "done":  # commit at once (without blocking the fetch loop) and confirm once done
-            acked.update(feed.current(message[1], message[2]))
+            acked.update({tp: (o, message[2]) for tp, o in message[1].items()})
             # no consumer call inside a rebalance callback: those are committed right after it
             # (kept partitions only)
-            if not in_rebalance and feed.commit_async(dict(acked)):
+            if not in_rebalance and feed.commit_async(current_acked(), tag=dict(acked)):
                 acked.clear()
                 confirms += 1
             else:
@@ -91,7 +99,7 @@ def _child_main(conn, kafka, replay_messages: int, poll_timeout_ms: int, parent_
 
     def flush() -> None:
         if acked:
-            feed.commit(dict(acked))
+            feed.commit(current_acked())
             acked.clear()
 
     feed = None
@@ -107,14 +115,15 @@ def _child_main(conn, kafka, replay_messages: int, poll_timeout_ms: int, parent_
             items = feed.poll()
             if items:
                 conn.send(("items", items, None, feed.commits))
-            settled = feed.settled_commits()
+            settled, failed = feed.settled_commits()
+            requeue(failed)  # committed again (synchronously) at the next flush
             for _ in range(min(settled, confirms)):
                 conn.send(("committed",))
             confirms -= min(settled, confirms)
             lag = feed.lag()
             if lag is not None or settled:
                 conn.send(("items", [], lag, feed.commits))
-        feed.wait_commits()
+        requeue(feed.wait_commits()[1])
         flush()
     except (BrokenPipeError, EOFError, ConnectionResetError):
         os._exit(1)  # the parent is gone: commit nothing more
@@ -157,6 +166,7 @@ class FetchProcess:
         self.merge_records = max(int(merge_records), 1)
         self.before_revoke_ack = before_revoke_ack  # e.g. the scorer's checkpoint, before partitions go
         self._commit_in_flight = False
+        self._revoking = False
         self._closed = False
         self._buffer: list = []        # items read while waiting for a commit, not handed out yet
         self._revoke_pending = False   # a "revoking" to answer once the buffered batches are scored
@@ -237,7 +247,11 @@ class FetchProcess:
 
     def _ack_revoke(self) -> None:
         if self.before_revoke_ack is not None:
-            self.before_revoke_ack()
+            self._revoking = True  # the child is inside the rebalance: no commit of it can finish now
+            try:
+                self.before_revoke_ack()
+            finally:
+                self._revoking = False
         self._conn.send(("revoke_ack",))
 
     def commit(self, offsets: dict, epoch: int | None = None) -> bool:
@@ -249,7 +263,8 @@ class FetchProcess:
         """
         if not offsets:
             return False
-        self.wait_committed()
+        if not self._revoking:  # (during a revoke the child answers at once and commits after it)
+            self.wait_committed()
         self._conn.send(("done", offsets, epoch))
         self._commit_in_flight = True
         return True
@@ -260,9 +275,11 @@ class FetchProcess:
         return self._commit_in_flight
 
     def wait_committed(self, timeout_s: float = 60.0) -> None:
-        """Wait until the checkpoint in flight (if any) is confirmed by the child."""
+        """Wait until the checkpoint in flight (if any) is confirmed by the child. Not once the child
+        is inside a rebalance (a revoke pending): no commit finishes there, and the child answers
+        the next checkpoint at once and commits it right after the rebalance."""
         deadline = time.monotonic() + timeout_s
-        while self._commit_in_flight:
+        while self._commit_in_flight and not self._revoke_pending:
             if time.monotonic() > deadline:
                 raise FetchProcessDied(f"fetch process did not confirm a commit in {timeout_s:.0f} s")
             message = self._recv(0.1)

@@ -76,7 +76,7 @@ class Outputs:
     """Sends a scorer's records and checkpoints them (see the module docstring).
 
     ``on_internal_error(source, detail)`` is called for each input message dead-lettered as
-    ``internal_error`` at checkpoint time (the scorer moves it from scored to rejected).
+    ``internal_error`` at checkpoint time (the scorer counts it as rejected, too).
     """
 
     def __init__(self, producer, kafka, max_message_bytes: int, *, commit_interval_ms: int = 1000,

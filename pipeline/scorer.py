@@ -225,15 +225,25 @@ class Scorer:
             self._publish_feed_metrics()
 
     def _advance_checkpoint(self) -> None:
-        """Seal a due checkpoint (not while the previous one's commit is in flight: at most one
-        checkpoint is ever produced-but-uncommitted besides the current one) and commit a sealed
-        one once all its sends are acknowledged. Never waits for the broker."""
+        """Commit the sealed checkpoint once all its sends are acknowledged, and seal the current
+        one when it is due, but not while the previous commit is in flight: at most one checkpoint
+        is ever produced-but-uncommitted besides the current one. Waits for the broker only when
+        the current checkpoint is full (``commit_every_events``) while the previous one is still
+        open (back-pressure when scoring outruns acknowledgements or commits)."""
         out = self.outputs
-        if out.sealed is None and out.due() and not getattr(self.feed, "commit_in_flight", False):
-            out.seal()
+        full = out.pending.events >= out.commit_every_events
         done = out.acknowledged()
+        while done is None and out.sealed is not None and full:
+            self.producer.flush()
+            done = out.acknowledged()
         if done is not None and done[0]:
             self.feed.commit(*done)
+        if out.sealed is None and out.due():
+            if getattr(self.feed, "commit_in_flight", False):
+                if not full:
+                    return
+                self.feed.wait_committed()
+            out.seal()
 
     def checkpoint(self) -> bool:
         """Flush, check every send, then commit the offsets produced so far (see ``pipeline.outputs``);

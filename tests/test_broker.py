@@ -86,3 +86,24 @@ def test_ensure_topics_creates_missing_topics_with_the_configured_partitions_and
         admin.close()
     assert len(described["partitions"]) == 2
     assert all(len(p["replica_nodes"]) == 1 for p in described["partitions"]), described
+
+
+def test_restart_comes_back_empty_on_the_same_port():
+    from kafka.admin import KafkaAdminClient
+
+    from pipeline.kafka_clients import ensure_topics
+    from pipeline.settings import KafkaSettings
+
+    broker = EmbeddedBroker().start()
+    try:
+        port = broker.port
+        ensure_topics(KafkaSettings(bootstrap_servers=broker.bootstrap_servers), ["before-restart"])
+        broker.restart()
+        assert broker.port == port and broker.is_running()
+        admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
+        try:
+            assert "before-restart" not in admin.list_topics()  # memory storage: everything is gone
+        finally:
+            admin.close()
+    finally:
+        broker.stop()
