@@ -20,13 +20,16 @@ $(STAMP): $(BIN)/python pyproject.toml requirements.lock
 
 install: $(STAMP)
 
-# Debian's prometheus package gives promtool and the server used by the deploy tests.
+# Debian's prometheus package gives promtool and the server used by the deploy tests;
+# prometheus-alertmanager the Alertmanager the alert-sink test posts to.
 prometheus:
-	@command -v promtool >/dev/null 2>&1 || { \
+	@{ command -v promtool && command -v prometheus-alertmanager; } >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
+	    prometheus prometheus-alertmanager >/dev/null; }
 	@promtool --version 2>&1 | head -1
+	@prometheus-alertmanager --version 2>&1 | head -1
 
 demo: install
 	$(BIN)/tsad demo

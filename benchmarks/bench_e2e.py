@@ -15,9 +15,13 @@ One run prints:
    own floor: a bare kafka-python consumer's produce -> poll-returned latency on the same pacing;
 4. scorer-process RSS with 1k and 100k tracked series (many-to-many, hidden 64), bytes per series,
    and the fetch process's RSS;
-5. bf16 vs fp32 many-to-one prediction difference on the benchmark's windows.
+5. bf16 vs fp32 many-to-one prediction difference on the benchmark's windows;
+6. model routing (issue 14): the scorer's events/s with 1 model (plain detector), 1 routed model
+   and 4 routed models (``pipeline.routed.RoutedDetector``, series split 4 ways by glob, many-to-many,
+   the per-series export attached as in ``tsad serve``), interleaved ``--repeats`` times; and the
+   memory the per-series export (``pipeline.anomaly_export``) costs at K = 500 and 5000 series.
 
-Usage: ``python benchmarks/bench_e2e.py [--series 1000] [--events 200000] [--repeats 3]``.
+Usage: ``python benchmarks/bench_e2e.py [--series 1000] [--events 200000] [--repeats 3] [--routing-only]``.
 Targets (issue 4): m2m >= 0.8x raw, m2o >= 0.3x raw, p99 < 50 ms at 5k/s, < 1 KiB state/series;
 (issue 15) scorer-added p99 (end-to-end p99 - transport p99) <= 5 ms at 5k/s.
 """
@@ -149,7 +153,8 @@ def model_ceiling(threads: int, batch: int = 256, window: int = 64, repeats: int
         torch.set_num_threads(1)
 
 
-def run_scorer(kafka, bundle, total: int, latency: bool = False, fetch_process: bool = True, threads: int = 1):
+def run_scorer(kafka, bundle, total: int, latency: bool = False, fetch_process: bool = True, threads: int = 1,
+               detector=None, observers=()):
     """Score the topic with the real loop (new group); returns (events/s, scorer).
 
     events/s = events consumed / (first poll batch returned -> last batch scored and acknowledged).
@@ -164,7 +169,9 @@ def run_scorer(kafka, bundle, total: int, latency: bool = False, fetch_process: 
     torch.set_num_threads(threads)
     group = f"bench-{uuid.uuid4().hex[:6]}"
     settings = Settings(kafka=kafka.model_copy(update={"group_id": group}))
-    scorer = Scorer(settings, StreamingDetector(bundle, DetectorConfig()), ScorerMetrics(), fetch_process=fetch_process)
+    detector = StreamingDetector(bundle, DetectorConfig()) if detector is None else detector
+    scorer = Scorer(settings, detector, ScorerMetrics(), fetch_process=fetch_process)
+    scorer.observers.extend(observers)
     if latency:
         scorer.latency_log = []
     marks = {}
@@ -227,6 +234,75 @@ def rss_child(n_series: int) -> None:
                       "array_bytes_per_series": det.state_bytes_per_series()}))
 
 
+ROUTE_GLOBS = ("*[0-4][0-4]", "*[0-4][5-9]", "*[5-9][0-4]")  # with the default: 4 quarters of series-NNNNN
+
+
+def routed_detector(n_models: int):
+    """A ``RoutedDetector`` over ``n_models`` many-to-many models (same weights, own state), series split by glob."""
+    from pipeline.routed import RoutedDetector
+    from pipeline.routing import Routing
+    from pipeline.scoring import DetectorConfig, StreamingDetector
+
+    routes = [{"group": f"q{k}", "match": glob, "model": f"bench-q{k}"}
+              for k, glob in enumerate(ROUTE_GLOBS[:n_models - 1])]
+    routing = Routing.from_dict({"routes": routes, "default": {"group": "rest", "model": "bench-rest"}})
+    detectors = {}
+    for name in routing.models:
+        bundle = make_bundle("many-to-many")
+        bundle.name = name
+        detectors[name] = StreamingDetector(bundle, DetectorConfig())
+    return RoutedDetector(routing, detectors)
+
+
+def routing_throughput(kafka, total: int, repeats: int) -> None:
+    """Section 6a: events/s with 1 model, 1 routed model, 4 routed models (median [min..max])."""
+    from pipeline.anomaly_export import AnomalousSeries
+
+    runs = {"1 model (no routing)": None, "1 routed model": 1, "4 routed models": 4}
+    rates = {label: [] for label in runs}
+    for _ in range(repeats):
+        for label, n in runs.items():
+            detector = None if n is None else routed_detector(n)
+            rate, _ = run_scorer(kafka, make_bundle("many-to-many"), total, detector=detector,
+                                 observers=[AnomalousSeries()])
+            rates[label].append(rate)
+    base = float(np.median(rates["1 model (no routing)"]))
+    for label in runs:
+        rate = float(np.median(rates[label]))
+        print(f"scorer e2e, many-to-many, {label:<20}: {_spread(rates[label])} events/s = {rate / base:.2f}x "
+              f"the single model")
+
+
+def export_memory(k: int) -> str:
+    """Section 6b: memory of the per-series export holding ``k`` series (tracemalloc), and its scrape."""
+    import tracemalloc
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from pipeline.anomaly_export import AnomalousSeries
+    from pipeline.scoring import SCORED, BatchResult
+
+    ids = [f"series-{i:05d}-{'x' * 20}" for i in range(k)]  # 33-character ids
+    n = len(ids)
+    result = BatchResult(np.full(n, SCORED, dtype=np.int8), np.ones(n), np.ones(n), np.full(n, 0.9), 0.5,
+                         np.ones(n, dtype=bool), "bench-model", 1, 0, {}, np.zeros(n), np.full(n, 2.0))
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    export = AnomalousSeries(max_series=k)
+    export.observe(ids, np.full(n, 1.7e9), np.full(n, 5.0), result, np.ones(n, dtype=bool))
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    registry = CollectorRegistry()
+    registry.register(export)
+    t0 = time.perf_counter()
+    body = generate_latest(registry)
+    scrape_s = time.perf_counter() - t0
+    return (f"per-series export at K={k}: {held / 2**10:,.0f} KiB held ({held / k:,.0f} B/series, ids and row objects "
+            f"included); a scrape renders {len(body) / 2**10:,.0f} KiB ({len(body) / k:,.0f} B/series, 8 samples each) "
+            f"in {scrape_s * 1000:.1f} ms")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--series", type=int, default=1000)
@@ -236,6 +312,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--rss-child", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--produce-child", nargs=4, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--routing-only", action="store_true", help="only section 6 (routing, per-series export)")
     args = ap.parse_args()
     if args.rss_child is not None:
         return rss_child(args.rss_child)
@@ -251,6 +328,19 @@ def main() -> None:
     from pipeline.settings import KafkaSettings
 
     torch.set_num_threads(1)
+    if args.routing_only:
+        with EmbeddedBroker() as broker:
+            kafka = KafkaSettings(bootstrap_servers=broker.bootstrap_servers, events_topic="bench-events",
+                                  anomalies_topic="bench-anomalies", dead_letter_topic="bench-dead",
+                                  session_timeout_ms=2000, heartbeat_interval_ms=500, partitions=4)
+            ensure_topics(kafka)
+            secs = produce(broker.bootstrap_servers, kafka.events_topic, args.series, args.events)
+            print(f"bench_e2e --routing-only: {args.series} series, {args.events} events (produced in {secs:.1f}s), "
+                  f"repeats={args.repeats} (median [min..max])")
+            routing_throughput(kafka, args.events, args.repeats)
+        for k in (500, 5000):
+            print(export_memory(k))
+        return None
     print(f"bench_e2e: {args.series} series, {args.events} events, cpus={os.cpu_count()}, torch threads=1, "
           f"repeats={args.repeats} (median [min..max])")
     runs = {  # label -> (kind, precision, fetch process, torch threads)
@@ -325,6 +415,9 @@ def main() -> None:
               f"{np.percentile(floor, 99):.1f} ms: scorer-added p99 {added:+.1f} ms (target <= 5 ms: {added <= 5.0}); "
               f"many-to-many throughput {results['many-to-many'] / raw:.2f}x raw consume (target >= 0.8x: "
               f"{results['many-to-many'] / raw >= 0.8})")
+        routing_throughput(kafka, args.events, args.repeats)
+    for k in (500, 5000):
+        print(export_memory(k))
 
     print(bf16_difference())
     for threads in (1, 2):

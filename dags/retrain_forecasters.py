@@ -6,9 +6,10 @@ For each data interval (default daily, ``TSAD_RETRAIN_SCHEDULE``; no catch-up):
    (default 168) before its end, read from the Parquet archive written by ``tsad archive``
    (``TSAD_ARCHIVE_DIR``); its most recent ``TSAD_RETRAIN_HOLDOUT_FRACTION`` is held out. The run
    is **skipped** with the reason in the log when the archive holds too little data.
-2. ``train``: dynamically mapped over model groups (``TSAD_RETRAIN_GROUPS``, JSON
-   ``{"group": "series glob"}``, default ``{"default": "*"}``) x kinds (``many-to-one`` and
-   ``many-to-many``): fits a candidate on CUDA when present, else CPU (``device="auto"``),
+2. ``train``: dynamically mapped over model groups (the routing file in ``TSAD_ROUTING``, the one
+   ``tsad serve --routing`` reads: each group trains on the series routed to it; without it
+   ``TSAD_RETRAIN_GROUPS``, JSON ``{"group": "series glob"}``, default ``{"default": "*"}``) x kinds
+   (``many-to-one`` and ``many-to-many``): fits a candidate on CUDA when present, else CPU (``device="auto"``),
    evaluates it and the current champion on the held-out slice (normalised MAE; detection F1 when
    ``TSAD_RETRAIN_LABELS`` points at NAB-style label windows) and registers it, unpromoted, in the
    model registry (``TSAD_REGISTRY_DIR``) as ``<group>-<kind>`` with the figures in meta.json.
@@ -37,8 +38,11 @@ from datetime import datetime, timedelta, timezone
 
 from airflow.sdk import Asset, Param, dag, task
 
+from pipeline.routing import retrain_groups_from_env
+
 KINDS = json.loads(os.environ.get("TSAD_RETRAIN_KINDS", '["many-to-one", "many-to-many"]'))
-GROUPS = json.loads(os.environ.get("TSAD_RETRAIN_GROUPS", '{"default": "*"}'))
+# group -> globs: from the routing file (TSAD_ROUTING, the one tsad serve reads) or TSAD_RETRAIN_GROUPS
+GROUPS = retrain_groups_from_env()
 MODEL_NAMES = [f"{group}-{kind}" for group in sorted(GROUPS) for kind in KINDS]  # = RetrainSettings.jobs()
 
 

@@ -64,6 +64,9 @@ class RetrainSettings(BaseSettings):
     pushgateway_url: str | None = Field(None, validation_alias="TSAD_PUSHGATEWAY_URL")
     textfile: str = "var/metrics/tsad_retrain.prom"
     groups: dict[str, str] = {"default": "*"}  # group -> fnmatch pattern over series ids (JSON in env)
+    # routing file (pipeline.routing): when set, its groups replace ``groups`` and each group trains on
+    # exactly the series routed to it (first matching route), as ``tsad serve --routing`` scores them
+    routing: str | None = Field(None, validation_alias="TSAD_ROUTING")
     kinds: list[str] = list(KINDS)  # JSON list in env
     lookback_hours: float = 24 * 7
     holdout_fraction: float = 0.2
@@ -84,8 +87,25 @@ class RetrainSettings(BaseSettings):
         for kind in self.kinds:
             if kind not in KINDS:
                 raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}")
+        groups: dict = self.groups
+        if self.routing:
+            from pipeline.routing import Routing
+
+            groups = Routing.load(self.routing).retrain_groups()
         return [{"group": g, "pattern": p, "kind": k, "name": model_name(g, k)}
-                for g, p in sorted(self.groups.items()) for k in self.kinds]
+                for g, p in sorted(groups.items()) for k in self.kinds]
+
+
+def select_job_series(settings: RetrainSettings, data: "SeriesSet", job: dict) -> "SeriesSet":
+    """The series ``job`` trains on: those the routing file routes to its group, else those matching
+    its glob(s) (``TSAD_RETRAIN_GROUPS``, overlapping groups allowed)."""
+    if settings.routing:
+        from pipeline.routing import Routing
+
+        routing = Routing.load(settings.routing)
+        return SeriesSet({s: v for s, v in data.series.items() if routing.group_of(s) == job["group"]})
+    patterns = [job["pattern"]] if isinstance(job["pattern"], str) else list(job["pattern"])
+    return SeriesSet({s: v for s, v in data.series.items() if any(fnmatch.fnmatchcase(s, p) for p in patterns)})
 
 
 def model_name(group: str, kind: str) -> str:
@@ -256,7 +276,8 @@ def train_candidate(settings: RetrainSettings, the_plan: dict, job: dict) -> dic
     from models.training import fit
 
     data = load_series(settings.archive_dir, the_plan["start"], the_plan["end"])
-    data = SeriesSet({s: v for s, v in data.select(job["pattern"]).series.items() if s in set(the_plan["series"])})
+    data = SeriesSet({s: v for s, v in select_job_series(settings, data, job).series.items()
+                      if s in set(the_plan["series"])})
     if not data.series:
         raise NotEnoughDataError(f"{name}: no eligible series match pattern {job['pattern']!r}")
     cut = the_plan["cut"]

@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "pipeline.serve_cli",         # serve, demo
     "pipeline.archive_cli",       # archive
     "pipeline.backtest.cli",      # backtest
+    "pipeline.anomalies_cli",     # anomalies (tail the anomalies topic)
 )
 
 for _name in COMMAND_MODULES:

@@ -1,12 +1,15 @@
-"""``tsad demo``: the whole pipeline on one real NAB series, in one command, on CPU.
+"""``tsad demo``: the whole pipeline on real NAB series, two families routed to two models, on CPU.
 
-Steps: start the embedded Kafka broker -> train a many-to-one and a many-to-many forecaster
-(small, a few epochs) on the first part of the series and register/promote them in a temporary
-registry -> start one scorer per model (each its own consumer group, metrics endpoint on
-loopback) -> publish the rest of the series as events -> print anomalies as they are flagged ->
-summary per model: events scored, anomalies, labelled NAB anomaly windows caught/missed,
-events/s, where metrics were served. Everything runs in this process (threads) and the broker
-child is stopped on exit, so nothing is left behind.
+Steps: start the embedded Kafka broker -> train one forecaster per series family on the first part
+of its NAB series (family ``cpu``: an EC2 CPU trace, many-to-many; family ``traffic``: a road
+traffic speed trace, many-to-one) and register/promote them in a temporary registry -> write a
+routing file (``pipeline.routing``: ``ec2_cpu_*`` -> ``cpu-many-to-many``, everything else ->
+``traffic-many-to-one``) -> start one routed scorer (metrics endpoint on loopback, with the
+per-series export) -> publish the rest of both series as events -> print each anomaly as it is
+flagged, with the model that flagged it and its expected band -> summary per model: events
+scored, anomalies, labelled NAB anomaly windows caught/missed, events/s, where metrics were
+served. Everything runs in this process (threads) and the broker child is stopped on exit, so
+nothing is left behind.
 """
 
 from __future__ import annotations
@@ -20,12 +23,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import yaml
 from rich.console import Console
 from rich.table import Table
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NAB_DIR = REPO_ROOT / "data" / "nab"
-KINDS = ("many-to-many", "many-to-one")
+# (routing group, NAB file, glob of the family, model kind)
+FAMILIES = (
+    ("cpu", "realAWSCloudwatch/ec2_cpu_utilization_24ae8d.csv", "ec2_cpu_*", "many-to-many"),
+    ("traffic", "realTraffic/speed_7578.csv", "speed_*", "many-to-one"),
+)
 
 
 def _labels(series: str) -> list[tuple[float, float]]:
@@ -36,137 +44,154 @@ def _labels(series: str) -> list[tuple[float, float]]:
     return load_label_windows(path).get(series, []) if path.exists() else []
 
 
-def run_demo(series: str = "realAWSCloudwatch/ec2_cpu_utilization_24ae8d.csv", train_fraction: float = 0.4,
-             epochs: int = 8, metrics_port: int = 0, window: int = 32, hidden: int = 32) -> int:
-    """Run the demo; returns the process exit code (0 on success)."""
+def run_demo(series: str = FAMILIES[0][1], train_fraction: float = 0.4, epochs: int = 8, metrics_port: int = 0,
+             window: int = 32, hidden: int = 32) -> int:
+    """Run the demo (``series``: the NAB file of the ``cpu`` family); returns the exit code (0 on success)."""
     import torch
 
     from models.forecasters import ForecasterConfig
     from models.registry import ModelRegistry
     from models.training import fit
+    from pipeline.anomaly_export import AnomalousSeries
     from pipeline.broker import EmbeddedBroker, free_port
     from pipeline.events import parse_timestamp
     from pipeline.kafka_clients import ensure_topics, make_producer
     from pipeline.metrics import ScorerMetrics, serve_metrics
     from pipeline.publish import publish_rows, read_series_csv
-    from pipeline.reload import ChampionWatcher
+    from pipeline.routing import Routing
     from pipeline.scorer import Scorer
-    from pipeline.scoring import DetectorConfig, StreamingDetector
+    from pipeline.scoring import DetectorConfig
+    from pipeline.serving_models import build_detector
     from pipeline.settings import KafkaSettings, Settings
 
-    console = Console(width=max(Console().width, 120))
-    path = NAB_DIR / "data" / series
-    if not path.exists():
-        console.print(f"[red]no such NAB file: {path}[/red]")
-        return 2
+    console = Console(width=max(Console().width, 150))
+    families = [(FAMILIES[0][0], series, FAMILIES[0][2] if Path(series).stem.startswith("ec2_cpu_")
+                 else Path(series).stem, FAMILIES[0][3]), FAMILIES[1]]
+    for _, file, _, _ in families:
+        if not (NAB_DIR / "data" / file).exists():
+            console.print(f"[red]no such NAB file: {NAB_DIR / 'data' / file}[/red]")
+            return 2
     torch.set_num_threads(1)
     started = time.perf_counter()
-    frame = read_series_csv(path)
-    values = frame["value"].to_numpy(dtype=np.float64)
-    cut = int(len(values) * train_fraction)
-    series_id = Path(series).stem
-    windows = _labels(series)
-    console.rule(f"[bold]tsad demo[/bold]: {series} ({len(values)} points; train on {cut}, stream {len(values) - cut})")
+    data = {}
+    for group, file, _, _ in families:
+        frame = read_series_csv(NAB_DIR / "data" / file)
+        values = frame["value"].to_numpy(dtype=np.float64)
+        data[group] = (Path(file).stem, frame, values, int(len(values) * train_fraction), _labels(file))
+    console.rule("[bold]tsad demo[/bold]: " + "; ".join(
+        f"{group} = {file} ({len(data[group][2])} points; train on {data[group][3]})"
+        for group, file, _, _ in families))
 
     with tempfile.TemporaryDirectory(prefix="tsad-demo-") as tmp, \
             EmbeddedBroker(log_path=Path(tmp) / "tansu.log") as broker:
         console.print(f"broker: Tansu on {broker.bootstrap_servers}")
         registry = ModelRegistry(Path(tmp) / "registry")
-        for kind in KINDS:
+        for group, _, _, kind in families:
+            sid, _, values, cut, _ = data[group]
             t0 = time.perf_counter()
-            bundle, report = fit(ForecasterConfig(kind=kind, window=window, hidden=hidden),
-                                 {series_id: values[:cut]}, epochs=epochs, progress=False, name=f"demo-{kind}")
+            bundle, report = fit(ForecasterConfig(kind=kind, window=window, hidden=hidden), {sid: values[:cut]},
+                                 epochs=epochs, progress=False, name=f"{group}-{kind}")
             version = registry.register(bundle)
             registry.promote(bundle.name, version)
-            console.print(f"trained {kind:<12} hidden={hidden} window={window}: best val MSE "
-                          f"{report.best_val_loss:.3f} in {time.perf_counter() - t0:.1f}s -> {bundle.name} v{version}")
+            console.print(f"trained {bundle.name:<20} hidden={hidden} window={window}: best val MSE "
+                          f"{report.best_val_loss:.3f} in {time.perf_counter() - t0:.1f}s -> v{version}")
+        routing_doc = {"routes": [{"group": g, "match": glob, "model": f"{g}-{k}"} for g, _, glob, k in families[:-1]],
+                       "default": {"group": families[-1][0], "model": f"{families[-1][0]}-{families[-1][3]}"}}
+        routing_path = Path(tmp) / "routing.yaml"
+        routing_path.write_text(yaml.safe_dump(routing_doc, sort_keys=False))
+        routing = Routing.load(routing_path)
+        console.print("routing: " + "; ".join(f"{', '.join(r.patterns)} -> {r.model}" for r in routing.routes)
+                      + f"; every other series -> {routing.default.model}")
 
         suffix = uuid.uuid4().hex[:6]
         kafka = KafkaSettings(bootstrap_servers=broker.bootstrap_servers, events_topic=f"demo-events-{suffix}",
                               anomalies_topic=f"demo-anomalies-{suffix}", dead_letter_topic=f"demo-dead-{suffix}",
-                              session_timeout_ms=2000, heartbeat_interval_ms=500, partitions=1)
+                              session_timeout_ms=2000, heartbeat_interval_ms=500, partitions=2,
+                              group_id=f"demo-{suffix}")
         ensure_topics(kafka)
-        scorers, threads, urls = {}, [], {}
-        stop = threading.Event()
         lock = threading.Lock()
-        flagged: dict[str, list[float]] = {kind: [] for kind in KINDS}
+        flagged: dict[str, list[float]] = {}
+        windows_of = {data[g][0]: data[g][4] for g, _, _, _ in families}
 
-        def shower(kind):
-            def show(record):
-                with lock:
-                    flagged[kind].append(record["ts"])
-                    when = datetime.fromtimestamp(record["ts"], timezone.utc).strftime("%Y-%m-%d %H:%M")
-                    hit = any(a <= record["ts"] <= b for a, b in windows)
-                    console.print(f"[{'green' if hit else 'yellow'}]anomaly[/] {kind:<12} {record['series']} {when} "
-                                  f"value={record['value']:.3f} predicted={record['predicted']:.3f} "
-                                  f"score={record['score']:.1f} {'(in a labelled window)' if hit else ''}")
-            return show
+        def show(record):
+            with lock:
+                flagged.setdefault(record["series"], []).append(record["ts"])
+                when = datetime.fromtimestamp(record["ts"], timezone.utc).strftime("%Y-%m-%d %H:%M")
+                hit = any(a <= record["ts"] <= b for a, b in windows_of.get(record["series"], []))
+                band = (f"[{record['lower']:.3f}, {record['upper']:.3f}]" if record.get("lower") is not None
+                        else "[-]")
+                console.print(f"[{'green' if hit else 'yellow'}]anomaly[/] flagged by {record['model']:<20} "
+                              f"{record['series']} {when} value={record['value']:.3f} "
+                              f"expected={record['predicted']:.3f} band={band} score={record['score']:.2f} "
+                              f"{'(in a labelled window)' if hit else ''}")
 
-        try:  # every scorer thread and metrics server started here is stopped, whatever fails below
-            for i, kind in enumerate(KINDS):
-                name = f"demo-{kind}"
-                watcher = ChampionWatcher(registry, name, None)
-                detector = StreamingDetector(watcher.load_initial(), DetectorConfig())
-                metrics = ScorerMetrics()
-                port = metrics_port + i if metrics_port else free_port()
-                server, _ = serve_metrics(metrics.registry, "127.0.0.1", port)
-                urls[kind] = f"http://127.0.0.1:{server.server_port}/metrics"
-                settings = Settings(kafka=kafka.model_copy(update={"group_id": f"demo-{kind}-{suffix}"}))
-                scorer = Scorer(settings, detector, metrics, watcher=watcher, on_anomaly=shower(kind))
-                scorers[kind] = (scorer, server)
-                thread = threading.Thread(target=scorer.run, args=(stop,), name=f"scorer-{kind}", daemon=True)
-                thread.start()
-                threads.append(thread)
-                console.print(f"scorer {kind:<12} serving {name} v{detector.model_version}; metrics at {urls[kind]}")
-
+        detector, watchers = build_detector(registry.root, routing, DetectorConfig())
+        metrics = ScorerMetrics()
+        export = AnomalousSeries()
+        metrics.registry.register(export)
+        server, _ = serve_metrics(metrics.registry, "127.0.0.1", metrics_port or free_port())
+        url = f"http://127.0.0.1:{server.server_port}/metrics"
+        scorer = Scorer(Settings(kafka=kafka), detector, metrics, watcher=watchers, on_anomaly=show)
+        scorer.observers.append(export)
+        stop = threading.Event()
+        thread = threading.Thread(target=scorer.run, args=(stop,), name="scorer", daemon=True)
+        total = 0
+        try:  # the scorer thread and metrics server started here are stopped, whatever fails below
+            thread.start()
+            serving = ", ".join(f"{m} v{d.model_version}" for m, d in detector.detectors.items())
+            console.print(f"scorer serving {serving}; metrics at {url}")
             producer = make_producer(kafka)
             try:
-                report = publish_rows(producer, kafka.events_topic, series_id, frame["timestamp"].iloc[cut:],
-                                      values[cut:])
+                t0 = time.perf_counter()
+                for group, _, _, _ in families:
+                    sid, frame, values, cut, _ = data[group]
+                    total += publish_rows(producer, kafka.events_topic, sid, frame["timestamp"].iloc[cut:],
+                                          values[cut:]).events
             finally:
                 producer.close()
-            console.print(f"published {report.events} events in {report.seconds:.2f}s")
+            console.print(f"published {total} events in {time.perf_counter() - t0:.2f}s")
             deadline = time.monotonic() + 120
-            while time.monotonic() < deadline and any(s.stats.consumed < report.events for s, _ in scorers.values()):
+            while time.monotonic() < deadline and scorer.stats.consumed < total:
                 time.sleep(0.1)
-            scraped = {kind: _scrape(urls[kind]) for kind in KINDS}
+            scraped = _scrape(url)
         finally:
             stop.set()
-            for thread in threads:
-                thread.join(30)
-            for _, server in scorers.values():
-                server.shutdown()
-                server.server_close()
+            thread.join(30)
+            server.shutdown()
+            server.server_close()
 
-        stream_ts = np.array([parse_timestamp(t) for t in frame["timestamp"].iloc[cut:]])
-        table = Table(title=f"summary: {series} (labelled windows from NAB combined_windows.json)")
+        models = [f"{g}-{k}" for g, _, _, k in families]
+        table = Table(title="summary per routed model (labelled windows from NAB combined_windows.json)")
         table.add_column("")
-        for kind in KINDS:
-            table.add_column(kind, justify="right")
+        for (group, _, _, _), model in zip(families, models):
+            table.add_column(f"{model}\n({data[group][0]})", justify="right")
+        m = metrics.registry.get_sample_value
         rows: dict[str, list[str]] = {}
-        ok = True
-        relevant = [(a, b) for a, b in windows if a <= stream_ts[-1] and b >= stream_ts[0]]
-        for kind in KINDS:
-            st = scorers[kind][0].stats
-            ok &= st.consumed == report.events
-            caught = sum(any(a <= t <= b for t in flagged[kind]) for a, b in relevant)
-            outside = sum(not any(a <= t <= b for a, b in windows) for t in flagged[kind])
-            rate = st.consumed / st.busy_s if st.busy_s else float("nan")
-            for label, value in (("events consumed", st.consumed), ("events scored", st.scored),
-                                 ("events in warm-up", st.warmup), ("events rejected", st.rejected_total),
-                                 ("anomalies flagged", st.anomalies), ("labelled windows caught", caught),
+        for group, _, _, _ in families:
+            sid, frame, _, cut, windows = data[group]
+            model = routing.model_of(sid)
+            stream_ts = np.array([parse_timestamp(t) for t in frame["timestamp"].iloc[cut:]])
+            relevant = [(a, b) for a, b in windows if a <= stream_ts[-1] and b >= stream_ts[0]]
+            times = flagged.get(sid, [])
+            caught = sum(any(a <= t <= b for t in times) for a, b in relevant)
+            outside = sum(not any(a <= t <= b for a, b in windows) for t in times)
+            for label, value in (("events scored", int(m("tsad_model_events_scored_total", {"model": model}) or 0)),
+                                 ("anomalies flagged", int(m("tsad_model_anomalies_total", {"model": model}) or 0)),
+                                 ("labelled windows caught", caught),
                                  ("labelled windows missed", len(relevant) - caught),
-                                 ("alerts outside labelled windows", outside),
-                                 ("events/s (scorer busy time)", f"{rate:,.0f}")):
+                                 ("alerts outside labelled windows", outside)):
                 rows.setdefault(label, []).append(str(value))
         for label, values in rows.items():
             table.add_row(label, *values)
         console.print(table)
-        for kind in KINDS:
-            console.print(f"metrics of {kind} were served at {urls[kind]} "
-                          f"(scraped {scraped[kind]} tsad_ samples)")
+        st = scorer.stats
+        rate = st.consumed / st.busy_s if st.busy_s else float("nan")
+        console.print(f"events consumed {st.consumed} of {total} published, {st.warmup} in warm-up, "
+                      f"{st.rejected_total} rejected; {rate:,.0f} events/s (scorer busy time)")
+        console.print(f"metrics were served at {url} (scraped {scraped} tsad_ samples, "
+                      f"{len(export)} series in the anomalous-series export)")
         console.print(f"done in {time.perf_counter() - started:.1f}s")
-        if not ok:
+        if st.consumed != total:
             console.print("[red]not every published event was consumed[/red]")
             return 1
     return 0

@@ -33,6 +33,8 @@ def process_isolated(detector, series: list, ts: np.ndarray, values: np.ndarray,
     status = np.full(n, FAILED, dtype=np.int8)
     predicted, err, score = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
     flags = np.zeros(n, dtype=bool)
+    lower, upper = np.full(n, np.nan), np.full(n, np.nan)
+    route, routes = np.zeros(n, dtype=np.int64), None  # which model scored each event (routed detectors)
     failures, evicted, threshold = [], 0, float("nan")
     for j in range(n):
         try:
@@ -42,9 +44,13 @@ def process_isolated(detector, series: list, ts: np.ndarray, values: np.ndarray,
             continue
         status[j], predicted[j], err[j], score[j], flags[j] = r.status[0], r.predicted[0], r.error[0], r.score[0], \
             r.is_anomaly[0]
+        if r.lower is not None:
+            lower[j], upper[j] = r.lower[0], r.upper[0]
+        if r.route is not None:
+            route[j], routes = r.route[0], r.routes
         evicted += r.evicted
         threshold = r.threshold
     if np.isnan(threshold):
         threshold = float(getattr(getattr(detector, "config", None), "threshold", None) or np.nan)
     return BatchResult(status, predicted, err, score, threshold, flags, detector.model_name, detector.model_version,
-                       evicted, {}), failures
+                       evicted, {}, lower, upper, route if routes is not None else None, routes or []), failures

@@ -2,7 +2,8 @@
 
 Every constructor takes ``registry=`` so tests build a fresh ``CollectorRegistry`` and read
 values with ``registry.get_sample_value``. Names: ``tsad_`` prefix, base units (seconds),
-``_total`` on counters, histograms for latency; never a series id as a label.
+``_total`` on counters, histograms for latency; never a series id as a label here (the bounded
+per-series export is ``pipeline.anomaly_export``).
 The names below are a contract with ``deploy/`` (alert rules, recording rules, dashboards).
 """
 
@@ -81,6 +82,17 @@ class ScorerMetrics:
             "tsad_skipped_offsets_total", "Offsets skipped inside undecodable record batches.", registry=r)
         self.pointer_errors = Counter(
             "tsad_model_pointer_errors_total", "Checks of the champion pointer that could not read it.", registry=r)
+        # per routed model (pipeline.routing): the label's values are the routed models, a handful
+        self.model_serving_version = Gauge(
+            "tsad_model_serving_version", "Registry version each routed model serves now.", ["model"], registry=r)
+        self.model_reloads = Counter(
+            "tsad_model_reloads_total", "Champion (re)loads per routed model, by outcome: loaded | refused | "
+            "pointer_error.", ["model", "outcome"], registry=r)
+        self.model_events_scored = Counter(
+            "tsad_model_events_scored_total", "Events scored, by the model that scored them.", ["model"], registry=r)
+        self.model_anomalies = Counter(
+            "tsad_model_anomalies_total", "Anomaly records produced, by the model that flagged them.", ["model"],
+            registry=r)
 
 
 class ArchiverMetrics:

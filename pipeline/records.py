@@ -2,7 +2,8 @@
 
 Anomaly record (value of a message on the anomalies topic, keyed by series)::
 
-    {"series", "ts" (epoch s), "value", "predicted", "error" (|value - predicted|, raw units),
+    {"series", "ts" (epoch s), "value", "predicted", "lower", "upper" (the band considered normal at
+     that moment, raw units: ``pipeline.band``), "error" (|value - predicted|, raw units),
      "score", "threshold", "model", "model_version", "source": {"topic", "partition", "offset"}}
 
 A dead-letter message keeps the ORIGINAL bytes as its value (and the original key); why it was
@@ -14,6 +15,8 @@ so one huge message can never exceed the producer's request size and stall the s
 
 from __future__ import annotations
 
+import math
+
 import orjson
 
 REASON_HEADER = "tsad.reason"
@@ -24,13 +27,19 @@ _MAX_DETAIL = 512
 
 
 def anomaly_value(series: str, ts: float, value: float, predicted: float, error: float, score: float,
-                  threshold: float, model: str, model_version, topic: str, partition: int, offset: int) -> bytes:
-    """JSON bytes of one anomaly record."""
+                  threshold: float, model: str, model_version, topic: str, partition: int, offset: int,
+                  lower: float | None = None, upper: float | None = None) -> bytes:
+    """JSON bytes of one anomaly record (``lower``/``upper``: NaN or None are written as null)."""
     return orjson.dumps({
-        "series": series, "ts": ts, "value": value, "predicted": predicted, "error": error,
+        "series": series, "ts": ts, "value": value, "predicted": predicted,
+        "lower": _finite(lower), "upper": _finite(upper), "error": error,
         "score": score, "threshold": threshold, "model": model, "model_version": model_version,
         "source": {"topic": topic, "partition": partition, "offset": offset},
     })
+
+
+def _finite(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
 
 
 def dead_letter_headers(reason: str, detail: str, topic: str, partition: int, offset: int) -> list[tuple[str, bytes]]:

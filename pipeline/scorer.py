@@ -114,7 +114,9 @@ class Scorer:
         self.kafka = settings.kafka
         self.detector = detector
         self.metrics = metrics or ScorerMetrics()
-        self.watcher = watcher
+        self.watcher = watcher  # a ChampionWatcher, or one per routed model (list)
+        self.watchers = [] if watcher is None else list(watcher) if isinstance(watcher, (list, tuple)) else [watcher]
+        self.observers: list = []  # objects with observe(series, ts, values, result, new): export, alert sinks
         self.poll_timeout_ms = poll_timeout_ms
         self.on_anomaly = on_anomaly
         self.stats = ScorerStats()
@@ -146,29 +148,41 @@ class Scorer:
         except (TypeError, ValueError):
             pass
         self.metrics.last_reload.set(time.time())
+        for det in getattr(d, "detectors", {d.model_name: d}).values():
+            try:
+                self.metrics.model_serving_version.labels(det.model_name).set(float(det.model_version))
+            except (TypeError, ValueError):
+                pass
 
     def check_reload(self, force: bool = False) -> None:
-        """Swap in a newly promoted champion (called between batches)."""
-        if self.watcher is None:
-            return
-        outcome = self.watcher.poll(force=force)
+        """Swap in newly promoted champions (called between batches); each routed model on its own."""
+        for watcher in self.watchers:
+            self._reload(watcher, force)
+
+    def _reload(self, watcher, force: bool) -> None:
+        outcome = watcher.poll(force=force)
         if outcome is None:
             return
+        reloads = self.metrics.model_reloads
         if outcome.bundle is None:
             if outcome.pointer_error:
                 self.metrics.pointer_errors.inc()
+                reloads.labels(watcher.name, "pointer_error").inc()
             else:
                 self.metrics.reload_failures.inc()
+                reloads.labels(watcher.name, "refused").inc()
             return
         bundle = outcome.bundle
         try:
             self.detector.swap_model(bundle)
         except Exception as error:  # noqa: BLE001 - unservable: refuse, keep the old model
-            self.watcher.refuse(bundle.version)
+            watcher.refuse(bundle.version)
             self.metrics.reload_failures.inc()
+            reloads.labels(watcher.name, "refused").inc()
             log.error("refusing model %s v%s: %s", bundle.name, bundle.version, error)
             return
-        self.watcher.accepted(bundle.version)
+        watcher.accepted(bundle.version)
+        reloads.labels(watcher.name, "loaded").inc()
         self._publish_model_info()
         log.info("now serving %s v%s (%s)", bundle.name, bundle.version, bundle.kind)
 
@@ -372,11 +386,14 @@ class Scorer:
         for j in np.flatnonzero(result.is_anomaly & new).tolist():
             i, sid = int(vp[j]), dec.series[j]
             try:
+                model, version = result.model_at(j)
+                lower, upper = result.band_at(j)
                 value = anomaly_value(sid, float(dec.ts[j]), float(dec.values[j]), float(result.predicted[j]),
-                                      float(result.error[j]), float(result.score[j]), result.threshold, result.model,
-                                      result.model_version, topic_in, int(partitions[i]), int(offsets[i]))
+                                      float(result.error[j]), float(result.score[j]), result.threshold, model,
+                                      version, topic_in, int(partitions[i]), int(offsets[i]), lower, upper)
                 outputs.send(topic_out, sid.encode("utf-8"), value, source(i))
                 n_anom += 1
+                metrics.model_anomalies.labels(model).inc()
                 if self.on_anomaly is not None:
                     self.on_anomaly(orjson.loads(value))
             except Exception as error:  # noqa: BLE001 - this message alone
@@ -401,6 +418,9 @@ class Scorer:
             metrics.events_replayed.inc(n_replayed)
         if n_anom:
             metrics.anomalies.inc(n_anom)
+        self._count_scored_per_model(result, is_new & (status == SCORED))
+        if self.observers:
+            self._notify(dec, result, is_new)
         if result.evicted:
             metrics.series_evicted.inc(result.evicted)
         decided = is_new & ((status == SCORED) | (status == WARMUP))
@@ -429,6 +449,29 @@ class Scorer:
         stats.busy_s += elapsed
         metrics.batch_duration.observe(elapsed)
         return True
+
+    def _count_scored_per_model(self, result, scored: np.ndarray) -> None:
+        """``tsad_model_events_scored_total{model}`` from a batch's routes."""
+        if result.route is None:
+            n = int(np.count_nonzero(scored))
+            if n:
+                self.metrics.model_events_scored.labels(result.model).inc(n)
+            return
+        counts = np.bincount(result.route[scored], minlength=len(result.routes))
+        per_model: dict[str, int] = {}
+        for (model, _version, _group), c in zip(result.routes, counts.tolist()):
+            per_model[model] = per_model.get(model, 0) + c
+        for model, c in per_model.items():
+            if c:
+                self.metrics.model_events_scored.labels(model).inc(c)
+
+    def _notify(self, dec: DecodedBatch, result, is_new: np.ndarray) -> None:
+        """Hand the batch to the observers (per-series export, alert sinks); one failing never stops scoring."""
+        for observer in self.observers:
+            try:
+                observer.observe(dec.series, dec.ts, dec.values, result, is_new)
+            except Exception as error:  # noqa: BLE001
+                log.error("observer %s failed: %s: %s", type(observer).__name__, type(error).__name__, error)
 
     def _prune_series_by_tp(self) -> None:
         """Drop evicted series from the partition -> series map (bounded memory under series churn)."""

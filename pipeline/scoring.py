@@ -61,6 +61,7 @@ import torch
 from models._streaming import rounds
 from models.calendar import calendar_dim, calendar_features
 from models.thresholds.error_likelihood import ErrorLikelihood, LikelihoodConfig
+from pipeline.band import likelihood_band
 from pipeline.series_state import VALUE_LIMIT, SeriesStateStore, has_scale
 
 # Hot path helpers: the ufunc behind np.clip without its Python wrapper (same results), and
@@ -148,6 +149,23 @@ class BatchResult:
     model_version: int | str | None = None
     evicted: int = 0         # series evicted to make room during this batch
     counts: dict = field(default_factory=dict)
+    lower: np.ndarray | None = None  # float64, raw units: the band considered normal (``pipeline.band``)
+    upper: np.ndarray | None = None
+    route: np.ndarray | None = None  # int per event: index into ``routes`` (``pipeline.routing``); None: one model
+    routes: list = field(default_factory=list)  # [(model name, version, group)] of a routed batch
+
+    def model_at(self, j: int) -> tuple[str, object]:
+        """(model name, version) that scored event ``j``."""
+        if self.route is None:
+            return self.model, self.model_version
+        name, version, _group = self.routes[int(self.route[j])]
+        return name, version
+
+    def band_at(self, j: int) -> tuple[float, float]:
+        """(lower, upper) of event ``j`` (NaN when unknown)."""
+        if self.lower is None or self.upper is None:
+            return math.nan, math.nan
+        return float(self.lower[j]), float(self.upper[j])
 
     def __len__(self) -> int:
         return len(self.status)
@@ -352,6 +370,7 @@ class StreamingDetector:
         error = np.full(n, np.nan)
         score = np.full(n, np.nan)
         flags = np.zeros(n, dtype=bool)
+        band = (np.full(n, np.nan), np.full(n, np.nan))
         evicted_before = self.store.evicted_total
         if n:
             idx, new = self.store.slots(list(series_ids), self.normalizers)
@@ -364,13 +383,14 @@ class StreamingDetector:
                 try:
                     for positions in rounds(idx):
                         carry = self._round(positions, idx[positions], ts, values, noalert, status, predicted, error,
-                                            score, flags, carry)
+                                            score, flags, carry, band)
                 finally:
                     self._write_back(carry)
         counts = {name: int((status == code).sum()) for code, name in STATUS_NAMES.items()}
         counts["anomalies"] = int(flags.sum())
         return BatchResult(status, predicted, error, score, float(self.config.threshold), flags,
-                           self.model_name, self.model_version, self.store.evicted_total - evicted_before, counts)
+                           self.model_name, self.model_version, self.store.evicted_total - evicted_before, counts,
+                           band[0], band[1])
 
     def _write_back(self, carry) -> None:
         """Scatter a round's model outputs kept in ``carry`` ``(slots, h, c, pred)`` into the store."""
@@ -380,7 +400,7 @@ class StreamingDetector:
             self.store.rnn[1][:, s] = c.numpy()
             self.store.pred[s] = pred
 
-    def _round(self, p, s, ts, values, noalert, status, predicted, error, score, flags, carry=None):
+    def _round(self, p, s, ts, values, noalert, status, predicted, error, score, flags, carry=None, band=None):
         """One round: distinct slots ``s (m,)`` at batch positions ``p (m,)``; ``noalert`` bool ``(n,)`` or
         None (every event may alert). Hot path: masks are applied only when some row needs them.
 
@@ -442,6 +462,8 @@ class StreamingDetector:
         err_raw = np.abs(x - pred_raw)
         if cfg.threshold_method == "likelihood":
             bound = e_mean + cfg.outlier_z * e_std          # error of an outlier
+            if band is not None:  # from the state before this event
+                band[0][p], band[1][p] = likelihood_band(self.likelihood, s, pred_raw)
             sc, flag = self.likelihood.step_unique(s, err_raw, x, live, t, t - last)
             flag &= live
             over = err > bound
@@ -462,6 +484,8 @@ class StreamingDetector:
         predicted[p] = pred_raw
         error[p] = err_raw
         score[p] = sc
+        if band is not None and cfg.threshold_method != "likelihood":
+            band[0][p], band[1][p] = pred_raw - bound * std, pred_raw + bound * std
         flags[p] = flag
 
         # what goes into state

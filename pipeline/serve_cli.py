@@ -19,7 +19,16 @@ def register(app: typer.Typer) -> None:
 def serve(
     bootstrap_servers: str = typer.Option(None, help="Kafka bootstrap servers (default: settings)."),
     registry: str = typer.Option(None, help="Model registry directory (default: TSAD_REGISTRY_DIR)."),
-    model: str = typer.Option("default", help="Registry model name whose champion is served."),
+    model: str = typer.Option(None, envvar="TSAD_MODEL", help="Registry model whose champion scores every series "
+                                                               "(default: 'default'; not with --routing)."),
+    routing: str = typer.Option(None, help="Routing file (YAML/JSON): series globs -> models, first match wins "
+                                           "(default: TSAD_ROUTING). Read at start: changes need a restart."),
+    alertmanager_url: str = typer.Option(None, help="Post anomalies as alerts to this Alertmanager "
+                                                    "(e.g. http://127.0.0.1:9093; default: TSAD_ALERTMANAGER_URL)."),
+    alert_resolve_after: float = typer.Option(None, help="Resolve a series' alert after this many seconds without "
+                                                         "an anomaly (default: TSAD_ALERT_RESOLVE_AFTER_S, 300)."),
+    anomalous_series_max: int = typer.Option(None, help="Recently anomalous series exported with a series label, at "
+                                                        "most (default: TSAD_ANOMALOUS_SERIES_MAX, 500)."),
     group_id: str = typer.Option(None, help="Consumer group (default: settings)."),
     events_topic: str = typer.Option(None, help="Events topic (default: settings)."),
     anomalies_topic: str = typer.Option(None, help="Anomalies topic (default: settings)."),
@@ -52,18 +61,21 @@ def serve(
     logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLogger().level))
     import torch
 
-    from models.registry import ModelRegistry
+    from pipeline.anomaly_export import AnomalousSeries
     from pipeline.kafka_clients import ensure_topics
     from pipeline.metrics import ScorerMetrics, serve_metrics
-    from pipeline.reload import ChampionWatcher
+    from pipeline.routing import Routing, RoutingError
     from pipeline.scorer import Scorer
-    from pipeline.scoring import DetectorConfig, StreamingDetector
+    from pipeline.scoring import DetectorConfig
+    from pipeline.serving_models import ModelLoadError, build_detector
     from pipeline.settings import load_settings
 
     torch.set_num_threads(max(torch_threads, 1))
     settings = load_settings(
         registry_dir=registry, metrics_host=metrics_host, metrics_port=metrics_port, max_series=max_series,
-        commit_interval_ms=commit_interval_ms, commit_every_events=commit_every_events,
+        commit_interval_ms=commit_interval_ms, commit_every_events=commit_every_events, routing=routing,
+        alertmanager_url=alertmanager_url, alert_resolve_after_s=alert_resolve_after,
+        anomalous_series_max=anomalous_series_max,
         kafka={"bootstrap_servers": bootstrap_servers, "group_id": group_id, "events_topic": events_topic,
                "anomalies_topic": anomalies_topic, "dead_letter_topic": dead_letter_topic},
     )
@@ -71,12 +83,13 @@ def serve(
     if precision not in ("fp32", "bf16"):
         typer.echo(f"--precision must be fp32 or bf16, got {precision!r}", err=True)
         raise typer.Exit(2)
-    watcher = ChampionWatcher(ModelRegistry(settings.registry_dir), model, None, interval_s=reload_interval,
-                              precision=precision)
+    if settings.routing and model:
+        typer.echo("set either --routing (TSAD_ROUTING) or --model (TSAD_MODEL), not both", err=True)
+        raise typer.Exit(2)
     try:
-        bundle = watcher.load_initial()
-    except Exception as error:  # noqa: BLE001 - a clear message, not a traceback
-        typer.echo(f"cannot load the champion of model {model!r} from {settings.registry_dir}: {error}", err=True)
+        plan = Routing.load(settings.routing) if settings.routing else Routing.single(model or "default")
+    except RoutingError as error:
+        typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from error
     overrides = {"threshold_method": threshold_method, "threshold": threshold}
     try:
@@ -87,8 +100,14 @@ def serve(
     except (ValueError, TypeError) as error:  # json.JSONDecodeError is a ValueError
         typer.echo(f"invalid detector settings: {error}", err=True)
         raise typer.Exit(2) from error
-    detector = StreamingDetector(bundle, config)
+    try:
+        detector, watchers = build_detector(settings.registry_dir, plan, config, reload_interval, precision)
+    except ModelLoadError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(2) from error
     metrics = ScorerMetrics()
+    export = AnomalousSeries(settings.anomalous_series_max, settings.anomalous_series_ttl_s)
+    metrics.registry.register(export)
     if settings.metrics_port:
         try:
             server, _ = serve_metrics(metrics.registry, settings.metrics_host, settings.metrics_port)
@@ -101,11 +120,27 @@ def serve(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    scorer = Scorer(settings, detector, metrics, watcher=watcher, replay_messages=replay_messages,
+    scorer = Scorer(settings, detector, metrics, watcher=watchers, replay_messages=replay_messages,
                     fetch_process=fetch_process)
-    log.info("serving %s v%s (%s) on %s group=%s", bundle.name, bundle.version, bundle.kind,
-             settings.kafka.events_topic, settings.kafka.group_id)
-    stats = scorer.run(stop)
+    scorer.observers.append(export)
+    sink = None
+    if settings.alertmanager_url:
+        from pipeline.alertmanager import AlertmanagerSink
+
+        sink = AlertmanagerSink.from_settings(settings, metrics.registry)
+        scorer.observers.append(sink)
+        sink.start()
+    for det in getattr(detector, "detectors", {detector.model_name: detector}).values():
+        log.info("serving %s v%s (%s) on %s group=%s", det.model_name, det.model_version, det.bundle.kind,
+                 settings.kafka.events_topic, settings.kafka.group_id)
+    if settings.routing:
+        for route in plan.all_routes:
+            log.info("route %s: %s -> %s", route.group, ", ".join(route.patterns), route.model)
+    try:
+        stats = scorer.run(stop)
+    finally:
+        if sink is not None:
+            sink.close()
     log.info("stopped: consumed=%d scored=%d warmup=%d replayed=%d rejected=%d anomalies=%d commits=%d",
              stats.consumed, stats.scored, stats.warmup, stats.replayed, stats.rejected_total, stats.anomalies,
              stats.commits)
@@ -113,12 +148,12 @@ def serve(
 
 def demo(
     series: str = typer.Option("realAWSCloudwatch/ec2_cpu_utilization_24ae8d.csv",
-                               help="NAB file (under data/nab/data) to train on and stream."),
+                               help="NAB file (under data/nab/data) of the 'cpu' family to train on and stream."),
     train_fraction: float = typer.Option(0.4, help="Leading fraction of the series used for training."),
     epochs: int = typer.Option(8, help="Training epochs per forecaster."),
     metrics_port: int = typer.Option(0, help="Metrics port (0: a free port)."),
 ) -> None:
-    """One command: broker, train both forecasters, score the rest of a NAB series live, summary."""
+    """One command: broker, two series families routed to two models, score the rest of both live, summary."""
     from pipeline.demo import run_demo
 
     raise typer.Exit(run_demo(series=series, train_fraction=train_fraction, epochs=epochs, metrics_port=metrics_port))

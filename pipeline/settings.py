@@ -80,6 +80,18 @@ class Settings(BaseSettings):
     commit_every_events: int = Field(20_000, ge=1)
     # tsad publish / publish_events: retry with backoff until this many seconds have passed.
     publish_timeout_s: float = Field(60.0, gt=0)
+    # Model routing file (pipeline.routing; tsad serve --routing, and the retraining DAG).
+    routing: str | None = None
+    # Per-series export (pipeline.anomaly_export): the K most recently anomalous series, each kept
+    # this long after its last anomaly.
+    anomalous_series_max: int = Field(500, ge=1)
+    anomalous_series_ttl_s: float = Field(900.0, gt=0)
+    # Alertmanager sink (pipeline.alertmanager; off when unset): base URL, e.g. http://127.0.0.1:9093
+    alertmanager_url: str | None = None
+    alert_resolve_after_s: float = Field(300.0, gt=0)  # resolved after this long without an anomaly
+    alert_resend_s: float = Field(60.0, gt=0)  # firing alerts are re-posted this often
+    alert_queue_size: int = Field(10_000, ge=1)  # anomalies waiting for the sender thread, at most
+    alert_max_attempts: int = Field(5, ge=1)  # posts of one alert update before it is dropped
 
 
 def load_settings(**overrides: Any) -> Settings:

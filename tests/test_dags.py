@@ -131,3 +131,14 @@ def test_schedule_groups_and_kinds_come_from_the_environment(tmp_path):
     assert "expression='0 */6 * * *'" in out["schedule"]
     assert [t for t in out["tasks"] if t.startswith("promote__")] == ["promote__cpu-many-to-one",
                                                                       "promote__web-many-to-one"]
+
+
+def test_groups_come_from_the_routing_file_tsad_serve_reads(tmp_path):
+    routing = tmp_path / "routing.yaml"
+    routing.write_text("routes:\n  - {group: cpu, match: ['ec2_*']}\n  - {group: web, match: 'speed_*'}\n"
+                       "default: rest\n")
+    out = _inspect(tmp_path, {"TSAD_ROUTING": str(routing), "TSAD_RETRAIN_KINDS": '["many-to-many"]',
+                              "TSAD_RETRAIN_GROUPS": '{"ignored": "*"}'})
+    assert out["import_errors"] == {}
+    assert [t for t in out["tasks"] if t.startswith("promote__")] == [
+        "promote__cpu-many-to-many", "promote__rest-many-to-many", "promote__web-many-to-many"]

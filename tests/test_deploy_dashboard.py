@@ -19,6 +19,8 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from pipeline.alertmanager import AlertmanagerSink
+from pipeline.anomaly_export import AnomalousSeries
 from pipeline.metrics import ArchiverMetrics, RetrainMetrics, ScorerMetrics
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
@@ -66,7 +68,10 @@ def exported_metric_names() -> set[str]:
     names: set[str] = set()
     for metrics_class in (ScorerMetrics, ArchiverMetrics, RetrainMetrics):
         names |= sample_names(metrics_class(registry=CollectorRegistry()).registry)
-    return names
+    scorer_extras = CollectorRegistry()  # what tsad serve registers beside ScorerMetrics
+    scorer_extras.register(AnomalousSeries())
+    AlertmanagerSink("http://127.0.0.1:9", scorer_extras)
+    return names | sample_names(scorer_extras)
 
 
 def promql_metric_names(expr: str) -> set[str]:
@@ -183,6 +188,27 @@ def test_dashboard_covers_what_the_issue_asks_for(dashboards):
                    "tsad_consumer_lag_messages", "p50", "p99", "tsad_tracked_series", "tsad_model_version",
                    "tsad_model_last_reload_timestamp_seconds", "tsad_retrain_last_success"):
         assert needed in exprs, f"no panel shows {needed}"
+
+
+def series_panels(dashboard: dict) -> dict[str, dict]:
+    return {panel["title"]: panel for panel in dashboard_panels(dashboard)}
+
+
+def test_dashboard_shows_the_anomalous_series_with_their_band(dashboards):
+    dashboard = next(d for path, d in dashboards if d["uid"] == "tsad-overview")
+    variable = next(v for v in dashboard["templating"]["list"] if v["name"] == "series")
+    assert variable["query"]["query"] == "label_values(tsad_series_anomaly_score, series)"
+    panels = series_panels(dashboard)
+    table = panels["Anomalous series now"]
+    assert table["type"] == "table"
+    columns = table["transformations"][1]["options"]["renameByName"]
+    assert set(columns.values()) == {"score", "since"}  # + the series and model labels
+    assert all("by (series, model)" in target["expr"] for target in table["targets"])
+    band = panels["Series value and expected band"]
+    legends = {target["legendFormat"] for target in band["targets"]}
+    assert legends == {"value", "expected", "lower", "upper", "anomaly"}
+    assert all('series="$series"' in target["expr"] for target in band["targets"])
+    assert "tsad_model_anomalies_total" in panels["Anomalies per second by model"]["targets"][0]["expr"]
 
 
 def test_every_dashboard_query_uses_only_exported_or_recorded_metrics(dashboards):

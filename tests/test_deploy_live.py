@@ -253,6 +253,36 @@ def test_prometheus_ingests_the_scorer_and_fires_the_anomaly_rate_alert(kafka_se
     print(f"TsadAnomalyRateHigh firing {fired_after:.1f} s after the burst was published; "
           f"anomaly share {query_value(url, 'job:tsad_anomalies_per_scored:ratio_rate5m'):.1%}")
 
+    # The anomalous series are exported one by one with their band: PromQL finds them.
+    chosen = "series-3"
+    wait_for(lambda: query_value(url, f'tsad_series_expected_upper{{job="tsad-scorer", series="{chosen}"}}')
+             is not None, 20, "the per-series export ingested", proc=scorer_proc, log=scorer_log)
+    band = {name: query_value(url, f'tsad_series_{name}{{series="{chosen}"}}')
+            for name in ("value", "expected", "expected_lower", "expected_upper", "anomaly_score",
+                         "anomaly_started_timestamp_seconds")}
+    assert band["expected_lower"] <= band["expected"] <= band["expected_upper"], band
+    assert band["anomaly_started_timestamp_seconds"] >= T0 + 60 * 56, band
+    wait_for(lambda: query_value(url, 'count(tsad_series_anomaly_score{job="tsad-scorer"})') == N_SERIES, 20,
+             "every series of the burst exported")
+    series_values = set(api(url, "label/series/values", **{"match[]": "tsad_series_anomaly_score"}))
+    assert chosen in series_values  # the dashboard's `series` variable
+    print(f"{chosen}: value {band['value']:.1f}, expected {band['expected']:.2f} "
+          f"[{band['expected_lower']:.2f}, {band['expected_upper']:.2f}], score {band['anomaly_score']:.3f}")
+
+    # Every query of the new dashboard panels returns data (the variable set to that series).
+    dashboard = next(d for _, d in load_dashboards() if d["uid"] == "tsad-overview")
+    new_panels = ("Anomalous series now", "Series value and expected band", "Anomalies per second by model")
+    now = time.time()
+    for title, expr in dashboard_exprs(dashboard):
+        if title not in new_panels:
+            continue
+        expr = expr.replace("$series", chosen).replace("$__rate_interval", "1m")
+        result = api(url, "query_range", query=expr, start=now - 120, end=now, step=1)["result"]
+        assert result, f"panel {title!r}: {expr} returned no data"
+        if title == "Anomalous series now":
+            assert {r["metric"]["series"] for r in result} == {f"series-{k}" for k in range(N_SERIES)}
+            assert {r["metric"]["model"] for r in result} == {MODEL}
+
     # Every rule evaluated without error against real data.
     unhealthy = [(rule["name"], rule.get("lastError")) for group in api(url, "rules")["groups"]
                  for rule in group["rules"] if rule["health"] != "ok"]

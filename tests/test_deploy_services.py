@@ -163,3 +163,22 @@ def test_compose_mounts_the_prometheus_config_and_rules(compose):
 def test_env_example_keeps_metrics_on_loopback():
     # /metrics has no auth: exposing it beyond the host must be a deliberate edit
     assert env_example()["TSAD_METRICS_HOST"] == "127.0.0.1"
+
+
+def test_compose_alertmanager_receives_prometheus_and_scorer_alerts(compose):
+    services = compose["services"]
+    assert "./alertmanager:/etc/alertmanager:ro" in services["alertmanager"]["volumes"]
+    assert services["scorer"]["environment"]["TSAD_ALERTMANAGER_URL"] == "http://alertmanager:9093"
+    assert services["scorer"]["environment"]["TSAD_KAFKA__BOOTSTRAP_SERVERS"] == "kafka:9092"  # the shared env kept
+    prometheus = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    targets = prometheus["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
+    assert targets == ["alertmanager:9093"]
+
+
+def test_alertmanager_config_is_valid():
+    amtool = shutil.which("amtool")
+    if amtool is None:
+        pytest.fail("amtool not found: run `make prometheus` (Debian package prometheus-alertmanager)")
+    result = subprocess.run([amtool, "check-config", str(DEPLOY / "alertmanager" / "alertmanager.yml")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
