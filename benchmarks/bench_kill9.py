@@ -42,7 +42,7 @@ def main() -> None:
     from models.forecasters import ForecasterConfig
     from models.registry import ModelRegistry
     from models.training import fit
-    from pipeline.broker import EmbeddedBroker, free_port
+    from pipeline.broker import EmbeddedBroker
     from pipeline.events import encode_event
     from pipeline.kafka_clients import ensure_topics, make_producer
     from pipeline.settings import KafkaSettings, Settings

@@ -85,16 +85,12 @@ def publish_events(kafka, topic: str, rows, *, rate: float | None = None, timeou
     """Send ``rows`` ((key, value) bytes) to ``topic``, retrying what is not acknowledged (see the
     module docstring) until ``timeout_s``; ``kafka`` is the ``KafkaSettings`` to build producers from.
     ``ensure_topic``: create ``topic`` first when missing (retried like the sends)."""
-    if make_producer is None:
-        from pipeline.kafka_clients import make_producer
+    from pipeline import kafka_clients
+
+    make_producer = make_producer or kafka_clients.make_producer
+    ensure = (lambda: kafka_clients.ensure_topics(kafka, [topic])) if ensure_topic else None  # retried until done
     remaining = list(rows)
     total = len(remaining)
-    ensure = None
-    if ensure_topic:
-        from pipeline.kafka_clients import ensure_topics
-
-        def ensure() -> None:
-            ensure_topics(kafka, [topic])
     start = time.perf_counter()
     deadline = time.monotonic() + timeout_s
     backoff, attempts, last_error = _FIRST_BACKOFF_S, 0, None

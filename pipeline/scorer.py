@@ -46,7 +46,7 @@ import orjson
 from kafka.structs import TopicPartition
 
 from pipeline.decode import DecodedBatch, decode_batch, decode_columns, decode_one
-from pipeline.events import DUPLICATE_TIMESTAMP, INTERNAL_ERROR, OUT_OF_ORDER, Event, Rejection
+from pipeline.events import DUPLICATE_TIMESTAMP, INTERNAL_ERROR, OUT_OF_ORDER, Event
 from pipeline.feed import Batch, EventFeed, PartitionReset, Rebalance, SkippedRange
 from pipeline.feed_guard import UNDECODABLE_BATCH
 from pipeline.feed_process import MERGE_RECORDS, FetchProcess
