@@ -43,7 +43,6 @@ def spot_scores(errors: np.ndarray, values: np.ndarray, probation: int, *, short
     n = len(errors)
     out = np.zeros(n)
     hist: list[float] = []
-    peaks: list[float] = []
     short, count, since = 0.0, 0, 1 << 30
     lo, hi = math.inf, -math.inf
     t, gamma, sigma, last_fit = math.inf, 0.0, 1.0, -1

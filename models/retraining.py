@@ -34,7 +34,6 @@ import fnmatch
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from pipeline.alertmanager import ALERTNAME, AlertmanagerSink
 from pipeline.broker import free_port
 from pipeline.scoring import SCORED, BatchResult
+from waiting import wait_for
 
 pytestmark = pytest.mark.integration
 ALERTMANAGER = (shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
@@ -45,7 +45,7 @@ def start_alertmanager(tmp_path: Path, port: int) -> subprocess.Popen:
     proc = subprocess.Popen([ALERTMANAGER, f"--config.file={config}", f"--storage.path={tmp_path / 'am-data'}",
                              f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    wait(lambda: get(f"http://127.0.0.1:{port}/api/v2/status") is not None, 30, "alertmanager ready", proc)
+    wait_for(lambda: get(f"http://127.0.0.1:{port}/api/v2/status") is not None, 30, "alertmanager ready", proc)
     return proc
 
 
@@ -64,17 +64,6 @@ def get(url: str):
             return json.loads(response.read() or b"null")
     except (OSError, ValueError):
         return None
-
-
-def wait(predicate, timeout_s: float, what: str, proc=None) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        if proc is not None and proc.poll() is not None:
-            break
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def alerts_for(port: int, series: str) -> list[dict]:
@@ -97,12 +86,12 @@ def test_an_anomaly_fires_then_resolves_in_alertmanager(tmp_path):
     sink = AlertmanagerSink(f"http://127.0.0.1:{port}", registry, resolve_after_s=2.0, resend_s=30).start()
     try:
         sink.observe(*anomaly("cpu-7"))
-        wait(lambda: alerts_for(port, "cpu-7"), 20, "the alert in Alertmanager", proc)
+        wait_for(lambda: alerts_for(port, "cpu-7"), 20, "the alert in Alertmanager", proc)
         alert = alerts_for(port, "cpu-7")[0]
         assert alert["labels"]["model"] == "cpu-m" and alert["labels"]["group"] == "cpu"
         assert alert["status"]["state"] in ("active", "unprocessed")
         assert alert["annotations"]["lower"] == "0.2" and alert["annotations"]["upper"] == "1.8"
-        wait(lambda: not alerts_for(port, "cpu-7"), 30, "the alert resolved", proc)
+        wait_for(lambda: not alerts_for(port, "cpu-7"), 30, "the alert resolved", proc)
         g = registry.get_sample_value
         assert g("tsad_alertmanager_alerts_posted_total", {"state": "firing"}) >= 1
         assert g("tsad_alertmanager_alerts_posted_total", {"state": "resolved"}) == 1
@@ -122,9 +111,9 @@ def test_alertmanager_down_never_blocks_scoring_and_alerts_are_retried(tmp_path)
     try:
         for _ in range(5):  # put_nowait on a queue of 2: never blocks (a full queue drops and counts)
             sink.observe(*anomaly("web-1"))
-        wait(lambda: (g("tsad_alertmanager_post_failures_total") or 0) >= 1, 20, "a failed post counted")
+        wait_for(lambda: (g("tsad_alertmanager_post_failures_total") or 0) >= 1, 20, "a failed post counted")
         proc = start_alertmanager(tmp_path, port)
-        wait(lambda: alerts_for(port, "web-1"), 40, "the retried alert in Alertmanager", proc)
+        wait_for(lambda: alerts_for(port, "web-1"), 40, "the retried alert in Alertmanager", proc)
     finally:
         sink.close()
         if proc is not None:
@@ -140,6 +129,6 @@ def test_retries_are_bounded(tmp_path):
     g = registry.get_sample_value
     assert g("tsad_alertmanager_alerts_dropped_total", {"reason": "queue_full"}) == 1
     sink.step()  # first attempt fails
-    wait(lambda: (sink.step() or True) and not sink.pending, 10, "the update given up")
+    wait_for(lambda: (sink.step() or True) and not sink.pending, 10, "the update given up")
     assert g("tsad_alertmanager_post_failures_total") == 2
     assert g("tsad_alertmanager_alerts_dropped_total", {"reason": "retries_exhausted"}) == 1

@@ -10,7 +10,6 @@ the same interval changes nothing: same versions, same registry files, no asset 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import subprocess
 import sys

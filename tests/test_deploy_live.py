@@ -47,6 +47,7 @@ from test_deploy_dashboard import (
     recorded_names,
     sample_names,
 )
+from waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -166,18 +167,6 @@ def query_value(url: str, expr: str) -> float | None:
 
 def alert_states(url: str, name: str) -> list[str]:
     return [alert["state"] for alert in api(url, "alerts")["alerts"] if alert["labels"]["alertname"] == name]
-
-
-def wait_for(predicate, timeout_s: float, what: str, proc=None, log: Path | None = None):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        if proc is not None and proc.poll() is not None:
-            break
-        time.sleep(0.25)
-    tail = log.read_text(errors="replace")[-3000:] if log is not None and log.exists() else ""
-    raise AssertionError(f"timed out waiting for {what}\n{tail}")
 
 
 def publish(settings, values_for) -> None:

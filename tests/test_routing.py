@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +32,7 @@ from pipeline.serving_models import build_detector
 from pipeline.settings import Settings
 from test_scorer import T0, publish, read_topic, signal
 from test_scoring import make_bundle
+from waiting import wait_for
 
 TSAD = str(Path(sys.executable).parent / "tsad")
 CONFIG = {
@@ -159,15 +159,6 @@ def rows(start: int, stop: int, spikes: dict):
     return out
 
 
-def wait(predicate, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.mark.integration
 def test_two_routed_models_reload_independently(kafka_settings, two_models, tmp_path):
     reg, web_v2 = two_models
@@ -184,9 +175,9 @@ def test_two_routed_models_reload_independently(kafka_settings, two_models, tmp_
     try:
         first = rows(0, 200, {("cpu-0", 150): 25.0, ("web-0", 160): 25.0})
         publish(kafka_settings, first)
-        wait(lambda: scorer.stats.consumed == len(first), 30, "first part consumed")
+        wait_for(lambda: scorer.stats.consumed == len(first), 30, "first part consumed")
         reg.promote("web", web_v2)  # web hot-reloads; cpu keeps v1
-        wait(lambda: detector.detectors["web"].model_version == web_v2, 10, "web v2 served")
+        wait_for(lambda: detector.detectors["web"].model_version == web_v2, 10, "web v2 served")
         assert detector.detectors["cpu"].model_version == 1
         # a corrupt cpu version: refused, cpu v1 and web v2 keep serving
         bad, _ = fit(ForecasterConfig(kind="many-to-many", window=16, hidden=16),
@@ -198,11 +189,11 @@ def test_two_routed_models_reload_independently(kafka_settings, two_models, tmp_
         weights = reg.root / "cpu" / f"v{v_bad:04d}" / "weights.pt"
         weights.write_bytes(weights.read_bytes()[:100])
         cpu_watcher._next_check = 0.0  # noqa: SLF001
-        wait(lambda: (m("tsad_model_reloads_total", {"model": "cpu", "outcome": "refused"}) or 0) >= 1, 10,
+        wait_for(lambda: (m("tsad_model_reloads_total", {"model": "cpu", "outcome": "refused"}) or 0) >= 1, 10,
              "cpu's corrupt version refused")
         second = rows(200, 400, {("cpu-1", 300): 25.0, ("web-1", 310): 25.0})
         publish(kafka_settings, second)
-        wait(lambda: scorer.stats.consumed == len(first) + len(second), 30, "second part consumed")
+        wait_for(lambda: scorer.stats.consumed == len(first) + len(second), 30, "second part consumed")
     finally:
         stop.set()
         thread.join(15)

@@ -34,6 +34,7 @@ from pipeline.broker import free_port
 from pipeline.events import encode_event
 from pipeline.feed_process import MERGE_RECORDS
 from pipeline.kafka_clients import make_producer
+from waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -111,15 +112,6 @@ def metric(port: int, name: str) -> float:
         return scrape(port).get((name, ()), 0.0)
     except OSError:
         return 0.0
-
-
-def wait_for(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class TopicReader:
