@@ -303,6 +303,19 @@ def export_memory(k: int) -> str:
             f"in {scrape_s * 1000:.1f} ms")
 
 
+def _bench_topics(broker, series: int, events: int):
+    """The benchmark's topics on ``broker``, with ``events`` events of ``series`` series produced:
+    ``(KafkaSettings, seconds to produce)``."""
+    from pipeline.kafka_clients import ensure_topics
+    from pipeline.settings import KafkaSettings
+
+    kafka = KafkaSettings(bootstrap_servers=broker.bootstrap_servers, events_topic="bench-events",
+                          anomalies_topic="bench-anomalies", dead_letter_topic="bench-dead",
+                          session_timeout_ms=2000, heartbeat_interval_ms=500, partitions=4)
+    ensure_topics(kafka)
+    return kafka, produce(broker.bootstrap_servers, kafka.events_topic, series, events)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--series", type=int, default=1000)
@@ -325,16 +338,11 @@ def main() -> None:
 
     from pipeline.broker import EmbeddedBroker
     from pipeline.kafka_clients import ensure_topics
-    from pipeline.settings import KafkaSettings
 
     torch.set_num_threads(1)
     if args.routing_only:
         with EmbeddedBroker() as broker:
-            kafka = KafkaSettings(bootstrap_servers=broker.bootstrap_servers, events_topic="bench-events",
-                                  anomalies_topic="bench-anomalies", dead_letter_topic="bench-dead",
-                                  session_timeout_ms=2000, heartbeat_interval_ms=500, partitions=4)
-            ensure_topics(kafka)
-            secs = produce(broker.bootstrap_servers, kafka.events_topic, args.series, args.events)
+            kafka, secs = _bench_topics(broker, args.series, args.events)
             print(f"bench_e2e --routing-only: {args.series} series, {args.events} events (produced in {secs:.1f}s), "
                   f"repeats={args.repeats} (median [min..max])")
             routing_throughput(kafka, args.events, args.repeats)
@@ -355,11 +363,7 @@ def main() -> None:
         print("many-to-one bf16 e2e run skipped: this CPU has no native bf16 (avx512_bf16 / amx_bf16)")
         del runs["many-to-one bf16"]
     with EmbeddedBroker() as broker:
-        kafka = KafkaSettings(bootstrap_servers=broker.bootstrap_servers, events_topic="bench-events",
-                              anomalies_topic="bench-anomalies", dead_letter_topic="bench-dead",
-                              session_timeout_ms=2000, heartbeat_interval_ms=500, partitions=4)
-        ensure_topics(kafka)
-        secs = produce(broker.bootstrap_servers, kafka.events_topic, args.series, args.events)
+        kafka, secs = _bench_topics(broker, args.series, args.events)
         print(f"produced {args.events} events in {secs:.1f}s ({args.events / secs:,.0f}/s)")
 
         raw_rates, rates, busy, last = [], {label: [] for label in runs}, {label: [] for label in runs}, {}
