@@ -25,23 +25,10 @@ Before the likelihood has seen one error of a series the band is NaN (``null`` i
 from __future__ import annotations
 
 import math
-from functools import lru_cache
-from statistics import NormalDist
 
 import numpy as np
 
-_LOG_EPS = math.log(1e-10)
-
-
-@lru_cache(maxsize=64)
-def tail_inverse(target: float) -> float:
-    """The z-score at which ``error_likelihood.tail_score(z)`` reaches ``target`` (inf when it never does)."""
-    q = math.exp(target * _LOG_EPS) - 1e-10
-    if q <= 0.0:
-        return math.inf
-    if q >= 1.0:
-        return -math.inf
-    return -NormalDist().inv_cdf(q)
+from models.thresholds.error_likelihood import tail_inverse
 
 
 def likelihood_error_limit(likelihood, slots: np.ndarray) -> np.ndarray:

@@ -13,8 +13,7 @@ import numpy as np
 import orjson
 import pytest
 
-from models.thresholds.error_likelihood import tail_score
-from pipeline.band import tail_inverse
+from models.thresholds.error_likelihood import tail_inverse, tail_score
 from pipeline.records import anomaly_value
 from pipeline.scoring import SCORED, DetectorConfig, StreamingDetector
 from test_scoring import make_bundle

@@ -55,6 +55,8 @@ leave the likelihood state unchanged and score 0 (the spatial check still applie
 from __future__ import annotations
 
 import math
+from functools import lru_cache
+from statistics import NormalDist
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -166,6 +168,17 @@ def tail_score(z) -> np.ndarray:
     z = np.ascontiguousarray(z, dtype=np.float64)
     q = 0.5 * torch.special.erfc(torch.from_numpy(z / _SQRT2)).numpy()  # vectorised, float64, no Python per element
     return _clip(np.log(q + 1e-10) / _LOG_EPS, 0.0, 1.0)
+
+
+@lru_cache(maxsize=64)
+def tail_inverse(target: float) -> float:
+    """The z-score at which :func:`tail_score` reaches ``target`` (inf when it never does)."""
+    q = math.exp(target * _LOG_EPS) - 1e-10
+    if q <= 0.0:
+        return math.inf
+    if q >= 1.0:
+        return -math.inf
+    return -NormalDist().inv_cdf(q)
 
 
 class ErrorLikelihood(StreamingState):
