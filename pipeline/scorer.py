@@ -149,6 +149,9 @@ class Scorer:
             pass
         self.metrics.last_reload.set(time.time())
         for det in getattr(d, "detectors", {d.model_name: d}).values():
+            # per-model counters exist from the start (at 0), so rate() sees a model's first anomaly
+            self.metrics.model_events_scored.labels(det.model_name)
+            self.metrics.model_anomalies.labels(det.model_name)
             try:
                 self.metrics.model_serving_version.labels(det.model_name).set(float(det.model_version))
             except (TypeError, ValueError):

@@ -261,13 +261,17 @@ def test_prometheus_ingests_the_scorer_and_fires_the_anomaly_rate_alert(kafka_se
     # Every query of the new dashboard panels returns data (the variable set to that series).
     dashboard = next(d for _, d in load_dashboards() if d["uid"] == "tsad-overview")
     new_panels = ("Anomalous series now", "Series value and expected band", "Anomalies per second by model")
-    now = time.time()
     for title, expr in dashboard_exprs(dashboard):
         if title not in new_panels:
             continue
         expr = expr.replace("$series", chosen).replace("$__rate_interval", "1m")
-        result = api(url, "query_range", query=expr, start=now - 120, end=now, step=1)["result"]
-        assert result, f"panel {title!r}: {expr} returned no data"
+
+        def panel_data(expr=expr):
+            now = time.time()
+            return api(url, "query_range", query=expr, start=now - 120, end=now, step=1)["result"]
+
+        wait_for(lambda: panel_data() != [], 20, f"panel {title!r}: {expr} returns data")  # a rate needs 2 scrapes
+        result = panel_data()
         if title == "Anomalous series now":
             assert {r["metric"]["series"] for r in result} == {f"series-{k}" for k in range(N_SERIES)}
             assert {r["metric"]["model"] for r in result} == {MODEL}

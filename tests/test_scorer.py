@@ -86,6 +86,27 @@ def read_topic(settings, topic, expected: int, timeout_s: float = 20.0):
         consumer.close()
 
 
+def read_sources_until(settings, topic, expected: set, timeout_s: float) -> set:
+    """Source coordinates ``(partition, offset)`` of the records on ``topic``, read from the start
+    until they cover ``expected`` or ``timeout_s`` passes (however many duplicates come first)."""
+    consumer = KafkaConsumer(**settings.client_config(), group_id=None, enable_auto_commit=False,
+                             auto_offset_reset="earliest")
+    try:
+        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        seen: set = set()
+        deadline = time.monotonic() + timeout_s
+        while not expected <= seen and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=300).values():
+                for r in batch:
+                    src = orjson.loads(r.value)["source"]
+                    seen.add((src["partition"], src["offset"]))
+        return seen
+    finally:
+        consumer.close()
+
+
 def start_scorer(kafka_settings, reg, **kw):
     watcher = ChampionWatcher(reg, "m", None, interval_s=0.1)
     bundle = watcher.load_initial()
@@ -254,17 +275,14 @@ def test_rebalance_mid_stream_loses_nothing_and_dead_letters_nothing(kafka_setti
             time.sleep(0.01)
         assert 0 < a[0].stats.consumed < len(rows), "first scorer should be mid-stream"
         b = start(fetch_process=fetch_process)
-        deadline = time.monotonic() + 60
-        while a[0].stats.consumed + b[0].stats.consumed < len(rows) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(1.0)
+        # every event has a receipt (duplicates allowed: a moved partition is re-scored from its
+        # last checkpoint), read while both scorers run
+        coords = read_sources_until(small, small.anomalies_topic, expected, timeout_s=60)
     finally:
         for s in (a, b):
             if s is not None:
                 s[1].set()
                 s[2].join(15)
-    got = read_topic(small, small.anomalies_topic, len(rows), timeout_s=10)
-    coords = {(orjson.loads(r.value)["source"]["partition"], orjson.loads(r.value)["source"]["offset"]) for r in got}
     assert coords == expected, f"{len(expected - coords)} events never scored"
     assert read_topic(small, small.dead_letter_topic, 0, timeout_s=2) == []
     assert a[0].stats.rejected_total == 0 and b[0].stats.rejected_total == 0
