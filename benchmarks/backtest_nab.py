@@ -31,7 +31,7 @@ def main(argv=None) -> int:
     ap.add_argument("--window", type=int, default=32)
     ap.add_argument("--hidden", type=int, default=32)
     ap.add_argument("--calendar", action=argparse.BooleanOptionalAction, default=False,
-                    help="time-of-day/week input features (models.calendar)")
+                    help="time-of-day/week input features (models.forecasting.calendar)")
     ap.add_argument("--calendar-week", action=argparse.BooleanOptionalAction, default=True,
                     help="with --calendar: include the day-of-week columns")
     ap.add_argument("--model-source", choices=("per-file", "fleet", "fleet-finetune"), default="fleet-finetune",
@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", choices=("default", "probation"), default="default")
     ap.add_argument("--seed", type=int, default=0, help="training seed (run a few to see the run-to-run spread)")
     ap.add_argument("--post", default="{}")
-    ap.add_argument("--fit", default="{}", help="extra models.training.fit kwargs as JSON (batch_size, lr, ...)")
+    ap.add_argument("--fit", default="{}", help="extra models.forecasting.training.fit kwargs as JSON (batch_size, lr, ...)")
     ap.add_argument("--model", default="{}", help="extra ForecasterConfig fields as JSON (residual, layers, ...)")
     ap.add_argument("--detector-config", default="{}")
     ap.add_argument("--out", type=Path, default=None)

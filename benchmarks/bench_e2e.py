@@ -2,8 +2,8 @@
 
 One run prints:
 1. raw kafka-python consume + orjson decode, events/s (the ceiling for any scorer; same consumer
-   options as the scorer, ``pipeline.feed.CONSUMER_OVERRIDES``);
-2. ``tsad serve``'s loop (``pipeline.scorer.Scorer``, in-process) events/s for a stateful
+   options as the scorer, ``pipeline.kafka.feed.CONSUMER_OVERRIDES``);
+2. ``tsad serve``'s loop (``pipeline.serve.scorer.Scorer``, in-process) events/s for a stateful
    many-to-many and a window many-to-one forecaster (hidden 64, window 64, untrained weights:
    speed does not depend on the weights; warmed up before timing), many-to-one also at bf16 and
    with 2 torch threads, and the default loop (fetch in a child process) beside the in-process
@@ -17,9 +17,9 @@ One run prints:
    and the fetch process's RSS;
 5. bf16 vs fp32 many-to-one prediction difference on the benchmark's windows;
 6. model routing (issue 14): the scorer's events/s with 1 model (plain detector), 1 routed model
-   and 4 routed models (``pipeline.routed.RoutedDetector``, series split 4 ways by glob, many-to-many,
+   and 4 routed models (``models.detection.routed.RoutedDetector``, series split 4 ways by glob, many-to-many,
    the per-series export attached as in ``tsad serve``), interleaved ``--repeats`` times; and the
-   memory the per-series export (``pipeline.anomaly_export``) costs at K = 500 and 5000 series.
+   memory the per-series export (``pipeline.serve.anomaly_export``) costs at K = 500 and 5000 series.
 
 Usage: ``python benchmarks/bench_e2e.py [--series 1000] [--events 200000] [--repeats 3] [--routing-only]``.
 Targets (issue 4): m2m >= 0.8x raw, m2o >= 0.3x raw, p99 < 50 ms at 5k/s, < 1 KiB state/series;
@@ -42,7 +42,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from pipeline.feed import CONSUMER_OVERRIDES  # no torch: the fetch process re-imports this module (spawn)
+from pipeline.kafka.feed import CONSUMER_OVERRIDES  # no torch: the fetch process re-imports this module (spawn)
 
 T0 = 1_700_000_000
 
@@ -51,8 +51,8 @@ def make_bundle(kind: str, hidden: int = 64, window: int = 64, precision: str = 
     """Untrained forecaster bundle (seed 0), warmed up: its first calls are made before timing."""
     import torch
 
-    from models.forecasters import ForecasterConfig, build_forecaster
-    from pipeline.reload import apply_precision
+    from models.forecasting.forecasters import ForecasterConfig, build_forecaster
+    from models.forecasting.serving import apply_precision
 
     torch.manual_seed(0)
     cfg = ForecasterConfig(kind=kind, window=window, hidden=hidden)
@@ -71,8 +71,8 @@ def make_bundle(kind: str, hidden: int = 64, window: int = 64, precision: str = 
 def produce(bootstrap: str, topic: str, n_series: int, n_events: int, rate: float | None = None, t_offset: int = 0) -> float:
     """Send n_events round-robin over n_series (time-major); returns the send wall time."""
     from pipeline.events import encode_event
-    from pipeline.kafka_clients import make_producer
-    from pipeline.settings import KafkaSettings
+    from pipeline.kafka.clients import make_producer
+    from models.core.settings import KafkaSettings
 
     producer = make_producer(KafkaSettings(bootstrap_servers=bootstrap), linger_ms=2 if rate else 20)
     keys = [f"series-{s:05d}".encode() for s in range(n_series)]
@@ -94,7 +94,7 @@ def raw_consume(kafka, total: int) -> float:
     """events/s of poll + orjson decode of the whole topic (new group), first record -> last."""
     import orjson
 
-    from pipeline.kafka_clients import make_consumer
+    from pipeline.kafka.clients import make_consumer
 
     consumer = make_consumer(kafka, [kafka.events_topic], group_id=f"raw-{uuid.uuid4().hex[:6]}", **CONSUMER_OVERRIDES)
     n, first = 0, None
@@ -113,7 +113,7 @@ def raw_consume(kafka, total: int) -> float:
 
 def raw_latency(kafka, bootstrap: str, n_series: int, n_events: int, rate: float) -> np.ndarray:
     """Produce -> poll-returned latency (s) of a bare consumer (scorer's options) on a paced topic."""
-    from pipeline.kafka_clients import make_consumer
+    from pipeline.kafka.clients import make_consumer
 
     consumer = make_consumer(kafka, [kafka.events_topic], group_id=f"lat-{uuid.uuid4().hex[:6]}", **CONSUMER_OVERRIDES)
     consumer.poll(timeout_ms=3000)  # join the group before the first event
@@ -160,9 +160,9 @@ def run_scorer(kafka, bundle, total: int, latency: bool = False, fetch_process: 
     events/s = events consumed / (first poll batch returned -> last batch scored and acknowledged).
     """
     from pipeline.metrics import ScorerMetrics
-    from pipeline.scorer import Scorer
-    from pipeline.scoring import DetectorConfig, StreamingDetector
-    from pipeline.settings import Settings
+    from pipeline.serve.scorer import Scorer
+    from models.detection.detector import DetectorConfig, StreamingDetector
+    from models.core.settings import Settings
 
     import torch
 
@@ -214,7 +214,7 @@ def rss_child(n_series: int) -> None:
     """(child) RSS after tracking n_series series with a many-to-many hidden-64 detector."""
     import torch
 
-    from pipeline.scoring import DetectorConfig, StreamingDetector
+    from models.detection.detector import DetectorConfig, StreamingDetector
 
     torch.set_num_threads(1)
     det = StreamingDetector(make_bundle("many-to-many"), DetectorConfig(max_series=max(n_series, 1)))
@@ -239,9 +239,9 @@ ROUTE_GLOBS = ("*[0-4][0-4]", "*[0-4][5-9]", "*[5-9][0-4]")  # with the default:
 
 def routed_detector(n_models: int):
     """A ``RoutedDetector`` over ``n_models`` many-to-many models (same weights, own state), series split by glob."""
-    from pipeline.routed import RoutedDetector
-    from pipeline.routing import Routing
-    from pipeline.scoring import DetectorConfig, StreamingDetector
+    from models.detection.routed import RoutedDetector
+    from models.routing import Routing
+    from models.detection.detector import DetectorConfig, StreamingDetector
 
     routes = [{"group": f"q{k}", "match": glob, "model": f"bench-q{k}"}
               for k, glob in enumerate(ROUTE_GLOBS[:n_models - 1])]
@@ -256,7 +256,7 @@ def routed_detector(n_models: int):
 
 def routing_throughput(kafka, total: int, repeats: int) -> None:
     """Section 6a: events/s with 1 model, 1 routed model, 4 routed models (median [min..max])."""
-    from pipeline.anomaly_export import AnomalousSeries
+    from pipeline.serve.anomaly_export import AnomalousSeries
 
     runs = {"1 model (no routing)": None, "1 routed model": 1, "4 routed models": 4}
     rates = {label: [] for label in runs}
@@ -279,8 +279,8 @@ def export_memory(k: int) -> str:
 
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from pipeline.anomaly_export import AnomalousSeries
-    from pipeline.scoring import SCORED, BatchResult
+    from pipeline.serve.anomaly_export import AnomalousSeries
+    from models.detection.detector import SCORED, BatchResult
 
     ids = [f"series-{i:05d}-{'x' * 20}" for i in range(k)]  # 33-character ids
     n = len(ids)
@@ -306,8 +306,8 @@ def export_memory(k: int) -> str:
 def _bench_topics(broker, series: int, events: int):
     """The benchmark's topics on ``broker``, with ``events`` events of ``series`` series produced:
     ``(KafkaSettings, seconds to produce)``."""
-    from pipeline.kafka_clients import ensure_topics
-    from pipeline.settings import KafkaSettings
+    from pipeline.kafka.clients import ensure_topics
+    from models.core.settings import KafkaSettings
 
     kafka = KafkaSettings(bootstrap_servers=broker.bootstrap_servers, events_topic="bench-events",
                           anomalies_topic="bench-anomalies", dead_letter_topic="bench-dead",
@@ -336,8 +336,8 @@ def main() -> None:
 
     import torch
 
-    from pipeline.broker import EmbeddedBroker
-    from pipeline.kafka_clients import ensure_topics
+    from pipeline.kafka.broker import EmbeddedBroker
+    from pipeline.kafka.clients import ensure_topics
 
     torch.set_num_threads(1)
     if args.routing_only:

@@ -39,13 +39,13 @@ def main() -> None:
     parser.add_argument("--series", type=int, default=200)
     args = parser.parse_args()
 
-    from models.forecasters import ForecasterConfig
+    from models.forecasting.forecasters import ForecasterConfig
     from models.registry import ModelRegistry
-    from models.training import fit
-    from pipeline.broker import EmbeddedBroker
+    from models.forecasting.training import fit
+    from pipeline.kafka.broker import EmbeddedBroker
     from pipeline.events import encode_event
-    from pipeline.kafka_clients import ensure_topics, make_producer
-    from pipeline.settings import KafkaSettings, Settings
+    from pipeline.kafka.clients import ensure_topics, make_producer
+    from models.core.settings import KafkaSettings, Settings
 
     defaults = Settings()
     tmp = Path(tempfile.mkdtemp(prefix="kill9-"))

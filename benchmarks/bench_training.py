@@ -13,8 +13,8 @@ import time
 import numpy as np
 import torch
 
-from models.forecasters import ForecasterConfig, build_forecaster
-from models.training import fit, resolve_device
+from models.forecasting.forecasters import ForecasterConfig, build_forecaster
+from models.forecasting.training import fit, resolve_device
 
 
 def synthetic(n_series: int, length: int, seed: int = 0) -> dict[str, np.ndarray]:

@@ -26,7 +26,7 @@ For each data interval (default daily, ``TSAD_RETRAIN_SCHEDULE``; no catch-up):
 Idempotent per interval: a re-run finds the versions registered under
 ``idempotency_key = "<kind>:<interval start>:<interval end>"`` and neither trains nor writes a
 model file again. Hyperparameters (epochs, hidden, window, ...) come from ``TSAD_RETRAIN_*`` and
-can be overridden per run through the DAG params. The logic lives in ``models/retraining.py``;
+can be overridden per run through the DAG params. The logic lives in ``pipeline/retrain/retraining.py``;
 this file only wires tasks (heavy imports happen inside them, so parsing stays fast).
 """
 
@@ -38,7 +38,7 @@ from datetime import datetime, timedelta, timezone
 
 from airflow.sdk import Asset, Param, dag, task
 
-from pipeline.routing import retrain_groups_from_env
+from models.routing import retrain_groups_from_env
 
 KINDS = json.loads(os.environ.get("TSAD_RETRAIN_KINDS", '["many-to-one", "many-to-many"]'))
 # group -> globs: from the routing file (TSAD_ROUTING, the one tsad serve reads) or TSAD_RETRAIN_GROUPS
@@ -56,7 +56,7 @@ def train_or_skip(settings, the_plan: dict, job: dict) -> dict:
     so the other groups still get promoted and ``record`` still runs."""
     from airflow.sdk.exceptions import AirflowSkipException
 
-    from models.retraining import NotEnoughDataError, train_candidate
+    from pipeline.retrain.retraining import NotEnoughDataError, train_candidate
 
     try:
         return train_candidate(settings, the_plan, job)
@@ -77,7 +77,7 @@ def candidate_for(candidates, name: str) -> dict:
 
 
 def _settings(context):
-    from models.retraining import load_settings
+    from pipeline.retrain.retraining import load_settings
 
     return load_settings({k: v for k, v in context["params"].items() if v is not None})
 
@@ -113,7 +113,7 @@ def retrain_forecasters():
         """Training range and held-out cut for this data interval; skips when there is too little data."""
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from models.retraining import NotEnoughDataError, plan as make_plan
+        from pipeline.retrain.retraining import NotEnoughDataError, plan as make_plan
 
         try:
             return make_plan(_settings(context), context["data_interval_start"], context["data_interval_end"])
@@ -138,7 +138,7 @@ def retrain_forecasters():
         def promote(candidates: list[dict], the_plan: dict, name: str = name, **context) -> dict:
             """Promote this model's candidate when it beats the champion (atomic registry pointer);
             skipped when this model's training was skipped."""
-            from models.retraining import promote_if_better
+            from pipeline.retrain.retraining import promote_if_better
 
             candidate = candidate_for(candidates, name)
             return promote_if_better(_settings(context), the_plan, candidate).to_dict()
@@ -160,7 +160,7 @@ def retrain_forecasters():
     def record(decisions: list[dict], **context) -> str:
         """Last success + candidate/champion errors to the Pushgateway or the textfile collector
         (models whose promote task was skipped have no decision and are left out)."""
-        from models.retraining import record_figures
+        from pipeline.retrain.retraining import record_figures
 
         return record_figures(_settings(context), [d for d in decisions if d])
 

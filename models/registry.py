@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from models.bundle import ModelBundle
-from models.forecasters import ForecasterConfig
-from models.windows import SeriesNormalizer
+from models.forecasting.bundle import ModelBundle
+from models.forecasting.forecasters import ForecasterConfig
+from models.forecasting.windows import SeriesNormalizer
 
 FORMAT = 1
 _VERSION_DIR = re.compile(r"^v(\d{4,})$")
@@ -239,7 +239,7 @@ class ModelRegistry:
         """Load a version (default: the champion), verifying its checksum. Eval mode, CPU."""
         import torch
 
-        from models.forecasters import build_forecaster
+        from models.forecasting.forecasters import build_forecaster
 
         if version is None:
             version = self.champion(name)

@@ -3,7 +3,7 @@
 Steps: start the embedded Kafka broker -> train one forecaster per series family on the first part
 of its NAB series (family ``cpu``: an EC2 CPU trace, many-to-many; family ``traffic``: a road
 traffic speed trace, many-to-one) and register/promote them in a temporary registry -> write a
-routing file (``pipeline.routing``: ``ec2_cpu_*`` -> ``cpu-many-to-many``, everything else ->
+routing file (``models.routing``: ``ec2_cpu_*`` -> ``cpu-many-to-many``, everything else ->
 ``traffic-many-to-one``) -> start one routed scorer (metrics endpoint on loopback, with the
 per-series export) -> publish the rest of both series as events -> print each anomaly as it is
 flagged, with the model that flagged it and its expected band -> summary per model: events
@@ -38,7 +38,7 @@ FAMILIES = (
 
 def _labels(series: str) -> list[tuple[float, float]]:
     """Labelled anomaly windows of a NAB file as (start, end) epoch seconds (none without a labels file)."""
-    from models.data import load_label_windows
+    from models.forecasting.data import load_label_windows
 
     path = NAB_DIR / "labels" / "combined_windows.json"
     return load_label_windows(path).get(series, []) if path.exists() else []
@@ -49,20 +49,20 @@ def run_demo(series: str = FAMILIES[0][1], train_fraction: float = 0.4, epochs: 
     """Run the demo (``series``: the NAB file of the ``cpu`` family); returns the exit code (0 on success)."""
     import torch
 
-    from models.forecasters import ForecasterConfig
+    from models.forecasting.forecasters import ForecasterConfig
     from models.registry import ModelRegistry
-    from models.training import fit
-    from pipeline.anomaly_export import AnomalousSeries
-    from pipeline.broker import EmbeddedBroker, free_port
+    from models.forecasting.training import fit
+    from pipeline.serve.anomaly_export import AnomalousSeries
+    from pipeline.kafka.broker import EmbeddedBroker, free_port
     from pipeline.events import parse_timestamp
-    from pipeline.kafka_clients import ensure_topics, make_producer
+    from pipeline.kafka.clients import ensure_topics, make_producer
     from pipeline.metrics import ScorerMetrics, serve_metrics
-    from pipeline.publish import publish_rows, read_series_csv
-    from pipeline.routing import Routing
-    from pipeline.scorer import Scorer
-    from pipeline.scoring import DetectorConfig
-    from pipeline.serving_models import build_detector
-    from pipeline.settings import KafkaSettings, Settings
+    from pipeline.kafka.publish import publish_rows, read_series_csv
+    from models.routing import Routing
+    from pipeline.serve.scorer import Scorer
+    from models.detection.detector import DetectorConfig
+    from pipeline.serve.serving_models import build_detector
+    from models.core.settings import KafkaSettings, Settings
 
     console = Console(width=max(Console().width, 150))
     families = [(FAMILIES[0][0], series, FAMILIES[0][2] if Path(series).stem.startswith("ec2_cpu_")

@@ -3,7 +3,7 @@
 Every constructor takes ``registry=`` so tests build a fresh ``CollectorRegistry`` and read
 values with ``registry.get_sample_value``. Names: ``tsad_`` prefix, base units (seconds),
 ``_total`` on counters, histograms for latency; never a series id as a label here (the bounded
-per-series export is ``pipeline.anomaly_export``).
+per-series export is ``pipeline.serve.anomaly_export``).
 The names below are a contract with ``deploy/`` (alert rules, recording rules, dashboards).
 """
 
@@ -82,7 +82,7 @@ class ScorerMetrics:
             "tsad_skipped_offsets_total", "Offsets skipped inside undecodable record batches.", registry=r)
         self.pointer_errors = Counter(
             "tsad_model_pointer_errors_total", "Checks of the champion pointer that could not read it.", registry=r)
-        # per routed model (pipeline.routing): the label's values are the routed models, a handful
+        # per routed model (models.routing): the label's values are the routed models, a handful
         self.model_serving_version = Gauge(
             "tsad_model_serving_version", "Registry version each routed model serves now.", ["model"], registry=r)
         self.model_reloads = Counter(

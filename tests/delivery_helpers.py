@@ -11,16 +11,16 @@ import orjson
 from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 
-from models.forecasters import ForecasterConfig
+from models.forecasting.forecasters import ForecasterConfig
 from models.registry import ModelRegistry
-from models.training import fit
-from pipeline.kafka_clients import make_producer
+from models.forecasting.training import fit
+from pipeline.kafka.clients import make_producer
 from pipeline.metrics import ScorerMetrics
-from pipeline.records import headers_dict
-from pipeline.reload import ChampionWatcher
-from pipeline.scorer import Scorer
-from pipeline.scoring import DetectorConfig, StreamingDetector
-from pipeline.settings import Settings
+from pipeline.serve.records import headers_dict
+from pipeline.serve.reload import ChampionWatcher
+from pipeline.serve.scorer import Scorer
+from models.detection.detector import DetectorConfig, StreamingDetector
+from models.core.settings import Settings
 
 T0 = 1_700_000_000
 

@@ -1,4 +1,4 @@
-"""Alertmanager sink (pipeline/alertmanager.py) against a real Alertmanager (Debian prometheus-alertmanager).
+"""Alertmanager sink (pipeline/serve/alertmanager.py) against a real Alertmanager (Debian prometheus-alertmanager).
 
 Alertmanager runs on loopback with its own storage and clustering off. An anomaly becomes an alert
 (labels series, model, group) that Alertmanager lists, then resolves once the series stays quiet;
@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from pipeline.alertmanager import ALERTNAME, AlertmanagerSink
-from pipeline.broker import free_port
-from pipeline.scoring import SCORED, BatchResult
+from pipeline.serve.alertmanager import ALERTNAME, AlertmanagerSink
+from pipeline.kafka.broker import free_port
+from models.detection.detector import SCORED, BatchResult
 from waiting import wait_for
 
 pytestmark = pytest.mark.integration

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.anomalies_cli import matches, parse_since, table_row
-from pipeline.kafka_clients import make_producer
-from pipeline.records import anomaly_value
+from pipeline.cli.anomalies import matches, parse_since, table_row
+from pipeline.kafka.clients import make_producer
+from pipeline.serve.records import anomaly_value
 
 TSAD = str(Path(sys.executable).parent / "tsad")
 RECORDS = [  # series, score, model

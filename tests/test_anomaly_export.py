@@ -1,4 +1,4 @@
-"""Per-series export (pipeline/anomaly_export.py): bounded cardinality, expiry, band, per-model rows."""
+"""Per-series export (pipeline/serve/anomaly_export.py): bounded cardinality, expiry, band, per-model rows."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipeline.anomaly_export import AnomalousSeries
-from pipeline.scoring import SCORED, BatchResult
+from pipeline.serve.anomaly_export import AnomalousSeries
+from models.detection.detector import SCORED, BatchResult
 
 
 def batch(series: list[str], flagged, value=5.0, routes=None, route=None) -> BatchResult:

@@ -17,12 +17,13 @@ import pandas as pd
 import pytest
 from kafka.structs import TopicPartition
 
-from pipeline.archive import ArchiveError, Archiver, list_files, read_archive, write_files
-from pipeline.broker import free_port
-from pipeline.kafka_clients import make_consumer, make_producer
+from pipeline.archive.consumer import Archiver
+from pipeline.archive.format import ArchiveError, list_files, read_archive, write_files
+from pipeline.kafka.broker import free_port
+from pipeline.kafka.clients import make_consumer, make_producer
 from pipeline.metrics import ArchiverMetrics
-from pipeline.publish import publish_csv, read_series_csv
-from pipeline.settings import Settings
+from pipeline.kafka.publish import publish_csv, read_series_csv
+from models.core.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 NAB_FILE = "data/realTraffic/speed_7578.csv"  # 1127 rows, 2015-09-08 .. 2015-09-17

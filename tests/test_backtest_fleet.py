@@ -16,7 +16,7 @@ from models.registry import ModelRegistry
 from pipeline.backtest.fleet import for_series, train_fleet
 from pipeline.backtest.nab_scoring import probation_length
 from pipeline.backtest.replay import ReplayConfig, detector_config, load_series, replay_file, run_corpus
-from pipeline.scoring import StreamingDetector
+from models.detection.detector import StreamingDetector
 
 NAB = Path(__file__).resolve().parent.parent / "data" / "nab"
 TRAFFIC = NAB / "data" / "realTraffic" / "speed_7578.csv"

@@ -1,4 +1,4 @@
-"""Error-likelihood detection step (models.thresholds.error_likelihood): streaming == scalar batch,
+"""Error-likelihood detection step (models.detection.thresholds.error_likelihood): streaming == scalar batch,
 spikes score high, spatial check, refractory period, alert=False never flags, state reset."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from models.thresholds import ErrorLikelihood, LikelihoodConfig, score_series, tail_score
+from models.detection.thresholds import ErrorLikelihood, LikelihoodConfig, score_series, tail_score
 
 
 def test_tail_score_scale():

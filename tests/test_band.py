@@ -1,4 +1,4 @@
-"""The expected band (``pipeline.band``): lower/upper in every scored event and in anomaly records.
+"""The expected band (``models.detection.band``): lower/upper in every scored event and in anomaly records.
 
 The band is derived from the likelihood's state before each event, so with the context and
 daily-repeat steps off an event past warm-up and outside the refractory period is flagged exactly
@@ -13,9 +13,9 @@ import numpy as np
 import orjson
 import pytest
 
-from models.thresholds.error_likelihood import tail_inverse, tail_score
-from pipeline.records import anomaly_value
-from pipeline.scoring import SCORED, DetectorConfig, StreamingDetector
+from models.detection.thresholds.error_likelihood import tail_inverse, tail_score
+from pipeline.serve.records import anomaly_value
+from models.detection.detector import SCORED, DetectorConfig, StreamingDetector
 from test_scoring import make_bundle
 
 

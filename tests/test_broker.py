@@ -8,10 +8,10 @@ import time
 import orjson
 import pytest
 
-from pipeline.broker import EmbeddedBroker, find_tansu_binary
+from pipeline.kafka.broker import EmbeddedBroker, find_tansu_binary
 from pipeline.events import Event, parse_event
-from pipeline.kafka_clients import make_consumer, make_producer
-from pipeline.publish import publish_csv, read_series_csv
+from pipeline.kafka.clients import make_consumer, make_producer
+from pipeline.kafka.publish import publish_csv, read_series_csv
 
 pytestmark = pytest.mark.integration
 
@@ -69,8 +69,8 @@ def test_ensure_topics_creates_missing_topics_with_the_configured_partitions_and
     from kafka.admin import KafkaAdminClient
     from pydantic import ValidationError
 
-    from pipeline.kafka_clients import ensure_topics
-    from pipeline.settings import KafkaSettings, Settings
+    from pipeline.kafka.clients import ensure_topics
+    from models.core.settings import KafkaSettings, Settings
 
     monkeypatch.setenv("TSAD_KAFKA__REPLICATION_FACTOR", "3")
     assert Settings().kafka.replication_factor == 3
@@ -91,8 +91,8 @@ def test_ensure_topics_creates_missing_topics_with_the_configured_partitions_and
 def test_restart_comes_back_empty_on_the_same_port():
     from kafka.admin import KafkaAdminClient
 
-    from pipeline.kafka_clients import ensure_topics
-    from pipeline.settings import KafkaSettings
+    from pipeline.kafka.clients import ensure_topics
+    from models.core.settings import KafkaSettings
 
     broker = EmbeddedBroker().start()
     try:

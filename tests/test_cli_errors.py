@@ -13,8 +13,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from models.cli import register
-from pipeline.broker import free_port
+from pipeline.cli.models import register
+from pipeline.kafka.broker import free_port
 
 TSAD = str(Path(sys.executable).parent / "tsad")
 BAD_NAMES = ["../../etc", "..", "/etc", ".hidden", "a/b"]

@@ -24,7 +24,7 @@ module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)
 t2 = time.perf_counter()
 import sys
-heavy = sorted(m for m in ("torch", "pandas", "models.training", "models.retraining", "pyarrow") if m in sys.modules)
+heavy = sorted(m for m in ("torch", "pandas", "models.forecasting.training", "pipeline.retrain.retraining", "pyarrow") if m in sys.modules)
 
 from airflow.dag_processing.dagbag import DagBag
 bag = DagBag(dag_folder=DAGS)
@@ -89,7 +89,7 @@ spec = importlib.util.spec_from_file_location("retrain_dag_probe", DAG_FILE)
 module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)
 from airflow.sdk.exceptions import AirflowSkipException
-from models.retraining import load_settings
+from pipeline.retrain.retraining import load_settings
 out = {}
 settings = load_settings({"archive_dir": ARCHIVE, "registry_dir": REGISTRY})
 plan = {"interval_start": "2024-01-01T00:00:00+00:00", "interval_end": "2024-01-02T00:00:00+00:00",

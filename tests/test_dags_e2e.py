@@ -22,9 +22,9 @@ import pandas as pd
 import pytest
 
 from airflow_env import airflow_env, migrate, run_dag
-from pipeline.broker import free_port
-from pipeline.kafka_clients import make_consumer, make_producer
-from pipeline.publish import publish_rows, read_series_csv
+from pipeline.kafka.broker import free_port
+from pipeline.kafka.clients import make_consumer, make_producer
+from pipeline.kafka.publish import publish_rows, read_series_csv
 
 REPO = Path(__file__).resolve().parent.parent
 SERIES_FILE = "data/realAWSCloudwatch/ec2_cpu_utilization_24ae8d.csv"  # 4032 values, 5 min, 14 days
@@ -64,8 +64,8 @@ def _seed_untrained_champion(registry_dir: Path) -> int:
     """v1 of the many-to-one model: an untrained network (the candidate must beat it)."""
     import torch
 
-    from models.bundle import ModelBundle
-    from models.forecasters import ForecasterConfig, build_forecaster
+    from models.forecasting.bundle import ModelBundle
+    from models.forecasting.forecasters import ForecasterConfig, build_forecaster
     from models.registry import ModelRegistry
 
     torch.manual_seed(0)

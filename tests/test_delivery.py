@@ -1,7 +1,7 @@
 """Delivery you can trust (issue 15), against the real embedded broker: no message, batch or
 broker restart can stop the scorer or lose an event.
 
-Every test runs ``pipeline.scorer.Scorer`` with its fetch process (the default) and a detector
+Every test runs ``pipeline.serve.scorer.Scorer`` with its fetch process (the default) and a detector
 that flags every scored event, so the anomalies topic holds one receipt per scored event.
 """
 
@@ -12,12 +12,12 @@ import threading
 import pytest
 from kafka.record import default_records
 
-from pipeline.broker import EmbeddedBroker, free_port
+from pipeline.kafka.broker import EmbeddedBroker, free_port
 from pipeline.events import INTERNAL_ERROR, encode_event, parse_event
-from pipeline.kafka_clients import ensure_topics, make_producer
-from pipeline.publish import publish_events
-from pipeline.scoring import StreamingDetector
-from pipeline.settings import KafkaSettings
+from pipeline.kafka.clients import ensure_topics, make_producer
+from pipeline.kafka.publish import publish_events
+from models.detection.detector import StreamingDetector
+from models.core.settings import KafkaSettings
 from delivery_helpers import T0, RunningScorer, dead_letters, make_registry, read_all, receipt_detector, receipts, send
 
 pytestmark = pytest.mark.integration
@@ -258,8 +258,8 @@ def test_fuzz_every_valid_event_is_scored_and_every_invalid_one_dead_lettered_wi
 
 
 def test_an_unreadable_champion_pointer_is_counted_and_the_old_model_keeps_serving(kafka_settings, tmp_path):
-    from pipeline.reload import ChampionWatcher
-    from pipeline.scoring import DetectorConfig
+    from pipeline.serve.reload import ChampionWatcher
+    from models.detection.detector import DetectorConfig
 
     reg = make_registry(tmp_path / "reg")
     watcher = ChampionWatcher(reg, "m", None, interval_s=0.05)

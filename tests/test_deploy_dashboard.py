@@ -19,8 +19,8 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from pipeline.alertmanager import AlertmanagerSink
-from pipeline.anomaly_export import AnomalousSeries
+from pipeline.serve.alertmanager import AlertmanagerSink
+from pipeline.serve.anomaly_export import AnomalousSeries
 from pipeline.metrics import ArchiverMetrics, RetrainMetrics, ScorerMetrics
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"

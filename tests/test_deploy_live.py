@@ -30,12 +30,12 @@ import yaml
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from models.forecasters import ForecasterConfig
+from models.forecasting.forecasters import ForecasterConfig
 from models.registry import ModelRegistry
-from models.training import fit
-from pipeline.broker import free_port
+from models.forecasting.training import fit
+from pipeline.kafka.broker import free_port
 from pipeline.events import encode_event
-from pipeline.kafka_clients import make_producer
+from pipeline.kafka.clients import make_producer
 from pipeline.metrics import ArchiverMetrics, RetrainMetrics
 from test_deploy_dashboard import (
     PROMETHEUS_SERIES,

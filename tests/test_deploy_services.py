@@ -3,7 +3,7 @@
 Units go through ``systemd-analyze verify`` (which only warns on unknown keys or bad values, so
 any output fails the test) with ExecStart pointed at this venv's ``tsad``; their required
 settings (non-root user, restart, limits, hardening, EnvironmentFile) are checked by key. Every
-``TSAD_`` variable of ``tsad.env.example`` must be one ``pipeline/settings.py`` reads (or one of
+``TSAD_`` variable of ``tsad.env.example`` must be one ``models/core/settings.py`` reads (or one of
 the few the units or the DAG read). No Docker Compose here: the compose file is checked as YAML
 (exact image versions, the services the issue lists, scorer replicas <= partitions).
 """
@@ -20,12 +20,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.settings import KafkaSettings, Settings
+from models.core.settings import KafkaSettings, Settings
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 SYSTEMD = DEPLOY / "systemd"
 UNITS = sorted(SYSTEMD.glob("*.service"))
-# Read by the units' ExecStart (TSAD_MODEL), not by pipeline/settings.py.
+# Read by the units' ExecStart (TSAD_MODEL), not by models/core/settings.py.
 UNIT_ONLY_VARS = {"TSAD_MODEL"}
 
 
@@ -114,7 +114,7 @@ def test_env_example_names_only_real_settings(monkeypatch):
         path = key.removeprefix("TSAD_").lower().split("__")
         current = settings
         for part in path:
-            assert hasattr(current, part), f"{key} is not a setting of pipeline/settings.py"
+            assert hasattr(current, part), f"{key} is not a setting of models/core/settings.py"
             current = getattr(current, part)
         assert str(current) == value, f"{key}={value} read as {current!r}"
 

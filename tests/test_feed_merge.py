@@ -1,4 +1,4 @@
-"""Waiting batches are merged (pipeline.feed.Batch.merged, FetchProcess._take): order, offsets,
+"""Waiting batches are merged (pipeline.kafka.feed.Batch.merged, FetchProcess._take): order, offsets,
 replay flags and the commit offsets survive; a rebalance notice is never merged across."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 from kafka.structs import TopicPartition
 
-from pipeline.feed import Batch, Rebalance
-from pipeline.feed_process import MERGE_RECORDS, FetchProcess
+from pipeline.kafka.feed import Batch, Rebalance
+from pipeline.kafka.feed_process import MERGE_RECORDS, FetchProcess
 
 TP0, TP1 = TopicPartition("t", 0), TopicPartition("t", 1)
 

@@ -15,11 +15,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.windows import SeriesNormalizer
+from models.forecasting.windows import SeriesNormalizer
 from pipeline.backtest.fleet import train_fleet
 from pipeline.backtest.nab_scoring import probation_length
 from pipeline.backtest.replay import ReplayConfig, detector_config, replay_file
-from pipeline.scoring import DUPLICATE, SCORED, WARMUP, StreamingDetector
+from models.detection.detector import DUPLICATE, SCORED, WARMUP, StreamingDetector
 
 pytestmark = pytest.mark.filterwarnings("error")  # a RuntimeWarning (0/0, overflow) is a failure
 

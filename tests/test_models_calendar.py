@@ -1,4 +1,4 @@
-"""Calendar features (models/calendar.py) and training with them (fit(..., timestamps=...))."""
+"""Calendar features (models/forecasting/calendar.py) and training with them (fit(..., timestamps=...))."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.calendar import CALENDAR_DIM, calendar_features, to_epoch_seconds
-from models.data import load_training_data
-from models.forecasters import ForecasterConfig
-from models.inference import prediction_errors
+from models.forecasting.calendar import CALENDAR_DIM, calendar_features, to_epoch_seconds
+from models.forecasting.data import load_training_data
+from models.forecasting.forecasters import ForecasterConfig
+from models.forecasting.inference import prediction_errors
 from models.registry import ModelRegistry
-from models.training import fit
+from models.forecasting.training import fit
 
 
 def test_calendar_columns_known_points():
@@ -62,7 +62,7 @@ def test_calendar_model_predicts_the_daily_step_a_plain_model_cannot(tmp_path):
                    {"a": v}, timestamps={"a": ts}, **kw)
     plain_b, plain_r = fit(ForecasterConfig(kind="many-to-many", window=8, hidden=16), {"a": v}, **kw)
     assert cal_b.config.features == 5
-    from models.calendar import with_calendar
+    from models.forecasting.calendar import with_calendar
 
     z_cal = with_calendar(cal_b.normalizers["a"].transform(v)[:, None], ts)
     z_plain = plain_b.normalizers["a"].transform(v)
@@ -104,7 +104,7 @@ def test_time_of_day_only_variant():
     np.testing.assert_allclose(f, [[0.0, 1.0], [0.0, -1.0]], atol=1e-6)
     ts, v = daily(200)
     b, _ = fit(cfg, {"a": v}, timestamps={"a": ts}, epochs=1, progress=False, device="cpu", num_threads=1)
-    from pipeline.scoring import DetectorConfig, StreamingDetector
+    from models.detection.detector import DetectorConfig, StreamingDetector
 
     det = StreamingDetector(b, DetectorConfig(threshold_method="likelihood"))
     res = det.process(["a"] * 200, ts, v)

@@ -1,4 +1,4 @@
-"""Tests for models/cli.py and models/data.py: train -> registry, list/promote/rollback, loaders."""
+"""Tests for pipeline/cli/models.py and models/forecasting/data.py: train -> registry, list/promote/rollback, loaders."""
 
 import numpy as np
 import pandas as pd
@@ -6,8 +6,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from models.cli import register
-from models.data import load_training_data, load_training_series
+from pipeline.cli.models import register
+from models.forecasting.data import load_training_data, load_training_series
 from models.registry import ModelRegistry
 
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.forecasters import ForecasterConfig
-from models.training import fit
+from models.forecasting.forecasters import ForecasterConfig
+from models.forecasting.training import fit
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

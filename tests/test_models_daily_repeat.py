@@ -1,4 +1,4 @@
-"""Daily repeats (models.thresholds.daily_repeat and its step in ErrorLikelihood): a spike every day
+"""Daily repeats (models.detection.thresholds.daily_repeat and its step in ErrorLikelihood): a spike every day
 at the same hour alarms once, a spike at another hour or after a day without one alarms, the
 spatial check is exempt, and the vector path records the same codes as the scalar twin."""
 
@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.thresholds import ErrorLikelihood, LikelihoodConfig, score_series
-from models.thresholds.daily_repeat import DailyRepeats, day_code, repeat_one
+from models.detection.thresholds import ErrorLikelihood, LikelihoodConfig, score_series
+from models.detection.thresholds.daily_repeat import DailyRepeats, day_code, repeat_one
 
 DAY = 86400.0
 T0 = 1.7e9 - (1.7e9 % DAY)  # a UTC midnight

@@ -1,4 +1,4 @@
-"""models/data.py: Parquet timestamps in epoch seconds, NAB label windows (the one shared loader)."""
+"""models/forecasting/data.py: Parquet timestamps in epoch seconds, NAB label windows (the one shared loader)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.data import load_label_windows, load_training_data
+from models.forecasting.data import load_label_windows, load_training_data
 
 
 def test_parquet_float_epoch_seconds_are_read_as_seconds_not_nanoseconds(tmp_path):

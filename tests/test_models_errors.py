@@ -1,9 +1,9 @@
-"""Tests for models/errors.py: horizon error combination and streaming == batch."""
+"""Tests for models/forecasting/errors.py: horizon error combination and streaming == batch."""
 
 import numpy as np
 import pytest
 
-from models.errors import EWMA, HorizonErrors, combine_horizon_errors, ewma, point_error
+from models.forecasting.errors import EWMA, HorizonErrors, combine_horizon_errors, ewma, point_error
 
 
 def test_combine_horizon_errors_is_mean_over_covering_forecasts():

@@ -1,10 +1,10 @@
-"""Tests for models/forecasters.py: shapes, step() == forward(), batched step() == per-series step()."""
+"""Tests for models/forecasting/forecasters.py: shapes, step() == forward(), batched step() == per-series step()."""
 
 
 import pytest
 import torch
 
-from models.forecasters import ForecasterConfig, ManyToMany, ManyToOne, build_forecaster
+from models.forecasting.forecasters import ForecasterConfig, ManyToMany, ManyToOne, build_forecaster
 
 
 def test_many_to_one_shape():

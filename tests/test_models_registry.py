@@ -6,10 +6,10 @@ import os
 import pytest
 import torch
 
-from models.bundle import ModelBundle
-from models.forecasters import ForecasterConfig, build_forecaster
+from models.forecasting.bundle import ModelBundle
+from models.forecasting.forecasters import ForecasterConfig, build_forecaster
 from models.registry import CorruptModelError, ModelNotFoundError, ModelRegistry
-from models.windows import SeriesNormalizer
+from models.forecasting.windows import SeriesNormalizer
 
 
 def make_bundle(seed=0, kind="many-to-many"):

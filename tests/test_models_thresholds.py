@@ -5,11 +5,11 @@ import math
 import numpy as np
 import pytest
 
-from models.thresholds import (
+from models.detection.thresholds import (
     ErrorLikelihood, LikelihoodConfig, StaticThreshold, TelemanomThreshold, find_anomalies, find_epsilon,
     prune_sequences, tail_score,
 )
-from models.thresholds.telemanom import sequences
+from models.detection.thresholds.telemanom import sequences
 
 
 def _errors(seed=0, S=3, T=3000):
@@ -123,7 +123,7 @@ SLOW = dict(slow_alpha=0.04, short_weight=0.6)
 
 
 def test_slow_time_scale_streaming_equals_the_scalar_path():
-    from models.thresholds.error_likelihood import score_series
+    from models.detection.thresholds.error_likelihood import score_series
 
     e = _errors()
     v = np.random.default_rng(3).normal(size=e.shape)

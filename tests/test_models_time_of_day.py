@@ -1,4 +1,4 @@
-"""Time-of-day context (models.thresholds.time_of_day and its channel in ErrorLikelihood): quantised
+"""Time-of-day context (models.detection.thresholds.time_of_day and its channel in ErrorLikelihood): quantised
 levels keep their raw meaning, a missing daily peak is flagged although the forecast error is flat,
 the profile does not learn what was flagged, and it forgets at the same pace at any sampling rate."""
 
@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.thresholds import ErrorLikelihood, LikelihoodConfig, score_series
-from models.thresholds.time_of_day import UNSEEN, TimeOfDayProfile, bin_of, decode, encode
+from models.detection.thresholds import ErrorLikelihood, LikelihoodConfig, score_series
+from models.detection.thresholds.time_of_day import UNSEEN, TimeOfDayProfile, bin_of, decode, encode
 
 DAY = 86400.0
 

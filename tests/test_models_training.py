@@ -1,13 +1,13 @@
-"""Tests for models/training.py: both kinds learn a noisy sine, detection end to end, reproducibility."""
+"""Tests for models/forecasting/training.py: both kinds learn a noisy sine, detection end to end, reproducibility."""
 
 import numpy as np
 import pytest
 import torch
 
-from models.forecasters import ForecasterConfig
-from models.inference import series_errors
-from models.thresholds import StaticThreshold
-from models.training import fit
+from models.forecasting.forecasters import ForecasterConfig
+from models.forecasting.inference import series_errors
+from models.detection.thresholds import StaticThreshold
+from models.forecasting.training import fit
 
 PERIOD, NOISE, N = 50, 0.1, 4000
 

@@ -1,11 +1,11 @@
-"""Tests for models/windows.py: window shapes, no look-ahead, NaN/gap policy, normalisers."""
+"""Tests for models/forecasting/windows.py: window shapes, no look-ahead, NaN/gap policy, normalisers."""
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.windows import SeriesNormalizer, regularize, sequence_targets, sliding_windows
+from models.forecasting.windows import SeriesNormalizer, regularize, sequence_targets, sliding_windows
 
 
 @settings(max_examples=60, deadline=None)

@@ -1,4 +1,4 @@
-"""models/retraining.py without Airflow: planning, skip reasons, evaluation, promotion rules, figures."""
+"""pipeline/retrain/retraining.py without Airflow: planning, skip reasons, evaluation, promotion rules, figures."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models import retraining as rt
-from pipeline.archive import write_files
+from pipeline.retrain import retraining as rt
+from pipeline.archive.format import write_files
 
 SERIES_FILE = "data/realAWSCloudwatch/ec2_cpu_utilization_24ae8d.csv"
 END = "2014-03-01T00:00:00+00:00"
@@ -69,7 +69,7 @@ def test_event_counts_window_hits_misses_and_false_alarm_runs():
 
 
 def test_event_counts_match_the_backtest_window_prf():
-    from models.evaluation import window_of_rows, window_prf
+    from models.forecasting.evaluation import window_of_rows, window_prf
 
     ts = np.arange(30, dtype=float)
     flags = np.random.default_rng(0).random(30) < 0.3
@@ -88,8 +88,8 @@ def test_corrupt_champion_is_reported_unusable_not_raised(tmp_path):
 
     import torch
 
-    from models.bundle import ModelBundle
-    from models.forecasters import ForecasterConfig, build_forecaster
+    from models.forecasting.bundle import ModelBundle
+    from models.forecasting.forecasters import ForecasterConfig, build_forecaster
     from models.registry import ModelRegistry
 
     torch.manual_seed(0)
@@ -129,8 +129,8 @@ def test_train_promote_rerun_and_refusal_of_a_worse_candidate(tmp_path, nab_dir)
 
     # A candidate evaluated when there was no champion (e.g. a parallel run) but worse than the
     # champion now in place: re-evaluated against it and refused.
-    from models.bundle import ModelBundle
-    from models.forecasters import build_forecaster
+    from models.forecasting.bundle import ModelBundle
+    from models.forecasting.forecasters import build_forecaster
 
     champion = registry.load(job["name"])
     untrained = ModelBundle(name=job["name"], kind="many-to-one", config=champion.config,

@@ -1,4 +1,4 @@
-"""Model routing (pipeline/routing.py, routed.py): one config, first match wins, per-model hot reload.
+"""Model routing (models/routing.py, routed.py): one config, first match wins, per-model hot reload.
 
 The integration test runs the real scorer on the embedded broker with two routed models: a new
 version of one is hot-reloaded while the other keeps serving, and a corrupt version of the other
@@ -18,18 +18,18 @@ import numpy as np
 import orjson
 import pytest
 
-from models.forecasters import ForecasterConfig
+from models.forecasting.forecasters import ForecasterConfig
 from models.registry import ModelRegistry
-from models.retraining import RetrainSettings, SeriesSet, select_job_series
-from models.training import fit
+from pipeline.retrain.retraining import RetrainSettings, SeriesSet, select_job_series
+from models.forecasting.training import fit
 from pipeline.events import encode_event
 from pipeline.metrics import ScorerMetrics
-from pipeline.routed import RoutedDetector
-from pipeline.routing import Routing, RoutingError, retrain_groups_from_env
-from pipeline.scorer import Scorer
-from pipeline.scoring import DetectorConfig, StreamingDetector
-from pipeline.serving_models import build_detector
-from pipeline.settings import Settings
+from models.detection.routed import RoutedDetector
+from models.routing import Routing, RoutingError, retrain_groups_from_env
+from pipeline.serve.scorer import Scorer
+from models.detection.detector import DetectorConfig, StreamingDetector
+from pipeline.serve.serving_models import build_detector
+from models.core.settings import Settings
 from test_scorer import T0, publish, read_topic, signal
 from test_scoring import make_bundle
 from waiting import wait_for

@@ -1,4 +1,4 @@
-"""The Kafka scoring loop (pipeline/scorer.py) in-process against the real embedded broker.
+"""The Kafka scoring loop (pipeline/serve/scorer.py) in-process against the real embedded broker.
 
 Anomalies of labelled series with injected spikes reach the anomalies topic; bad events reach the
 dead-letter topic with reasons and original bytes; counts add up; hot reload swaps the model
@@ -16,17 +16,17 @@ import pytest
 from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 
-from models.forecasters import ForecasterConfig
+from models.forecasting.forecasters import ForecasterConfig
 from models.registry import ModelRegistry
-from models.training import fit
+from models.forecasting.training import fit
 from pipeline.events import encode_event
-from pipeline.kafka_clients import make_producer
+from pipeline.kafka.clients import make_producer
 from pipeline.metrics import ScorerMetrics
-from pipeline.records import headers_dict
-from pipeline.reload import ChampionWatcher
-from pipeline.scorer import Scorer
-from pipeline.scoring import DetectorConfig, StreamingDetector
-from pipeline.settings import Settings
+from pipeline.serve.records import headers_dict
+from pipeline.serve.reload import ChampionWatcher
+from pipeline.serve.scorer import Scorer
+from models.detection.detector import DetectorConfig, StreamingDetector
+from models.core.settings import Settings
 
 pytestmark = pytest.mark.integration
 

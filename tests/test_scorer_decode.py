@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.events import Event, parse_event
-from pipeline.scorer import decode_batch
+from pipeline.serve.scorer import decode_batch
 
 Rec = namedtuple("Rec", "key value")
 

@@ -26,13 +26,13 @@ from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from models.forecasters import ForecasterConfig
+from models.forecasting.forecasters import ForecasterConfig
 from models.registry import ModelRegistry
-from models.training import fit
-from pipeline.broker import free_port
+from models.forecasting.training import fit
+from pipeline.kafka.broker import free_port
 from pipeline.events import encode_event
-from pipeline.feed_process import MERGE_RECORDS
-from pipeline.kafka_clients import make_producer
+from pipeline.kafka.feed_process import MERGE_RECORDS
+from pipeline.kafka.clients import make_producer
 from waiting import wait_for
 
 pytestmark = pytest.mark.integration

@@ -1,4 +1,4 @@
-"""StreamingDetector (pipeline/scoring.py): statuses, rounds, streaming == batch, warm-up, eviction, swap."""
+"""StreamingDetector (models/detection/detector.py): statuses, rounds, streaming == batch, warm-up, eviction, swap."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.forecasters import ForecasterConfig, build_forecaster
-from pipeline.scoring import DUPLICATE, OUT_OF_ORDER, SCORED, WARMUP, DetectorConfig, StreamingDetector
+from models.forecasting.forecasters import ForecasterConfig, build_forecaster
+from models.detection.detector import DUPLICATE, OUT_OF_ORDER, SCORED, WARMUP, DetectorConfig, StreamingDetector
 
 
 def make_bundle(kind: str, window: int = 16, hidden: int = 16, version: int = 1, normalizers=None, seed: int = 0):
@@ -66,7 +66,7 @@ def test_rounds_interleaved_series_match_separate_runs():
 
 
 def test_rounds_match_the_naive_definition():
-    from models._streaming import rounds
+    from models.core.streaming import rounds
 
     rng = np.random.default_rng(11)
     for n in (0, 1, 2, 7, 200):
@@ -247,7 +247,7 @@ LIK = dict(threshold_method="likelihood", warmup_events=32, likelihood={"warmup"
 
 
 def test_likelihood_flags_a_spike_once_and_matches_the_module_on_the_detectors_errors():
-    from models.thresholds.error_likelihood import score_series
+    from models.detection.thresholds.error_likelihood import score_series
 
     det = StreamingDetector(make_bundle("many-to-many", normalizers={"s": (0.0, 1.0)}), DetectorConfig(**LIK))
     t = np.arange(400, dtype=float)
@@ -293,7 +293,7 @@ def test_likelihood_config_errors_are_clear():
     assert DetectorConfig(threshold_method="zscore").threshold == 6.0
 
 
-# ---------------------------------------------------------------- calendar features (models/calendar.py)
+# ---------------------------------------------------------------- calendar features (models/forecasting/calendar.py)
 def make_calendar_bundle(kind: str, window: int = 16, hidden: int = 16, seed: int = 0):
     torch.manual_seed(seed)
     config = ForecasterConfig(kind=kind, window=window, hidden=hidden, calendar_features=True)
@@ -304,8 +304,8 @@ def make_calendar_bundle(kind: str, window: int = 16, hidden: int = 16, seed: in
 
 @pytest.mark.parametrize("kind", ["many-to-many", "many-to-one"])
 def test_calendar_features_streaming_equal_batch(kind):
-    """The detector feeds [z, calendar(ts)] exactly as training builds it (models.calendar.with_calendar)."""
-    from models.calendar import with_calendar
+    """The detector feeds [z, calendar(ts)] exactly as training builds it (models.forecasting.calendar.with_calendar)."""
+    from models.forecasting.calendar import with_calendar
 
     rng = np.random.default_rng(7)
     seq = rng.normal(size=80)
@@ -358,7 +358,7 @@ def test_calendar_bundle_with_wrong_feature_count_is_refused():
 
 def test_online_normaliser_of_unseen_series_matches_numpy():
     """SeriesStateStore's Welford (series never seen in training) equals numpy's mean/std."""
-    from pipeline.series_state import SeriesStateStore
+    from models.detection.series_state import SeriesStateStore
 
     rng = np.random.default_rng(0)
     store = SeriesStateStore(ring_length=8, max_series=16)

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from models.forecasters import ForecasterConfig
+from models.forecasting.forecasters import ForecasterConfig
 from models.registry import ModelRegistry
-from models.training import fit
-from pipeline.broker import free_port
+from models.forecasting.training import fit
+from pipeline.kafka.broker import free_port
 from test_alertmanager import alerts_for, start_alertmanager, stop
 from test_deploy_live import normal, publish, scrape_text, stop_process, wait_for
 

@@ -11,7 +11,7 @@ the corpus-wide threshold) is made on all groups but one and scored on the held-
 * **Candidates** are named ``LikelihoodConfig`` overrides. The forecast errors of one replay do not
   depend on them (the detector's state update uses the error z-score, not the likelihood), so a
   candidate is applied by re-scoring the stored errors with the scalar reference path
-  ``models.thresholds.error_likelihood.score_series`` (checked equal to the live scores for the
+  ``models.detection.thresholds.error_likelihood.score_series`` (checked equal to the live scores for the
   default config by :func:`rescore` and its test).
 * **Per candidate** (``candidate_table``): the threshold is chosen on the training groups (NAB's
   label-optimised sweep), applied to the held-out group; also the detector's own threshold. The
@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from models.thresholds.error_likelihood import LikelihoodConfig, score_series
+from models.detection.thresholds.error_likelihood import LikelihoodConfig, score_series
 from pipeline.backtest.nab_scoring import (PROFILES, PointTable, Profile, normalised, point_table, score_detections,
                                            sweep_threshold)
 

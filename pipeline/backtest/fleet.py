@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from models.bundle import ModelBundle
+    from models.forecasting.bundle import ModelBundle
 
 MODEL_SOURCES = ("per-file", "fleet", "fleet-finetune")
 FLEET_NORMALIZERS = ("probation", "online")
@@ -58,7 +58,7 @@ def train_fleet(paths: list[Path], cfg, *, seed: int | None = None, threads: int
     ``threads``: torch CPU threads (None: ``fit``'s default). Returns the bundle (name ``"fleet"``,
     ``meta["fleet_files"]`` the series it was trained on).
     """
-    from models.training import fit
+    from models.forecasting.training import fit
     from pipeline.backtest.nab_scoring import probation_length
     from pipeline.backtest.replay import forecaster_config, load_series, nab_key
 
@@ -105,9 +105,9 @@ def for_series(fleet: ModelBundle, series: str, probation_values: np.ndarray, no
     """The fleet bundle as it serves ``series``: a shallow copy (same forecaster) whose normalisers hold
     the series' probation ``(mean, std)`` when ``normalizer="probation"`` and the fleet did not train on
     it; otherwise a series the fleet did not train on goes online (``StreamingDetector``'s Welford
-    normaliser), as does one whose probation was flat (``pipeline.series_state.has_scale``).
+    normaliser), as does one whose probation was flat (``models.detection.series_state.has_scale``).
     """
-    from models.windows import SeriesNormalizer
+    from models.forecasting.windows import SeriesNormalizer
 
     norms = dict(fleet.normalizers)
     if normalizer == "probation" and series not in norms:

@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from models.evaluation import WindowPRF
-from models.evaluation import window_prf as _window_prf
+from models.forecasting.evaluation import WindowPRF
+from models.forecasting.evaluation import window_prf as _window_prf
 
 PROBATION_FRACTION = 0.15
 PROBATION_CAP = 750  # = 0.15 * 5000, NAB's cap
@@ -269,7 +269,7 @@ def _group_cummax(x: np.ndarray, grp: np.ndarray) -> np.ndarray:
 
 
 def window_prf(flags, table: PointTable) -> WindowPRF:
-    """Window precision/recall counts of boolean ``flags (n,)`` after probation (``models.evaluation``)."""
+    """Window precision/recall counts of boolean ``flags (n,)`` after probation (``models.forecasting.evaluation``)."""
     f = np.asarray(flags, dtype=bool).copy()
     f[: table.probation] = False
     return _window_prf(f, table.window, table.scorable)

@@ -3,7 +3,7 @@
 Per file (one series, rows in time order):
 
 * rows ``[0, P)`` with ``P = min(floor(0.15 n), 750)`` are NAB's probationary period: the first
-  model is ``models.training.fit`` on exactly those rows, and they are fed to the detector with
+  model is ``models.forecasting.training.fit`` on exactly those rows, and they are fed to the detector with
   ``alert=False`` (state only, never a flag);
 * the remaining rows are fed in chunks through ``StreamingDetector.process`` - the code the Kafka
   scorer runs - so every score comes from state built only from the past;
@@ -11,7 +11,7 @@ Per file (one series, rows in time order):
   so far (warm-started from the serving model, as the retraining DAG does) and installed with
   ``StreamingDetector.swap_model`` between two chunks;
 * the anomaly score in [0, 1] and the flag are the detector's own ``BatchResult.score`` /
-  ``is_anomaly`` (``threshold_method="likelihood"``: ``models.thresholds.error_likelihood``), i.e.
+  ``is_anomaly`` (``threshold_method="likelihood"``: ``models.detection.thresholds.error_likelihood``), i.e.
   exactly what the live scorer would have emitted; ``ReplayConfig.post`` holds overrides of its
   ``LikelihoodConfig`` (passed as ``DetectorConfig.likelihood``).
 
@@ -58,7 +58,7 @@ class ReplayConfig:
     kind: str = "many-to-many"
     window: int = 32
     hidden: int = 32
-    calendar: bool = False          # models.calendar time-of-day/week input features (ForecasterConfig.calendar_features)
+    calendar: bool = False          # models.forecasting.calendar time-of-day/week input features (ForecasterConfig.calendar_features)
     calendar_week: bool = True      # with calendar: include the day-of-week columns (ForecasterConfig.calendar_week)
     epochs: int = 10
     retrain_every: int = 0          # rows between re-fits after probation; 0 = only the probation model
@@ -67,7 +67,7 @@ class ReplayConfig:
     seed: int = 0
     detector: dict = field(default_factory=dict)   # DetectorConfig overrides
     post: dict = field(default_factory=dict)       # LikelihoodConfig overrides (-> DetectorConfig.likelihood)
-    fit: dict = field(default_factory=dict)        # extra models.training.fit keyword arguments (batch_size, lr, ...)
+    fit: dict = field(default_factory=dict)        # extra models.forecasting.training.fit keyword arguments (batch_size, lr, ...)
     model: dict = field(default_factory=dict)      # extra ForecasterConfig fields (residual, layers, ...)
     model_source: str = "per-file"  # "per-file" | "fleet" | "fleet-finetune" (pipeline.backtest.fleet)
     fleet_registry: str | None = None  # fleet model from a registry root (its champion of fleet_model) ...
@@ -154,7 +154,7 @@ def _torch_threads(n: int):
 
 def forecaster_config(cfg: ReplayConfig):
     """The ``ForecasterConfig`` a replay trains (per-file model, fleet model)."""
-    from models.forecasters import ForecasterConfig
+    from models.forecasting.forecasters import ForecasterConfig
 
     return ForecasterConfig(kind=cfg.kind, window=cfg.window, hidden=cfg.hidden, calendar_features=cfg.calendar,
                             calendar_week=cfg.calendar_week, **cfg.model)
@@ -167,8 +167,8 @@ def replay_file(path: Path, windows: list, cfg: ReplayConfig, threads: int | Non
     ``fleet``: the ``ModelBundle`` of ``model_source="fleet"`` / ``"fleet-finetune"`` (else the registry
     model named in ``cfg``); ignored for ``"per-file"``.
     """
-    from models.training import fit
-    from pipeline.scoring import StreamingDetector
+    from models.forecasting.training import fit
+    from models.detection.detector import StreamingDetector
 
     name = nab_key(path)
     fleet = fleet_mod.resolve_fleet(cfg, fleet)
@@ -243,8 +243,8 @@ def detector_config(cfg: ReplayConfig, probation: int | None = None, window: int
     """``DetectorConfig`` of a replay: likelihood method, ``cfg.detector`` overrides, ``cfg.post`` merged
     into ``likelihood``. With ``cfg.warmup="probation"`` and a ``probation`` length, the detector's
     ``warmup_events`` (as set, else ``window``) and the likelihood ``warmup`` are capped at it."""
-    from models.thresholds.error_likelihood import LikelihoodConfig
-    from pipeline.scoring import DetectorConfig
+    from models.detection.thresholds.error_likelihood import LikelihoodConfig
+    from models.detection.detector import DetectorConfig
 
     over = {"threshold_method": "likelihood", **cfg.detector}
     post = dict(cfg.post)

@@ -1,0 +1,517 @@
+"""Error -> anomaly score in [0, 1] + flag: anomaly likelihood, spatial check, refractory period.
+
+The live scorer's final detection step (``models.detection.detector.StreamingDetector`` with
+``threshold_method="likelihood"``), also what the NAB backtest measures. After Numenta's "anomaly
+likelihood" (Ahmad et al. 2017) and the "spatial anomaly" of NAB's detectors, in O(1) state per
+series (:data:`STATE_BYTES` (+ :data:`SLOW_BYTES` with the slow time scale) + :data:`CONTEXT_BYTES` bytes, plus 2 B per
+time-of-day bin and 1 B per daily-repeat bin: 121 B with the defaults):
+
+1. ``short``: EWMA (``short_alpha``) of the prediction errors - one noisy error is not alarming,
+   a run of large ones is.
+2. ``mu``, ``var``: long-run EWMA mean / variance of ``short`` (``long_alpha``; a plain running
+   mean during the first ``warmup`` errors): the series' usual error level. They learn ``short``
+   *clipped* at ``mu + clip_z*std``, so an anomaly does not teach the series that anomalies are
+   normal (the detector does not learn from what it flags).
+3. ``z = (short - mu) / max(sqrt(var), min_std_frac*mu, min_std)``; tail probability
+   ``Q = 0.5 erfc(z / sqrt 2)``; ``likelihood score = log(Q + 1e-10) / log(1e-10)`` in [0, 1]
+   (Numenta's log scale: 0.5 is Q = 1e-5, z ~ 4.26; 1.0 is Q <= 1e-10).
+3b. Second time scale (default off; ``slow_alpha=0.04``: on, 8 bytes per series more): ``slow``, a
+   slower EWMA of the same errors, and ``svar``, the long-run EWMA variance of ``slow`` (same ``mu``, same
+   clipping; float32). ``likelihood score = max(short_weight * tail(z_short), tail(z_slow))``: a
+   sustained rise of the error level counts fully, a short burst must be more extreme
+   (``short_weight < 1``): the persistence that separates incidents from the usual spikes of a
+   noisy series.
+3c. Time-of-day context (default on; ``seasonal_bins=None``: off; needs ``values`` and ``times``): a
+   :class:`models.detection.thresholds.time_of_day.TimeOfDayProfile` keeps each series' usual level per hour of
+   the day; the residual ``|value - level of its hour|`` goes through its own slow EWMA ``cslow``
+   (the slow time scale: ``slow_alpha``, else ``short_alpha``) with long-run ``cmu``/``cvar``
+   (clipped like the others) and scores ``tail(z_context)`` once ``warmup`` residuals were seen
+   (``ccount``). ``likelihood score = max(..., context score)``: a daily peak that does not come, or
+   comes lower than usual, is anomalous although each value is easy to forecast from the ones just
+   before it. The profile does not learn from a flagged value.
+3d. Daily repeats (default on; ``repeat_bins=None``: off; needs ``times``): a score reaching the
+   threshold in the same hour as one the day before is a scheduled job's spike, and scores 0
+   (:class:`models.detection.thresholds.daily_repeat.DailyRepeats`, one byte per series and hour).
+4. Spatial check (when ``values`` are given and ``spatial_tolerance`` is not None): a value more
+   than ``spatial_tolerance * (max - min)`` outside the range ``[min, max]`` of the values seen
+   before scores 1.0. ``score = max(likelihood score, spatial score)``. The range then grows to
+   include the value (a new level is normal from the next event on).
+5. ``flag = score >= threshold`` for an alerting event once ``warmup`` errors were seen, unless
+   the series flagged less than ``refractory`` events ago; during that refractory period the
+   emitted score is 0, so a threshold swept over the scores sees the same suppression (NAB
+   rewards only the first detection per window and charges every false positive; an operator
+   wants one alert per incident). Non-alerting events (``alert=False``: warm-up, replays) update
+   the statistics but never flag nor start a refractory period; their score is still reported.
+
+Vectorised over series: ``step(series_idx (n,), errors (n,), values=None, alert=True, times=None,
+dt=None) -> (scores (n,), flags (n,))`` (``times`` epoch seconds, ``dt`` each series' step to this
+value: the context check's inputs), repeated series in one call applied in order; ``update`` (scores only),
+``score_one`` and ``score_batch`` as for the other detectors in this package; ``reset(idx)``
+returns slots to the fresh state (the scorer reuses slots of evicted series). ``score_series`` is
+the one-series scalar path (same arithmetic, tested equal, ~50x faster per event). NaN errors
+leave the likelihood state unchanged and score 0 (the spatial check still applies to a finite value).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from statistics import NormalDist
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from models.core.streaming import StreamingState, grow, rounds
+from models.detection.thresholds.daily_repeat import DailyRepeats, repeat_one
+from models.detection.thresholds.time_of_day import (DAY_SECONDS, UNSEEN, TimeOfDayProfile, bin_of, bin_one, decode_one,
+                                           encode_one)
+
+# Hot path helpers: the ufunc behind np.clip without its Python wrapper (same results), and
+# np.count_nonzero(mask) as the cheap any()/all() test of a mask.
+_clip = (np._core if hasattr(np, "_core") else np.core).umath.clip
+_LOG_EPS = math.log(1e-10)
+_SQRT2 = math.sqrt(2.0)
+_NEVER = 1 << 30  # 'never flagged' (int32 counters saturate here)
+STATE_BYTES = 2 * 4 + 3 * 4 + 2 * 8  # count, since (int32, saturating); short, mu, var (float32); lo, hi (float64)
+SLOW_BYTES = 2 * 4  # slow, svar (float32), only with slow_alpha (off by default)
+CONTEXT_BYTES = 3 * 4 + 1  # cslow, cmu, cvar (float32), ccount (uint8), plus 2 B per time-of-day bin
+_CCOUNT_MAX = 255
+
+
+@dataclass
+class LikelihoodConfig:
+    """Tunables of :class:`ErrorLikelihood`; the on/off steps are chosen by ``tsad backtest --cv`` (docs/detection.md)."""
+
+    short_alpha: float = 0.1       # EWMA weight of the short error average (~10 events)
+    long_alpha: float = 0.002      # EWMA weight of the long-run error statistics (~500 events)
+    threshold: float = 0.5         # flag when score >= threshold (0.5: tail probability 1e-5)
+    warmup: int = 100              # errors a series needs before it may flag
+    refractory: int = 40           # events after a flag during which no new flag is raised (score 0)
+    min_std: float = 1e-6          # absolute floor of the error std (error units)
+    min_std_frac: float = 0.1      # floor of the std relative to the mean error level
+    clip_z: float = 8.0            # long statistics learn short clipped at mu + clip_z*std
+    slow_alpha: float | None = None  # EWMA weight of a second, slower error average (0.04: ~25 events); None: off
+                                     # (off by default: it lost out of sample, see docs/detection.md)
+    short_weight: float = 0.5      # with slow_alpha: score = max(short_weight*short score, slow score);
+                                   # 0.5 with threshold 0.5: the short scale alone alarms only at Q <= 1e-10
+    spatial_tolerance: float | None = 0.05  # value outside [min, max] +- tol*(max-min) -> score 1; None: off
+    seasonal_bins: int | None = 24  # time-of-day context: bins per (UTC) day; None: off
+    seasonal_days: float = 3.0      # memory of a time-of-day bin's level (days)
+    repeat_bins: int | None = 24    # daily repeats: an alarm in the same bin (hour) as one yesterday scores 0; None: off
+
+    def __post_init__(self) -> None:
+        for name in ("short_alpha", "long_alpha"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in (0, 1]")
+        if not 0 <= self.threshold <= 1:
+            raise ValueError("threshold must be in [0, 1]")
+        if self.warmup < 0 or self.refractory < 0:
+            raise ValueError("warmup and refractory must be >= 0")
+        if self.min_std <= 0 or self.min_std_frac < 0 or self.clip_z <= 0:
+            raise ValueError("min_std and clip_z must be > 0, min_std_frac >= 0")
+        if self.slow_alpha is not None and not 0 < self.slow_alpha <= 1:
+            raise ValueError("slow_alpha must be in (0, 1] or None")
+        if not 0 <= self.short_weight <= 1:
+            raise ValueError("short_weight must be in [0, 1]")
+        if self.spatial_tolerance is not None and self.spatial_tolerance < 0:
+            raise ValueError("spatial_tolerance must be >= 0 or None")
+        if self.seasonal_bins is not None and not 1 <= self.seasonal_bins <= 24 * 60:
+            raise ValueError("seasonal_bins must be in [1, 1440] or None")
+        if self.repeat_bins is not None and not 1 <= self.repeat_bins <= 24 * 60:
+            raise ValueError("repeat_bins must be in [1, 1440] or None")
+        if self.seasonal_days <= 0:
+            raise ValueError("seasonal_days must be > 0")
+        if self.seasonal_bins is not None and self.warmup > _CCOUNT_MAX:
+            raise ValueError(f"warmup must be <= {_CCOUNT_MAX} with seasonal_bins (the context count is a uint8)")
+
+    @property
+    def context_alpha(self) -> float:
+        """EWMA weight of the time-of-day residuals: the slow time scale (or the short one without it)."""
+        return self.slow_alpha if self.slow_alpha is not None else self.short_alpha
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _floor_std(var, mu, cfg: LikelihoodConfig) -> np.ndarray:
+    """``max(sqrt(var), min_std_frac * |mu|, min_std)``: the spread a z-score divides by."""
+    return np.maximum(np.maximum(np.sqrt(var), cfg.min_std_frac * np.abs(mu)), cfg.min_std)
+
+
+def _learning_rate(count, young, cfg: LikelihoodConfig):
+    """Long-run EWMA weight: a plain running mean (``1 / (count + 1)``) while ``young``, then ``long_alpha``."""
+    if not np.count_nonzero(young):
+        return cfg.long_alpha
+    return np.where(young, np.maximum(cfg.long_alpha, 1.0 / (count + 1.0)), cfg.long_alpha)
+
+
+def _learn_clipped(x, mu, var, std, a, clip_z) -> tuple[np.ndarray, np.ndarray]:
+    """Long-run mean / variance after learning ``x`` clipped at ``mu + clip_z * std`` with weight ``a``."""
+    d = np.minimum(x, mu + clip_z * std) - mu
+    return mu + a * d, (1 - a) * (var + a * d * d)
+
+
+def _store(i, mask, all_set: bool, *pairs) -> None:
+    """``array[i] = values`` for each ``(array, values)`` pair, only the rows where ``mask`` holds."""
+    if all_set:
+        for array, values in pairs:
+            array[i] = values
+    else:
+        rows = i[mask]
+        for array, values in pairs:
+            array[rows] = values[mask]
+
+
+def tail_score(z) -> np.ndarray:
+    """``log(Q(z) + 1e-10) / log(1e-10)`` in [0, 1]; ``Q`` the standard normal tail."""
+    z = np.ascontiguousarray(z, dtype=np.float64)
+    q = 0.5 * torch.special.erfc(torch.from_numpy(z / _SQRT2)).numpy()  # vectorised, float64, no Python per element
+    return _clip(np.log(q + 1e-10) / _LOG_EPS, 0.0, 1.0)
+
+
+@lru_cache(maxsize=64)
+def tail_inverse(target: float) -> float:
+    """The z-score at which :func:`tail_score` reaches ``target`` (inf when it never does)."""
+    q = math.exp(target * _LOG_EPS) - 1e-10
+    if q <= 0.0:
+        return math.inf
+    if q >= 1.0:
+        return -math.inf
+    return -NormalDist().inv_cdf(q)
+
+
+class ErrorLikelihood(StreamingState):
+    """Streaming anomaly likelihood + spatial check over many series; see the module docstring."""
+
+    def __init__(self, config: LikelihoodConfig | None = None, **overrides):
+        self.config = config or LikelihoodConfig(**overrides)
+        self.n_series = 0
+        self.count = np.zeros(0, dtype=np.int32)
+        self.since = np.zeros(0, dtype=np.int32)
+        # error statistics: float32 storage, float64 arithmetic (errors are magnitudes: float32's
+        # relative precision is ample); the value range stays float64 (a level of 1e6 with 0.01
+        # wiggles must keep its range)
+        self.short = np.zeros(0, dtype=np.float32)
+        self.mu = np.zeros(0, dtype=np.float32)
+        self.var = np.zeros(0, dtype=np.float32)
+        self.lo = np.zeros(0)
+        self.hi = np.zeros(0)
+        self.slow = np.zeros(0, dtype=np.float32)  # stay empty without slow_alpha
+        self.svar = np.zeros(0, dtype=np.float32)
+        cfg = self.config
+        self.profile = None if cfg.seasonal_bins is None else TimeOfDayProfile(cfg.seasonal_bins, cfg.seasonal_days)
+        self.cslow = np.zeros(0, dtype=np.float32)  # time-of-day context channel; stay empty without it
+        self.cmu = np.zeros(0, dtype=np.float32)
+        self.cvar = np.zeros(0, dtype=np.float32)
+        self.ccount = np.zeros(0, dtype=np.uint8)
+        self.repeats = None if cfg.repeat_bins is None else DailyRepeats(cfg.repeat_bins)
+
+    @property
+    def threshold(self) -> float:
+        return self.config.threshold
+
+    def _resize(self, n: int) -> None:
+        self.count = grow(self.count, n, 0)
+        self.since = grow(self.since, n, _NEVER)
+        self.short = grow(self.short, n, 0.0)
+        self.mu = grow(self.mu, n, 0.0)
+        self.var = grow(self.var, n, 0.0)
+        self.lo = grow(self.lo, n, np.inf)
+        self.hi = grow(self.hi, n, -np.inf)
+        if self.config.slow_alpha is not None:
+            self.slow = grow(self.slow, n, 0.0)
+            self.svar = grow(self.svar, n, 0.0)
+        if self.profile is not None:
+            self.profile.resize(n)
+            self.cslow = grow(self.cslow, n, 0.0)
+            self.cmu = grow(self.cmu, n, 0.0)
+            self.cvar = grow(self.cvar, n, 0.0)
+            self.ccount = grow(self.ccount, n, 0)
+        if self.repeats is not None:
+            self.repeats.resize(n)
+
+    def reset(self, series_idx) -> None:
+        """Return ``series_idx`` to the fresh state (e.g. a reused slot)."""
+        idx = np.atleast_1d(np.asarray(series_idx, dtype=np.int64))
+        if not len(idx):
+            return
+        self.ensure(int(idx.max()) + 1)
+        self.count[idx], self.since[idx] = 0, _NEVER
+        self.short[idx] = self.mu[idx] = self.var[idx] = 0.0
+        self.lo[idx], self.hi[idx] = np.inf, -np.inf
+        if self.config.slow_alpha is not None:
+            self.slow[idx] = self.svar[idx] = 0.0
+        if self.profile is not None:
+            self.profile.reset(idx)
+            self.cslow[idx] = self.cmu[idx] = self.cvar[idx] = 0.0
+            self.ccount[idx] = 0
+        if self.repeats is not None:
+            self.repeats.reset(idx)
+
+    def bytes_per_series(self) -> int:
+        ctx = CONTEXT_BYTES + self.profile.bytes_per_series() if self.profile is not None else 0
+        rep = self.repeats.bytes_per_series() if self.repeats is not None else 0
+        return STATE_BYTES + (SLOW_BYTES if self.config.slow_alpha is not None else 0) + ctx + rep
+
+    def step(self, series_idx, errors, values=None, alert=True, times=None, dt=None
+             ) -> tuple[np.ndarray, np.ndarray]:
+        """Fold ``errors (n,)`` (and raw ``values (n,)``, epoch-second ``times (n,)`` with each series' step
+        ``dt (n,)`` to them) of ``series_idx (n,)`` in -> ``(scores, flags)``."""
+        idx = np.atleast_1d(np.asarray(series_idx, dtype=np.int64))
+        n = len(idx)
+        if (times is None) != (dt is None):
+            raise ValueError("times and dt go together (the time-of-day context needs both)")
+        e = np.broadcast_to(np.asarray(errors, dtype=np.float64), (n,))
+        v = None if values is None else np.broadcast_to(np.asarray(values, dtype=np.float64), (n,))
+        a = np.broadcast_to(np.asarray(alert, dtype=bool), (n,))
+        t = None if times is None else np.broadcast_to(np.asarray(times, dtype=np.float64), (n,))
+        d = None if dt is None else np.broadcast_to(np.asarray(dt, dtype=np.float64), (n,))
+        scores = np.zeros(n)
+        flags = np.zeros(n, dtype=bool)
+        if n:
+            self.ensure(int(idx.max()) + 1)
+            for sel in rounds(idx):
+                scores[sel], flags[sel] = self.step_unique(
+                    idx[sel], e[sel], None if v is None else v[sel], a[sel],
+                    None if t is None else t[sel], None if d is None else d[sel])
+        return scores, flags
+
+    def step_unique(self, i, e, v=None, alert=True, t=None, dt=None) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`step` for distinct ``i (n,)`` already allocated (the scorer's per-round call).
+
+        Hot path (once per scorer round): the common case (finite errors and values, series past
+        warm-up, no refractory period running) skips the masks it does not need; same arithmetic.
+        """
+        cfg = self.config
+        n = len(i)
+        if not (type(alert) is np.ndarray and alert.dtype == np.bool_ and alert.shape == (n,)):
+            alert = np.broadcast_to(np.asarray(alert, dtype=bool), (n,))
+        spatial = None
+        context = self.profile is not None and v is not None and t is not None
+        if t is not None and dt is None:
+            raise ValueError("times need dt (each series' step to this value)")
+        if v is not None and (cfg.spatial_tolerance is not None or context):
+            lo, hi = self.lo[i], self.hi[i]
+            fin = np.isfinite(v)
+            all_fin = np.count_nonzero(fin) == len(fin)
+            if cfg.spatial_tolerance is not None:
+                tol = cfg.spatial_tolerance * (hi - lo)
+                spatial = (v > hi + tol)
+                spatial |= (v < lo - tol)
+                spatial &= (hi > lo)
+                if not all_fin:
+                    spatial &= fin
+                if not np.count_nonzero(spatial):
+                    spatial = None
+            if all_fin:
+                new_lo, new_hi = np.minimum(lo, v), np.maximum(hi, v)
+            else:
+                new_lo, new_hi = np.where(fin, np.minimum(lo, v), lo), np.where(fin, np.maximum(hi, v), hi)
+            self.lo[i], self.hi[i] = new_lo, new_hi
+            if context:  # the value against its time of day, in the (possibly grown) range
+                self.profile.requantise(i, lo, hi, new_lo, new_hi)
+                tbin = bin_of(t, self.profile.bins)
+                resid, level = self.profile.residual(i, tbin, v, new_lo, new_hi)
+        ok = np.isfinite(e)
+        all_ok = np.count_nonzero(ok) == len(ok)
+        count = self.count[i]
+        first = count == 0
+        e0 = e if all_ok else np.where(ok, e, 0.0)
+        prev = self.short[i].astype(np.float64)
+        short = prev + cfg.short_alpha * (e0 - prev)
+        mu, var = self.mu[i].astype(np.float64), self.var[i].astype(np.float64)
+        if np.count_nonzero(first):
+            short = np.where(first, e0, short)
+            mu = np.where(first, short, mu)
+            var = np.where(first, 0.0, var)
+        std = _floor_std(var, mu, cfg)
+        zs = [(short - mu) / std]
+        slow_on = cfg.slow_alpha is not None
+        if slow_on:  # second time scale: float32 state, float64 arithmetic
+            sprev = self.slow[i].astype(np.float64)
+            slow = sprev + cfg.slow_alpha * (e0 - sprev)
+            svar = self.svar[i].astype(np.float64)
+            if np.count_nonzero(first):
+                slow = np.where(first, e0, slow)
+                svar = np.where(first, 0.0, svar)
+            sstd = _floor_std(svar, mu, cfg)
+            zs.append((slow - mu) / sstd)
+        if context:  # time-of-day channel: its own slow EWMA and long-run statistics
+            rok = np.isfinite(resid)
+            r0 = np.where(rok, resid, 0.0)
+            ccount = self.ccount[i]
+            cfirst = ccount == 0
+            cprev = self.cslow[i].astype(np.float64)
+            cslow = np.where(cfirst, r0, cprev + cfg.context_alpha * (r0 - cprev))
+            cmu = np.where(cfirst, cslow, self.cmu[i].astype(np.float64))
+            cvar = np.where(cfirst, 0.0, self.cvar[i].astype(np.float64))
+            cstd = _floor_std(cvar, cmu, cfg)
+            zs.append((cslow - cmu) / cstd)
+        tails = tail_score(np.concatenate(zs)) if len(zs) > 1 else tail_score(zs[0])
+        s = tails[:n]
+        if slow_on:
+            s = np.maximum(cfg.short_weight * s, tails[n:2 * n])
+        if not all_ok:
+            s = np.where(ok, s, 0.0)
+        if context:
+            cs = tails[-n:]
+            cs = np.where(rok & (ccount >= cfg.warmup), cs, 0.0)
+            s = np.maximum(s, cs)
+        if self.repeats is not None and t is not None:
+            rep = self.repeats.step(i, t, s >= cfg.threshold)
+            if np.count_nonzero(rep):
+                s = np.where(rep, 0.0, s)
+        if spatial is not None:
+            s = np.where(spatial, 1.0, s)
+        since = self.since[i] + 1
+        in_ref = since <= cfg.refractory
+        any_ref = np.count_nonzero(in_ref) > 0
+        if any_ref:
+            s = np.where(in_ref, 0.0, s)
+        young = count < cfg.warmup
+        flag = s >= cfg.threshold
+        flag &= alert
+        flag &= ~young
+        if any_ref:
+            flag &= ~in_ref
+        if not all_ok:
+            flag &= ok if spatial is None else (ok | spatial)
+        # long statistics: plain running mean/var during warm-up, then EWMA; learn the clipped value
+        a = _learning_rate(count, young, cfg)
+        mu_new, var_new = _learn_clipped(short, mu, var, std, a, cfg.clip_z)
+        _store(i, ok, all_ok, (self.mu, mu_new), (self.var, var_new), (self.short, short),
+               (self.count, np.minimum(count + 1, _NEVER)))
+        if slow_on:  # the slow average's spread around the same mu
+            _store(i, ok, all_ok, (self.slow, slow), (self.svar, _learn_clipped(slow, mu, svar, sstd, a, cfg.clip_z)[1]))
+        if context:
+            ca = _learning_rate(ccount, ccount < cfg.warmup, cfg)
+            cmu_new, cvar_new = _learn_clipped(cslow, cmu, cvar, cstd, ca, cfg.clip_z)
+            _store(i, rok, np.count_nonzero(rok) == n, (self.cslow, cslow), (self.cmu, cmu_new), (self.cvar, cvar_new),
+                   (self.ccount, np.minimum(ccount.astype(np.int64) + 1, _CCOUNT_MAX)))
+            self.profile.learn(i, tbin, v, level, dt, new_lo, new_hi, fin & ~flag)
+        since = np.minimum(since, _NEVER)
+        self.since[i] = np.where(flag, 0, since) if np.count_nonzero(flag) else since
+        return s, flag
+
+    # StreamingState protocol (errors only, every event alerting)
+    def _update_unique(self, idx, e):
+        return self.step_unique(idx, e)[0]
+
+    def is_anomaly(self, scores) -> np.ndarray:
+        return np.asarray(scores) >= self.config.threshold
+
+
+def score_series(errors, config: LikelihoodConfig | None = None, values=None, alert=None, times=None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """One series' ``errors (time,)`` (+ ``values``, ``alert``, epoch-second ``times``) -> ``(scores (time,),
+    flags (time,))``. The time-of-day context needs ``values`` and ``times`` (each row's ``dt`` is the
+    step from the row before), the daily repeats ``times``.
+
+    Scalar loop with the same arithmetic as :class:`ErrorLikelihood` (tested equal).
+    """
+    cfg = config or LikelihoodConfig()
+    errors = np.asarray(errors, dtype=np.float64)
+    n = len(errors)
+    vals = None if values is None else np.asarray(values, dtype=np.float64)
+    times = None if times is None else np.asarray(times, dtype=np.float64)
+    al = np.ones(n, dtype=bool) if alert is None else np.broadcast_to(np.asarray(alert, dtype=bool), (n,))
+    scores = np.zeros(n)
+    flags = np.zeros(n, dtype=bool)
+    count, short, mu, var, since = 0, 0.0, 0.0, 0.0, _NEVER
+    slow, svar, f32 = 0.0, 0.0, np.float32  # state stored as float32 like the vector path
+    sla, sw = cfg.slow_alpha, cfg.short_weight
+    lo, hi = math.inf, -math.inf
+    sa, la, warmup, ref = cfg.short_alpha, cfg.long_alpha, cfg.warmup, cfg.refractory
+    thr, clip_z, msf, ms, tol = cfg.threshold, cfg.clip_z, cfg.min_std_frac, cfg.min_std, cfg.spatial_tolerance
+    erfc, log, sqrt, isfinite = math.erfc, math.log, math.sqrt, math.isfinite
+    context = cfg.seasonal_bins is not None and vals is not None and times is not None
+    if context:
+        bins, ca_alpha = cfg.seasonal_bins, cfg.context_alpha
+        horizon = cfg.seasonal_days * (DAY_SECONDS / bins)
+        prof = [int(UNSEEN)] * bins
+        cslow, cmu, cvar, ccount, t_prev = 0.0, 0.0, 0.0, 0, -math.inf
+    track = vals is not None and (tol is not None or context)
+    repeat_codes = [0] * cfg.repeat_bins if cfg.repeat_bins is not None and times is not None else None
+
+    def tail(z: float) -> float:
+        q = 0.5 * erfc(z / _SQRT2)
+        return min(max(log(q + 1e-10) / _LOG_EPS, 0.0), 1.0)
+
+    for t in range(n):
+        e = errors[t]
+        spatial = False
+        resid = math.nan
+        if track:
+            v = vals[t]
+            if isfinite(v):
+                if tol is not None:
+                    spatial = hi > lo and (v > hi + tol * (hi - lo) or v < lo - tol * (hi - lo))
+                lo_old, hi_old = lo, hi
+                lo, hi = min(lo, v), max(hi, v)
+                if context:
+                    if lo != lo_old or hi != hi_old:
+                        prof = [encode_one(decode_one(q, lo_old, hi_old), lo, hi) for q in prof]
+                    tbin = bin_one(times[t], bins)
+                    level = decode_one(prof[tbin], lo, hi)
+                    resid = abs(v - level)
+        ok = isfinite(e)
+        if ok:
+            if count == 0:
+                short, mu, var = e, e, 0.0
+                slow, svar = e, 0.0
+            elif sla is not None:
+                short = short + sa * (e - short)
+                slow = slow + sla * (e - slow)
+            else:
+                short = short + sa * (e - short)
+            std = max(sqrt(var), msf * abs(mu), ms)
+            s = tail((short - mu) / std)
+            if sla is not None:
+                sstd = max(sqrt(svar), msf * abs(mu), ms)
+                s = max(sw * s, tail((slow - mu) / sstd))
+        else:
+            s = 0.0
+        rok = context and isfinite(resid)
+        if rok:
+            if ccount == 0:
+                cslow, cmu, cvar = resid, resid, 0.0
+            else:
+                cslow = cslow + ca_alpha * (resid - cslow)
+            cstd = max(sqrt(cvar), msf * abs(cmu), ms)
+            if ccount >= warmup:
+                s = max(s, tail((cslow - cmu) / cstd))
+        if repeat_codes is not None and s >= thr and repeat_one(repeat_codes, times[t], cfg.repeat_bins):
+            s = 0.0
+        if spatial:
+            s = 1.0
+        since += 1
+        in_ref = since <= ref
+        if in_ref:
+            s = 0.0
+        fl = bool(al[t]) and (ok or spatial) and count >= warmup and not in_ref and s >= thr
+        if rok:
+            ca = max(la, 1.0 / (ccount + 1.0)) if ccount < warmup else la
+            dc = min(cslow, cmu + clip_z * cstd) - cmu
+            cslow = float(f32(cslow))
+            cmu, cvar = float(f32(cmu + ca * dc)), float(f32((1 - ca) * (cvar + ca * dc * dc)))
+            ccount = min(ccount + 1, _CCOUNT_MAX)
+        if context:  # the profile learns the value unless it was flagged
+            if isfinite(vals[t]) and not fl:
+                beta = min((times[t] - t_prev) / horizon, 1.0)
+                prof[tbin] = encode_one(vals[t] if math.isnan(level) else level + beta * (vals[t] - level), lo, hi)
+            t_prev = times[t]
+        if ok:
+            a = max(la, 1.0 / (count + 1.0)) if count < warmup else la
+            d = min(short, mu + clip_z * std) - mu
+            if sla is not None:
+                ds = min(slow, mu + clip_z * sstd) - mu
+                slow, svar = float(f32(slow)), float(f32((1 - a) * (svar + a * ds * ds)))
+            mu = float(f32(mu + a * d))
+            var = float(f32((1 - a) * (var + a * d * d)))
+            short = float(f32(short))
+            count += 1
+        if fl:
+            since = 0
+        scores[t], flags[t] = s, fl
+    return scores, flags

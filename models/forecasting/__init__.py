@@ -1,0 +1,1 @@
+"""Forecasters and everything that trains or evaluates them: the LSTM models (``(batch, window, features)`` in), windowing, data loading, training, calibration of the error threshold, and the saved bundle."""

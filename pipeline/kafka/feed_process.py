@@ -1,0 +1,314 @@
+"""The scorer's ``EventFeed`` run in a child process, so fetching and scoring use two cores.
+
+kafka-python's fetch path is pure Python (~8 µs/event): it holds the GIL, so a fetch *thread*
+cannot overlap with scoring. ``FetchProcess`` starts a child (spawn; it imports no torch) that owns
+the consumer and sends each ``Batch`` through a pipe while the parent scores the previous one.
+
+Protocol (pickled tuples over one duplex ``multiprocessing`` pipe):
+
+* child -> parent: ``("items", [notice | Batch, ...], lag or None, commits so far)`` (notices:
+  ``Rebalance``, ``PartitionReset``, ``SkippedRange``); ``("committed",)`` after each commit;
+  ``("revoking",)`` when a rebalance is about to take partitions; ``("error", text)``;
+  ``("closed", commits)`` on exit.
+* parent -> child: ``("done", {tp: offset}, epoch)`` at a checkpoint, once every output produced
+  up to it is acknowledged: the child commits it synchronously and answers ``("committed",)``.
+  The parent does not wait for that answer (scoring goes on), but sends no next checkpoint before
+  it came, so at most one checkpoint is ever in flight; ``("revoke_ack",)`` answers ``"revoking"``
+  once every batch sent before it is scored and checkpointed; ``("stop",)``.
+
+At-least-once holds as in-process: the child commits only offsets the parent acknowledged; on a
+rebalance it first lets the parent finish every batch it was sent (acknowledgements that arrive
+inside the rebalance are committed right after it, for the partitions kept); on ``stop`` it commits
+what was acknowledged and closes; batches sent but not acknowledged are left uncommitted. If the
+parent dies (``kill -9``), the child dies with it (``PR_SET_PDEATHSIG``, and a broken pipe) without
+committing anything more; if the child dies, the parent's ``poll`` raises ``FetchProcessDied``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import multiprocessing
+import os
+import signal
+import time
+
+from pipeline.kafka.feed import Batch
+
+log = logging.getLogger(__name__)
+_REVOKE_WAIT_S = 120.0
+MERGE_RECORDS = 50_000  # waiting batches are merged up to this many records (at most one checkpoint's worth)
+
+
+class FetchProcessDied(RuntimeError):
+    """The fetch process exited or failed; the scorer stops (uncommitted batches are re-read)."""
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _child_main(conn, kafka, replay_messages: int, poll_timeout_ms: int, parent_pid: int, log_level: int) -> None:
+    """(child) Poll, send batches, commit what the parent acknowledged."""
+    _die_with_parent(parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent decides when to stop
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s[fetch]: %(message)s")
+    logging.getLogger("kafka").setLevel(max(logging.WARNING, log_level))
+    from pipeline.kafka.feed import EventFeed
+
+    acked: dict = {}  # {tp: (offset, epoch)} acknowledged, not committed yet (the latest ack wins)
+    stopping = False
+    confirms = 0  # "committed" answers owed for commits sent with commit_async
+
+    def current_acked() -> dict:
+        """``acked`` less partitions reset since their offsets were read (checked at commit time)."""
+        return {tp: o for tp, (o, epoch) in acked.items() if feed.current({tp: o}, epoch)}
+
+    def requeue(failed: dict) -> None:
+        for tp, (offset, epoch) in failed.items():
+            acked.setdefault(tp, (offset, epoch))  # a newer acknowledgement supersedes it
+
+    def read(message, in_rebalance: bool = False) -> str:
+        nonlocal stopping, confirms
+        kind = message[0]
+        if kind == "done":  # commit at once (without blocking the fetch loop) and confirm once done
+            acked.update({tp: (o, message[2]) for tp, o in message[1].items()})
+            # no consumer call inside a rebalance callback: those are committed right after it
+            # (kept partitions only)
+            if not in_rebalance and feed.commit_async(current_acked(), tag=dict(acked)):
+                acked.clear()
+                confirms += 1
+            else:
+                conn.send(("committed",))
+        elif kind == "stop":
+            stopping = True
+        return kind
+
+    def before_revoke(_revoked) -> None:
+        conn.send(("revoking",))
+        deadline = time.monotonic() + _REVOKE_WAIT_S
+        while time.monotonic() < deadline and not stopping:
+            if conn.poll(0.1) and read(conn.recv(), in_rebalance=True) == "revoke_ack":
+                break
+
+    def flush() -> None:
+        if acked:
+            feed.commit(current_acked())
+            acked.clear()
+
+    feed = None
+    try:
+        feed = EventFeed(kafka, replay_messages=replay_messages, poll_timeout_ms=poll_timeout_ms,
+                         before_revoke=before_revoke)
+        while not stopping:
+            while conn.poll():
+                read(conn.recv())
+            flush()  # what was acknowledged during a rebalance
+            if stopping:
+                break
+            items = feed.poll()
+            if items:
+                conn.send(("items", items, None, feed.commits))
+            settled, failed = feed.settled_commits()
+            requeue(failed)  # committed again (synchronously) at the next flush
+            for _ in range(min(settled, confirms)):
+                conn.send(("committed",))
+            confirms -= min(settled, confirms)
+            lag = feed.lag()
+            if lag is not None or settled:
+                conn.send(("items", [], lag, feed.commits))
+        requeue(feed.wait_commits()[1])
+        flush()
+    except (BrokenPipeError, EOFError, ConnectionResetError):
+        os._exit(1)  # the parent is gone: commit nothing more
+    except BaseException as error:  # noqa: BLE001 - reported to the parent, which stops
+        log.exception("fetch process failed")
+        try:
+            conn.send(("error", f"{type(error).__name__}: {error}"))
+        except OSError:
+            pass
+    finally:
+        if feed is not None:
+            try:
+                feed.close()
+            except Exception:  # noqa: BLE001
+                log.exception("closing the consumer")
+    try:
+        conn.send(("closed", feed.commits if feed is not None else 0))
+    except OSError:
+        pass
+
+
+class FetchProcess:
+    """Parent side: the ``EventFeed`` interface (``poll``, ``commit``, ``close``) over the child.
+
+    ``commit`` only hands the offsets to the child (which commits them before its next poll), so it
+    returns at once; ``commits`` is the child's count of commits made (as of its last message).
+    """
+
+    def __init__(self, kafka, *, replay_messages: int = 20_000, poll_timeout_ms: int = 200,
+                 merge_records: int = MERGE_RECORDS, before_revoke_ack=None):
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child_conn = ctx.Pipe(duplex=True)
+        self._proc = ctx.Process(target=_child_main, name="tsad-fetch", daemon=True,
+                                 args=(child_conn, kafka, replay_messages, poll_timeout_ms, os.getpid(),
+                                       logging.getLogger().getEffectiveLevel()))
+        self._proc.start()
+        child_conn.close()
+        self.commits = 0
+        self.lag_values: dict | None = None
+        self.merge_records = max(int(merge_records), 1)
+        self.before_revoke_ack = before_revoke_ack  # e.g. the scorer's checkpoint, before partitions go
+        self._commit_in_flight = False
+        self._revoking = False
+        self._closed = False
+        self._buffer: list = []        # items read while waiting for a commit, not handed out yet
+        self._revoke_pending = False   # a "revoking" to answer once the buffered batches are scored
+
+    def poll(self, timeout_ms: int = 200) -> list:
+        """Rebalance notices and batches the child sent (in order); the latest lag in ``lag_values``.
+
+        Batches already waiting (the scorer fell behind) come back merged into one, up to
+        ``merge_records`` records: one model pass for all of them, so a backlog of small batches
+        is worked off instead of growing.
+        """
+        if self._revoke_pending and not any(isinstance(item, Batch) for item in self._buffer):
+            self._revoke_pending = False  # every batch sent before the "revoking" is scored now
+            self._ack_revoke()
+        if not self._buffer:
+            deadline = time.monotonic() + timeout_ms / 1000.0
+            while True:
+                message = self._recv(0.0 if self._buffer else max(deadline - time.monotonic(), 0.0))
+                if message is None or self._handle(message, self._buffer):
+                    break
+        while self._buffered_records() < self.merge_records:  # what else is there already, without waiting
+            message = self._recv(0.0)
+            if message is None:
+                break
+            self._handle(message, self._buffer)
+        return self._take()
+
+    def _buffered_records(self) -> int:
+        return sum(len(item) for item in self._buffer if isinstance(item, Batch))
+
+    def _take(self) -> list:
+        """Leading rebalance notices, then the run of consecutive batches after them merged."""
+        k = next((j for j, item in enumerate(self._buffer) if isinstance(item, Batch)), len(self._buffer))
+        out, run, n = self._buffer[:k], [], 0
+        while k < len(self._buffer) and isinstance(self._buffer[k], Batch) and (not run or n < self.merge_records):
+            run.append(self._buffer[k])
+            n += len(self._buffer[k])
+            k += 1
+        self._buffer = self._buffer[k:]
+        return out + ([Batch.merged(run)] if run else [])
+
+    def _recv(self, timeout_s: float):
+        """The child's next message, or None after ``timeout_s``; ``FetchProcessDied`` if it is gone."""
+        try:
+            if self._conn.poll(timeout_s):
+                return self._conn.recv()
+        except (EOFError, OSError) as error:
+            raise FetchProcessDied(f"fetch process exited (code {self._proc.exitcode})") from error
+        if not self._proc.is_alive():
+            raise FetchProcessDied(f"fetch process exited (code {self._proc.exitcode})")
+        return None
+
+    def _handle(self, message, out: list) -> bool:
+        """Apply one child message; items go to ``out``. True when it carried a batch or a revoke
+        request (``poll`` returns then)."""
+        kind = message[0]
+        if kind == "items":
+            out.extend(message[1])
+            if message[2] is not None:
+                self.lag_values = message[2]
+            self.commits = message[3]
+            return any(isinstance(item, Batch) for item in message[1])
+        if kind == "committed":
+            self._commit_in_flight = False
+        elif kind == "revoking":
+            self._revoke_pending = True  # answered by the next poll(), once the batches before it are scored
+            return True
+        elif kind == "error":
+            raise FetchProcessDied(f"fetch process failed: {message[1]}")
+        elif kind == "closed":
+            raise FetchProcessDied("fetch process closed unexpectedly")
+        return False
+
+    def lag(self) -> dict | None:
+        """The latest ``{tp: lag}`` the child reported, once (None when nothing new came)."""
+        lag, self.lag_values = self.lag_values, None
+        return lag
+
+    def _ack_revoke(self) -> None:
+        if self.before_revoke_ack is not None:
+            self._revoking = True  # the child is inside the rebalance: no commit of it can finish now
+            try:
+                self.before_revoke_ack()
+            finally:
+                self._revoking = False
+        self._conn.send(("revoke_ack",))
+
+    def commit(self, offsets: dict, epoch: int | None = None) -> bool:
+        """Hand a checkpoint's ``offsets`` (read at ``epoch``) to the child, which commits them.
+
+        Returns at once, after waiting only for the previous checkpoint's confirmation when it has
+        not come yet (at most one in flight); batches the child sends meanwhile are kept for the
+        next ``poll``.
+        """
+        if not offsets:
+            return False
+        if not self._revoking:  # (during a revoke the child answers at once and commits after it)
+            self.wait_committed()
+        self._conn.send(("done", offsets, epoch))
+        self._commit_in_flight = True
+        return True
+
+    @property
+    def commit_in_flight(self) -> bool:
+        """A checkpoint was handed to the child and not confirmed yet."""
+        return self._commit_in_flight
+
+    def wait_committed(self, timeout_s: float = 60.0) -> None:
+        """Wait until the checkpoint in flight (if any) is confirmed by the child. Not once the child
+        is inside a rebalance (a revoke pending): no commit finishes there, and the child answers
+        the next checkpoint at once and commits it right after the rebalance."""
+        deadline = time.monotonic() + timeout_s
+        while self._commit_in_flight and not self._revoke_pending:
+            if time.monotonic() > deadline:
+                raise FetchProcessDied(f"fetch process did not confirm a commit in {timeout_s:.0f} s")
+            message = self._recv(0.1)
+            if message is not None:
+                self._handle(message, self._buffer)
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Ask the child to commit what was acknowledged and close; wait for it (then kill it)."""
+        if self._closed:
+            return
+        self._closed = True
+        deadline = time.monotonic() + timeout_s
+        try:
+            self._conn.send(("stop",))
+            while time.monotonic() < deadline:  # keep draining: the child may be blocked sending a batch
+                if self._conn.poll(0.1):
+                    message = self._conn.recv()
+                    if message[0] == "revoking":
+                        self._conn.send(("revoke_ack",))
+                    elif message[0] == "closed":
+                        self.commits = int(message[1])
+                        break
+                elif not self._proc.is_alive():
+                    break
+        except (EOFError, OSError):
+            pass
+        self._proc.join(max(deadline - time.monotonic(), 1.0))
+        if self._proc.is_alive():
+            log.warning("fetch process did not stop in %.0f s; killing it", timeout_s)
+            self._proc.kill()
+            self._proc.join(5)
+        self._conn.close()

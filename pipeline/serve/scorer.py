@@ -1,0 +1,485 @@
+"""The Kafka scoring loop behind ``tsad serve`` (at-least-once).
+
+Per poll batch (``pipeline.kafka.feed.Batch``, columns): decode + validate every message, each within
+its own bytes (``pipeline.serve.decode``) -> ``StreamingDetector.process`` on all valid events at once
+-> send anomaly records and dead-letter records at once (no flush per batch). Checkpoints
+(``pipeline.serve.outputs``): every ``commit_interval_ms`` or ``commit_every_events`` events, before
+partitions are given up and on stop, the producer is flushed, every send is checked, and only
+then are the offsets of the batches produced so far committed. A send that fails for an outage
+stops the scorer WITHOUT committing, so a restart re-reads what followed the last checkpoint
+(duplicates after a crash: bounded by the checkpoint, see README "Delivery guarantees").
+
+Isolation: no single message can stop the scorer. An exception while decoding, scoring, or
+building or producing the records of one message dead-letters that message unchanged with reason
+``internal_error`` (the exception in ``tsad.detail``; ``tsad_events_rejected_total{reason=
+"internal_error"}``) and the scorer goes on. Undecodable record batches are skipped with a marker
+in the dead-letter topic, and partitions whose log was reset are read from the new log start
+(``pipeline.kafka.feed_guard``; ``tsad_partition_resets_total``).
+
+Accounting (``tsad_events_*``): every consumed event is exactly one of scored, warm-up (held in
+state without alerting) or rejected (dead-lettered with a reason).
+
+Fetching (``pipeline.kafka.feed``): by default the consumer runs in a child process
+(``pipeline.kafka.feed_process``) that fetches the next batch while this one is scored (kafka-python's
+fetch path is GIL-bound, so a thread would not overlap); ``fetch_process=False`` polls in-process.
+
+Warm state: when partitions are assigned, the feed seeks ``replay_messages`` back before each
+partition's committed offset and re-reads them as *replay*: they update series state only
+(no anomaly, no dead letter, not counted as consumed; counted in ``tsad_events_warmup_total`` and
+``tsad_events_replayed_total``), so a restarted or scaled-out scorer never alerts from an empty
+window. Partitions kept across a rebalance keep their state; series of partitions lost are dropped.
+
+Hot reload: between batches the ``ChampionWatcher`` is polled; a new champion is swapped in
+before the next batch, so no event is lost or scored twice around a swap.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import orjson
+from kafka.structs import TopicPartition
+
+from pipeline.serve.decode import DecodedBatch, decode_batch, decode_columns, decode_one
+from pipeline.events import DUPLICATE_TIMESTAMP, INTERNAL_ERROR, OUT_OF_ORDER, Event
+from pipeline.kafka.feed import Batch, EventFeed, PartitionReset, Rebalance, SkippedRange
+from pipeline.kafka.feed_guard import UNDECODABLE_BATCH
+from pipeline.kafka.feed_process import MERGE_RECORDS, FetchProcess
+from pipeline.serve.isolate import process_isolated
+from pipeline.metrics import ScorerMetrics
+from pipeline.serve.outputs import Outputs, ProduceFailed, Source
+from pipeline.serve.records import anomaly_value
+from models.detection.detector import DUPLICATE, OUT_OF_ORDER as ST_OUT_OF_ORDER, SCORED, WARMUP, StreamingDetector
+
+log = logging.getLogger(__name__)
+__all__ = ["DecodedBatch", "ProduceFailed", "Scorer", "ScorerStats", "decode_batch", "decode_columns"]
+
+
+@dataclass
+class ScorerStats:
+    """Running totals (the same numbers as the metrics, for the demo and tests)."""
+
+    consumed: int = 0
+    scored: int = 0
+    warmup: int = 0
+    replayed: int = 0
+    rejected: dict = field(default_factory=lambda: defaultdict(int))
+    anomalies: int = 0
+    batches: int = 0
+    commits: int = 0
+    busy_s: float = 0.0
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.rejected.values())
+
+
+def observe_many(histogram, values: np.ndarray) -> None:
+    """Add many observations to a prometheus_client Histogram in O(buckets) (falls back to a loop)."""
+    if len(values) == 0:
+        return
+    try:
+        bounds = histogram._upper_bounds  # noqa: SLF001 - no public bulk observe in prometheus_client
+        buckets = histogram._buckets  # noqa: SLF001
+        counts = np.bincount(np.searchsorted(np.asarray(bounds[:-1]), values, side="left"), minlength=len(bounds))
+        for bucket, c in zip(buckets, counts.tolist()):
+            if c:
+                bucket.inc(c)
+        histogram._sum.inc(float(np.sum(values)))  # noqa: SLF001
+    except AttributeError:
+        for v in values.tolist():
+            histogram.observe(v)
+
+
+class Scorer:
+    """Consumes ``settings.kafka.events_topic`` in the scorer group and scores it with ``detector``.
+
+    ``fetch_process=True`` (default): the consumer lives in a child process
+    (``pipeline.kafka.feed_process.FetchProcess``) that fetches the next batch while this one is scored,
+    so kafka-python's GIL-bound fetch path and the scoring use two cores. ``False``: one thread
+    polls, scores and commits in turn (``pipeline.kafka.feed.EventFeed`` in-process). Same semantics.
+    """
+
+    def __init__(self, settings, detector: StreamingDetector, metrics: ScorerMetrics | None = None, *,
+                 watcher=None, replay_messages: int = 20_000, poll_timeout_ms: int = 200,
+                 on_anomaly=None, producer=None, fetch_process: bool = True):
+        from pipeline.kafka.clients import make_producer
+
+        self.settings = settings
+        self.kafka = settings.kafka
+        self.detector = detector
+        self.metrics = metrics or ScorerMetrics()
+        self.watcher = watcher  # a ChampionWatcher, or one per routed model (list)
+        self.watchers = [] if watcher is None else list(watcher) if isinstance(watcher, (list, tuple)) else [watcher]
+        self.observers: list = []  # objects with observe(series, ts, values, result, new): export, alert sinks
+        self.poll_timeout_ms = poll_timeout_ms
+        self.on_anomaly = on_anomaly
+        self.stats = ScorerStats()
+        self._series_by_tp: dict[TopicPartition, set[str]] = defaultdict(set)
+        self._evictions_since_prune = 0
+        self._owned: set[TopicPartition] = set()  # current assignment (from the feed's notices)
+        self._commits_seen = 0
+        self.latency_log: list | None = None
+        self.producer = producer or make_producer(self.kafka, linger_ms=5)
+        every = getattr(settings, "commit_every_events", 20_000)
+        self.outputs = Outputs(self.producer, self.kafka, settings.max_message_bytes,
+                               commit_interval_ms=getattr(settings, "commit_interval_ms", 1000),
+                               commit_every_events=every, on_internal_error=self._late_internal_error)
+        if fetch_process:
+            self.feed = FetchProcess(self.kafka, replay_messages=replay_messages, poll_timeout_ms=poll_timeout_ms,
+                                     merge_records=max(min(MERGE_RECORDS, every), self.kafka.max_poll_records),
+                                     before_revoke_ack=self.checkpoint)
+        else:  # inside the rebalance callback only the producer may be flushed; the commit follows it
+            self.feed = EventFeed(self.kafka, replay_messages=replay_messages, poll_timeout_ms=poll_timeout_ms,
+                                  before_revoke=lambda _revoked: self.producer.flush())
+        self._publish_model_info()
+
+    # ------------------------------------------------------------------ model
+    def _publish_model_info(self) -> None:
+        d = self.detector
+        self.metrics.model_info.info({"name": d.model_name, "kind": str(d.bundle.kind), "version": str(d.model_version)})
+        try:
+            self.metrics.model_version.set(float(d.model_version))
+        except (TypeError, ValueError):
+            pass
+        self.metrics.last_reload.set(time.time())
+        for det in getattr(d, "detectors", {d.model_name: d}).values():
+            # per-model counters exist from the start (at 0), so rate() sees a model's first anomaly
+            self.metrics.model_events_scored.labels(det.model_name)
+            self.metrics.model_anomalies.labels(det.model_name)
+            try:
+                self.metrics.model_serving_version.labels(det.model_name).set(float(det.model_version))
+            except (TypeError, ValueError):
+                pass
+
+    def check_reload(self, force: bool = False) -> None:
+        """Swap in newly promoted champions (called between batches); each routed model on its own."""
+        for watcher in self.watchers:
+            self._reload(watcher, force)
+
+    def _reload(self, watcher, force: bool) -> None:
+        outcome = watcher.poll(force=force)
+        if outcome is None:
+            return
+        reloads = self.metrics.model_reloads
+        if outcome.bundle is None:
+            if outcome.pointer_error:
+                self.metrics.pointer_errors.inc()
+                reloads.labels(watcher.name, "pointer_error").inc()
+            else:
+                self.metrics.reload_failures.inc()
+                reloads.labels(watcher.name, "refused").inc()
+            return
+        bundle = outcome.bundle
+        try:
+            self.detector.swap_model(bundle)
+        except Exception as error:  # noqa: BLE001 - unservable: refuse, keep the old model
+            watcher.refuse(bundle.version)
+            self.metrics.reload_failures.inc()
+            reloads.labels(watcher.name, "refused").inc()
+            log.error("refusing model %s v%s: %s", bundle.name, bundle.version, error)
+            return
+        watcher.accepted(bundle.version)
+        reloads.labels(watcher.name, "loaded").inc()
+        self._publish_model_info()
+        log.info("now serving %s v%s (%s)", bundle.name, bundle.version, bundle.kind)
+
+    # ------------------------------------------------------------------ loop
+    def run(self, stop: threading.Event, idle_exit_s: float | None = None) -> ScorerStats:
+        """Poll and score until ``stop`` is set (or no message came for ``idle_exit_s``); commit and close.
+
+        On ``stop`` the batch being scored is finished, and a last checkpoint flushes, checks and
+        commits everything produced; batches fetched but not scored yet are left uncommitted
+        (re-read by the next owner). After a ``ProduceFailed`` nothing more is committed.
+        """
+        self.metrics.up.set(1)
+        try:
+            last_message = time.monotonic()
+            while not stop.is_set():
+                self.check_reload()
+                items = self.feed.poll(self.poll_timeout_ms)
+                for item in items:
+                    if isinstance(item, Batch):
+                        self._score(item)
+                        last_message = time.monotonic()
+                    else:
+                        self._notice(item)
+                self._advance_checkpoint()
+                self._publish_feed_metrics()
+                if not items and idle_exit_s is not None and time.monotonic() - last_message > idle_exit_s:
+                    break
+            self.checkpoint()
+        finally:
+            self.metrics.up.set(0)
+            self.close()
+        return self.stats
+
+    def close(self) -> None:
+        try:
+            self.producer.flush(timeout=10)
+            self.producer.close(timeout=10)
+        finally:
+            self.feed.close()
+            self._publish_feed_metrics()
+
+    def _advance_checkpoint(self) -> None:
+        """Commit the sealed checkpoint once all its sends are acknowledged, and seal the current
+        one when it is due, but not while the previous commit is in flight: at most one checkpoint
+        is ever produced-but-uncommitted besides the current one. Waits for the broker only when
+        the current checkpoint is full (``commit_every_events``) while the previous one is still
+        open (back-pressure when scoring outruns acknowledgements or commits)."""
+        out = self.outputs
+        full = out.pending.events >= out.commit_every_events
+        done = out.acknowledged()
+        while done is None and out.sealed is not None and full:
+            self.producer.flush()
+            done = out.acknowledged()
+        if done is not None and done[0]:
+            self.feed.commit(*done)
+        if out.sealed is None and out.due():
+            if getattr(self.feed, "commit_in_flight", False):
+                if not full:
+                    return
+                self.feed.wait_committed()
+            out.seal()
+
+    def checkpoint(self) -> bool:
+        """Flush, check every send, then commit the offsets produced so far (see ``pipeline.serve.outputs``);
+        blocking: before partitions are given up, and on stop."""
+        offsets, epoch = self.outputs.checkpoint()
+        if not offsets:
+            return False
+        return bool(self.feed.commit(offsets, epoch))
+
+    def _notice(self, item) -> None:
+        if isinstance(item, Rebalance):
+            self.checkpoint()  # (fetch process: done before the revoke was acknowledged; in-process: now)
+            self._rebalanced(item)
+        elif isinstance(item, PartitionReset):
+            log.warning("partition log reset on %s (%s): scoring from the new log start", sorted(
+                f"{tp.topic}-{tp.partition}" for tp in item.tps), item.why)
+            for tp in item.tps:
+                self.metrics.partition_resets.labels(tp.topic).inc()
+        elif isinstance(item, SkippedRange):
+            tp = item.tp
+            self.metrics.undecodable_batches.inc()
+            self.metrics.skipped_offsets.inc(item.end - item.start)
+            if tp in self._owned or not self._owned:
+                self.outputs.marker(UNDECODABLE_BATCH, item.detail, tp.partition, item.start, item.end - 1)
+                self.outputs.add({tp: item.end}, item.epoch, 0)
+
+    def _rebalanced(self, notice: Rebalance) -> None:
+        """Drop the state of series on partitions lost to another scorer."""
+        for tp in notice.lost:
+            self.detector.forget(self._series_by_tp.pop(tp, set()))
+            if self._has_lag(tp):
+                self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
+        self._owned = set(notice.assigned)
+
+    def _has_lag(self, tp) -> bool:
+        try:
+            return (tp.topic, str(tp.partition)) in self.metrics.consumer_lag._metrics  # noqa: SLF001
+        except AttributeError:
+            return False
+
+    def _publish_feed_metrics(self) -> None:
+        lag = self.feed.lag()
+        if lag:
+            for tp, behind in lag.items():
+                if tp in self._owned:
+                    self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(behind)
+        commits = self.feed.commits
+        if commits > self._commits_seen:
+            self.metrics.commits.inc(commits - self._commits_seen)
+            self._commits_seen = commits
+        self.stats.commits = commits
+
+    def _late_internal_error(self, source: Source, detail: str) -> None:
+        """An input message dead-lettered at a checkpoint (its output record was refused); it stays
+        counted as scored too (counters only go up)."""
+        self.stats.rejected[INTERNAL_ERROR] += 1
+        self.metrics.events_rejected.labels(INTERNAL_ERROR).inc()
+
+    def _decode(self, batch: Batch) -> DecodedBatch:
+        """``decode_columns``, or message by message (failures as ``internal_error``) if it raises."""
+        limit, id_limit = self.settings.max_message_bytes, self.settings.max_series_id_length
+        try:
+            return decode_columns(batch.values, batch.keys, limit, id_limit)
+        except Exception as error:  # noqa: BLE001 - decode_one isolates each message
+            log.error("batch decode failed (%s: %s); decoding message by message", type(error).__name__, error)
+        items = [decode_one(raw, key, max_message_bytes=limit, max_series_id_length=id_limit)
+                 for raw, key in zip(batch.values, batch.keys)]
+        ok = [i for i, item in enumerate(items) if type(item) is Event]
+        return DecodedBatch([items[i].series for i in ok], np.array([items[i].ts for i in ok], dtype=np.float64),
+                            np.array([items[i].value for i in ok], dtype=np.float64), np.array(ok, dtype=np.int64),
+                            [(i, item) for i, item in enumerate(items) if type(item) is not Event])
+
+    def _score(self, batch: Batch) -> bool:
+        """Decode, score and send one batch's records (committed at a later checkpoint).
+
+        Returns False when nothing of the batch is on a partition still assigned to us.
+        """
+        if not self._owned.issuperset(batch.tps):
+            batch = batch.restricted(self._owned)
+            if not len(batch):
+                return False
+        t0 = time.perf_counter()
+        n = len(batch)
+        replay = batch.replay
+        keys, raw_values, offsets = batch.keys, batch.values, batch.offsets
+        partitions = batch.partitions()
+        topic_in = self.kafka.events_topic
+        dec = self._decode(batch)
+        vp = dec.valid_pos
+        new = np.ones(len(vp), dtype=bool) if replay is None else ~replay[vp]
+        result, failures = process_isolated(self.detector, dec.series, dec.ts, dec.values, new)
+        decided_at = time.time()
+        stats, metrics, outputs = self.stats, self.metrics, self.outputs
+        topic_out = self.kafka.anomalies_topic
+        failed = np.zeros(n, dtype=bool)  # became internal_error after decoding
+
+        def source(i: int) -> Source:
+            return Source(keys[i], bytes(raw_values[i]) if raw_values[i] is not None else b"", int(partitions[i]),
+                          int(offsets[i]))
+
+        def reject(i: int, reason: str, detail: str) -> None:
+            outputs.dead_letter(source(i), reason, detail)
+            stats.rejected[reason] += 1
+            metrics.events_rejected.labels(reason).inc()
+
+        def isolate(i: int, stage: str, error: BaseException) -> None:
+            if isinstance(error, ProduceFailed):
+                raise error
+            detail = f"{stage}: {type(error).__name__}: {error}"
+            log.error("message %s/%d/%d dead-lettered as %s: %s", topic_in, int(partitions[i]), int(offsets[i]),
+                      INTERNAL_ERROR, detail)
+            failed[i] = True
+            reject(i, INTERNAL_ERROR, detail)
+
+        for j, error in failures:
+            if new[j]:
+                isolate(int(vp[j]), "scoring", error)
+            else:
+                failed[int(vp[j])] = True  # a replayed event: state only, nothing to dead-letter
+        # rejected by validation (not replay)
+        for i, item in dec.rejections:
+            if replay is None or not replay[i]:
+                try:
+                    reject(i, item.reason, item.detail)
+                except Exception as error:  # noqa: BLE001
+                    isolate(i, "dead-lettering", error)
+        status = result.status
+        # rejected by the detector: duplicate / out-of-order timestamps
+        for j in np.flatnonzero(new & ((status == DUPLICATE) | (status == ST_OUT_OF_ORDER))).tolist():
+            i = int(vp[j])
+            reason = DUPLICATE_TIMESTAMP if status[j] == DUPLICATE else OUT_OF_ORDER
+            try:
+                detail = f"series {dec.series[j]!r}: timestamp {dec.ts[j]} " + (
+                    "equals the last accepted one" if reason == DUPLICATE_TIMESTAMP else "is older than the last accepted one")
+                reject(i, reason, detail)
+            except Exception as error:  # noqa: BLE001
+                isolate(i, "dead-lettering", error)
+        # anomalies
+        n_anom = 0
+        for j in np.flatnonzero(result.is_anomaly & new).tolist():
+            i, sid = int(vp[j]), dec.series[j]
+            try:
+                model, version = result.model_at(j)
+                lower, upper = result.band_at(j)
+                value = anomaly_value(sid, float(dec.ts[j]), float(dec.values[j]), float(result.predicted[j]),
+                                      float(result.error[j]), float(result.score[j]), result.threshold, model,
+                                      version, topic_in, int(partitions[i]), int(offsets[i]), lower, upper)
+                outputs.send(topic_out, sid.encode("utf-8"), value, source(i))
+                n_anom += 1
+                metrics.model_anomalies.labels(model).inc()
+                if self.on_anomaly is not None:
+                    self.on_anomaly(orjson.loads(value))
+            except Exception as error:  # noqa: BLE001 - this message alone
+                isolate(i, "building or producing its anomaly record", error)
+        outputs.add(batch.commit_offsets, batch.epoch, n)
+
+        ok = ~failed[vp]
+        is_new = new & ok
+        n_scored = int(np.count_nonzero(status[is_new] == SCORED))
+        n_warm_new = int(np.count_nonzero(status[is_new] == WARMUP))
+        n_replayed = int(np.count_nonzero(status[~new & ok] == WARMUP)) if replay is not None else 0
+        n_new = n - (int(replay.sum()) if replay is not None else 0)
+        stats.consumed += n_new
+        stats.scored += n_scored
+        stats.warmup += n_warm_new + n_replayed
+        stats.replayed += n_replayed
+        stats.anomalies += n_anom
+        metrics.events_consumed.inc(n_new)
+        metrics.events_scored.inc(n_scored)
+        metrics.events_warmup.inc(n_warm_new + n_replayed)
+        if n_replayed:
+            metrics.events_replayed.inc(n_replayed)
+        if n_anom:
+            metrics.anomalies.inc(n_anom)
+        self._count_scored_per_model(result, is_new & (status == SCORED))
+        if self.observers:
+            self._notify(dec, result, is_new)
+        if result.evicted:
+            metrics.series_evicted.inc(result.evicted)
+        decided = is_new & ((status == SCORED) | (status == WARMUP))
+        if decided.any():
+            ts_ms = batch.timestamps[vp[decided]].astype(np.float64)
+            latency = np.maximum(decided_at - ts_ms / 1000.0, 0.0)
+            observe_many(metrics.end_to_end_latency, latency)
+            if self.latency_log is not None:  # benchmarks: (end-to-end, poll returned -> decided) per event
+                self.latency_log.append((latency, decided_at - batch.polled_at))
+
+        # remember which series live on which partition (to drop them if the partition goes)
+        bounds = np.searchsorted(vp, np.cumsum([0] + batch.sizes))
+        series = dec.series
+        for k, tp in enumerate(batch.tps):
+            a, b = int(bounds[k]), int(bounds[k + 1])
+            if b > a:
+                self._series_by_tp[tp].update(series[a:b])
+        if result.evicted:
+            self._evictions_since_prune += int(result.evicted)
+            if self._evictions_since_prune > max(self.detector.tracked_series, 1024):
+                self._prune_series_by_tp()
+        stats.batches += 1
+        metrics.tracked_series.set(self.detector.tracked_series)
+        metrics.batch_size.observe(n)
+        elapsed = time.perf_counter() - t0
+        stats.busy_s += elapsed
+        metrics.batch_duration.observe(elapsed)
+        return True
+
+    def _count_scored_per_model(self, result, scored: np.ndarray) -> None:
+        """``tsad_model_events_scored_total{model}`` from a batch's routes."""
+        if result.route is None:
+            n = int(np.count_nonzero(scored))
+            if n:
+                self.metrics.model_events_scored.labels(result.model).inc(n)
+            return
+        counts = np.bincount(result.route[scored], minlength=len(result.routes))
+        per_model: dict[str, int] = {}
+        for (model, _version, _group), c in zip(result.routes, counts.tolist()):
+            per_model[model] = per_model.get(model, 0) + c
+        for model, c in per_model.items():
+            if c:
+                self.metrics.model_events_scored.labels(model).inc(c)
+
+    def _notify(self, dec: DecodedBatch, result, is_new: np.ndarray) -> None:
+        """Hand the batch to the observers (per-series export, alert sinks); one failing never stops scoring."""
+        for observer in self.observers:
+            try:
+                observer.observe(dec.series, dec.ts, dec.values, result, is_new)
+            except Exception as error:  # noqa: BLE001
+                log.error("observer %s failed: %s: %s", type(observer).__name__, type(error).__name__, error)
+
+    def _prune_series_by_tp(self) -> None:
+        """Drop evicted series from the partition -> series map (bounded memory under series churn)."""
+        tracked = self.detector.store.ids.keys()
+        for tp, ids in self._series_by_tp.items():
+            ids.intersection_update(tracked)
+        self._evictions_since_prune = 0
+
