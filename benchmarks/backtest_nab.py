@@ -22,25 +22,43 @@ REPO = Path(__file__).resolve().parent.parent
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=REPO / "data" / "nab",
-                    help="NAB directory with data/ and labels/ (default: the repo's data/nab)")
+    ap.add_argument(
+        "--data",
+        type=Path,
+        default=REPO / "data" / "nab",
+        help="NAB directory with data/ and labels/ (default: the repo's data/nab)",
+    )
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--kind", choices=("many-to-many", "many-to-one"), default="many-to-many")
     ap.add_argument("--retrain-every", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--window", type=int, default=32)
     ap.add_argument("--hidden", type=int, default=32)
-    ap.add_argument("--calendar", action=argparse.BooleanOptionalAction, default=False,
-                    help="time-of-day/week input features (models.forecasting.calendar)")
-    ap.add_argument("--calendar-week", action=argparse.BooleanOptionalAction, default=True,
-                    help="with --calendar: include the day-of-week columns")
-    ap.add_argument("--model-source", choices=("per-file", "fleet", "fleet-finetune"), default="fleet-finetune",
-                    help="fleet: one model trained on the probation rows of all files serves every file; "
-                         "fleet-finetune (default): it is fine-tuned on each file's probation rows")
+    ap.add_argument(
+        "--calendar",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="time-of-day/week input features (models.forecasting.calendar)",
+    )
+    ap.add_argument(
+        "--calendar-week",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with --calendar: include the day-of-week columns",
+    )
+    ap.add_argument(
+        "--model-source",
+        choices=("per-file", "fleet", "fleet-finetune"),
+        default="fleet-finetune",
+        help="fleet: one model trained on the probation rows of all files serves every file; "
+        "fleet-finetune (default): it is fine-tuned on each file's probation rows",
+    )
     ap.add_argument("--warmup", choices=("default", "probation"), default="default")
     ap.add_argument("--seed", type=int, default=0, help="training seed (run a few to see the run-to-run spread)")
     ap.add_argument("--post", default="{}")
-    ap.add_argument("--fit", default="{}", help="extra models.forecasting.training.fit kwargs as JSON (batch_size, lr, ...)")
+    ap.add_argument(
+        "--fit", default="{}", help="extra models.forecasting.training.fit kwargs as JSON (batch_size, lr, ...)"
+    )
     ap.add_argument("--model", default="{}", help="extra ForecasterConfig fields as JSON (residual, layers, ...)")
     ap.add_argument("--detector-config", default="{}")
     ap.add_argument("--out", type=Path, default=None)
@@ -57,11 +75,22 @@ def main(argv=None) -> int:
         ap.error(f"{data}: no labels/combined_windows.json (pass --data with a NAB directory)")
     labels = json.loads((data / "labels" / "combined_windows.json").read_text())
     files = find_csvs([data / "data"])
-    cfg = ReplayConfig(kind=args.kind, window=args.window, hidden=args.hidden, calendar=args.calendar,
-                       calendar_week=args.calendar_week, seed=args.seed, epochs=args.epochs,
-                       retrain_every=args.retrain_every, post=json.loads(args.post),
-                       detector=json.loads(args.detector_config), fit=json.loads(args.fit),
-                       model=json.loads(args.model), model_source=args.model_source, warmup=args.warmup)
+    cfg = ReplayConfig(
+        kind=args.kind,
+        window=args.window,
+        hidden=args.hidden,
+        calendar=args.calendar,
+        calendar_week=args.calendar_week,
+        seed=args.seed,
+        epochs=args.epochs,
+        retrain_every=args.retrain_every,
+        post=json.loads(args.post),
+        detector=json.loads(args.detector_config),
+        fit=json.loads(args.fit),
+        model=json.loads(args.model),
+        model_source=args.model_source,
+        warmup=args.warmup,
+    )
     t0 = time.perf_counter()
     fleet = None
     if cfg.model_source != "per-file":
@@ -89,11 +118,22 @@ def main(argv=None) -> int:
         import pickle
 
         args.save_arrays.write_bytes(pickle.dumps(results))
-    head = {p: {"own": round(d["own"]["score"], 1), "optimised": round(d["optimised"]["score"], 1)}
-            for p, d in rep["nab"].items()}
-    print(json.dumps({"files": rep["files"], "rows": rep["rows"], "wall_seconds": round(wall, 1),
-                      "fit_seconds": round(rep["timing"]["fit_seconds"], 1), "nab": head,
-                      "f1_own": round(rep["prf"]["own"]["f1"], 3)}))
+    head = {
+        p: {"own": round(d["own"]["score"], 1), "optimised": round(d["optimised"]["score"], 1)}
+        for p, d in rep["nab"].items()
+    }
+    print(
+        json.dumps(
+            {
+                "files": rep["files"],
+                "rows": rep["rows"],
+                "wall_seconds": round(wall, 1),
+                "fit_seconds": round(rep["timing"]["fit_seconds"], 1),
+                "nab": head,
+                "f1_own": round(rep["prf"]["own"]["f1"], 3),
+            }
+        )
+    )
     return 1 if errors else 0
 
 

@@ -56,9 +56,18 @@ def make_bundle(kind: str, hidden: int = 64, window: int = 64, precision: str = 
 
     torch.manual_seed(0)
     cfg = ForecasterConfig(kind=kind, window=window, hidden=hidden)
-    bundle = apply_precision(SimpleNamespace(name=f"bench-{kind}", kind=kind, version=1, config=cfg,
-                                             forecaster=build_forecaster(cfg).eval(), normalizers={}, calibration={}),
-                             precision)
+    bundle = apply_precision(
+        SimpleNamespace(
+            name=f"bench-{kind}",
+            kind=kind,
+            version=1,
+            config=cfg,
+            forecaster=build_forecaster(cfg).eval(),
+            normalizers={},
+            calibration={},
+        ),
+        precision,
+    )
     with torch.inference_mode():
         for b in (1, 256, 1000):
             if kind == "many-to-one":
@@ -68,11 +77,13 @@ def make_bundle(kind: str, hidden: int = 64, window: int = 64, precision: str = 
     return bundle
 
 
-def produce(bootstrap: str, topic: str, n_series: int, n_events: int, rate: float | None = None, t_offset: int = 0) -> float:
+def produce(
+    bootstrap: str, topic: str, n_series: int, n_events: int, rate: float | None = None, t_offset: int = 0
+) -> float:
     """Send n_events round-robin over n_series (time-major); returns the send wall time."""
+    from models.core.settings import KafkaSettings
     from pipeline.events import encode_event
     from pipeline.kafka.clients import make_producer
-    from models.core.settings import KafkaSettings
 
     producer = make_producer(KafkaSettings(bootstrap_servers=bootstrap), linger_ms=2 if rate else 20)
     keys = [f"series-{s:05d}".encode() for s in range(n_series)]
@@ -128,8 +139,20 @@ def raw_latency(kafka, bootstrap: str, n_series: int, n_events: int, rate: float
 
     thread = threading.Thread(target=consume)
     thread.start()
-    subprocess.run([sys.executable, __file__, "--rate", str(rate), "--produce-child", bootstrap, kafka.events_topic,
-                    str(n_series), str(n_events)], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--rate",
+            str(rate),
+            "--produce-child",
+            bootstrap,
+            kafka.events_topic,
+            str(n_series),
+            str(n_events),
+        ],
+        check=True,
+    )
     thread.join(130)
     consumer.close()
     return np.array(lat)
@@ -153,18 +176,26 @@ def model_ceiling(threads: int, batch: int = 256, window: int = 64, repeats: int
         torch.set_num_threads(1)
 
 
-def run_scorer(kafka, bundle, total: int, latency: bool = False, fetch_process: bool = True, threads: int = 1,
-               detector=None, observers=()):
+def run_scorer(
+    kafka,
+    bundle,
+    total: int,
+    latency: bool = False,
+    fetch_process: bool = True,
+    threads: int = 1,
+    detector=None,
+    observers=(),
+):
     """Score the topic with the real loop (new group); returns (events/s, scorer).
 
     events/s = events consumed / (first poll batch returned -> last batch scored and acknowledged).
     """
+    import torch
+
+    from models.core.settings import Settings
+    from models.detection.detector import DetectorConfig, StreamingDetector
     from pipeline.metrics import ScorerMetrics
     from pipeline.serve.scorer import Scorer
-    from models.detection.detector import DetectorConfig, StreamingDetector
-    from models.core.settings import Settings
-
-    import torch
 
     torch.set_num_threads(threads)
     group = f"bench-{uuid.uuid4().hex[:6]}"
@@ -175,17 +206,17 @@ def run_scorer(kafka, bundle, total: int, latency: bool = False, fetch_process: 
     if latency:
         scorer.latency_log = []
     marks = {}
-    original = scorer._score  # noqa: SLF001
+    original = scorer._score
 
     def timed(batch):
         marks.setdefault("first", batch.polled_at)
         done = original(batch)
         marks["last"] = time.time()
         if fetch_process and "fetch_rss" not in marks:
-            marks["fetch_rss"] = _rss_bytes(scorer.feed._proc.pid)  # noqa: SLF001
+            marks["fetch_rss"] = _rss_bytes(scorer.feed._proc.pid)
         return done
 
-    scorer._score = timed  # noqa: SLF001
+    scorer._score = timed
     stop = threading.Event()
 
     def run():
@@ -222,7 +253,7 @@ def rss_child(n_series: int) -> None:
     chunk = 1_000  # like poll batches: the temporaries stay the same size for 1k and 100k series
     for t in range(3):
         for start in range(0, n_series, chunk):
-            part = ids[start:start + chunk]
+            part = ids[start : start + chunk]
             det.process(part, np.full(len(part), T0 + 60.0 * t), np.random.default_rng(t).normal(size=len(part)))
     del ids, part
     gc.collect()
@@ -230,8 +261,15 @@ def rss_child(n_series: int) -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except OSError:
         pass
-    print(json.dumps({"series": det.tracked_series, "rss_bytes": _rss_bytes(),
-                      "array_bytes_per_series": det.state_bytes_per_series()}))
+    print(
+        json.dumps(
+            {
+                "series": det.tracked_series,
+                "rss_bytes": _rss_bytes(),
+                "array_bytes_per_series": det.state_bytes_per_series(),
+            }
+        )
+    )
 
 
 ROUTE_GLOBS = ("*[0-4][0-4]", "*[0-4][5-9]", "*[5-9][0-4]")  # with the default: 4 quarters of series-NNNNN
@@ -239,12 +277,13 @@ ROUTE_GLOBS = ("*[0-4][0-4]", "*[0-4][5-9]", "*[5-9][0-4]")  # with the default:
 
 def routed_detector(n_models: int):
     """A ``RoutedDetector`` over ``n_models`` many-to-many models (same weights, own state), series split by glob."""
+    from models.detection.detector import DetectorConfig, StreamingDetector
     from models.detection.routed import RoutedDetector
     from models.routing import Routing
-    from models.detection.detector import DetectorConfig, StreamingDetector
 
-    routes = [{"group": f"q{k}", "match": glob, "model": f"bench-q{k}"}
-              for k, glob in enumerate(ROUTE_GLOBS[:n_models - 1])]
+    routes = [
+        {"group": f"q{k}", "match": glob, "model": f"bench-q{k}"} for k, glob in enumerate(ROUTE_GLOBS[: n_models - 1])
+    ]
     routing = Routing.from_dict({"routes": routes, "default": {"group": "rest", "model": "bench-rest"}})
     detectors = {}
     for name in routing.models:
@@ -263,14 +302,17 @@ def routing_throughput(kafka, total: int, repeats: int) -> None:
     for _ in range(repeats):
         for label, n in runs.items():
             detector = None if n is None else routed_detector(n)
-            rate, _ = run_scorer(kafka, make_bundle("many-to-many"), total, detector=detector,
-                                 observers=[AnomalousSeries()])
+            rate, _ = run_scorer(
+                kafka, make_bundle("many-to-many"), total, detector=detector, observers=[AnomalousSeries()]
+            )
             rates[label].append(rate)
     base = float(np.median(rates["1 model (no routing)"]))
     for label in runs:
         rate = float(np.median(rates[label]))
-        print(f"scorer e2e, many-to-many, {label:<20}: {_spread(rates[label])} events/s = {rate / base:.2f}x "
-              f"the single model")
+        print(
+            f"scorer e2e, many-to-many, {label:<20}: {_spread(rates[label])} events/s = {rate / base:.2f}x "
+            f"the single model"
+        )
 
 
 def export_memory(k: int) -> str:
@@ -279,13 +321,25 @@ def export_memory(k: int) -> str:
 
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from pipeline.serve.anomaly_export import AnomalousSeries
     from models.detection.detector import SCORED, BatchResult
+    from pipeline.serve.anomaly_export import AnomalousSeries
 
     ids = [f"series-{i:05d}-{'x' * 20}" for i in range(k)]  # 33-character ids
     n = len(ids)
-    result = BatchResult(np.full(n, SCORED, dtype=np.int8), np.ones(n), np.ones(n), np.full(n, 0.9), 0.5,
-                         np.ones(n, dtype=bool), "bench-model", 1, 0, {}, np.zeros(n), np.full(n, 2.0))
+    result = BatchResult(
+        np.full(n, SCORED, dtype=np.int8),
+        np.ones(n),
+        np.ones(n),
+        np.full(n, 0.9),
+        0.5,
+        np.ones(n, dtype=bool),
+        "bench-model",
+        1,
+        0,
+        {},
+        np.zeros(n),
+        np.full(n, 2.0),
+    )
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
@@ -298,20 +352,28 @@ def export_memory(k: int) -> str:
     t0 = time.perf_counter()
     body = generate_latest(registry)
     scrape_s = time.perf_counter() - t0
-    return (f"per-series export at K={k}: {held / 2**10:,.0f} KiB held ({held / k:,.0f} B/series, ids and row objects "
-            f"included); a scrape renders {len(body) / 2**10:,.0f} KiB ({len(body) / k:,.0f} B/series, 8 samples each) "
-            f"in {scrape_s * 1000:.1f} ms")
+    return (
+        f"per-series export at K={k}: {held / 2**10:,.0f} KiB held ({held / k:,.0f} B/series, ids and row objects "
+        f"included); a scrape renders {len(body) / 2**10:,.0f} KiB ({len(body) / k:,.0f} B/series, 8 samples each) "
+        f"in {scrape_s * 1000:.1f} ms"
+    )
 
 
 def _bench_topics(broker, series: int, events: int):
     """The benchmark's topics on ``broker``, with ``events`` events of ``series`` series produced:
     ``(KafkaSettings, seconds to produce)``."""
-    from pipeline.kafka.clients import ensure_topics
     from models.core.settings import KafkaSettings
+    from pipeline.kafka.clients import ensure_topics
 
-    kafka = KafkaSettings(bootstrap_servers=broker.bootstrap_servers, events_topic="bench-events",
-                          anomalies_topic="bench-anomalies", dead_letter_topic="bench-dead",
-                          session_timeout_ms=2000, heartbeat_interval_ms=500, partitions=4)
+    kafka = KafkaSettings(
+        bootstrap_servers=broker.bootstrap_servers,
+        events_topic="bench-events",
+        anomalies_topic="bench-anomalies",
+        dead_letter_topic="bench-dead",
+        session_timeout_ms=2000,
+        heartbeat_interval_ms=500,
+        partitions=4,
+    )
     ensure_topics(kafka)
     return kafka, produce(broker.bootstrap_servers, kafka.events_topic, series, events)
 
@@ -343,14 +405,18 @@ def main() -> None:
     if args.routing_only:
         with EmbeddedBroker() as broker:
             kafka, secs = _bench_topics(broker, args.series, args.events)
-            print(f"bench_e2e --routing-only: {args.series} series, {args.events} events (produced in {secs:.1f}s), "
-                  f"repeats={args.repeats} (median [min..max])")
+            print(
+                f"bench_e2e --routing-only: {args.series} series, {args.events} events (produced in {secs:.1f}s), "
+                f"repeats={args.repeats} (median [min..max])"
+            )
             routing_throughput(kafka, args.events, args.repeats)
         for k in (500, 5000):
             print(export_memory(k))
         return None
-    print(f"bench_e2e: {args.series} series, {args.events} events, cpus={os.cpu_count()}, torch threads=1, "
-          f"repeats={args.repeats} (median [min..max])")
+    print(
+        f"bench_e2e: {args.series} series, {args.events} events, cpus={os.cpu_count()}, torch threads=1, "
+        f"repeats={args.repeats} (median [min..max])"
+    )
     runs = {  # label -> (kind, precision, fetch process, torch threads)
         "many-to-many": ("many-to-many", "fp32", True, 1),
         "many-to-many in-process": ("many-to-many", "fp32", False, 1),
@@ -385,40 +451,61 @@ def main() -> None:
             results[label] = rate
             ratios = [r / w for r, w in zip(rates[label], raw_rates)]
             st = last[label]
-            print(f"scorer e2e {label:<24} (h 64, w 64): {_spread(rates[label])} events/s = {rate / raw:.2f}x raw "
-                  f"(per-round ratios {', '.join(f'{x:.2f}' for x in ratios)}; scorer busy "
-                  f"{100 * float(np.median(busy[label])):.0f}% of wall; scored {st.scored}, warm-up {st.warmup}, "
-                  f"batches {st.batches})")
+            print(
+                f"scorer e2e {label:<24} (h 64, w 64): {_spread(rates[label])} events/s = {rate / raw:.2f}x raw "
+                f"(per-round ratios {', '.join(f'{x:.2f}' for x in ratios)}; scorer busy "
+                f"{100 * float(np.median(busy[label])):.0f}% of wall; scored {st.scored}, warm-up {st.warmup}, "
+                f"batches {st.batches})"
+            )
 
         # latency at a paced rate on a fresh topic
         paced = kafka.model_copy(update={"events_topic": "bench-paced"})
         ensure_topics(paced, [paced.events_topic])
         box = {}
-        runner = threading.Thread(target=lambda: box.update(r=run_scorer(paced, make_bundle("many-to-many"),
-                                                                         args.paced_events, latency=True)))
+        runner = threading.Thread(
+            target=lambda: box.update(r=run_scorer(paced, make_bundle("many-to-many"), args.paced_events, latency=True))
+        )
         runner.start()
         time.sleep(4.0)  # let the group join before the first event
-        subprocess.run([sys.executable, __file__, "--rate", str(args.rate), "--produce-child", broker.bootstrap_servers,
-                        paced.events_topic, str(args.series), str(args.paced_events)], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--rate",
+                str(args.rate),
+                "--produce-child",
+                broker.bootstrap_servers,
+                paced.events_topic,
+                str(args.series),
+                str(args.paced_events),
+            ],
+            check=True,
+        )
         runner.join(120)
         _, scorer = box["r"]
         e2e = np.concatenate([a for a, _ in scorer.latency_log]) * 1000
         own = np.concatenate([np.full(len(a), b) for a, b in scorer.latency_log]) * 1000
-        print(f"latency at {args.rate:,.0f} events/s ({len(e2e)} events, many-to-many): "
-              f"p50 {np.percentile(e2e, 50):.1f} ms, p99 {np.percentile(e2e, 99):.1f} ms, max {e2e.max():.1f} ms; "
-              f"scorer's own part (poll returned -> decided) p50 {np.percentile(own, 50):.2f} ms, "
-              f"p99 {np.percentile(own, 99):.2f} ms ({100 * np.median(own / np.maximum(e2e, 1e-9)):.0f}% of the "
-              f"median event's latency)")
+        print(
+            f"latency at {args.rate:,.0f} events/s ({len(e2e)} events, many-to-many): "
+            f"p50 {np.percentile(e2e, 50):.1f} ms, p99 {np.percentile(e2e, 99):.1f} ms, max {e2e.max():.1f} ms; "
+            f"scorer's own part (poll returned -> decided) p50 {np.percentile(own, 50):.2f} ms, "
+            f"p99 {np.percentile(own, 99):.2f} ms ({100 * np.median(own / np.maximum(e2e, 1e-9)):.0f}% of the "
+            f"median event's latency)"
+        )
         floor_topic = kafka.model_copy(update={"events_topic": "bench-paced-raw"})
         ensure_topics(floor_topic, [floor_topic.events_topic])
         floor = raw_latency(floor_topic, broker.bootstrap_servers, args.series, args.paced_events, args.rate) * 1000
-        print(f"transport floor at {args.rate:,.0f} events/s (bare kafka-python consumer, no scoring, {len(floor)} events): "
-              f"p50 {np.percentile(floor, 50):.1f} ms, p99 {np.percentile(floor, 99):.1f} ms")
+        print(
+            f"transport floor at {args.rate:,.0f} events/s (bare kafka-python consumer, no scoring, {len(floor)} events): "
+            f"p50 {np.percentile(floor, 50):.1f} ms, p99 {np.percentile(floor, 99):.1f} ms"
+        )
         added = float(np.percentile(e2e, 99) - np.percentile(floor, 99))
-        print(f"end-to-end p99 {np.percentile(e2e, 99):.1f} ms beside the transport floor p99 "
-              f"{np.percentile(floor, 99):.1f} ms: scorer-added p99 {added:+.1f} ms (target <= 5 ms: {added <= 5.0}); "
-              f"many-to-many throughput {results['many-to-many'] / raw:.2f}x raw consume (target >= 0.8x: "
-              f"{results['many-to-many'] / raw >= 0.8})")
+        print(
+            f"end-to-end p99 {np.percentile(e2e, 99):.1f} ms beside the transport floor p99 "
+            f"{np.percentile(floor, 99):.1f} ms: scorer-added p99 {added:+.1f} ms (target <= 5 ms: {added <= 5.0}); "
+            f"many-to-many throughput {results['many-to-many'] / raw:.2f}x raw consume (target >= 0.8x: "
+            f"{results['many-to-many'] / raw >= 0.8})"
+        )
         routing_throughput(kafka, args.events, args.repeats)
     for k in (500, 5000):
         print(export_memory(k))
@@ -426,23 +513,34 @@ def main() -> None:
     print(bf16_difference())
     for threads in (1, 2):
         ceiling = model_ceiling(threads)
-        print(f"many-to-one model alone, {threads} thread(s) (B=256, h 64, w 64): {ceiling:,.0f} windows/s = "
-              f"{ceiling / raw:.2f}x raw (the ceiling of a many-to-one scorer here)")
+        print(
+            f"many-to-one model alone, {threads} thread(s) (B=256, h 64, w 64): {ceiling:,.0f} windows/s = "
+            f"{ceiling / raw:.2f}x raw (the ceiling of a many-to-one scorer here)"
+        )
     rss = {}
     for n in (1_000, 100_000):
-        out = subprocess.run([sys.executable, __file__, "--rss-child", str(n)], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--rss-child", str(n)], capture_output=True, text=True, check=True
+        )
         rss[n] = json.loads(out.stdout.strip().splitlines()[-1])
     per_series = (rss[100_000]["rss_bytes"] - rss[1_000]["rss_bytes"]) / (100_000 - 1_000)
-    print(f"scorer RSS: {rss[1_000]['rss_bytes'] / 2**20:.0f} MiB at 1k series, "
-          f"{rss[100_000]['rss_bytes'] / 2**20:.0f} MiB at 100k series -> {per_series:,.0f} B/series "
-          f"(state arrays {rss[100_000]['array_bytes_per_series']} B/series; rest: id strings + dict); "
-          f"fetch process RSS {fetch_rss / 2**20:.0f} MiB (holds no series state)")
-    print("targets: m2m >= 0.8x raw: {}; m2o >= 0.3x raw: {} (fp32), {} (fp32, 2 threads), {} (bf16); p99 < 50 ms: {}; "
-          "< 1 KiB/series: {}".format(results["many-to-many"] / raw >= 0.8, results["many-to-one"] / raw >= 0.3,
-                                      results["many-to-one 2 threads"] / raw >= 0.3,
-                                      results["many-to-one bf16"] / raw >= 0.3 if "many-to-one bf16" in results else "n/a",
-                                      float(np.percentile(e2e, 99)) < 50,
-                                      per_series < 1024))
+    print(
+        f"scorer RSS: {rss[1_000]['rss_bytes'] / 2**20:.0f} MiB at 1k series, "
+        f"{rss[100_000]['rss_bytes'] / 2**20:.0f} MiB at 100k series -> {per_series:,.0f} B/series "
+        f"(state arrays {rss[100_000]['array_bytes_per_series']} B/series; rest: id strings + dict); "
+        f"fetch process RSS {fetch_rss / 2**20:.0f} MiB (holds no series state)"
+    )
+    print(
+        "targets: m2m >= 0.8x raw: {}; m2o >= 0.3x raw: {} (fp32), {} (fp32, 2 threads), {} (bf16); p99 < 50 ms: {}; "
+        "< 1 KiB/series: {}".format(
+            results["many-to-many"] / raw >= 0.8,
+            results["many-to-one"] / raw >= 0.3,
+            results["many-to-one 2 threads"] / raw >= 0.3,
+            results["many-to-one bf16"] / raw >= 0.3 if "many-to-one bf16" in results else "n/a",
+            float(np.percentile(e2e, 99)) < 50,
+            per_series < 1024,
+        )
+    )
 
 
 def _native_bf16() -> bool:
@@ -470,8 +568,11 @@ def bf16_difference(n: int = 4096, window: int = 64) -> str:
         xt = torch.from_numpy(x.astype(np.float32))[:, :, None]
         a, b = fp32(xt)[:, 0].numpy(), bf16(xt)[:, 0].numpy()
     d = np.abs(a - b)
-    return (f"bf16 vs fp32 many-to-one predictions ({n} windows, untrained bench model): max |diff| {d.max():.2e}, "
-            f"mean {d.mean():.2e} normalised units (prediction std {a.std():.2e})")
+    return (
+        f"bf16 vs fp32 many-to-one predictions ({n} windows, untrained bench model): max |diff| {d.max():.2e}, "
+        f"mean {d.mean():.2e} normalised units (prediction std {a.std():.2e})"
+    )
+
 
 if __name__ == "__main__":
     main()

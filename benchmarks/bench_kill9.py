@@ -39,23 +39,33 @@ def main() -> None:
     parser.add_argument("--series", type=int, default=200)
     args = parser.parse_args()
 
-    from models.forecasting.forecasters import ForecasterConfig
-    from models.registry import ModelRegistry
-    from models.forecasting.training import fit
-    from pipeline.kafka.broker import EmbeddedBroker
-    from pipeline.events import encode_event
-    from pipeline.kafka.clients import ensure_topics, make_producer
     from models.core.settings import KafkaSettings, Settings
+    from models.forecasting.forecasters import ForecasterConfig
+    from models.forecasting.training import fit
+    from models.registry import ModelRegistry
+    from pipeline.events import encode_event
+    from pipeline.kafka.broker import EmbeddedBroker
+    from pipeline.kafka.clients import ensure_topics, make_producer
 
     defaults = Settings()
     tmp = Path(tempfile.mkdtemp(prefix="kill9-"))
     reg = ModelRegistry(tmp / "registry")
-    bundle, _ = fit(ForecasterConfig(kind="many-to-many", window=8, hidden=16), {"s": np.sin(np.arange(300) / 6.0)},
-                    epochs=1, progress=False, name="m")
+    bundle, _ = fit(
+        ForecasterConfig(kind="many-to-many", window=8, hidden=16),
+        {"s": np.sin(np.arange(300) / 6.0)},
+        epochs=1,
+        progress=False,
+        name="m",
+    )
     reg.promote("m", reg.register(bundle))
     with EmbeddedBroker() as broker:
-        kafka = KafkaSettings(bootstrap_servers=broker.bootstrap_servers, events_topic="k9-events",
-                              anomalies_topic="k9-anomalies", dead_letter_topic="k9-dead", group_id="k9")
+        kafka = KafkaSettings(
+            bootstrap_servers=broker.bootstrap_servers,
+            events_topic="k9-events",
+            anomalies_topic="k9-anomalies",
+            dead_letter_topic="k9-dead",
+            group_id="k9",
+        )
         ensure_topics(kafka)
         total = int(args.rate * args.seconds)
         sent: list = []
@@ -69,18 +79,45 @@ def main() -> None:
                     if delay > 0:
                         time.sleep(delay)  # pacing
                 s, t = i % args.series, i // args.series
-                futures.append(producer.send(kafka.events_topic, key=f"s-{s}".encode(),
-                                             value=encode_event(f"s-{s}", T0 + 60 * t, float(np.sin(t / 6 + s)))))
+                futures.append(
+                    producer.send(
+                        kafka.events_topic,
+                        key=f"s-{s}".encode(),
+                        value=encode_event(f"s-{s}", T0 + 60 * t, float(np.sin(t / 6 + s))),
+                    )
+                )
             producer.flush()
             sent.extend((m.partition, m.offset) for m in (f.get(timeout=30) for f in futures))
             producer.close()
 
         def serve() -> subprocess.Popen:
-            cmd = [TSAD, "serve", "--bootstrap-servers", kafka.bootstrap_servers, "--registry", str(tmp / "registry"),
-                   "--model", "m", "--group-id", kafka.group_id, "--events-topic", kafka.events_topic,
-                   "--anomalies-topic", kafka.anomalies_topic, "--dead-letter-topic", kafka.dead_letter_topic,
-                   "--metrics-port", "0", "--threshold-method", "zscore", "--threshold=-1e9", "--warmup-events", "0",
-                   "--log-level", "INFO"]
+            cmd = [
+                TSAD,
+                "serve",
+                "--bootstrap-servers",
+                kafka.bootstrap_servers,
+                "--registry",
+                str(tmp / "registry"),
+                "--model",
+                "m",
+                "--group-id",
+                kafka.group_id,
+                "--events-topic",
+                kafka.events_topic,
+                "--anomalies-topic",
+                kafka.anomalies_topic,
+                "--dead-letter-topic",
+                kafka.dead_letter_topic,
+                "--metrics-port",
+                "0",
+                "--threshold-method",
+                "zscore",
+                "--threshold=-1e9",
+                "--warmup-events",
+                "0",
+                "--log-level",
+                "INFO",
+            ]
             log = open(tmp / f"serve-{time.monotonic():.0f}.log", "ab")
             return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True), log.name
 
@@ -103,8 +140,9 @@ def main() -> None:
         check.close()
         second, _ = serve()
         producer.join()
-        reader = KafkaConsumer(**kafka.client_config(), group_id=None, enable_auto_commit=False,
-                               auto_offset_reset="earliest")
+        reader = KafkaConsumer(
+            **kafka.client_config(), group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"
+        )
         parts = [TopicPartition(kafka.anomalies_topic, p) for p in range(kafka.partitions)]
         reader.assign(parts)
         reader.seek_to_beginning(*parts)
@@ -112,18 +150,21 @@ def main() -> None:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not set(got) >= set(sent):
             for batch in reader.poll(timeout_ms=500).values():
-                got.extend((a["source"]["partition"], a["source"]["offset"])
-                           for a in (orjson.loads(r.value) for r in batch))
+                got.extend(
+                    (a["source"]["partition"], a["source"]["offset"]) for a in (orjson.loads(r.value) for r in batch)
+                )
         second.send_signal(signal.SIGTERM)
         second.wait(30)
         reader.close()
     counts = Counter(got)
     dups = sum(1 for n in counts.values() if n > 1)
     lost = len(set(sent) - set(counts))
-    print(f"kill -9 after {args.kill_after:.0f} s at {args.rate:,.0f} events/s, checkpoint every "
-          f"{defaults.commit_interval_ms} ms or {defaults.commit_every_events} events: {total} events, "
-          f"{committed} committed at the kill, {dups} duplicates ({dups / args.rate * 1000:.0f} ms of events), "
-          f"{lost} lost (scorer logs in {tmp})")
+    print(
+        f"kill -9 after {args.kill_after:.0f} s at {args.rate:,.0f} events/s, checkpoint every "
+        f"{defaults.commit_interval_ms} ms or {defaults.commit_every_events} events: {total} events, "
+        f"{committed} committed at the kill, {dups} duplicates ({dups / args.rate * 1000:.0f} ms of events), "
+        f"{lost} lost (scorer logs in {tmp})"
+    )
 
 
 if __name__ == "__main__":

@@ -30,8 +30,9 @@ def bench_fit(kind: str, args, device: str) -> float:
     cfg = ForecasterConfig(kind=kind, window=args.window, hidden=args.hidden, horizon=args.horizon)
     data = synthetic(args.series, args.length)
     fit(cfg, data, epochs=1, device=device, progress=False, num_threads=args.threads, patience=10**6)  # warm-up
-    _, report = fit(cfg, data, epochs=args.epochs, device=device, progress=False, num_threads=args.threads,
-                    patience=10**6)
+    _, report = fit(
+        cfg, data, epochs=args.epochs, device=device, progress=False, num_threads=args.threads, patience=10**6
+    )
     return report.windows_per_s
 
 
@@ -61,8 +62,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default min(2, cores))")
     args = p.parse_args()
     dev = resolve_device(args.device)
-    print(f"# device={dev} torch={torch.__version__} series={args.series}x{args.length} window={args.window} "
-          f"hidden={args.hidden} horizon={args.horizon} epochs={args.epochs} threads={args.threads or 'default'}")
+    print(
+        f"# device={dev} torch={torch.__version__} series={args.series}x{args.length} window={args.window} "
+        f"hidden={args.hidden} horizon={args.horizon} epochs={args.epochs} threads={args.threads or 'default'}"
+    )
     for kind in ("many-to-one", "many-to-many"):
         print(f"train_{kind.replace('-', '_')}_{dev.type} {bench_fit(kind, args, str(dev)):.0f} windows/s", flush=True)
     print(f"step_many_to_many_1000_series_cpu {bench_step(args):.0f} events/s")

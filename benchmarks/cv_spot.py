@@ -37,8 +37,18 @@ def _gpd_moments(peaks: np.ndarray) -> tuple[float, float]:
     return gamma, 0.5 * m * (m * m / v + 1.0)
 
 
-def spot_scores(errors: np.ndarray, values: np.ndarray, probation: int, *, short_alpha=0.1, level=0.98,
-                refractory=40, spatial_tolerance=0.05, warmup=100, refit_every=20) -> np.ndarray:
+def spot_scores(
+    errors: np.ndarray,
+    values: np.ndarray,
+    probation: int,
+    *,
+    short_alpha=0.1,
+    level=0.98,
+    refractory=40,
+    spatial_tolerance=0.05,
+    warmup=100,
+    refit_every=20,
+) -> np.ndarray:
     """Score in [0, 1] per row: ``log(P(short > x) + 1e-10) / log(1e-10)`` from a GPD tail over ``level``."""
     n = len(errors)
     out = np.zeros(n)

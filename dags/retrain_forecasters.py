@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import Asset, Param, dag, task
 
@@ -85,7 +85,7 @@ def _settings(context):
 @dag(
     dag_id="retrain_forecasters",
     schedule=os.environ.get("TSAD_RETRAIN_SCHEDULE", "@daily"),
-    start_date=datetime(2024, 1, 1, tzinfo=timezone.utc),
+    start_date=datetime(2024, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
     tags=["tsad", "ml", "retraining"],
@@ -113,7 +113,8 @@ def retrain_forecasters():
         """Training range and held-out cut for this data interval; skips when there is too little data."""
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from pipeline.retrain.retraining import NotEnoughDataError, plan as make_plan
+        from pipeline.retrain.retraining import NotEnoughDataError
+        from pipeline.retrain.retraining import plan as make_plan
 
         try:
             return make_plan(_settings(context), context["data_interval_start"], context["data_interval_end"])

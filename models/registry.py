@@ -25,7 +25,7 @@ import re
 import shutil
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from models.forecasting.bundle import ModelBundle
@@ -60,7 +60,8 @@ def validate_name(name: str) -> str:
     dash, at most 128 characters), else ``InvalidModelNameError``."""
     if not isinstance(name, str) or not _NAME.match(name):
         raise InvalidModelNameError(
-            f"invalid model name {name!r}: use letters, digits, '_', '.', '-' (starting with a letter or digit)")
+            f"invalid model name {name!r}: use letters, digits, '_', '.', '-' (starting with a letter or digit)"
+        )
     return name
 
 
@@ -177,11 +178,18 @@ class ModelRegistry:
                 ok = (self._version_dir(name, v) / "weights.pt").is_file()
             except CorruptModelError:
                 meta, ok = {}, False
-            rows.append(VersionInfo(
-                name=name, version=v, created_at=meta.get("created_at"), kind=meta.get("kind"),
-                metrics=meta.get("metrics", {}), is_champion=v == champ, ok=ok,
-                idempotency_key=meta.get("idempotency_key"),
-            ))
+            rows.append(
+                VersionInfo(
+                    name=name,
+                    version=v,
+                    created_at=meta.get("created_at"),
+                    kind=meta.get("kind"),
+                    metrics=meta.get("metrics", {}),
+                    is_champion=v == champ,
+                    ok=ok,
+                    idempotency_key=meta.get("idempotency_key"),
+                )
+            )
         return rows
 
     # ------------------------------------------------------------------ register / load
@@ -217,14 +225,21 @@ class ModelRegistry:
                 torch.save(state, tmp / "weights.pt")
                 all_metrics = {**bundle.metrics, **(metrics or {})}
                 meta = {
-                    "format": FORMAT, "name": name, "version": version, "kind": bundle.kind,
+                    "format": FORMAT,
+                    "name": name,
+                    "version": version,
+                    "kind": bundle.kind,
                     "config": bundle.config.to_dict(),
-                    "normalizers": {sid: SeriesNormalizer.from_dict(n).to_dict() for sid, n in bundle.normalizers.items()},
-                    "calibration": bundle.calibration, "metrics": all_metrics,
+                    "normalizers": {
+                        sid: SeriesNormalizer.from_dict(n).to_dict() for sid, n in bundle.normalizers.items()
+                    },
+                    "calibration": bundle.calibration,
+                    "metrics": all_metrics,
                     "sha256": _sha256(tmp / "weights.pt"),
-                    "created_at": datetime.now(timezone.utc).isoformat(),
+                    "created_at": datetime.now(UTC).isoformat(),
                     "data_range": list(data_range) if data_range else None,
-                    "interval_id": interval_id, "idempotency_key": idempotency_key,
+                    "interval_id": interval_id,
+                    "idempotency_key": idempotency_key,
                 }
                 _write_json_atomic(tmp / "meta.json", meta)
                 os.rename(tmp, self._version_dir(name, version))
@@ -271,9 +286,15 @@ class ModelRegistry:
             if bad is not None:
                 raise ValueError(f"normalizer of series {bad!r} is not finite")
             return ModelBundle(
-                name=name, kind=kind, version=version, config=config, forecaster=model,
+                name=name,
+                kind=kind,
+                version=version,
+                config=config,
+                forecaster=model,
                 normalizers=normalizers,
-                calibration=calibration, metrics=metrics, meta=meta,
+                calibration=calibration,
+                metrics=metrics,
+                meta=meta,
             )
         except Exception as exc:  # bad config / meta / unpicklable / shape mismatch: never serve it
             raise CorruptModelError(f"{where}: cannot load ({type(exc).__name__}: {exc})") from exc
@@ -295,7 +316,8 @@ class ModelRegistry:
             raise RegistryError(f"{path} is not a JSON object (got a {type(pointer).__name__})")
         version, history = pointer.get("version"), pointer.get("history", [])
         if (version is not None and (isinstance(version, bool) or not isinstance(version, int))) or not (
-                isinstance(history, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in history)):
+            isinstance(history, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in history)
+        ):
             raise RegistryError(f"{path}: 'version' must be an integer and 'history' a list of integers")
         return pointer
 
@@ -308,9 +330,14 @@ class ModelRegistry:
             history = list(ptr.get("history", []))
             if current is not None and current != version:
                 history.append(current)
-            _write_json_atomic(self._model_dir(name) / "champion.json", {
-                "version": version, "history": history, "updated_at": datetime.now(timezone.utc).isoformat(),
-            })
+            _write_json_atomic(
+                self._model_dir(name) / "champion.json",
+                {
+                    "version": version,
+                    "history": history,
+                    "updated_at": datetime.now(UTC).isoformat(),
+                },
+            )
 
     def rollback(self, name: str) -> int:
         """Restore the previous champion and return it (the abandoned one is dropped from history)."""
@@ -321,7 +348,12 @@ class ModelRegistry:
                 raise ModelNotFoundError(f"model {name!r} has no previous champion to roll back to")
             previous = history.pop()
             self.verify(name, previous)
-            _write_json_atomic(self._model_dir(name) / "champion.json", {
-                "version": previous, "history": history, "updated_at": datetime.now(timezone.utc).isoformat(),
-            })
+            _write_json_atomic(
+                self._model_dir(name) / "champion.json",
+                {
+                    "version": previous,
+                    "history": history,
+                    "updated_at": datetime.now(UTC).isoformat(),
+                },
+            )
             return previous

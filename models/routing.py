@@ -49,8 +49,9 @@ class Route:
 
 def _name(value, what: str) -> str:
     if not isinstance(value, str) or not _NAME.match(value):
-        raise RoutingError(f"{what} must be a name of letters, digits, '_', '.', '-' (not starting with '.' or "
-                           f"'-'), got {value!r}")
+        raise RoutingError(
+            f"{what} must be a name of letters, digits, '_', '.', '-' (not starting with '.' or '-'), got {value!r}"
+        )
     return value
 
 
@@ -66,12 +67,12 @@ class Routing:
 
     # ------------------------------------------------------------------ building
     @classmethod
-    def single(cls, model: str) -> "Routing":
+    def single(cls, model: str) -> Routing:
         """Every series to ``model`` (``tsad serve --model`` without routing)."""
         return cls([], Route(model, model, ("*",)))
 
     @classmethod
-    def from_dict(cls, data, source: str = "routing") -> "Routing":
+    def from_dict(cls, data, source: str = "routing") -> Routing:
         if not isinstance(data, dict):
             raise RoutingError(f"{source}: expected a mapping with 'routes' and 'default', got {type(data).__name__}")
         unknown = set(data) - {"routes", "default", "serve_kind"}
@@ -87,8 +88,9 @@ class Routing:
         for k, item in enumerate(raw_routes):
             where = f"{source}: routes[{k}]"
             if not isinstance(item, dict) or "match" not in item or not ({"group", "model"} & set(item)):
-                raise RoutingError(f"{where}: expected {{group: NAME, match: GLOB or [GLOB...], model: NAME "
-                                   f"(optional)}}, got {item!r}")
+                raise RoutingError(
+                    f"{where}: expected {{group: NAME, match: GLOB or [GLOB...], model: NAME (optional)}}, got {item!r}"
+                )
             extra = set(item) - {"group", "match", "model"}
             if extra:
                 raise RoutingError(f"{where}: unknown keys {sorted(extra)}")
@@ -101,8 +103,9 @@ class Routing:
             routes.append(Route(group, model, patterns))
         default = data.get("default")
         if default is None:
-            raise RoutingError(f"{source}: 'default' is required (the group, or {{group, model}}, of every "
-                               f"series no route matches)")
+            raise RoutingError(
+                f"{source}: 'default' is required (the group, or {{group, model}}, of every series no route matches)"
+            )
         if isinstance(default, str):
             default = {"group": default}
         if not isinstance(default, dict) or not ({"group", "model"} & set(default)):
@@ -112,12 +115,13 @@ class Routing:
         models_of: dict[str, str] = {}
         for r in routes + [Route(group, model, ("*",))]:
             if models_of.setdefault(r.group, r.model) != r.model:
-                raise RoutingError(f"{source}: group {r.group!r} is routed to two models "
-                                   f"({models_of[r.group]!r}, {r.model!r})")
+                raise RoutingError(
+                    f"{source}: group {r.group!r} is routed to two models ({models_of[r.group]!r}, {r.model!r})"
+                )
         return cls(routes, Route(group, model, ("*",)), kind, source)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Routing":
+    def load(cls, path: str | os.PathLike) -> Routing:
         """Read a routing file (``.json``: JSON; anything else: YAML, of which JSON is a subset)."""
         path = Path(path)
         try:
@@ -131,7 +135,7 @@ class Routing:
                 import yaml
 
                 data = yaml.safe_load(text)
-        except Exception as error:  # noqa: BLE001 - json / yaml syntax errors: one line
+        except Exception as error:
             first = str(error).splitlines()[0] if str(error) else type(error).__name__
             raise RoutingError(f"routing file {path} is not valid YAML/JSON: {first}") from error
         return cls.from_dict(data, str(path))

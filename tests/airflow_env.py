@@ -26,15 +26,17 @@ def airflow_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, st
     home = Path(home)
     home.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
-    env.update({
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
-        "PYTHONPATH": str(REPO),
-    })
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+            "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+            "PYTHONPATH": str(REPO),
+        }
+    )
     env.update(extra or {})
     return env
 
@@ -42,24 +44,31 @@ def airflow_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, st
 def migrate(env: dict[str, str]) -> float:
     """``airflow db migrate``; returns the seconds it took."""
     start = time.perf_counter()
-    done = subprocess.run([str(VENV_BIN / "airflow"), "db", "migrate"], env=env, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [str(VENV_BIN / "airflow"), "db", "migrate"], env=env, capture_output=True, text=True, timeout=300
+    )
     if done.returncode != 0:
         raise RuntimeError(f"airflow db migrate failed:\n{done.stdout}\n{done.stderr}")
     return time.perf_counter() - start
 
 
-def run_dag(env: dict[str, str], dag_id: str, logical_date: str, conf: dict | None = None,
-            timeout: float = 300) -> dict:
+def run_dag(
+    env: dict[str, str], dag_id: str, logical_date: str, conf: dict | None = None, timeout: float = 300
+) -> dict:
     """Run ``dag.test()`` for ``logical_date`` in a subprocess; returns the RESULT dict (+ ``log``)."""
     done = subprocess.run(
         [sys.executable, __file__, dag_id, logical_date, json.dumps(conf or {})],
-        env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
     log = done.stdout + done.stderr
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode != 0 or not lines:
         raise RuntimeError(f"dag.test of {dag_id} failed (rc {done.returncode}):\n{log[-20000:]}")
-    result = json.loads(lines[-1][len("RESULT "):])
+    result = json.loads(lines[-1][len("RESULT ") :])
     result["log"] = log
     return result
 
@@ -77,12 +86,23 @@ def _main(dag_id: str, logical_date: str, conf: str) -> None:
     dag = bag.dags[dag_id]
     run = dag.test(logical_date=datetime.fromisoformat(logical_date), run_conf=json.loads(conf))
     with create_session() as session:
-        tis = {f"{ti.task_id}[{ti.map_index}]" if ti.map_index >= 0 else ti.task_id: str(ti.state)
-               for ti in run.get_task_instances(session=session)}
+        tis = {
+            f"{ti.task_id}[{ti.map_index}]" if ti.map_index >= 0 else ti.task_id: str(ti.state)
+            for ti in run.get_task_instances(session=session)
+        }
         events = [e.asset.uri for e in session.query(AssetEvent).filter(AssetEvent.source_run_id == run.run_id)]
-    print("RESULT " + json.dumps({"state": str(run.state), "run_id": run.run_id, "tasks": tis,
-                                  "asset_events": sorted(events),
-                                  "data_interval": [str(run.data_interval_start), str(run.data_interval_end)]}))
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "state": str(run.state),
+                "run_id": run.run_id,
+                "tasks": tis,
+                "asset_events": sorted(events),
+                "data_interval": [str(run.data_interval_start), str(run.data_interval_end)],
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from models.core.settings import KafkaSettings
 from pipeline.kafka.broker import EmbeddedBroker
 from pipeline.kafka.clients import ensure_topics
-from models.core.settings import KafkaSettings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NAB_DIR = REPO_ROOT / "data" / "nab"

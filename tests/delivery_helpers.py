@@ -11,16 +11,16 @@ import orjson
 from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 
+from models.core.settings import Settings
+from models.detection.detector import DetectorConfig, StreamingDetector
 from models.forecasting.forecasters import ForecasterConfig
-from models.registry import ModelRegistry
 from models.forecasting.training import fit
+from models.registry import ModelRegistry
 from pipeline.kafka.clients import make_producer
 from pipeline.metrics import ScorerMetrics
 from pipeline.serve.records import headers_dict
 from pipeline.serve.reload import ChampionWatcher
 from pipeline.serve.scorer import Scorer
-from models.detection.detector import DetectorConfig, StreamingDetector
-from models.core.settings import Settings
 
 T0 = 1_700_000_000
 
@@ -28,8 +28,13 @@ T0 = 1_700_000_000
 def make_registry(root) -> ModelRegistry:
     reg = ModelRegistry(root)
     i = np.arange(300)
-    bundle, _ = fit(ForecasterConfig(kind="many-to-many", window=8, hidden=16), {"s": np.sin(i / 6.0)},
-                    epochs=1, progress=False, name="m")
+    bundle, _ = fit(
+        ForecasterConfig(kind="many-to-many", window=8, hidden=16),
+        {"s": np.sin(i / 6.0)},
+        epochs=1,
+        progress=False,
+        name="m",
+    )
     reg.promote("m", reg.register(bundle))
     return reg
 
@@ -53,7 +58,7 @@ class RunningScorer:
     def _run(self):
         try:
             self.scorer.run(self.stop_event)
-        except BaseException as error:  # noqa: BLE001 - reported to the test
+        except BaseException as error:
             self.error = error
 
     @property
@@ -92,8 +97,9 @@ def send(kafka, rows, **producer_config) -> list:
 
 def read_all(kafka, topic: str, expected: int, timeout_s: float = 30.0) -> list:
     """Every record of ``topic`` from the beginning, once at least ``expected`` came (or the deadline)."""
-    consumer = KafkaConsumer(**kafka.client_config(), group_id=None, enable_auto_commit=False,
-                             auto_offset_reset="earliest")
+    consumer = KafkaConsumer(
+        **kafka.client_config(), group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
     try:
         parts = [TopicPartition(topic, p) for p in range(kafka.partitions)]
         consumer.assign(parts)

@@ -17,15 +17,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
-
-from pipeline.serve.alertmanager import ALERTNAME, AlertmanagerSink
-from pipeline.kafka.broker import free_port
-from models.detection.detector import SCORED, BatchResult
 from waiting import wait_for
 
+from models.detection.detector import SCORED, BatchResult
+from pipeline.kafka.broker import free_port
+from pipeline.serve.alertmanager import ALERTNAME, AlertmanagerSink
+
 pytestmark = pytest.mark.integration
-ALERTMANAGER = (shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
-                or "/usr/bin/prometheus-alertmanager")
+ALERTMANAGER = (
+    shutil.which("prometheus-alertmanager") or shutil.which("alertmanager") or "/usr/bin/prometheus-alertmanager"
+)
 CONFIG = """\
 route:
   receiver: "null"
@@ -42,9 +43,18 @@ def start_alertmanager(tmp_path: Path, port: int) -> subprocess.Popen:
     config = tmp_path / "alertmanager.yml"
     config.write_text(CONFIG)
     log = open(tmp_path / "alertmanager.log", "wb")
-    proc = subprocess.Popen([ALERTMANAGER, f"--config.file={config}", f"--storage.path={tmp_path / 'am-data'}",
-                             f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            ALERTMANAGER,
+            f"--config.file={config}",
+            f"--storage.path={tmp_path / 'am-data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     wait_for(lambda: get(f"http://127.0.0.1:{port}/api/v2/status") is not None, 30, "alertmanager ready", proc)
     return proc
 
@@ -73,9 +83,22 @@ def alerts_for(port: int, series: str) -> list[dict]:
 
 def anomaly(series: str) -> tuple:
     """A one-event batch flagged by route 0 (model cpu-m, group cpu)."""
-    result = BatchResult(np.array([SCORED], dtype=np.int8), np.array([1.0]), np.array([4.0]), np.array([0.97]), 0.5,
-                         np.array([True]), "cpu-m", 1, 0, {}, np.array([0.2]), np.array([1.8]), np.array([0]),
-                         [("cpu-m", 1, "cpu")])
+    result = BatchResult(
+        np.array([SCORED], dtype=np.int8),
+        np.array([1.0]),
+        np.array([4.0]),
+        np.array([0.97]),
+        0.5,
+        np.array([True]),
+        "cpu-m",
+        1,
+        0,
+        {},
+        np.array([0.2]),
+        np.array([1.8]),
+        np.array([0]),
+        [("cpu-m", 1, "cpu")],
+    )
     return [series], np.array([1.7e9]), np.array([5.0]), result, np.array([True])
 
 
@@ -104,8 +127,15 @@ def test_an_anomaly_fires_then_resolves_in_alertmanager(tmp_path):
 def test_alertmanager_down_never_blocks_scoring_and_alerts_are_retried(tmp_path):
     port = free_port()  # nothing listens yet
     registry = CollectorRegistry()
-    sink = AlertmanagerSink(f"http://127.0.0.1:{port}", registry, resolve_after_s=600, resend_s=600, queue_size=2,
-                            max_attempts=20, timeout_s=1).start()
+    sink = AlertmanagerSink(
+        f"http://127.0.0.1:{port}",
+        registry,
+        resolve_after_s=600,
+        resend_s=600,
+        queue_size=2,
+        max_attempts=20,
+        timeout_s=1,
+    ).start()
     proc = None
     g = registry.get_sample_value
     try:

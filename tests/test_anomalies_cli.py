@@ -16,25 +16,59 @@ from pipeline.serve.records import anomaly_value
 
 TSAD = str(Path(sys.executable).parent / "tsad")
 RECORDS = [  # series, score, model
-    ("cpu-1", 0.97, "cpu"), ("cpu-2", 0.55, "cpu"), ("web-1", 0.99, "web"), ("cpu-3", 0.81, "cpu"),
+    ("cpu-1", 0.97, "cpu"),
+    ("cpu-2", 0.55, "cpu"),
+    ("web-1", 0.99, "web"),
+    ("cpu-3", 0.81, "cpu"),
     ("web-2", 0.60, "web"),
 ]
 
 
 def run(settings, *args, timeout=120):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    return subprocess.run([TSAD, "anomalies", "--bootstrap-servers", settings.bootstrap_servers,
-                           "--anomalies-topic", settings.anomalies_topic, *args],
-                          capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        [
+            TSAD,
+            "anomalies",
+            "--bootstrap-servers",
+            settings.bootstrap_servers,
+            "--anomalies-topic",
+            settings.anomalies_topic,
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 @pytest.fixture
 def published(kafka_settings):
     producer = make_producer(kafka_settings)
-    futures = [producer.send(kafka_settings.anomalies_topic, key=s.encode(),
-                             value=anomaly_value(s, 1.7e9 + k, 10.0 + k, 1.0, 9.0 + k, score, 0.5, model, 2,
-                                                 kafka_settings.events_topic, 0, k, 0.25, 1.75))
-               for k, (s, score, model) in enumerate(RECORDS)]
+    futures = [
+        producer.send(
+            kafka_settings.anomalies_topic,
+            key=s.encode(),
+            value=anomaly_value(
+                s,
+                1.7e9 + k,
+                10.0 + k,
+                1.0,
+                9.0 + k,
+                score,
+                0.5,
+                model,
+                2,
+                kafka_settings.events_topic,
+                0,
+                k,
+                0.25,
+                1.75,
+            ),
+        )
+        for k, (s, score, model) in enumerate(RECORDS)
+    ]
     producer.flush()
     for future in futures:
         future.get(timeout=30)
@@ -44,8 +78,9 @@ def published(kafka_settings):
 
 @pytest.mark.integration
 def test_json_lines_filtered_by_series_glob_and_min_score(published):
-    done = run(published, "--json", "--series", "cpu-*", "--min-score", "0.8", "--since", "10m",
-               "--exit-when-idle", "2")
+    done = run(
+        published, "--json", "--series", "cpu-*", "--min-score", "0.8", "--since", "10m", "--exit-when-idle", "2"
+    )
     assert done.returncode == 0, done.stderr
     got = [json.loads(line) for line in done.stdout.splitlines()]
     assert sorted(r["series"] for r in got) == ["cpu-1", "cpu-3"]
@@ -78,9 +113,20 @@ def test_bad_options_exit_2_with_one_line(kafka_settings, args):
 @pytest.mark.integration
 def test_unknown_topic_exits_2_with_one_line(kafka_settings):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    done = subprocess.run([TSAD, "anomalies", "--bootstrap-servers", kafka_settings.bootstrap_servers,
-                           "--anomalies-topic", "no-such-topic-here"], capture_output=True, text=True, timeout=120,
-                          env=env)
+    done = subprocess.run(
+        [
+            TSAD,
+            "anomalies",
+            "--bootstrap-servers",
+            kafka_settings.bootstrap_servers,
+            "--anomalies-topic",
+            "no-such-topic-here",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert done.returncode == 2 and "not found" in done.stderr and len(done.stderr.strip().splitlines()) == 1
 
 

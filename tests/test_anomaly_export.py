@@ -6,17 +6,30 @@ import numpy as np
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipeline.serve.anomaly_export import AnomalousSeries
 from models.detection.detector import SCORED, BatchResult
+from pipeline.serve.anomaly_export import AnomalousSeries
 
 
 def batch(series: list[str], flagged, value=5.0, routes=None, route=None) -> BatchResult:
     n = len(series)
     flags = np.zeros(n, dtype=bool)
     flags[list(flagged)] = True
-    return BatchResult(np.full(n, SCORED, dtype=np.int8), np.full(n, 1.0), np.full(n, value - 1.0),
-                       np.where(flags, 0.9, 0.1), 0.5, flags, "m", 3, 0, {}, np.full(n, 0.5), np.full(n, 1.5),
-                       route, routes or [])
+    return BatchResult(
+        np.full(n, SCORED, dtype=np.int8),
+        np.full(n, 1.0),
+        np.full(n, value - 1.0),
+        np.where(flags, 0.9, 0.1),
+        0.5,
+        flags,
+        "m",
+        3,
+        0,
+        {},
+        np.full(n, 0.5),
+        np.full(n, 1.5),
+        route,
+        routes or [],
+    )
 
 
 class Clock:
@@ -42,9 +55,14 @@ def test_cardinality_stays_within_k_under_10k_anomalous_series():
     registry.register(export)
     ids = [f"series-{i}" for i in range(10_000)]
     for start in range(0, 10_000, 2_500):
-        part = ids[start:start + 2_500]
-        export.observe(part, np.full(len(part), 1.7e9), np.full(len(part), 5.0), batch(part, range(len(part))),
-                       np.ones(len(part), dtype=bool))
+        part = ids[start : start + 2_500]
+        export.observe(
+            part,
+            np.full(len(part), 1.7e9),
+            np.full(len(part), 5.0),
+            batch(part, range(len(part))),
+            np.ones(len(part), dtype=bool),
+        )
         sets = label_sets(registry)
         assert sets and all(len(s) <= 500 for s in sets.values())
     sets = label_sets(registry)
@@ -77,8 +95,13 @@ def test_a_series_drops_out_ttl_after_its_last_anomaly_and_normal_events_update_
 def test_rows_carry_the_routed_model_and_group():
     export = AnomalousSeries()
     routes = [("cpu-model", 1, "cpu"), ("web-model", 2, "web")]
-    export.observe(["c", "w"], np.array([1.0, 1.0]), np.array([5.0, 5.0]),
-                   batch(["c", "w"], [0, 1], routes=routes, route=np.array([0, 1])), np.ones(2, dtype=bool))
+    export.observe(
+        ["c", "w"],
+        np.array([1.0, 1.0]),
+        np.array([5.0, 5.0]),
+        batch(["c", "w"], [0, 1], routes=routes, route=np.array([0, 1])),
+        np.ones(2, dtype=bool),
+    )
     rows = export.rows()
     assert (rows["c"].model, rows["c"].group) == ("cpu-model", "cpu")
     assert (rows["w"].model, rows["w"].group) == ("web-model", "web")
@@ -86,7 +109,8 @@ def test_rows_carry_the_routed_model_and_group():
 
 def test_a_later_normal_event_in_the_same_batch_updates_the_new_row():
     export = AnomalousSeries()
-    export.observe(["a", "a"], np.array([1.0, 2.0]), np.array([9.0, 1.1]), batch(["a", "a"], [0]),
-                   np.ones(2, dtype=bool))
+    export.observe(
+        ["a", "a"], np.array([1.0, 2.0]), np.array([9.0, 1.1]), batch(["a", "a"], [0]), np.ones(2, dtype=bool)
+    )
     row = export.rows()["a"]
     assert (row.value, row.started, row.last_ts) == (1.1, 1.0, 1.0)

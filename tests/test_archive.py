@@ -17,13 +17,13 @@ import pandas as pd
 import pytest
 from kafka.structs import TopicPartition
 
+from models.core.settings import Settings
 from pipeline.archive.consumer import Archiver
 from pipeline.archive.format import ArchiveError, list_files, read_archive, write_files
 from pipeline.kafka.broker import free_port
 from pipeline.kafka.clients import make_consumer, make_producer
-from pipeline.metrics import ArchiverMetrics
 from pipeline.kafka.publish import publish_csv, read_series_csv
-from models.core.settings import Settings
+from pipeline.metrics import ArchiverMetrics
 
 REPO = Path(__file__).resolve().parent.parent
 NAB_FILE = "data/realTraffic/speed_7578.csv"  # 1127 rows, 2015-09-08 .. 2015-09-17
@@ -31,10 +31,12 @@ NAB_FILE = "data/realTraffic/speed_7578.csv"  # 1127 rows, 2015-09-08 .. 2015-09
 
 def _frame(rows):
     return pd.DataFrame(rows, columns=["series", "ts", "value", "partition", "offset"]).astype(
-        {"ts": "float64", "value": "float64", "partition": "int32", "offset": "int64"})
+        {"ts": "float64", "value": "float64", "partition": "int32", "offset": "int64"}
+    )
 
 
 # -- layout and reading (no broker) -----------------------------------------------------------
+
 
 def test_files_are_partitioned_by_event_date_and_hour_with_offset_names(tmp_path):
     t0 = pd.Timestamp("2024-03-01T23:59:00Z").timestamp()
@@ -114,13 +116,17 @@ def test_empty_archive_reads_as_empty_frame_with_columns(tmp_path):
 
 # -- against the embedded broker ----------------------------------------------------------------
 
+
 def _publish(kafka_settings, nab_dir, bad: int = 0):
     producer = make_producer(kafka_settings)
     try:
         report = publish_csv(producer, kafka_settings.events_topic, nab_dir / NAB_FILE)
         for i in range(bad):
-            producer.send(kafka_settings.events_topic, key=b"x", value=b"{not json" if i % 2 else
-                          b'{"series": "x", "ts": 1441712340, "value": NaN}')
+            producer.send(
+                kafka_settings.events_topic,
+                key=b"x",
+                value=b"{not json" if i % 2 else b'{"series": "x", "ts": 1441712340, "value": NaN}',
+            )
         producer.flush()
     finally:
         producer.close()
@@ -142,8 +148,14 @@ def _committed(kafka_settings) -> dict[int, int | None]:
 def test_archiver_archives_valid_events_counts_invalid_and_commits(kafka_settings, nab_dir, tmp_path):
     sent = _publish(kafka_settings, nab_dir, bad=6)
     metrics = ArchiverMetrics()
-    archiver = Archiver(Settings(kafka=kafka_settings), archive_dir=tmp_path, flush_every_events=400,
-                        flush_interval_s=30, exit_when_idle_s=2.0, metrics=metrics)
+    archiver = Archiver(
+        Settings(kafka=kafka_settings),
+        archive_dir=tmp_path,
+        flush_every_events=400,
+        flush_interval_s=30,
+        exit_when_idle_s=2.0,
+        metrics=metrics,
+    )
     archiver.run()
 
     frame = read_archive(tmp_path)
@@ -188,15 +200,15 @@ class _CrashBeforeCommit(Archiver):
 @pytest.mark.integration
 def test_crash_between_write_and_commit_rearchives_without_duplicates_on_read(kafka_settings, nab_dir, tmp_path):
     sent = _publish(kafka_settings, nab_dir)
-    crashed = _CrashBeforeCommit(Settings(kafka=kafka_settings), archive_dir=tmp_path, flush_every_events=300,
-                                 exit_when_idle_s=2.0)
+    crashed = _CrashBeforeCommit(
+        Settings(kafka=kafka_settings), archive_dir=tmp_path, flush_every_events=300, exit_when_idle_s=2.0
+    )
     with pytest.raises(SystemExit):
         crashed.run()
     assert crashed.files and _committed(kafka_settings) == dict.fromkeys(range(4))
     # the restarted archiver re-reads everything, in smaller polls, so its files are cut elsewhere
     small_polls = kafka_settings.model_copy(update={"max_poll_records": 500})
-    redo = Archiver(Settings(kafka=small_polls), archive_dir=tmp_path, flush_every_events=500,
-                    exit_when_idle_s=2.0)
+    redo = Archiver(Settings(kafka=small_polls), archive_dir=tmp_path, flush_every_events=500, exit_when_idle_s=2.0)
     redo.run()
     on_disk = sum(len(pd.read_parquet(p)) for p in list_files(tmp_path))
     assert on_disk > sent  # the re-delivered records are on disk twice ...
@@ -205,12 +217,15 @@ def test_crash_between_write_and_commit_rearchives_without_duplicates_on_read(ka
 
 
 def _env(kafka_settings, archive_dir):
-    return {**os.environ,
-            "TSAD_KAFKA__BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers,
-            "TSAD_KAFKA__EVENTS_TOPIC": kafka_settings.events_topic,
-            "TSAD_KAFKA__ARCHIVE_GROUP_ID": kafka_settings.archive_group_id,
-            "TSAD_KAFKA__SESSION_TIMEOUT_MS": "2000", "TSAD_KAFKA__HEARTBEAT_INTERVAL_MS": "500",
-            "TSAD_ARCHIVE_DIR": str(archive_dir)}
+    return {
+        **os.environ,
+        "TSAD_KAFKA__BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers,
+        "TSAD_KAFKA__EVENTS_TOPIC": kafka_settings.events_topic,
+        "TSAD_KAFKA__ARCHIVE_GROUP_ID": kafka_settings.archive_group_id,
+        "TSAD_KAFKA__SESSION_TIMEOUT_MS": "2000",
+        "TSAD_KAFKA__HEARTBEAT_INTERVAL_MS": "500",
+        "TSAD_ARCHIVE_DIR": str(archive_dir),
+    }
 
 
 @pytest.mark.integration
@@ -218,9 +233,24 @@ def test_cli_serves_metrics_and_sigterm_flushes_and_commits_before_exit(kafka_se
     sent = _publish(kafka_settings, nab_dir)
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "archive", "--flush-interval-s", "600",
-         "--flush-every-events", "100000", "--metrics-port", str(port)],
-        env=_env(kafka_settings, tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "archive",
+            "--flush-interval-s",
+            "600",
+            "--flush-every-events",
+            "100000",
+            "--metrics-port",
+            str(port),
+        ],
+        env=_env(kafka_settings, tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=REPO,
+    )
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
     reader.start()
@@ -251,8 +281,14 @@ def test_cli_serves_metrics_and_sigterm_flushes_and_commits_before_exit(kafka_se
     for partition, offsets in flushed.groupby("partition")["offset"]:
         assert committed[partition] == offsets.max() + 1  # ... and committed exactly what it wrote
     # whatever was not read before SIGTERM is picked up by the next run, nothing twice
-    subprocess.run([sys.executable, "-m", "pipeline.cli", "archive", "--exit-when-idle", "2", "--metrics-port", "0"],
-                   env=_env(kafka_settings, tmp_path), capture_output=True, timeout=60, cwd=REPO, check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "archive", "--exit-when-idle", "2", "--metrics-port", "0"],
+        env=_env(kafka_settings, tmp_path),
+        capture_output=True,
+        timeout=60,
+        cwd=REPO,
+        check=True,
+    )
     frame = read_archive(tmp_path)
     assert len(frame) == sent
 
@@ -262,7 +298,12 @@ def test_cli_exit_when_idle(kafka_settings, nab_dir, tmp_path):
     sent = _publish(kafka_settings, nab_dir, bad=2)
     done = subprocess.run(
         [sys.executable, "-m", "pipeline.cli", "archive", "--exit-when-idle", "2", "--metrics-port", "0"],
-        env=_env(kafka_settings, tmp_path), capture_output=True, text=True, timeout=60, cwd=REPO)
+        env=_env(kafka_settings, tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"archived {sent} events" in done.stdout
     assert len(read_archive(tmp_path)) == sent

@@ -47,7 +47,7 @@ def test_replay_follows_nab_probation_and_scores_every_row(traffic_result):
     assert len(r.anomaly_score) == n and np.all((r.anomaly_score >= 0) & (r.anomaly_score <= 1))
     assert not r.flag[: r.probation].any() and not r.detector_flag[: r.probation].any()
     assert np.all(r.anomaly_score[: r.probation] == 0)
-    assert np.isfinite(r.predicted[r.probation:]).all()
+    assert np.isfinite(r.predicted[r.probation :]).all()
     assert r.label.sum() == sum(hi - lo + 1 for lo, hi in r.windows) and len(r.windows) == 4
     # the 4 labelled windows of this file hold the deep dips: something must be caught
     assert r.flag.sum() >= 1 and (r.flag & r.label).any()
@@ -60,10 +60,14 @@ def test_replay_never_looks_ahead(tmp_path, traffic, labels):
     cfg = ReplayConfig(window=16, hidden=16, epochs=2, retrain_epochs=1, chunk=100, retrain_every=300)
     full = replay_file(traffic, labels["realTraffic/speed_7578.csv"], cfg, threads=1)
     df = pd.read_csv(traffic)
-    extra = pd.DataFrame({
-        "timestamp": pd.date_range(pd.Timestamp(df["timestamp"].iloc[-1]) + pd.Timedelta("5min"), periods=6,
-                                   freq="5min").strftime("%Y-%m-%d %H:%M:%S"),
-        "value": 1e6})
+    extra = pd.DataFrame(
+        {
+            "timestamp": pd.date_range(
+                pd.Timestamp(df["timestamp"].iloc[-1]) + pd.Timedelta("5min"), periods=6, freq="5min"
+            ).strftime("%Y-%m-%d %H:%M:%S"),
+            "value": 1e6,
+        }
+    )
     longer = tmp_path / "realTraffic" / "speed_7578.csv"
     longer.parent.mkdir()
     pd.concat([df, extra]).to_csv(longer, index=False)
@@ -112,12 +116,33 @@ def test_corpus_run_reports_unlabelled_and_broken_files(tmp_path, traffic, label
 
 
 def test_cli_backtest_writes_results_scores_and_plots(tmp_path, nab_dir_module):
-    files = [nab_dir_module / "data" / "realTraffic" / "speed_7578.csv",
-             nab_dir_module / "data" / "artificialWithAnomaly" / "art_daily_jumpsup.csv"]
-    res = CliRunner().invoke(app, [
-        "backtest", *map(str, files), "--labels", str(nab_dir_module / "labels" / "combined_windows.json"),
-        "--out", str(tmp_path / "out"), "--detector", "mine", "--plot", str(tmp_path / "plots"),
-        "--workers", "2", "--window", "16", "--hidden", "16", "--epochs", "2"])
+    files = [
+        nab_dir_module / "data" / "realTraffic" / "speed_7578.csv",
+        nab_dir_module / "data" / "artificialWithAnomaly" / "art_daily_jumpsup.csv",
+    ]
+    res = CliRunner().invoke(
+        app,
+        [
+            "backtest",
+            *map(str, files),
+            "--labels",
+            str(nab_dir_module / "labels" / "combined_windows.json"),
+            "--out",
+            str(tmp_path / "out"),
+            "--detector",
+            "mine",
+            "--plot",
+            str(tmp_path / "plots"),
+            "--workers",
+            "2",
+            "--window",
+            "16",
+            "--hidden",
+            "16",
+            "--epochs",
+            "2",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "standard" in res.output and "label-optimised" in res.output
     assert (tmp_path / "out" / "mine" / "artificialWithAnomaly" / "mine_art_daily_jumpsup.csv").exists()
@@ -128,9 +153,17 @@ def test_cli_backtest_writes_results_scores_and_plots(tmp_path, nab_dir_module):
 
 
 def test_cli_rejects_bad_detector_config(tmp_path, nab_dir_module):
-    res = CliRunner().invoke(app, [
-        "backtest", str(nab_dir_module / "data"), "--labels", str(nab_dir_module / "labels" / "combined_windows.json"),
-        "--detector-config", '{"threshold_method": "nope"}'])
+    res = CliRunner().invoke(
+        app,
+        [
+            "backtest",
+            str(nab_dir_module / "data"),
+            "--labels",
+            str(nab_dir_module / "labels" / "combined_windows.json"),
+            "--detector-config",
+            '{"threshold_method": "nope"}',
+        ],
+    )
     assert res.exit_code != 0 and "threshold_method" in res.output
 
 
@@ -138,8 +171,12 @@ def test_replay_with_calendar_features(traffic, labels):
     """--calendar: the probation model gets the calendar columns and the detector serves it (same code)."""
     cfg = ReplayConfig(window=16, hidden=16, epochs=2, chunk=200, calendar=True, calendar_week=False)
     r = replay_file(traffic, labels["realTraffic/speed_7578.csv"], cfg, threads=1)
-    plain = replay_file(traffic, labels["realTraffic/speed_7578.csv"],
-                        ReplayConfig(window=16, hidden=16, epochs=2, chunk=200), threads=1)
-    assert np.isfinite(r.predicted[r.probation:]).all()
+    plain = replay_file(
+        traffic,
+        labels["realTraffic/speed_7578.csv"],
+        ReplayConfig(window=16, hidden=16, epochs=2, chunk=200),
+        threads=1,
+    )
+    assert np.isfinite(r.predicted[r.probation :]).all()
     assert np.all((r.anomaly_score >= 0) & (r.anomaly_score <= 1))
-    assert not np.allclose(r.predicted[r.probation:], plain.predicted[r.probation:])  # a different model
+    assert not np.allclose(r.predicted[r.probation :], plain.predicted[r.probation :])  # a different model

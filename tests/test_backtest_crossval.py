@@ -13,8 +13,17 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.backtest.crossval import (Scored, candidates_from_json, complexity, evaluate, folds, group_of, rescore,
-                                        select, switch_grid)
+from pipeline.backtest.crossval import (
+    Scored,
+    candidates_from_json,
+    complexity,
+    evaluate,
+    folds,
+    group_of,
+    rescore,
+    select,
+    switch_grid,
+)
 from pipeline.backtest.nab_scoring import point_table
 from pipeline.backtest.replay import ReplayConfig, replay_file
 from pipeline.cli import app
@@ -53,8 +62,8 @@ def _toy(tuned: bool) -> Scored:
 
 def test_tuned_candidate_wins_in_sample_and_loses_held_out():
     per, nested = evaluate({"plain": _toy(False), "tuned": _toy(True)}, rule="max")
-    assert per["tuned"].in_sample > per["plain"].in_sample + 5       # fitting the big group pays in-sample
-    assert per["tuned"].pooled < per["plain"].pooled - 5             # and costs on each held-out group
+    assert per["tuned"].in_sample > per["plain"].in_sample + 5  # fitting the big group pays in-sample
+    assert per["tuned"].pooled < per["plain"].pooled - 5  # and costs on each held-out group
     assert per["tuned"].held_out["a"] < per["plain"].held_out["a"]
     # every held-out score of "plain" equals its in-sample score: nothing of it was fitted
     assert all(v == pytest.approx(per["plain"].in_sample) for v in per["plain"].held_out.values())
@@ -68,15 +77,14 @@ def test_one_se_rule_keeps_a_step_only_when_it_beats_the_group_noise():
     cx = {"simple": complexity({"slow_alpha": None}), "complex": complexity({"slow_alpha": 0.04})}
     assert cx["complex"] == cx["simple"] + 2  # slow_alpha and short_weight
     noisy = {"simple": {"a": 10.0, "b": 10.0, "c": 10.0}, "complex": {"a": 14.0, "b": 7.0, "c": 10.0}}
-    assert select(noisy, cx, "max") == "complex"       # 1 point better in total ...
-    assert select(noisy, cx, "one-se") == "simple"     # ... but groups disagree by more than that
+    assert select(noisy, cx, "max") == "complex"  # 1 point better in total ...
+    assert select(noisy, cx, "one-se") == "simple"  # ... but groups disagree by more than that
     steady = {"simple": {"a": 10.0, "b": 10.0, "c": 10.0}, "complex": {"a": 11.0, "b": 11.2, "c": 10.9}}
-    assert select(steady, cx, "one-se") == "complex"   # better on every group: kept
+    assert select(steady, cx, "one-se") == "complex"  # better on every group: kept
 
 
 def test_groups_without_windows_are_never_held_out():
-    files = {"quiet/x.csv": (np.zeros(N), np.zeros(N, dtype=bool), point_table(N, [], PROBATION)),
-             **_toy(False).files}
+    files = {"quiet/x.csv": (np.zeros(N), np.zeros(N, dtype=bool), point_table(N, [], PROBATION)), **_toy(False).files}
     tables = {n: f[2] for n, f in files.items()}
     assert sorted(folds(sorted(files), tables)) == ["a", "b", "big"]
     assert group_of("realTweets/Twitter_volume_AAPL.csv") == "realTweets" and group_of("x.csv") == ""
@@ -110,8 +118,12 @@ def nab_small():
 def test_rescore_reproduces_the_live_detector(nab_small):
     """Re-scoring stored errors with the scalar path gives the live StreamingDetector's scores and flags."""
     labels = json.loads((nab_small / "labels" / "combined_windows.json").read_text())
-    r = replay_file(nab_small / "data" / "realTraffic" / "speed_7578.csv", labels["realTraffic/speed_7578.csv"],
-                    ReplayConfig(window=16, hidden=16, epochs=2, chunk=100), threads=1)
+    r = replay_file(
+        nab_small / "data" / "realTraffic" / "speed_7578.csv",
+        labels["realTraffic/speed_7578.csv"],
+        ReplayConfig(window=16, hidden=16, epochs=2, chunk=100),
+        threads=1,
+    )
     score, flag = rescore(r, {})
     np.testing.assert_allclose(score, r.anomaly_score, atol=1e-12)
     assert (flag == r.flag).all() and flag.any()
@@ -121,14 +133,37 @@ def test_rescore_reproduces_the_live_detector(nab_small):
 
 def _cv(nab_small, *args: str):
     """``tsad backtest --cv`` on the in-repo NAB files with a tiny model."""
-    return CliRunner().invoke(app, [
-        "backtest", str(nab_small / "data"), "--labels", str(nab_small / "labels" / "combined_windows.json"),
-        "--cv", "--window", "16", "--hidden", "8", "--epochs", "1", "--workers", "1", *args])
+    return CliRunner().invoke(
+        app,
+        [
+            "backtest",
+            str(nab_small / "data"),
+            "--labels",
+            str(nab_small / "labels" / "combined_windows.json"),
+            "--cv",
+            "--window",
+            "16",
+            "--hidden",
+            "8",
+            "--epochs",
+            "1",
+            "--workers",
+            "1",
+            *args,
+        ],
+    )
 
 
 def test_cli_cross_validation(tmp_path, nab_small):
-    res = _cv(nab_small, "--seeds", "0,1", "--candidates", '{"one-scale": {"slow_alpha": null}, "default": {}}',
-              "--out", str(tmp_path))
+    res = _cv(
+        nab_small,
+        "--seeds",
+        "0,1",
+        "--candidates",
+        '{"one-scale": {"slow_alpha": null}, "default": {}}',
+        "--out",
+        str(tmp_path),
+    )
     assert res.exit_code == 0, res.output
     assert "chosen per held-out group" in res.output and "cross-validated choice" in res.output
     summary = json.loads((tmp_path / "crossval.json").read_text())
@@ -145,8 +180,17 @@ def test_cli_rejects_bad_candidates(nab_small):
 
 def test_cli_cross_validation_of_replay_variants(tmp_path, nab_small):
     """Per-file and fleet models compared in one run: each group's fleet model never saw that group."""
-    res = _cv(nab_small, "--seeds", "0", "--candidates", '{"one-scale": {"slow_alpha": null}}', "--out", str(tmp_path),
-              "--variants", '{"per-file": {"model_source": "per-file"}, "fleet": {"model_source": "fleet"}}')
+    res = _cv(
+        nab_small,
+        "--seeds",
+        "0",
+        "--candidates",
+        '{"one-scale": {"slow_alpha": null}}',
+        "--out",
+        str(tmp_path),
+        "--variants",
+        '{"per-file": {"model_source": "per-file"}, "fleet": {"model_source": "fleet"}}',
+    )
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "crossval.json").read_text())
     assert set(summary["per_candidate"]) == {"per-file/one-scale", "fleet/one-scale"}
@@ -170,9 +214,26 @@ def test_cli_default_scores_a_100_row_series(tmp_path, nab_small):
     short.parent.mkdir(parents=True)
     pd.read_csv(nab_small / "data" / "realTraffic" / "speed_7578.csv").iloc[:100].to_csv(short, index=False)
     other = nab_small / "data" / "artificialWithAnomaly" / "art_daily_jumpsup.csv"
-    res = CliRunner().invoke(app, ["backtest", str(short), str(other), "--labels",
-                                   str(nab_small / "labels" / "combined_windows.json"), "--workers", "1",
-                                   "--window", "16", "--hidden", "8", "--epochs", "1", "--out", str(tmp_path / "out")])
+    res = CliRunner().invoke(
+        app,
+        [
+            "backtest",
+            str(short),
+            str(other),
+            "--labels",
+            str(nab_small / "labels" / "combined_windows.json"),
+            "--workers",
+            "1",
+            "--window",
+            "16",
+            "--hidden",
+            "8",
+            "--epochs",
+            "1",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     scored = pd.read_csv(tmp_path / "out" / "tsad" / "realTraffic" / "tsad_speed_7578.csv")
     assert len(scored) == 100 and scored["anomaly_score"].between(0, 1).all()

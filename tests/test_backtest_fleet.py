@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 import torch
 
+from models.detection.detector import StreamingDetector
 from models.registry import ModelRegistry
 from pipeline.backtest.fleet import for_series, train_fleet
 from pipeline.backtest.nab_scoring import probation_length
 from pipeline.backtest.replay import ReplayConfig, detector_config, load_series, replay_file, run_corpus
-from models.detection.detector import StreamingDetector
 
 NAB = Path(__file__).resolve().parent.parent / "data" / "nab"
 TRAFFIC = NAB / "data" / "realTraffic" / "speed_7578.csv"
@@ -38,8 +38,9 @@ def fleet():
 
 def _write(path: Path, ts: np.ndarray, values: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame({"timestamp": pd.to_datetime(ts, unit="s").strftime("%Y-%m-%d %H:%M:%S"),
-                  "value": values}).to_csv(path, index=False)
+    pd.DataFrame({"timestamp": pd.to_datetime(ts, unit="s").strftime("%Y-%m-%d %H:%M:%S"), "value": values}).to_csv(
+        path, index=False
+    )
     return path
 
 
@@ -74,13 +75,15 @@ def test_fleet_scores_an_unseen_file_without_training_on_it(fleet, labels):
     assert not r.flag[: r.probation].any()
     # exactly the fleet forecaster with the file's probation normaliser: replay the detector by hand
     ts, values, _ = load_series(EC2)
-    det = StreamingDetector(for_series(fleet, key, values[: r.probation], "probation"),
-                            detector_config(FLEET, probation=r.probation, window=12))
+    det = StreamingDetector(
+        for_series(fleet, key, values[: r.probation], "probation"),
+        detector_config(FLEET, probation=r.probation, window=12),
+    )
     t = ts.astype(np.int64) / 1e9
     det.process([key] * r.probation, t[: r.probation], values[: r.probation], alert=False)
-    res = det.process([key] * (n - r.probation), t[r.probation:], values[r.probation:])
-    np.testing.assert_array_equal(res.predicted, r.predicted[r.probation:])
-    np.testing.assert_array_equal(res.score, r.detector_score[r.probation:])
+    res = det.process([key] * (n - r.probation), t[r.probation :], values[r.probation :])
+    np.testing.assert_array_equal(res.predicted, r.predicted[r.probation :])
+    np.testing.assert_array_equal(res.score, r.detector_score[r.probation :])
     assert fleet.normalizers.keys() == {"artificialWithAnomaly/art_daily_jumpsup.csv", "realTraffic/speed_7578.csv"}
 
 
@@ -160,8 +163,9 @@ def test_a_100_row_series_runs_and_may_alert_after_probation_with_the_switch(tmp
     assert early.flag[60] and not early.flag[:15].any()
     dc = detector_config(cfg, probation=15, window=12)
     assert dc.warmup_events == 12 and dc.likelihood_config().warmup == 15
-    dc = detector_config(ReplayConfig(warmup="probation", detector={"warmup_events": 40}, post={"warmup": 30}),
-                         probation=20, window=32)
+    dc = detector_config(
+        ReplayConfig(warmup="probation", detector={"warmup_events": 40}, post={"warmup": 30}), probation=20, window=32
+    )
     assert dc.warmup_events == 20 and dc.likelihood_config().warmup == 20
     dc = detector_config(ReplayConfig(), probation=15, window=12)  # default: untouched
     assert dc.warmup_events is None and dc.likelihood_config().warmup == 100

@@ -32,12 +32,12 @@ def test_spike_after_quiet_errors_is_flagged_once_then_refractory():
 
 def test_spatial_check_flags_a_value_outside_the_range_seen():
     v = np.tile([0.0, 1.0, 2.0, 1.0], 100)
-    v[300] = 2.5                                  # > max + 0.05 * range: new extreme
-    e = np.full(len(v), 1.0)                      # the forecaster saw nothing unusual
+    v[300] = 2.5  # > max + 0.05 * range: new extreme
+    e = np.full(len(v), 1.0)  # the forecaster saw nothing unusual
     s, f = score_series(e, LikelihoodConfig(warmup=50, refractory=10), values=v)
     assert np.flatnonzero(f).tolist() == [300] and s[300] == 1.0
     v2 = v.copy()
-    v2[300] = 2.05                                # within the tolerance: not spatial
+    v2[300] = 2.05  # within the tolerance: not spatial
     _, f2 = score_series(e, LikelihoodConfig(warmup=50), values=v2)
     assert not f2.any()
     _, f3 = score_series(e, LikelihoodConfig(warmup=50, spatial_tolerance=None), values=v)
@@ -52,8 +52,8 @@ def test_no_flags_during_warmup_or_when_not_alerting_and_nan_leaves_state():
     _, f0 = score_series(e, LikelihoodConfig(warmup=0))
     assert f0[10]
     s1, f1 = score_series(e, LikelihoodConfig(warmup=0), alert=np.arange(50) != 10)
-    assert not f1[10] and s1[10] > 0.5            # reported, not flagged ...
-    assert f1[11]                                 # ... and no refractory period started
+    assert not f1[10] and s1[10] > 0.5  # reported, not flagged ...
+    assert f1[11]  # ... and no refractory period started
     a, fa = score_series(np.r_[np.ones(30), np.nan, 2.0], LikelihoodConfig(warmup=0))
     b, fb = score_series(np.r_[np.ones(30), 2.0], LikelihoodConfig(warmup=0))
     assert a[30] == 0 and not fa[30]
@@ -69,7 +69,7 @@ def test_many_series_streaming_equals_scalar_batch_per_series():
     times = 1.7e9 + np.cumsum(rng.integers(900, 1500, (3, 300)), axis=1).astype(float)
     v = rng.normal(0, 1, (3, 300)) + 5.0 * ((times % 86400) < 43200)
     v[2, 200] = 50.0
-    v[0, 260:280] = 0.0                          # a missing daily high
+    v[0, 260:280] = 0.0  # a missing daily high
     alert = rng.random((3, 300)) > 0.1
     cfg = LikelihoodConfig(warmup=50, refractory=20)
     state = ErrorLikelihood(cfg)
@@ -82,7 +82,7 @@ def test_many_series_streaming_equals_scalar_batch_per_series():
         prev = np.array([times[s, t - 1] if t else -np.inf for s, t in zip(idx, ts)])
         sc, fl = state.step(idx, e[idx, ts], v[idx, ts], alert[idx, ts], times[idx, ts], times[idx, ts] - prev)
         got_s[idx, ts], got_f[idx, ts] = sc, fl
-    assert state.ccount.max() > cfg.warmup      # the context channel was live
+    assert state.ccount.max() > cfg.warmup  # the context channel was live
     for k in range(3):
         s, f = score_series(e[k], cfg, values=v[k], alert=alert[k], times=times[k])
         np.testing.assert_allclose(got_s[k], s, rtol=1e-12, atol=1e-12)

@@ -12,11 +12,11 @@ import math
 import numpy as np
 import orjson
 import pytest
+from test_scoring import make_bundle
 
+from models.detection.detector import SCORED, DetectorConfig, StreamingDetector
 from models.detection.thresholds.error_likelihood import tail_inverse, tail_score
 from pipeline.serve.records import anomaly_value
-from models.detection.detector import SCORED, DetectorConfig, StreamingDetector
-from test_scoring import make_bundle
 
 
 @pytest.mark.parametrize("target", [0.0, 0.25, 0.5, 0.9, 0.999])
@@ -36,9 +36,19 @@ def test_flagged_exactly_when_the_value_leaves_the_band(kind, spatial, slow):
     rng = np.random.default_rng(3)
     n_series, steps = 6, 400
     t = np.arange(steps)
-    det = StreamingDetector(make_bundle(kind), DetectorConfig(likelihood={
-        "warmup": 50, "refractory": 5, "seasonal_bins": None, "repeat_bins": None, "spatial_tolerance": spatial,
-        "slow_alpha": slow}))
+    det = StreamingDetector(
+        make_bundle(kind),
+        DetectorConfig(
+            likelihood={
+                "warmup": 50,
+                "refractory": 5,
+                "seasonal_bins": None,
+                "repeat_bins": None,
+                "spatial_tolerance": spatial,
+                "slow_alpha": slow,
+            }
+        ),
+    )
     ids = [f"s{k}" for k in range(n_series)]
     values = np.sin(t[:, None] / 7.0 + np.arange(n_series)) + 0.1 * rng.normal(size=(steps, n_series))
     values[200:206, 1] += 4.0  # incidents
@@ -68,8 +78,9 @@ def test_flagged_exactly_when_the_value_leaves_the_band(kind, spatial, slow):
 
 
 def test_zscore_band_is_the_error_at_the_threshold():
-    det = StreamingDetector(make_bundle("many-to-many"), DetectorConfig(threshold_method="zscore", threshold=3.0,
-                                                                       warmup_events=20))
+    det = StreamingDetector(
+        make_bundle("many-to-many"), DetectorConfig(threshold_method="zscore", threshold=3.0, warmup_events=20)
+    )
     rng = np.random.default_rng(0)
     for step in range(200):
         v = rng.normal(size=3)
@@ -85,7 +96,9 @@ def test_zscore_band_is_the_error_at_the_threshold():
 def test_anomaly_record_carries_the_band_beside_predicted():
     record = orjson.loads(anomaly_value("s", 1.0, 5.0, 1.0, 4.0, 0.9, 0.5, "m", 1, "t", 0, 7, 0.5, 1.5))
     keys = list(record)
-    assert keys[keys.index("predicted") + 1:keys.index("predicted") + 3] == ["lower", "upper"]
+    assert keys[keys.index("predicted") + 1 : keys.index("predicted") + 3] == ["lower", "upper"]
     assert (record["lower"], record["upper"]) == (0.5, 1.5)
-    assert orjson.loads(anomaly_value("s", 1.0, 5.0, 1.0, 4.0, 0.9, 0.5, "m", 1, "t", 0, 7, math.nan, None))[
-        "lower"] is None
+    assert (
+        orjson.loads(anomaly_value("s", 1.0, 5.0, 1.0, 4.0, 0.9, 0.5, "m", 1, "t", 0, 7, math.nan, None))["lower"]
+        is None
+    )

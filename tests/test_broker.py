@@ -8,8 +8,8 @@ import time
 import orjson
 import pytest
 
-from pipeline.kafka.broker import EmbeddedBroker, find_tansu_binary
 from pipeline.events import Event, parse_event
+from pipeline.kafka.broker import EmbeddedBroker, find_tansu_binary
 from pipeline.kafka.clients import make_consumer, make_producer
 from pipeline.kafka.publish import publish_csv, read_series_csv
 
@@ -69,8 +69,8 @@ def test_ensure_topics_creates_missing_topics_with_the_configured_partitions_and
     from kafka.admin import KafkaAdminClient
     from pydantic import ValidationError
 
-    from pipeline.kafka.clients import ensure_topics
     from models.core.settings import KafkaSettings, Settings
+    from pipeline.kafka.clients import ensure_topics
 
     monkeypatch.setenv("TSAD_KAFKA__REPLICATION_FACTOR", "3")
     assert Settings().kafka.replication_factor == 3
@@ -91,8 +91,8 @@ def test_ensure_topics_creates_missing_topics_with_the_configured_partitions_and
 def test_restart_comes_back_empty_on_the_same_port():
     from kafka.admin import KafkaAdminClient
 
-    from pipeline.kafka.clients import ensure_topics
     from models.core.settings import KafkaSettings
+    from pipeline.kafka.clients import ensure_topics
 
     broker = EmbeddedBroker().start()
     try:

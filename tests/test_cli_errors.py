@@ -39,10 +39,12 @@ def test_unsafe_model_names_are_refused_with_exit_code_2_before_any_work(app, tm
     runner = CliRunner()
     data = tmp_path / "missing-is-fine-for-the-name-check.csv"
     data.write_text("timestamp,value\n")  # train must refuse the name before reading or training
-    for args in (["train", str(data), "--registry", str(tmp_path / "reg"), "--name", name, "--epochs", "1"],
-                 ["models", "promote", name, "1", "--registry", str(tmp_path / "reg")],
-                 ["models", "rollback", name, "--registry", str(tmp_path / "reg")],
-                 ["models", "list", name, "--registry", str(tmp_path / "reg")]):
+    for args in (
+        ["train", str(data), "--registry", str(tmp_path / "reg"), "--name", name, "--epochs", "1"],
+        ["models", "promote", name, "1", "--registry", str(tmp_path / "reg")],
+        ["models", "rollback", name, "--registry", str(tmp_path / "reg")],
+        ["models", "list", name, "--registry", str(tmp_path / "reg")],
+    ):
         result = runner.invoke(app, args)
         assert result.exit_code == 2, (args, result.output)
         assert "invalid model name" in one_line_error(result)
@@ -74,9 +76,25 @@ def test_a_metrics_port_in_use_names_the_port_and_the_flag(tmp_path):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        proc = subprocess.run([TSAD, "serve", "--registry", str(tmp_path / "reg"), "--model", "m",
-                               "--metrics-port", str(port), "--bootstrap-servers", f"127.0.0.1:{free_port()}",
-                               "--log-level", "ERROR"], capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [
+                TSAD,
+                "serve",
+                "--registry",
+                str(tmp_path / "reg"),
+                "--model",
+                "m",
+                "--metrics-port",
+                str(port),
+                "--bootstrap-servers",
+                f"127.0.0.1:{free_port()}",
+                "--log-level",
+                "ERROR",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and str(port) in lines[0] and "--metrics-port" in lines[0], proc.stderr
@@ -85,9 +103,14 @@ def test_a_metrics_port_in_use_names_the_port_and_the_flag(tmp_path):
 def test_publish_to_an_unreachable_broker_gives_up_after_its_timeout_with_one_line(tmp_path):
     csv = tmp_path / "s.csv"
     csv.write_text("timestamp,value\n2024-01-01 00:00:00,1.0\n2024-01-01 00:05:00,2.0\n")
-    proc = subprocess.run([TSAD, "publish", str(csv), "--bootstrap-servers", f"127.0.0.1:{free_port()}",
-                           "--timeout", "3"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [TSAD, "publish", str(csv), "--bootstrap-servers", f"127.0.0.1:{free_port()}", "--timeout", "3"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:") and "2 of 2 events not acknowledged" in lines[0], \
+    assert len(lines) == 1 and lines[0].startswith("error:") and "2 of 2 events not acknowledged" in lines[0], (
         proc.stderr
+    )

@@ -56,7 +56,9 @@ def _inspect(tmp_path, extra=None) -> dict:
 
 def test_dag_folder_imports_without_errors_and_parses_fast(tmp_path):
     out = _inspect(tmp_path)
-    print(f"import airflow.sdk: {out['airflow_import_s']:.2f}s; dag file (excl. airflow import): {out['dag_file_s']:.3f}s")
+    print(
+        f"import airflow.sdk: {out['airflow_import_s']:.2f}s; dag file (excl. airflow import): {out['dag_file_s']:.3f}s"
+    )
     assert out["import_errors"] == {}
     assert out["dag_ids"] == ["retrain_forecasters"]
     assert out["dag_file_s"] < 2.0
@@ -66,20 +68,25 @@ def test_dag_folder_imports_without_errors_and_parses_fast(tmp_path):
 def test_retrain_dag_shape(tmp_path):
     out = _inspect(tmp_path)
     m2o, m2m = "default-many-to-one", "default-many-to-many"
-    assert out["tasks"] == sorted(["plan", "train", "record", f"promote__{m2o}", f"promote__{m2m}",
-                                   f"publish__{m2o}", f"publish__{m2m}"])
+    assert out["tasks"] == sorted(
+        ["plan", "train", "record", f"promote__{m2o}", f"promote__{m2m}", f"publish__{m2o}", f"publish__{m2m}"]
+    )
     assert out["mapped"] == ["train"]
     assert out["catchup"] is False and "tsad" in out["tags"] and out["doc"]
     assert "expression='0 0 * * *'" in out["schedule"]  # @daily
     assert all(retries == [2, 2.0] for retries in out["retries"].values())
-    assert out["outlets"] == {f"publish__{m2o}": [f"tsad://registry/{m2o}"],
-                              f"publish__{m2m}": [f"tsad://registry/{m2m}"]}
+    assert out["outlets"] == {
+        f"publish__{m2o}": [f"tsad://registry/{m2o}"],
+        f"publish__{m2m}": [f"tsad://registry/{m2m}"],
+    }
     assert {"epochs", "hidden", "window"} <= set(out["params"])
     # one group without data (train skipped) must not block the others' promotion nor record
     rules = out["trigger_rules"]
     assert {t: r for t, r in rules.items() if t.startswith("promote__") or t == "record"} == {
-        f"promote__{m2o}": "none_failed_min_one_success", f"promote__{m2m}": "none_failed_min_one_success",
-        "record": "none_failed_min_one_success"}
+        f"promote__{m2o}": "none_failed_min_one_success",
+        f"promote__{m2m}": "none_failed_min_one_success",
+        "record": "none_failed_min_one_success",
+    }
     assert rules["train"] == "all_success" and rules[f"publish__{m2o}"] == "all_success"
 
 
@@ -114,8 +121,10 @@ print("RESULT " + json.dumps(out))
 
 def test_a_group_without_data_skips_its_training_and_promotion_instead_of_failing(tmp_path):
     env = airflow_env(tmp_path / "airflow")
-    code = (f"DAG_FILE = {str(DAGS / 'retrain_forecasters.py')!r}\nARCHIVE = {str(tmp_path / 'archive')!r}\n"
-            f"REGISTRY = {str(tmp_path / 'registry')!r}\n" + _SKIP_PROBE)
+    code = (
+        f"DAG_FILE = {str(DAGS / 'retrain_forecasters.py')!r}\nARCHIVE = {str(tmp_path / 'archive')!r}\n"
+        f"REGISTRY = {str(tmp_path / 'registry')!r}\n" + _SKIP_PROBE
+    )
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     assert done.returncode == 0 and lines, done.stdout + done.stderr
@@ -125,20 +134,38 @@ def test_a_group_without_data_skips_its_training_and_promotion_instead_of_failin
 
 
 def test_schedule_groups_and_kinds_come_from_the_environment(tmp_path):
-    out = _inspect(tmp_path, {"TSAD_RETRAIN_SCHEDULE": "0 */6 * * *", "TSAD_RETRAIN_KINDS": '["many-to-one"]',
-                              "TSAD_RETRAIN_GROUPS": '{"cpu": "ec2_*", "web": "speed_*"}'})
+    out = _inspect(
+        tmp_path,
+        {
+            "TSAD_RETRAIN_SCHEDULE": "0 */6 * * *",
+            "TSAD_RETRAIN_KINDS": '["many-to-one"]',
+            "TSAD_RETRAIN_GROUPS": '{"cpu": "ec2_*", "web": "speed_*"}',
+        },
+    )
     assert out["import_errors"] == {}
     assert "expression='0 */6 * * *'" in out["schedule"]
-    assert [t for t in out["tasks"] if t.startswith("promote__")] == ["promote__cpu-many-to-one",
-                                                                      "promote__web-many-to-one"]
+    assert [t for t in out["tasks"] if t.startswith("promote__")] == [
+        "promote__cpu-many-to-one",
+        "promote__web-many-to-one",
+    ]
 
 
 def test_groups_come_from_the_routing_file_tsad_serve_reads(tmp_path):
     routing = tmp_path / "routing.yaml"
-    routing.write_text("routes:\n  - {group: cpu, match: ['ec2_*']}\n  - {group: web, match: 'speed_*'}\n"
-                       "default: rest\n")
-    out = _inspect(tmp_path, {"TSAD_ROUTING": str(routing), "TSAD_RETRAIN_KINDS": '["many-to-many"]',
-                              "TSAD_RETRAIN_GROUPS": '{"ignored": "*"}'})
+    routing.write_text(
+        "routes:\n  - {group: cpu, match: ['ec2_*']}\n  - {group: web, match: 'speed_*'}\ndefault: rest\n"
+    )
+    out = _inspect(
+        tmp_path,
+        {
+            "TSAD_ROUTING": str(routing),
+            "TSAD_RETRAIN_KINDS": '["many-to-many"]',
+            "TSAD_RETRAIN_GROUPS": '{"ignored": "*"}',
+        },
+    )
     assert out["import_errors"] == {}
     assert [t for t in out["tasks"] if t.startswith("promote__")] == [
-        "promote__cpu-many-to-many", "promote__rest-many-to-many", "promote__web-many-to-many"]
+        "promote__cpu-many-to-many",
+        "promote__rest-many-to-many",
+        "promote__web-many-to-many",
+    ]

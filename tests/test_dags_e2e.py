@@ -20,8 +20,8 @@ from pathlib import Path
 import orjson
 import pandas as pd
 import pytest
-
 from airflow_env import airflow_env, migrate, run_dag
+
 from pipeline.kafka.broker import free_port
 from pipeline.kafka.clients import make_consumer, make_producer
 from pipeline.kafka.publish import publish_rows, read_series_csv
@@ -70,8 +70,13 @@ def _seed_untrained_champion(registry_dir: Path) -> int:
 
     torch.manual_seed(0)
     config = ForecasterConfig(kind="many-to-one", window=32, hidden=16)
-    bundle = ModelBundle(name=M2O, kind=config.kind, config=config, forecaster=build_forecaster(config).eval(),
-                         calibration={"metric": "abs", "mean": 0.5, "std": 0.5, "threshold": 3.0})
+    bundle = ModelBundle(
+        name=M2O,
+        kind=config.kind,
+        config=config,
+        forecaster=build_forecaster(config).eval(),
+        calibration={"metric": "abs", "mean": 0.5, "std": 0.5, "threshold": 3.0},
+    )
     registry = ModelRegistry(registry_dir)
     version = registry.register(bundle, {"note": "seed"})
     registry.promote(M2O, version)
@@ -79,8 +84,11 @@ def _seed_untrained_champion(registry_dir: Path) -> int:
 
 
 def _snapshot(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
 
 
 def _metric(port: int, name: str) -> float | None:
@@ -110,8 +118,14 @@ def test_archive_retrain_promote_hot_reload_and_idempotent_rerun(airflow_home, k
         producer.close()
 
     # 2. tsad archive
-    archived = subprocess.run([sys.executable, "-m", "pipeline.cli", "archive", "--exit-when-idle", "2",
-                               "--metrics-port", "0"], env=env, capture_output=True, text=True, timeout=60, cwd=REPO)
+    archived = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "archive", "--exit-when-idle", "2", "--metrics-port", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
     assert archived.returncode == 0, archived.stdout + archived.stderr
     assert f"archived {len(frame)} events" in archived.stdout
 
@@ -120,18 +134,42 @@ def test_archive_retrain_promote_hot_reload_and_idempotent_rerun(airflow_home, k
     port = free_port()
     serve_log = open(tmp_path / "serve.log", "w")
     serve = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "serve", "--model", M2O, "--metrics-port", str(port),
-         "--reload-interval", "0.5"], env=env, stdout=serve_log, stderr=subprocess.STDOUT, cwd=REPO)
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "serve",
+            "--model",
+            M2O,
+            "--metrics-port",
+            str(port),
+            "--reload-interval",
+            "0.5",
+        ],
+        env=env,
+        stdout=serve_log,
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+    )
     try:
         _wait(lambda: _metric(port, "tsad_model_version") == 1.0, 60, serve, tmp_path)
 
         # 4. the DAG, in real Airflow (subprocess with its own AIRFLOW_HOME)
-        dag_env = airflow_env(airflow_home, {
-            **kafka_env, "TSAD_ARCHIVE_DIR": str(archive_dir), "TSAD_REGISTRY_DIR": str(registry_dir),
-            "TSAD_RETRAIN_TEXTFILE": str(textfile), "TSAD_RETRAIN_EPOCHS": "2", "TSAD_RETRAIN_HIDDEN": "16",
-            "TSAD_RETRAIN_WINDOW": "32", "TSAD_RETRAIN_LOOKBACK_HOURS": str(24 * 15), "TSAD_RETRAIN_DEVICE": "auto",
-            "TSAD_RETRAIN_LABELS": str(nab_dir / "labels" / "combined_windows.json"),
-        })
+        dag_env = airflow_env(
+            airflow_home,
+            {
+                **kafka_env,
+                "TSAD_ARCHIVE_DIR": str(archive_dir),
+                "TSAD_REGISTRY_DIR": str(registry_dir),
+                "TSAD_RETRAIN_TEXTFILE": str(textfile),
+                "TSAD_RETRAIN_EPOCHS": "2",
+                "TSAD_RETRAIN_HIDDEN": "16",
+                "TSAD_RETRAIN_WINDOW": "32",
+                "TSAD_RETRAIN_LOOKBACK_HOURS": str(24 * 15),
+                "TSAD_RETRAIN_DEVICE": "auto",
+                "TSAD_RETRAIN_LABELS": str(nab_dir / "labels" / "combined_windows.json"),
+            },
+        )
         dag_env.pop("TSAD_PUSHGATEWAY_URL", None)
         started = time.perf_counter()
         first = run_dag(dag_env, "retrain_forecasters", LOGICAL_DATE)
@@ -162,8 +200,10 @@ def test_archive_retrain_promote_hot_reload_and_idempotent_rerun(airflow_home, k
         # 5. the running scorer hot-reloads v2 and stamps it on its anomaly records
         _wait(lambda: _metric(port, "tsad_model_version") == 2.0, 30, serve, tmp_path)
         last = stamps.iloc[-1]
-        tail = [(float(_seconds(pd.Series([last + pd.Timedelta(minutes=5 * i)])).iloc[0]), float(frame["value"].iloc[-1]))
-                for i in range(1, 6)]
+        tail = [
+            (float(_seconds(pd.Series([last + pd.Timedelta(minutes=5 * i)])).iloc[0]), float(frame["value"].iloc[-1]))
+            for i in range(1, 6)
+        ]
         tail.append((tail[-1][0] + 300, 1e6))  # a spike no forecaster can call normal
         producer = make_producer(kafka_settings)
         try:
@@ -194,7 +234,10 @@ def test_archive_retrain_promote_hot_reload_and_idempotent_rerun(airflow_home, k
 
     # 7. a group whose pattern matches no series: its train/promote are skipped, not failed, and
     #    neither the other group's promotion nor ``record`` is blocked
-    groups = {"TSAD_RETRAIN_GROUPS": '{"default": "ec2_*", "empty": "nothing_*"}', "TSAD_RETRAIN_KINDS": '["many-to-one"]'}
+    groups = {
+        "TSAD_RETRAIN_GROUPS": '{"default": "ec2_*", "empty": "nothing_*"}',
+        "TSAD_RETRAIN_KINDS": '["many-to-one"]',
+    }
     textfile.unlink()
     third = run_dag({**dag_env, **groups}, "retrain_forecasters", LOGICAL_DATE)
     assert third["state"] == "success", third["log"][-5000:]
@@ -216,7 +259,9 @@ def _wait(condition, timeout_s: float, proc, tmp_path) -> None:
 
 
 def _find_anomaly(kafka_settings, ts: float, timeout_s: float) -> dict:
-    consumer = make_consumer(kafka_settings, [kafka_settings.anomalies_topic], group_id=f"{kafka_settings.group_id}-probe")
+    consumer = make_consumer(
+        kafka_settings, [kafka_settings.anomalies_topic], group_id=f"{kafka_settings.group_id}-probe"
+    )
     try:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

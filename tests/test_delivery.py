@@ -10,15 +10,15 @@ from __future__ import annotations
 import threading
 
 import pytest
+from delivery_helpers import T0, RunningScorer, dead_letters, make_registry, read_all, receipt_detector, receipts, send
 from kafka.record import default_records
 
-from pipeline.kafka.broker import EmbeddedBroker, free_port
+from models.core.settings import KafkaSettings
+from models.detection.detector import StreamingDetector
 from pipeline.events import INTERNAL_ERROR, encode_event, parse_event
+from pipeline.kafka.broker import EmbeddedBroker, free_port
 from pipeline.kafka.clients import ensure_topics, make_producer
 from pipeline.kafka.publish import publish_events
-from models.detection.detector import StreamingDetector
-from models.core.settings import KafkaSettings
-from delivery_helpers import T0, RunningScorer, dead_letters, make_registry, read_all, receipt_detector, receipts, send
 
 pytestmark = pytest.mark.integration
 
@@ -34,11 +34,11 @@ def good(series: str, start: int, n: int) -> list:
 
 def test_poison_messages_are_dead_lettered_with_their_reason_and_scoring_goes_on(kafka_settings, reg):
     poison = [
-        (None, b'{"series": "\\ud800", "ts": 1700000000, "value": 1}'),          # lone surrogate, no key
-        (b"s", b'{"series": "\\ud800", "ts": 1700000000, "value": 1}'),          # ... with a key
-        (None, b'{"series": "\xed\xa0\x80", "ts": 1700000000, "value": 1}'),     # raw surrogate bytes, no key
+        (None, b'{"series": "\\ud800", "ts": 1700000000, "value": 1}'),  # lone surrogate, no key
+        (b"s", b'{"series": "\\ud800", "ts": 1700000000, "value": 1}'),  # ... with a key
+        (None, b'{"series": "\xed\xa0\x80", "ts": 1700000000, "value": 1}'),  # raw surrogate bytes, no key
         (b"\xed\xa0\x80", b'{"series": "\xed\xa0\x80", "ts": 1700000000, "value": 1}'),
-        (b"s", b'{"a":"}'),                                                       # issue 15's merging trio
+        (b"s", b'{"a":"}'),  # issue 15's merging trio
         (b"s", b'{",  "series":"s","ts":1700000000,"value":5}'),
         (b"s", b'{"q":1},{"r":2}'),
         (b"s", b'{"series": "s", "ts": 1700000000, "value": ' + b"9" * 400 + b"}"),
@@ -54,7 +54,9 @@ def test_poison_messages_are_dead_lettered_with_their_reason_and_scoring_goes_on
     assert run.error is None
     expected_reasons = {coords[30 + k]: parse_event(v, k_).reason for k, (k_, v) in enumerate(poison)}
     assert list(expected_reasons.values()) == ["bad_series_id"] * 4 + ["malformed_json"] * 3 + [
-        "value_out_of_range", "malformed_json"]
+        "value_out_of_range",
+        "malformed_json",
+    ]
     dead = dead_letters(read_all(kafka_settings, kafka_settings.dead_letter_topic, len(poison)))
     assert {(p, int(o)): h["tsad.reason"] for (p, o), h in dead.items()} == expected_reasons
     for k, (key, value) in enumerate(poison):  # unchanged: original bytes and key
@@ -142,8 +144,9 @@ def test_every_event_published_after_a_broker_restart_is_scored(tmp_path, reg):
     looks the same). publish_events, started during the outage, retries until it is back; every
     event published after the restart is scored, none is taken as replay, the reset is counted."""
     broker = EmbeddedBroker(port=free_port(), log_path=tmp_path / "tansu.log").start()
-    kafka = KafkaSettings(bootstrap_servers=broker.bootstrap_servers, session_timeout_ms=2000,
-                          heartbeat_interval_ms=500, partitions=4)
+    kafka = KafkaSettings(
+        bootstrap_servers=broker.bootstrap_servers, session_timeout_ms=2000, heartbeat_interval_ms=500, partitions=4
+    )
     try:
         ensure_topics(kafka)
         first = [row for s in range(8) for row in good(f"r-{s}", 0, 60)]
@@ -160,8 +163,13 @@ def test_every_event_published_after_a_broker_restart_is_scored(tmp_path, reg):
 
             second = [row for s in range(8) for row in good(f"r-{s}", 60, 60)]
             result = {}
-            publisher = threading.Thread(target=lambda: result.update(report=publish_events(
-                kafka, kafka.events_topic, second, timeout_s=90, make_producer=factory, ensure_topic=True)))
+            publisher = threading.Thread(
+                target=lambda: result.update(
+                    report=publish_events(
+                        kafka, kafka.events_topic, second, timeout_s=90, make_producer=factory, ensure_topic=True
+                    )
+                )
+            )
             publisher.start()
             run.wait(lambda: len(tries) >= 2, 60, "the publisher to retry during the outage")
             broker.start()
@@ -169,16 +177,22 @@ def test_every_event_published_after_a_broker_restart_is_scored(tmp_path, reg):
             publisher.join(90)
             assert result["report"].events == len(second) and result["report"].attempts >= 2
             run.wait(lambda: run.stats.consumed >= len(first) + len(second), 90, "the events after the restart")
-            run.wait(lambda: len(read_all(kafka, kafka.anomalies_topic, len(second), timeout_s=2)) >= len(second),
-                     30, "their receipts")
+            run.wait(
+                lambda: len(read_all(kafka, kafka.anomalies_topic, len(second), timeout_s=2)) >= len(second),
+                30,
+                "their receipts",
+            )
         finally:
             run.stop()
         assert run.error is None
         assert run.stats.replayed == 0 and run.metric("tsad_events_replayed_total") == 0
         assert run.metric("tsad_partition_resets_total", {"topic": kafka.events_topic}) >= 1
         import orjson
-        scored = {(a["series"], a["ts"]) for a in (orjson.loads(r.value)
-                                                   for r in read_all(kafka, kafka.anomalies_topic, len(second)))}
+
+        scored = {
+            (a["series"], a["ts"])
+            for a in (orjson.loads(r.value) for r in read_all(kafka, kafka.anomalies_topic, len(second)))
+        }
         published = {(orjson.loads(v)["series"], orjson.loads(v)["ts"]) for _, v in second}
         assert published <= scored, f"{len(published - scored)} of {len(published)} events never scored"
     finally:
@@ -202,12 +216,12 @@ def fuzz_messages(n: int, seed: int = 15) -> list:
 
     ev = b'{"series": "a", "ts": 1700000000, "value": '
     invalid = [
-        lambda: (b"a", b'{"series": "a\xff\xfe", "ts": 1700000000, "value": 1}', "malformed_json"),   # bad UTF-8
-        lambda: (None, b"\x00" + rnd.randbytes(rnd.randrange(0, 200)), "malformed_json"),                # binary
-        lambda: (b"a", ev + b"9" * rnd.randrange(309, 2000) + b"}", "value_out_of_range"),              # huge int
+        lambda: (b"a", b'{"series": "a\xff\xfe", "ts": 1700000000, "value": 1}', "malformed_json"),  # bad UTF-8
+        lambda: (None, b"\x00" + rnd.randbytes(rnd.randrange(0, 200)), "malformed_json"),  # binary
+        lambda: (b"a", ev + b"9" * rnd.randrange(309, 2000) + b"}", "value_out_of_range"),  # huge int
         lambda: (b"a", ev + b"1e400}", "value_out_of_range"),
         lambda: (b"a", b'{"series": "a", "ts": 1e300, "value": 1}', "bad_timestamp"),
-        lambda: (b"a", ev + b"[" * 3000 + b"]" * 3000 + b"}", "malformed_json"),                        # deep nesting
+        lambda: (b"a", ev + b"[" * 3000 + b"]" * 3000 + b"}", "malformed_json"),  # deep nesting
         lambda: (b"a", ev + b"[" * 100 + b"]" * 100 + b"}", "wrong_type"),
         lambda: (b"a", ev + b'1, "pad": "' + b"p" * 70_000 + b'"}', "oversize_message"),
         lambda: (b"a", b'{"series": 7, "ts": 1700000000, "value": 1}', "wrong_type"),
@@ -258,8 +272,8 @@ def test_fuzz_every_valid_event_is_scored_and_every_invalid_one_dead_lettered_wi
 
 
 def test_an_unreadable_champion_pointer_is_counted_and_the_old_model_keeps_serving(kafka_settings, tmp_path):
-    from pipeline.serve.reload import ChampionWatcher
     from models.detection.detector import DetectorConfig
+    from pipeline.serve.reload import ChampionWatcher
 
     reg = make_registry(tmp_path / "reg")
     watcher = ChampionWatcher(reg, "m", None, interval_s=0.05)

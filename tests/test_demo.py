@@ -25,6 +25,8 @@ def test_demo_runs_end_to_end():
     assert "ec2_cpu_* -> cpu-many-to-many" in text and "traffic-many-to-one" in text
     flagged_by = set(re.findall(r"anomaly flagged by (\S+)\s+(\S+)", text))
     assert ("cpu-many-to-many", "ec2_cpu_utilization_24ae8d") in flagged_by, flagged_by
-    assert all(model == ("cpu-many-to-many" if series.startswith("ec2_cpu_") else "traffic-many-to-one")
-               for model, series in flagged_by)
+    assert all(
+        model == ("cpu-many-to-many" if series.startswith("ec2_cpu_") else "traffic-many-to-one")
+        for model, series in flagged_by
+    )
     assert "band=[" in text and "/metrics" in text

@@ -19,9 +19,9 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from pipeline.metrics import ArchiverMetrics, RetrainMetrics, ScorerMetrics
 from pipeline.serve.alertmanager import AlertmanagerSink
 from pipeline.serve.anomaly_export import AnomalousSeries
-from pipeline.metrics import ArchiverMetrics, RetrainMetrics, ScorerMetrics
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 DASHBOARD_DIR = DEPLOY / "grafana" / "dashboards"
@@ -32,14 +32,40 @@ PROVIDER = DEPLOY / "grafana" / "provisioning" / "dashboards" / "tsad.yml"
 # Series Prometheus makes itself (scrape health and alert state).
 PROMETHEUS_SERIES = frozenset({"up", "ALERTS", "ALERTS_FOR_STATE"})
 
-_PROMQL_KEYWORDS = frozenset({
-    "by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "offset",
-    "bool", "inf", "nan", "atan2", "sum", "min", "max", "avg", "count", "stddev", "stdvar", "topk",
-    "bottomk", "quantile", "count_values", "group",
-})
+_PROMQL_KEYWORDS = frozenset(
+    {
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "and",
+        "or",
+        "unless",
+        "offset",
+        "bool",
+        "inf",
+        "nan",
+        "atan2",
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "count",
+        "stddev",
+        "stdvar",
+        "topk",
+        "bottomk",
+        "quantile",
+        "count_values",
+        "group",
+    }
+)
 
 
 # ---------------------------------------------------------------- helpers (also used by the live test)
+
 
 def sample_names(registry: CollectorRegistry) -> set[str]:
     """Every sample name ``registry``'s metrics can export, whether or not a child exists yet."""
@@ -53,8 +79,7 @@ def family_sample_names(families) -> set[str]:
         if family.type == "counter":
             names |= {f"{family.name}_total", f"{family.name}_created"}
         elif family.type == "histogram":
-            names |= {f"{family.name}_bucket", f"{family.name}_sum", f"{family.name}_count",
-                      f"{family.name}_created"}
+            names |= {f"{family.name}_bucket", f"{family.name}_sum", f"{family.name}_count", f"{family.name}_created"}
         elif family.type == "info":
             names.add(f"{family.name}_info")
         else:
@@ -76,12 +101,12 @@ def exported_metric_names() -> set[str]:
 
 def promql_metric_names(expr: str) -> set[str]:
     """Metric names an expression selects (functions, keywords, labels and durations removed)."""
-    text = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'', '""', expr)       # string literals
-    text = re.sub(r"\$\{?\w+\}?", "", text)                                      # Grafana variables
-    text = re.sub(r"\{[^}]*\}", "", text)                                        # label matchers
-    text = re.sub(r"\[[^\]]*\]", "", text)                                       # ranges, subqueries
+    text = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'', '""', expr)  # string literals
+    text = re.sub(r"\$\{?\w+\}?", "", text)  # Grafana variables
+    text = re.sub(r"\{[^}]*\}", "", text)  # label matchers
+    text = re.sub(r"\[[^\]]*\]", "", text)  # ranges, subqueries
     text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", r"\1", text)
-    text = re.sub(r"\boffset\s+-?[0-9a-z]+", "", text)                          # offset 1h
+    text = re.sub(r"\boffset\s+-?[0-9a-z]+", "", text)  # offset 1h
     names = set()
     for match in re.finditer(r"(?<![\w.:])([a-zA-Z_:][a-zA-Z0-9_:]*)(\s*\()?", text):
         name, call = match.group(1), match.group(2)
@@ -113,8 +138,9 @@ def dashboard_panels(dashboard: dict) -> list[dict]:
 
 
 def dashboard_exprs(dashboard: dict) -> list[tuple[str, str]]:
-    return [(panel["title"], target["expr"])
-            for panel in dashboard_panels(dashboard) for target in panel.get("targets", [])]
+    return [
+        (panel["title"], target["expr"]) for panel in dashboard_panels(dashboard) for target in panel.get("targets", [])
+    ]
 
 
 def load_dashboards() -> list[tuple[Path, dict]]:
@@ -123,27 +149,41 @@ def load_dashboards() -> list[tuple[Path, dict]]:
 
 # ---------------------------------------------------------------- the helpers themselves
 
+
 def test_promql_name_extraction_finds_metrics_and_skips_the_rest():
-    expr = ('histogram_quantile(0.99, sum by (job, le) (rate(tsad_end_to_end_latency_seconds_bucket'
-            '{job="tsad-scorer", le!="+Inf"}[$__rate_interval] offset 1h))) > 2.5e0 '
-            'and on (job) job:tsad_events_scored:rate5m > bool 0 or absent(up{job="x"}) '
-            'unless time() - max(some_metric) > 2 * 86400')
+    expr = (
+        "histogram_quantile(0.99, sum by (job, le) (rate(tsad_end_to_end_latency_seconds_bucket"
+        '{job="tsad-scorer", le!="+Inf"}[$__rate_interval] offset 1h))) > 2.5e0 '
+        'and on (job) job:tsad_events_scored:rate5m > bool 0 or absent(up{job="x"}) '
+        "unless time() - max(some_metric) > 2 * 86400"
+    )
     assert promql_metric_names(expr) == {
-        "tsad_end_to_end_latency_seconds_bucket", "job:tsad_events_scored:rate5m", "up", "some_metric"}
+        "tsad_end_to_end_latency_seconds_bucket",
+        "job:tsad_events_scored:rate5m",
+        "up",
+        "some_metric",
+    }
 
 
 def test_exported_names_cover_labelled_and_typed_metrics():
     names = exported_metric_names()
     # Labelled metrics have no sample until a child exists: their names must still be known.
-    for expected in ("tsad_events_rejected_total", "tsad_consumer_lag_messages",
-                     "tsad_end_to_end_latency_seconds_bucket", "tsad_end_to_end_latency_seconds_count",
-                     "tsad_model_info", "tsad_retrain_last_success_timestamp_seconds",
-                     "tsad_retrain_promotions_total", "tsad_archive_events_total"):
+    for expected in (
+        "tsad_events_rejected_total",
+        "tsad_consumer_lag_messages",
+        "tsad_end_to_end_latency_seconds_bucket",
+        "tsad_end_to_end_latency_seconds_count",
+        "tsad_model_info",
+        "tsad_retrain_last_success_timestamp_seconds",
+        "tsad_retrain_promotions_total",
+        "tsad_archive_events_total",
+    ):
         assert expected in names
     assert "tsad_events_rejected" not in names  # the counter's family name is not a sample
 
 
 # ---------------------------------------------------------------- dashboards
+
 
 @pytest.fixture(scope="module")
 def dashboards():
@@ -184,9 +224,18 @@ def test_panels_have_unique_ids_and_titles_and_use_the_provisioned_datasource(da
 
 def test_dashboard_covers_what_the_issue_asks_for(dashboards):
     exprs = " ".join(expr for _, dashboard in dashboards for _, expr in dashboard_exprs(dashboard))
-    for needed in ("tsad_events_consumed", "tsad_anomalies", "tsad_events_rejected",
-                   "tsad_consumer_lag_messages", "p50", "p99", "tsad_tracked_series", "tsad_model_version",
-                   "tsad_model_last_reload_timestamp_seconds", "tsad_retrain_last_success"):
+    for needed in (
+        "tsad_events_consumed",
+        "tsad_anomalies",
+        "tsad_events_rejected",
+        "tsad_consumer_lag_messages",
+        "p50",
+        "p99",
+        "tsad_tracked_series",
+        "tsad_model_version",
+        "tsad_model_last_reload_timestamp_seconds",
+        "tsad_retrain_last_success",
+    ):
         assert needed in exprs, f"no panel shows {needed}"
 
 
@@ -213,10 +262,12 @@ def test_dashboard_shows_the_anomalous_series_with_their_band(dashboards):
 
 def test_every_dashboard_query_uses_only_exported_or_recorded_metrics(dashboards):
     known = exported_metric_names() | recorded_names() | PROMETHEUS_SERIES
-    unknown = {(path.name, title, name)
-               for path, dashboard in dashboards
-               for title, expr in dashboard_exprs(dashboard)
-               for name in promql_metric_names(expr) - known}
+    unknown = {
+        (path.name, title, name)
+        for path, dashboard in dashboards
+        for title, expr in dashboard_exprs(dashboard)
+        for name in promql_metric_names(expr) - known
+    }
     assert not unknown, f"dashboard queries name metrics nobody exports: {sorted(unknown)}"
 
 
@@ -230,10 +281,14 @@ def test_dashboard_provider_points_at_the_mounted_directory():
 
 # ---------------------------------------------------------------- rules
 
+
 def test_every_rule_expression_uses_only_exported_or_recorded_metrics():
     known = exported_metric_names() | recorded_names() | PROMETHEUS_SERIES
-    unknown = {(rule.get("record") or rule.get("alert"), name)
-               for rule in load_rules() for name in promql_metric_names(rule["expr"]) - known}
+    unknown = {
+        (rule.get("record") or rule.get("alert"), name)
+        for rule in load_rules()
+        for name in promql_metric_names(rule["expr"]) - known
+    }
     assert not unknown, f"rules name metrics nobody exports: {sorted(unknown)}"
 
 

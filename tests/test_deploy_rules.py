@@ -33,8 +33,13 @@ def promtool(*args: str, cwd: Path = PROMETHEUS_DIR) -> subprocess.CompletedProc
 
 
 def alerting_rules() -> list[dict]:
-    return [rule for path in RULE_FILES for group in yaml.safe_load(path.read_text())["groups"]
-            for rule in group["rules"] if "alert" in rule]
+    return [
+        rule
+        for path in RULE_FILES
+        for group in yaml.safe_load(path.read_text())["groups"]
+        for rule in group["rules"]
+        if "alert" in rule
+    ]
 
 
 def github_anchors(markdown: str) -> set[str]:
@@ -91,8 +96,15 @@ def test_alerts_follow_conventions():
 
 def test_the_issue_symptoms_each_have_an_alert():
     names = {rule["alert"] for rule in alerting_rules()}
-    assert {"TsadScorerDown", "TsadNoEventsScored", "TsadConsumerLagGrowing", "TsadAnomalyRateHigh",
-            "TsadDeadLetterRateHigh", "TsadEndToEndLatencyHigh", "TsadModelStale"} <= names
+    assert {
+        "TsadScorerDown",
+        "TsadNoEventsScored",
+        "TsadConsumerLagGrowing",
+        "TsadAnomalyRateHigh",
+        "TsadDeadLetterRateHigh",
+        "TsadEndToEndLatencyHigh",
+        "TsadModelStale",
+    } <= names
     stale = next(rule for rule in alerting_rules() if rule["alert"] == "TsadModelStale")
     assert "tsad_retrain_last_success" in stale["expr"] or "model:tsad_retrain_last_success" in stale["expr"]
 

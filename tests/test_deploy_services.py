@@ -49,8 +49,13 @@ def test_unit_has_required_settings(unit):
     assert service["EnvironmentFile"] == "/etc/tsad/tsad.env"
     assert re.fullmatch(r"\d+[KMG]", service["MemoryMax"])
     assert re.fullmatch(r"\d+%", service["CPUQuota"])
-    for key, value in {"NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes",
-                       "PrivateTmp": "yes", "CapabilityBoundingSet": ""}.items():
+    for key, value in {
+        "NoNewPrivileges": "yes",
+        "ProtectSystem": "strict",
+        "ProtectHome": "yes",
+        "PrivateTmp": "yes",
+        "CapabilityBoundingSet": "",
+    }.items():
         assert service[key] == value, f"{unit.name}: {key}"
     assert read_unit(unit)["Install"]["WantedBy"] == "multi-user.target"
 
@@ -78,8 +83,9 @@ def test_systemd_analyze_verify_reports_a_bad_unit(tmp_path):
     """The check above can fail: an unknown key and a bad Restart value produce output."""
     bad = tmp_path / "bad.service"
     bad.write_text("[Service]\nExecStart=/bin/true\nRestartt=on-failure\nRestart=sometimes\n")
-    result = subprocess.run(["systemd-analyze", "verify", "--man=no", str(bad)], capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(bad)], capture_output=True, text=True, timeout=60
+    )
     assert (result.stdout + result.stderr).strip()
 
 
@@ -128,13 +134,16 @@ def test_env_example_covers_every_setting():
 
 # ---------------------------------------------------------------- docker-compose
 
+
 @pytest.fixture(scope="module")
 def compose() -> dict:
     return yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
 
 
 def test_compose_has_the_stack(compose):
-    assert {"kafka", "prometheus", "grafana", "scorer", "archiver", "airflow", "pushgateway"} <= set(compose["services"])
+    assert {"kafka", "prometheus", "grafana", "scorer", "archiver", "airflow", "pushgateway"} <= set(
+        compose["services"]
+    )
 
 
 def test_compose_images_are_pinned_to_exact_versions(compose):
@@ -179,6 +188,10 @@ def test_alertmanager_config_is_valid():
     amtool = shutil.which("amtool")
     if amtool is None:
         pytest.fail("amtool not found: run `make prometheus` (Debian package prometheus-alertmanager)")
-    result = subprocess.run([amtool, "check-config", str(DEPLOY / "alertmanager" / "alertmanager.yml")],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [amtool, "check-config", str(DEPLOY / "alertmanager" / "alertmanager.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr

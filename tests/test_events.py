@@ -6,7 +6,8 @@ import json
 import math
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline import events
 from pipeline.events import Event, Rejection, encode_event, parse_event, parse_timestamp
@@ -20,8 +21,8 @@ def test_valid_iso_event():
 @pytest.mark.parametrize(
     "ts, expected",
     [
-        (1392388200, 1392388200.0),            # epoch seconds
-        (1392388200000, 1392388200.0),         # epoch milliseconds
+        (1392388200, 1392388200.0),  # epoch seconds
+        (1392388200000, 1392388200.0),  # epoch milliseconds
         (1392388200.5, 1392388200.5),
         ("2014-02-14T14:30:00Z", 1392388200.0),
         ("2014-02-14T15:30:00+01:00", 1392388200.0),
@@ -77,9 +78,18 @@ def test_key_must_match_series():
 
 
 def test_every_reason_is_listed():
-    result_reasons = {events.MALFORMED_JSON, events.NOT_AN_OBJECT, events.MISSING_FIELD, events.WRONG_TYPE,
-                      events.NON_FINITE_VALUE, events.VALUE_OUT_OF_RANGE, events.BAD_SERIES_ID, events.BAD_TIMESTAMP,
-                      events.OVERSIZE_MESSAGE, events.KEY_MISMATCH}
+    result_reasons = {
+        events.MALFORMED_JSON,
+        events.NOT_AN_OBJECT,
+        events.MISSING_FIELD,
+        events.WRONG_TYPE,
+        events.NON_FINITE_VALUE,
+        events.VALUE_OUT_OF_RANGE,
+        events.BAD_SERIES_ID,
+        events.BAD_TIMESTAMP,
+        events.OVERSIZE_MESSAGE,
+        events.KEY_MISMATCH,
+    }
     assert result_reasons <= set(events.REJECTION_REASONS)
 
 
@@ -111,28 +121,40 @@ def test_arbitrary_payloads_never_raise_and_events_are_finite(series, ts, value)
 
 
 @pytest.mark.parametrize("key", [None, b"\xed\xa0\x80"], ids=["no-key", "key"])
-@pytest.mark.parametrize("raw", [b'{"series": "\\ud800", "ts": 1700000000, "value": 1}',
-                                 b'{"series": "\xed\xa0\x80", "ts": 1700000000, "value": 1}'], ids=["escape", "raw-bytes"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"series": "\\ud800", "ts": 1700000000, "value": 1}',
+        b'{"series": "\xed\xa0\x80", "ts": 1700000000, "value": 1}',
+    ],
+    ids=["escape", "raw-bytes"],
+)
 def test_a_lone_surrogate_in_the_series_id_is_a_bad_series_id(raw, key):
     result = parse_event(raw, key)
     assert isinstance(result, Rejection) and result.reason == events.BAD_SERIES_ID, result
 
 
-@pytest.mark.parametrize("raw", [
-    b'{"series": "a", "ts": 1700000000, "value": ' + b"9" * 400 + b"}",
-    b'{"series": "a", "ts": 1700000000, "value": -' + b"9" * 400 + b"}",
-    b'{"series": "a", "ts": 1700000000, "value": 1e400}',
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"series": "a", "ts": 1700000000, "value": ' + b"9" * 400 + b"}",
+        b'{"series": "a", "ts": 1700000000, "value": -' + b"9" * 400 + b"}",
+        b'{"series": "a", "ts": 1700000000, "value": 1e400}',
+    ],
+)
 def test_numbers_beyond_a_double_are_out_of_range_not_non_finite(raw):
     assert parse_event(raw).reason == events.VALUE_OUT_OF_RANGE
 
 
-@pytest.mark.parametrize("raw", [
-    b"\xef\xbb\xbf" + encode_event("a", 1700000000, 1.0),                       # UTF-8 BOM
-    '{"series": "a", "ts": 1700000000, "value": 1}'.encode("utf-16"),            # UTF-16 with BOM
-    '{"series": "a", "ts": 1700000000, "value": 1}'.encode("utf-16-le"),         # UTF-16 without BOM
-    '{"series": "a", "ts": 1700000000, "value": 1}'.encode("utf-32"),
-    b'{"series": "a\xff", "ts": 1700000000, "value": 1}',                        # invalid UTF-8
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\xef\xbb\xbf" + encode_event("a", 1700000000, 1.0),  # UTF-8 BOM
+        '{"series": "a", "ts": 1700000000, "value": 1}'.encode("utf-16"),  # UTF-16 with BOM
+        '{"series": "a", "ts": 1700000000, "value": 1}'.encode("utf-16-le"),  # UTF-16 without BOM
+        '{"series": "a", "ts": 1700000000, "value": 1}'.encode("utf-32"),
+        b'{"series": "a\xff", "ts": 1700000000, "value": 1}',  # invalid UTF-8
+    ],
+)
 def test_only_utf8_without_a_bom_is_json_here(raw):
     assert parse_event(raw).reason == events.MALFORMED_JSON

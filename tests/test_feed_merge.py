@@ -14,8 +14,9 @@ TP0, TP1 = TopicPartition("t", 0), TopicPartition("t", 1)
 
 def _batch(tp, start, n, polled_at, replay=None):
     offsets = np.arange(start, start + n, dtype=np.int64)
-    return Batch([tp], [n], [b"v%d" % o for o in offsets], [b"k"] * n, offsets, offsets * 10, replay,
-                 {tp: start + n}, polled_at)
+    return Batch(
+        [tp], [n], [b"v%d" % o for o in offsets], [b"k"] * n, offsets, offsets * 10, replay, {tp: start + n}, polled_at
+    )
 
 
 def test_merged_batches_keep_order_offsets_and_the_last_commit_offset():
@@ -27,12 +28,12 @@ def test_merged_batches_keep_order_offsets_and_the_last_commit_offset():
     assert m.offsets.tolist() == [0, 1, 2, 5, 6, 3, 4]
     assert m.replay.tolist() == [False, False, False, True, False, False, False]
     assert m.commit_offsets == {TP0: 5, TP1: 7}
-    assert m.polled_at == 9.0                     # the earliest: latency is not hidden
+    assert m.polled_at == 9.0  # the earliest: latency is not hidden
     assert Batch.merged([a]) is a
 
 
 def _parent_with(buffer):
-    feed = FetchProcess.__new__(FetchProcess)     # the parent side alone: no child process
+    feed = FetchProcess.__new__(FetchProcess)  # the parent side alone: no child process
     feed._buffer = list(buffer)
     feed.merge_records = MERGE_RECORDS
     return feed

@@ -15,11 +15,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from models.detection.detector import DUPLICATE, SCORED, WARMUP, StreamingDetector
 from models.forecasting.windows import SeriesNormalizer
 from pipeline.backtest.fleet import train_fleet
 from pipeline.backtest.nab_scoring import probation_length
 from pipeline.backtest.replay import ReplayConfig, detector_config, replay_file
-from models.detection.detector import DUPLICATE, SCORED, WARMUP, StreamingDetector
 
 pytestmark = pytest.mark.filterwarnings("error")  # a RuntimeWarning (0/0, overflow) is a failure
 
@@ -37,8 +37,9 @@ def fleet():
 
 def _write(path: Path, ts: np.ndarray, values: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame({"timestamp": pd.to_datetime(ts, unit="s").strftime("%Y-%m-%d %H:%M:%S"),
-                  "value": values}).to_csv(path, index=False)
+    pd.DataFrame({"timestamp": pd.to_datetime(ts, unit="s").strftime("%Y-%m-%d %H:%M:%S"), "value": values}).to_csv(
+        path, index=False
+    )
     return path
 
 
@@ -79,9 +80,9 @@ def _stream(bundle, ts: np.ndarray, values: np.ndarray, chunk: int = 50) -> tupl
 def test_gaps_of_hours_and_days(tmp_path, fleet):
     n = 1000
     ts = T0 + HOUR * np.arange(n)
-    ts[300:] += 50 * HOUR          # two days missing
-    ts[700:] += 200 * HOUR         # a week missing
-    ts[500:503] += 0.5 * HOUR      # off-grid rows
+    ts[300:] += 50 * HOUR  # two days missing
+    ts[700:] += 200 * HOUR  # a week missing
+    ts[500:503] += 0.5 * HOUR  # off-grid rows
     v = 10 + np.sin(np.arange(n) * 2 * np.pi / 24) + np.random.default_rng(0).normal(0, 0.1, n)
     path = _write(tmp_path / "g" / "gaps.csv", ts, v)
     rs = _replay_all(path, fleet, retrain_every=250)
@@ -160,12 +161,12 @@ def test_counts_mostly_zero_or_one(tmp_path, fleet):
     n = 1200
     rng = np.random.default_rng(4)
     ts = T0 + HOUR * np.arange(n)
-    crashes = (rng.random(n) < 0.03).astype(float)      # a crash rate: 0, sometimes 1
+    crashes = (rng.random(n) < 0.03).astype(float)  # a crash rate: 0, sometimes 1
     _replay_all(_write(tmp_path / "g" / "crashes.csv", ts, crashes), fleet)
     status, *_ = _stream(fleet, ts, crashes)
     assert np.all(status <= WARMUP)
     quiet = np.zeros(n)
-    quiet[900] = 1.0                                     # all zero, then one crash
+    quiet[900] = 1.0  # all zero, then one crash
     for r in _replay_all(_write(tmp_path / "g" / "quiet.csv", ts, quiet), fleet).values():
         assert r.flag[900] and r.flag.sum() == 1
     status, score, _, _ = _stream(fleet, ts, quiet)

@@ -10,8 +10,8 @@ from models.forecasting.calendar import CALENDAR_DIM, calendar_features, to_epoc
 from models.forecasting.data import load_training_data
 from models.forecasting.forecasters import ForecasterConfig
 from models.forecasting.inference import prediction_errors
-from models.registry import ModelRegistry
 from models.forecasting.training import fit
+from models.registry import ModelRegistry
 
 
 def test_calendar_columns_known_points():
@@ -50,16 +50,25 @@ def daily(n, seed=0, start=1.7e9, step=1800.0):
 def test_fit_requires_timestamps_when_calendar():
     ts, v = daily(400)
     with pytest.raises(ValueError, match="timestamps"):
-        fit(ForecasterConfig(kind="many-to-many", window=8, hidden=8, calendar_features=True), {"a": v},
-            epochs=1, progress=False, device="cpu")
+        fit(
+            ForecasterConfig(kind="many-to-many", window=8, hidden=8, calendar_features=True),
+            {"a": v},
+            epochs=1,
+            progress=False,
+            device="cpu",
+        )
 
 
 def test_calendar_model_predicts_the_daily_step_a_plain_model_cannot(tmp_path):
     """The day/night switch comes 20 and 28 rows apart; a window of 8 can only time it with the calendar."""
     ts, v = daily(48 * 14)
     kw = dict(epochs=30, progress=False, device="cpu", seed=0, num_threads=1, patience=30)
-    cal_b, cal_r = fit(ForecasterConfig(kind="many-to-many", window=8, hidden=16, calendar_features=True),
-                   {"a": v}, timestamps={"a": ts}, **kw)
+    cal_b, cal_r = fit(
+        ForecasterConfig(kind="many-to-many", window=8, hidden=16, calendar_features=True),
+        {"a": v},
+        timestamps={"a": ts},
+        **kw,
+    )
     plain_b, plain_r = fit(ForecasterConfig(kind="many-to-many", window=8, hidden=16), {"a": v}, **kw)
     assert cal_b.config.features == 5
     from models.forecasting.calendar import with_calendar
@@ -83,14 +92,23 @@ def test_warm_start_refuses_a_calendar_mismatch():
     kw = dict(epochs=1, progress=False, device="cpu", num_threads=1)
     plain, _ = fit(ForecasterConfig(kind="many-to-many", window=8, hidden=8), {"a": v}, **kw)
     with pytest.raises(ValueError, match="architecture"):
-        fit(ForecasterConfig(kind="many-to-many", window=8, hidden=8, calendar_features=True), {"a": v},
-            timestamps={"a": ts}, warm_start=plain, **kw)
+        fit(
+            ForecasterConfig(kind="many-to-many", window=8, hidden=8, calendar_features=True),
+            {"a": v},
+            timestamps={"a": ts},
+            warm_start=plain,
+            **kw,
+        )
 
 
 def test_load_training_data_returns_grid_timestamps(tmp_path):
     f = tmp_path / "s.csv"
-    pd.DataFrame({"timestamp": ["2024-01-01 00:00:00", "2024-01-01 00:05:00", "2024-01-01 00:10:00",
-                                "2024-01-01 00:20:00"], "value": [1.0, 2.0, 3.0, 4.0]}).to_csv(f, index=False)
+    pd.DataFrame(
+        {
+            "timestamp": ["2024-01-01 00:00:00", "2024-01-01 00:05:00", "2024-01-01 00:10:00", "2024-01-01 00:20:00"],
+            "value": [1.0, 2.0, 3.0, 4.0],
+        }
+    ).to_csv(f, index=False)
     data = load_training_data(f)
     start = pd.Timestamp("2024-01-01").value / 1e9
     np.testing.assert_allclose(data.timestamps["s"], start + 300 * np.arange(5))

@@ -6,9 +6,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from pipeline.cli.models import register
 from models.forecasting.data import load_training_data, load_training_series
 from models.registry import ModelRegistry
+from pipeline.cli.models import register
 
 
 @pytest.fixture()
@@ -33,8 +33,9 @@ def test_loaders(tmp_path):
     assert set(series) == {"real/a", "b"}
     assert len(series["real/a"]) == 400 and np.isnan(series["real/a"][10:15]).all()  # gap -> NaN
     assert list(load_training_series(tmp_path / "d" / "b.csv")) == ["b"]
-    pq = pd.DataFrame({"series": ["x"] * 3 + ["y"] * 2, "ts": pd.date_range("2024", periods=5, freq="1h"),
-                       "value": [1.0, 2, 3, 4, 5]})
+    pq = pd.DataFrame(
+        {"series": ["x"] * 3 + ["y"] * 2, "ts": pd.date_range("2024", periods=5, freq="1h"), "value": [1.0, 2, 3, 4, 5]}
+    )
     pq.to_parquet(tmp_path / "p.parquet")
     data = load_training_data(tmp_path / "p.parquet")
     assert set(data.series) == {"x", "y"} and data.series["y"].tolist() == [4.0, 5.0]
@@ -45,8 +46,21 @@ def test_train_and_manage(tmp_path, app):
     write_nab(tmp_path / "data" / "s1.csv")
     runner = CliRunner()
     reg_dir = str(tmp_path / "reg")
-    common = ["train", str(tmp_path / "data"), "--registry", reg_dir, "--window", "8", "--hidden", "8",
-              "--epochs", "2", "--no-progress", "--threads", "1"]
+    common = [
+        "train",
+        str(tmp_path / "data"),
+        "--registry",
+        reg_dir,
+        "--window",
+        "8",
+        "--hidden",
+        "8",
+        "--epochs",
+        "2",
+        "--no-progress",
+        "--threads",
+        "1",
+    ]
     r = runner.invoke(app, common + ["--kind", "many-to-many"])
     assert r.exit_code == 0, r.output
     assert "default v1" in r.output and "windows/s" in r.output
@@ -71,8 +85,19 @@ def test_registry_defaults_to_the_tsad_registry_dir_setting(tmp_path, app, monke
     reg_dir = tmp_path / "from-env"
     monkeypatch.setenv("TSAD_REGISTRY_DIR", str(reg_dir))
     runner = CliRunner()
-    common = ["train", str(tmp_path / "data"), "--window", "8", "--hidden", "8", "--epochs", "1", "--no-progress",
-              "--threads", "1"]
+    common = [
+        "train",
+        str(tmp_path / "data"),
+        "--window",
+        "8",
+        "--hidden",
+        "8",
+        "--epochs",
+        "1",
+        "--no-progress",
+        "--threads",
+        "1",
+    ]
     for _ in range(2):
         r = runner.invoke(app, common)
         assert r.exit_code == 0, r.output

@@ -22,12 +22,12 @@ def test_repeats_are_same_hour_yesterday_or_a_repeat_already_today():
     def hot(t):
         return bool(rep.step(i, np.array([t]), np.array([True]))[0])
 
-    assert not hot(T0 + 3 * 3600)                  # day 0, 03:xx: first time
-    assert not hot(T0 + 3 * 3600 + 600)            # again day 0: not a repeat (not hot yesterday)
-    assert hot(T0 + DAY + 3 * 3600 + 120)          # day 1, same hour: a repeat
-    assert hot(T0 + DAY + 3 * 3600 + 900)          # day 1 again: still a repeat
-    assert not hot(T0 + DAY + 5 * 3600)            # another hour
-    assert not hot(T0 + 3 * DAY + 3 * 3600)        # day 3 after a day without: alarms again
+    assert not hot(T0 + 3 * 3600)  # day 0, 03:xx: first time
+    assert not hot(T0 + 3 * 3600 + 600)  # again day 0: not a repeat (not hot yesterday)
+    assert hot(T0 + DAY + 3 * 3600 + 120)  # day 1, same hour: a repeat
+    assert hot(T0 + DAY + 3 * 3600 + 900)  # day 1 again: still a repeat
+    assert not hot(T0 + DAY + 5 * 3600)  # another hour
+    assert not hot(T0 + 3 * DAY + 3 * 3600)  # day 3 after a day without: alarms again
     before = rep.code.copy()
     assert not rep.step(i, np.array([T0 + 4 * DAY + 3 * 3600]), np.array([False]))[0]
     np.testing.assert_array_equal(rep.code, before)  # a value that is not hot records nothing
@@ -62,11 +62,11 @@ def _daily_spikes(days=6, step=300.0, hour=3.5):
 
 def test_a_daily_job_alarms_once_and_an_incident_at_another_hour_still_alarms():
     t, v, e, spikes = _daily_spikes()
-    job = spikes[1:]                               # a daily job from day 1 on
-    e[job] = 60.0                                  # the forecaster never sees it coming
-    other = spikes[4] + 100                        # day 4, ~8 h later: an incident
+    job = spikes[1:]  # a daily job from day 1 on
+    e[job] = 60.0  # the forecaster never sees it coming
+    other = spikes[4] + 100  # day 4, ~8 h later: an incident
     e[other] = 60.0
-    cfg = LikelihoodConfig(seasonal_bins=None)     # forecast channel alone, so the test reads clearly
+    cfg = LikelihoodConfig(seasonal_bins=None)  # forecast channel alone, so the test reads clearly
     scores, flags = score_series(e, cfg, values=v, times=t)
     assert flags[job[0]] and not flags[job[1:]].any()  # the first run alarms, the repeats do not
     assert scores[job[2]] == 0.0
@@ -77,15 +77,15 @@ def test_a_daily_job_alarms_once_and_an_incident_at_another_hour_still_alarms():
 
 def test_warm_up_spikes_count_as_evidence():
     t, v, e, spikes = _daily_spikes()
-    e[spikes] = 60.0                               # day 0's run falls in the warm-up (cannot flag) ...
+    e[spikes] = 60.0  # day 0's run falls in the warm-up (cannot flag) ...
     flags = score_series(e, LikelihoodConfig(seasonal_bins=None), values=v, times=t)[1]
-    assert spikes[0] < 100 and not flags[spikes].any()   # ... but makes day 1's a repeat
+    assert spikes[0] < 100 and not flags[spikes].any()  # ... but makes day 1's a repeat
 
 
 def test_a_new_extreme_at_a_repeated_hour_still_alarms():
     t, v, e, spikes = _daily_spikes()
     e[spikes] = 60.0
-    v[spikes[4]] = 1000.0                          # far outside every value seen: the spatial check
+    v[spikes[4]] = 1000.0  # far outside every value seen: the spatial check
     scores, flags = score_series(e, LikelihoodConfig(seasonal_bins=None), values=v, times=t)
     assert flags[spikes[4]] and scores[spikes[4]] == 1.0
 

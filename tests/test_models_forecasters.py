@@ -1,6 +1,5 @@
 """Tests for models/forecasting/forecasters.py: shapes, step() == forward(), batched step() == per-series step()."""
 
-
 import pytest
 import torch
 
@@ -64,9 +63,9 @@ def test_step_for_1000_series_at_once_equals_each_series_alone():
             for r in rows:
                 alone = model.init_state(1)
                 for x in xs:
-                    p1, alone = model.step(x[r:r + 1], alone)
-                torch.testing.assert_close(p1, pred[r:r + 1], atol=1e-5, rtol=1e-5)
-                torch.testing.assert_close(alone[0], state[0][:, r:r + 1], atol=1e-5, rtol=1e-5)
+                    p1, alone = model.step(x[r : r + 1], alone)
+                torch.testing.assert_close(p1, pred[r : r + 1], atol=1e-5, rtol=1e-5)
+                torch.testing.assert_close(alone[0], state[0][:, r : r + 1], atol=1e-5, rtol=1e-5)
     finally:
         torch.set_num_threads(threads)
     assert torch.get_num_threads() == threads

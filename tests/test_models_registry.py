@@ -8,16 +8,20 @@ import torch
 
 from models.forecasting.bundle import ModelBundle
 from models.forecasting.forecasters import ForecasterConfig, build_forecaster
-from models.registry import CorruptModelError, ModelNotFoundError, ModelRegistry
 from models.forecasting.windows import SeriesNormalizer
+from models.registry import CorruptModelError, ModelNotFoundError, ModelRegistry
 
 
 def make_bundle(seed=0, kind="many-to-many"):
     torch.manual_seed(seed)
     cfg = ForecasterConfig(kind=kind, window=8, hidden=8, horizon=2)
     return ModelBundle(
-        name="m", kind=kind, config=cfg, forecaster=build_forecaster(cfg).eval(),
-        normalizers={"a/b": SeriesNormalizer(1.5, 2.0)}, calibration={"mean": 0.1, "std": 0.05},
+        name="m",
+        kind=kind,
+        config=cfg,
+        forecaster=build_forecaster(cfg).eval(),
+        normalizers={"a/b": SeriesNormalizer(1.5, 2.0)},
+        calibration={"mean": 0.1, "std": 0.05},
         metrics={"val_mse": 0.02},
     )
 
@@ -123,17 +127,20 @@ def test_idempotency_key(tmp_path):
     assert reg.list("m")[0].idempotency_key == "dag-run-2024-01-01"
 
 
-@pytest.mark.parametrize("edit", [
-    pytest.param(lambda m: m.update(normalizers={"a": {"mean": 1.0}}), id="normalizer-missing-std"),
-    pytest.param(lambda m: m.update(normalizers={"a": 3}), id="normalizer-not-a-pair"),
-    pytest.param(lambda m: m.update(normalizers=[1, 2]), id="normalizers-not-an-object"),
-    pytest.param(lambda m: m.update(normalizers={"a": {"mean": "nan", "std": 1.0}}), id="normalizer-nan"),
-    pytest.param(lambda m: m.update(calibration=[0.1]), id="calibration-not-an-object"),
-    pytest.param(lambda m: m.update(kind="many-to-one"), id="kind-mismatch"),
-    pytest.param(lambda m: m.pop("kind"), id="kind-missing"),
-    pytest.param(lambda m: m.pop("config"), id="config-missing"),
-    pytest.param(lambda m: m.update(config="lstm"), id="config-not-an-object"),
-])
+@pytest.mark.parametrize(
+    "edit",
+    [
+        pytest.param(lambda m: m.update(normalizers={"a": {"mean": 1.0}}), id="normalizer-missing-std"),
+        pytest.param(lambda m: m.update(normalizers={"a": 3}), id="normalizer-not-a-pair"),
+        pytest.param(lambda m: m.update(normalizers=[1, 2]), id="normalizers-not-an-object"),
+        pytest.param(lambda m: m.update(normalizers={"a": {"mean": "nan", "std": 1.0}}), id="normalizer-nan"),
+        pytest.param(lambda m: m.update(calibration=[0.1]), id="calibration-not-an-object"),
+        pytest.param(lambda m: m.update(kind="many-to-one"), id="kind-mismatch"),
+        pytest.param(lambda m: m.pop("kind"), id="kind-missing"),
+        pytest.param(lambda m: m.pop("config"), id="config-missing"),
+        pytest.param(lambda m: m.update(config="lstm"), id="config-not-an-object"),
+    ],
+)
 def test_corrupt_meta_raises_corrupt_model_error(tmp_path, edit):
     reg = ModelRegistry(tmp_path)
     reg.register(make_bundle(0))

@@ -6,8 +6,14 @@ import numpy as np
 import pytest
 
 from models.detection.thresholds import (
-    ErrorLikelihood, LikelihoodConfig, StaticThreshold, TelemanomThreshold, find_anomalies, find_epsilon,
-    prune_sequences, tail_score,
+    ErrorLikelihood,
+    LikelihoodConfig,
+    StaticThreshold,
+    TelemanomThreshold,
+    find_anomalies,
+    find_epsilon,
+    prune_sequences,
+    tail_score,
 )
 from models.detection.thresholds.telemanom import sequences
 
@@ -65,12 +71,13 @@ def test_repeated_series_in_one_call_applied_in_order():
 
 
 def test_likelihood_is_the_gaussian_tail_of_the_short_mean_against_the_long_run_distribution():
-    cfg = LikelihoodConfig(short_alpha=0.1, warmup=50, refractory=0, min_std_frac=0.1, spatial_tolerance=None,
-                           slow_alpha=None)  # the short time scale alone
+    cfg = LikelihoodConfig(
+        short_alpha=0.1, warmup=50, refractory=0, min_std_frac=0.1, spatial_tolerance=None, slow_alpha=None
+    )  # the short time scale alone
     det = ErrorLikelihood(cfg)
     det.score_batch(np.full(200, 0.1))  # long-run mean 0.1, variance 0: std floor 0.1 * 0.1 = 0.01
-    m = float(np.float32(0.1))          # (the statistics are stored as float32)
-    short = m + 0.1 * (0.16 - m)        # the short EWMA after one error of 0.16
+    m = float(np.float32(0.1))  # (the statistics are stored as float32)
+    short = m + 0.1 * (0.16 - m)  # the short EWMA after one error of 0.16
     z = (short - m) / (0.1 * m)
     q = 0.5 * math.erfc(z / math.sqrt(2.0))
     expected = math.log(q + 1e-10) / math.log(1e-10)
@@ -145,12 +152,19 @@ def test_slow_time_scale_streaming_equals_the_scalar_path():
 
 def test_slow_time_scale_by_hand():
     """Constant errors, then one error: the slow EWMA against its own (floored) spread, short damped by short_weight."""
-    cfg = LikelihoodConfig(short_alpha=0.1, warmup=50, refractory=0, min_std_frac=0.1, spatial_tolerance=None,
-                           slow_alpha=0.05, short_weight=0.5)
+    cfg = LikelihoodConfig(
+        short_alpha=0.1,
+        warmup=50,
+        refractory=0,
+        min_std_frac=0.1,
+        spatial_tolerance=None,
+        slow_alpha=0.05,
+        short_weight=0.5,
+    )
     det = ErrorLikelihood(cfg)
     det.score_batch(np.full(200, 0.1))  # mu 0.1, both variances 0: std floors 0.01
-    z_short = (0.1 + 0.1 * (0.16 - 0.1) - 0.1) / 0.01   # 0.6
-    z_slow = (0.1 + 0.05 * (0.16 - 0.1) - 0.1) / 0.01   # 0.3
+    z_short = (0.1 + 0.1 * (0.16 - 0.1) - 0.1) / 0.01  # 0.6
+    z_slow = (0.1 + 0.05 * (0.16 - 0.1) - 0.1) / 0.01  # 0.3
     expected = max(0.5 * tail_score(np.array([z_short]))[0], tail_score(np.array([z_slow]))[0])
     assert det.score_one(0, 0.16) == pytest.approx(expected, rel=1e-6)
     assert expected == pytest.approx(tail_score(np.array([z_slow]))[0])  # here the slow scale wins
@@ -169,8 +183,11 @@ def test_slow_time_scale_needs_persistence_for_a_short_burst():
     two = ErrorLikelihood(**plain, slow_alpha=0.04, short_weight=0.5)
     assert one.is_anomaly(one.score_batch(burst)[1500:1520]).any()
     assert not two.is_anomaly(two.score_batch(burst)[1500:1520]).any()
-    assert ErrorLikelihood(**plain, slow_alpha=0.04, short_weight=0.5).is_anomaly(
-        ErrorLikelihood(**plain, slow_alpha=0.04, short_weight=0.5).score_batch(shift)[1500:1700]).any()
+    assert (
+        ErrorLikelihood(**plain, slow_alpha=0.04, short_weight=0.5)
+        .is_anomaly(ErrorLikelihood(**plain, slow_alpha=0.04, short_weight=0.5).score_batch(shift)[1500:1700])
+        .any()
+    )
 
 
 def test_slow_time_scale_is_off_by_default():

@@ -48,8 +48,8 @@ def test_a_missing_daily_peak_is_flagged_by_the_context_alone():
     t, v, high = _daily_square(8, 300.0, rng)
     day6 = (t >= t[0] + 6 * DAY) & (t < t[0] + 7 * DAY)
     v[day6 & high] = 20.0 + rng.normal(0, 2.0, int((day6 & high).sum()))  # the peak does not come
-    e = np.abs(rng.normal(0, 1.0, len(t)))        # a forecaster that follows the window: nothing unusual
-    alert = t >= t[0] + DAY                      # a first day of history (the spatial check flags its first peak)
+    e = np.abs(rng.normal(0, 1.0, len(t)))  # a forecaster that follows the window: nothing unusual
+    alert = t >= t[0] + DAY  # a first day of history (the spatial check flags its first peak)
     flags = score_series(e, LikelihoodConfig(), values=v, alert=alert, times=t)[1]
     hits = np.flatnonzero(flags)
     assert len(hits) and all(day6[h] and high[h] for h in hits), hits
@@ -70,10 +70,10 @@ def test_the_profile_does_not_learn_a_flagged_value():
         dt = np.diff(t, prepend=-np.inf)
         for j in range(k + 1):
             _, f = det.step([0], e[j], vv[j], True, t[j], dt[j])
-        assert f[0] == (spike == 500.0)          # the spatial check flags 500
+        assert f[0] == (spike == 500.0)  # the spatial check flags 500
         b = bin_of([t[k]], 24)[0]
         level[spike] = decode(det.profile.level[0, b], det.lo[0], det.hi[0])
-    assert level[500.0] == pytest.approx(level[80.0], abs=0.5)   # the hour's level did not move toward 500
+    assert level[500.0] == pytest.approx(level[80.0], abs=0.5)  # the hour's level did not move toward 500
     assert level[80.0] == pytest.approx(80.0, abs=3.0)
 
 
@@ -97,8 +97,9 @@ def test_memory_is_in_days_not_visits():
     assert out[1] == pytest.approx(out[0], abs=2.0)
 
 
-@pytest.mark.parametrize("bad", [dict(seasonal_bins=0), dict(seasonal_days=0),
-                                 dict(warmup=300)])  # the context count is a uint8
+@pytest.mark.parametrize(
+    "bad", [dict(seasonal_bins=0), dict(seasonal_days=0), dict(warmup=300)]
+)  # the context count is a uint8
 def test_context_config_validation(bad):
     with pytest.raises(ValueError):
         LikelihoodConfig(**bad)

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from models.detection.thresholds import StaticThreshold
 from models.forecasting.forecasters import ForecasterConfig
 from models.forecasting.inference import series_errors
-from models.detection.thresholds import StaticThreshold
 from models.forecasting.training import fit
 
 PERIOD, NOISE, N = 50, 0.1, 4000

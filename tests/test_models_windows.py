@@ -9,9 +9,7 @@ from models.forecasting.windows import SeriesNormalizer, regularize, sequence_ta
 
 
 @settings(max_examples=60, deadline=None)
-@given(
-    time=st.integers(0, 80), features=st.integers(1, 3), window=st.integers(1, 12), horizon=st.integers(1, 5)
-)
+@given(time=st.integers(0, 80), features=st.integers(1, 3), window=st.integers(1, 12), horizon=st.integers(1, 5))
 def test_window_shapes_and_no_lookahead(time, features, window, horizon):
     # value == its time index, so "no window contains a value from after its target" is checkable
     values = np.repeat(np.arange(time, dtype=float)[:, None], features, axis=1)
@@ -25,8 +23,11 @@ def test_window_shapes_and_no_lookahead(time, features, window, horizon):
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.one_of(st.floats(-5, 5), st.just(float("nan"))), min_size=0, max_size=60),
-       st.integers(1, 6), st.integers(1, 3))
+@given(
+    st.lists(st.one_of(st.floats(-5, 5), st.just(float("nan"))), min_size=0, max_size=60),
+    st.integers(1, 6),
+    st.integers(1, 3),
+)
 def test_nan_windows_are_dropped(values, window, horizon):
     arr = np.array(values, dtype=float)
     X, y, starts = sliding_windows(arr, window, horizon, return_index=True)
@@ -58,4 +59,3 @@ def test_series_normalizer_roundtrip():
     assert SeriesNormalizer.from_dict(n.to_dict()) == n
     mean, std = n  # unpacks as (mean, std)
     assert SeriesNormalizer.fit(np.full(5, 7.0)).std > 0  # constant series: no division by zero
-

@@ -153,7 +153,7 @@ def test_window_prf_counts_runs():
 
 
 def _brute_force(scores, tables, profile):
-    thr_cands = sorted({float(x) for s, t in zip(scores, tables) for x in s[t.probation:]}, reverse=True)
+    thr_cands = sorted({float(x) for s, t in zip(scores, tables) for x in s[t.probation :]}, reverse=True)
     best = (math.inf, sum(score_detections(np.zeros(t.n, bool), t, profile).raw for t in tables))
     for thr in thr_cands:
         tot = sum(score_detections(s >= thr, t, profile).raw for s, t in zip(scores, tables))

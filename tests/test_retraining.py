@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.retrain import retraining as rt
 from pipeline.archive.format import write_files
+from pipeline.retrain import retraining as rt
 
 SERIES_FILE = "data/realAWSCloudwatch/ec2_cpu_utilization_24ae8d.csv"
 END = "2014-03-01T00:00:00+00:00"
@@ -19,15 +19,37 @@ END = "2014-03-01T00:00:00+00:00"
 
 def _archive(root: Path, nab_dir: Path, rows: int | None = None) -> None:
     frame = pd.read_csv(nab_dir / SERIES_FILE)[:rows]
-    ts = (pd.to_datetime(frame["timestamp"]).dt.tz_localize("UTC") - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
-    write_files(root, pd.DataFrame({"series": "ec2_cpu_utilization_24ae8d", "ts": ts, "value": frame["value"],
-                                    "partition": 0, "offset": np.arange(len(frame))}))
+    ts = (pd.to_datetime(frame["timestamp"]).dt.tz_localize("UTC") - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(
+        seconds=1
+    )
+    write_files(
+        root,
+        pd.DataFrame(
+            {
+                "series": "ec2_cpu_utilization_24ae8d",
+                "ts": ts,
+                "value": frame["value"],
+                "partition": 0,
+                "offset": np.arange(len(frame)),
+            }
+        ),
+    )
 
 
 def _settings(tmp_path, **overrides) -> rt.RetrainSettings:
-    return rt.load_settings({"archive_dir": str(tmp_path / "archive"), "registry_dir": str(tmp_path / "registry"),
-                             "textfile": str(tmp_path / "retrain.prom"), "pushgateway_url": None, "hidden": 16,
-                             "window": 32, "epochs": 2, "lookback_hours": 24 * 16, **overrides})
+    return rt.load_settings(
+        {
+            "archive_dir": str(tmp_path / "archive"),
+            "registry_dir": str(tmp_path / "registry"),
+            "textfile": str(tmp_path / "retrain.prom"),
+            "pushgateway_url": None,
+            "hidden": 16,
+            "window": 32,
+            "epochs": 2,
+            "lookback_hours": 24 * 16,
+            **overrides,
+        }
+    )
 
 
 def test_plan_skips_with_a_reason_when_the_archive_is_empty_or_too_short(tmp_path, nab_dir):
@@ -95,8 +117,9 @@ def test_corrupt_champion_is_reported_unusable_not_raised(tmp_path):
     torch.manual_seed(0)
     config = ForecasterConfig(kind="many-to-one", window=8, hidden=8)
     registry = ModelRegistry(tmp_path)
-    version = registry.register(ModelBundle(name="m", kind=config.kind, config=config,
-                                            forecaster=build_forecaster(config).eval()))
+    version = registry.register(
+        ModelBundle(name="m", kind=config.kind, config=config, forecaster=build_forecaster(config).eval())
+    )
     registry.promote("m", version)
     meta_path = tmp_path / "m" / "v0001" / "meta.json"
     meta = json.loads(meta_path.read_text())
@@ -115,7 +138,11 @@ def test_train_promote_rerun_and_refusal_of_a_worse_candidate(tmp_path, nab_dir)
     (job,) = settings.jobs()
     candidate = rt.train_candidate(settings, the_plan, job)
     assert candidate["version"] == 1 and not candidate["reused"]
-    assert candidate["metrics"]["holdout_nmae"] > 0 and candidate["metrics"]["train_device"] in ("cpu", "cuda", "cuda:0")
+    assert candidate["metrics"]["holdout_nmae"] > 0 and candidate["metrics"]["train_device"] in (
+        "cpu",
+        "cuda",
+        "cuda:0",
+    )
     assert candidate["metrics"]["holdout_f1"] is not None  # labels configured
     decision = rt.promote_if_better(settings, the_plan, candidate)
     assert decision.promoted and decision.reason == "no champion"
@@ -133,10 +160,16 @@ def test_train_promote_rerun_and_refusal_of_a_worse_candidate(tmp_path, nab_dir)
     from models.forecasting.forecasters import build_forecaster
 
     champion = registry.load(job["name"])
-    untrained = ModelBundle(name=job["name"], kind="many-to-one", config=champion.config,
-                            forecaster=build_forecaster(champion.config).eval(), calibration=champion.calibration)
-    version = registry.register(untrained, {"holdout_nmae": 99.0, "champion_version": None},
-                                data_range=(the_plan["start"], the_plan["end"]))
+    untrained = ModelBundle(
+        name=job["name"],
+        kind="many-to-one",
+        config=champion.config,
+        forecaster=build_forecaster(champion.config).eval(),
+        calibration=champion.calibration,
+    )
+    version = registry.register(
+        untrained, {"holdout_nmae": 99.0, "champion_version": None}, data_range=(the_plan["start"], the_plan["end"])
+    )
     refused = rt.promote_if_better(settings, the_plan, {**job, "version": version})
     assert not refused.promoted and "not better" in refused.reason
     assert refused.champion_nmae == pytest.approx(candidate["metrics"]["holdout_nmae"])
@@ -155,7 +188,7 @@ def test_record_figures_textfile_and_pushgateway(tmp_path):
     received = []
 
     class Gateway(BaseHTTPRequestHandler):
-        def do_PUT(self):  # noqa: N802 - http.server naming
+        def do_PUT(self):
             received.append((self.path, self.rfile.read(int(self.headers["Content-Length"])).decode()))
             self.send_response(200)
             self.end_headers()
@@ -171,6 +204,6 @@ def test_record_figures_textfile_and_pushgateway(tmp_path):
         assert rt.record_figures(_settings(tmp_path, pushgateway_url=url), decisions) == url
     finally:
         server.shutdown()
-    (path, body), = received
+    ((path, body),) = received
     assert path == "/metrics/job/tsad_retrain"
     assert 'tsad_retrain_candidate_error{model="default-many-to-one"} 0.3' in body

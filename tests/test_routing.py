@@ -17,28 +17,30 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
-
-from models.forecasting.forecasters import ForecasterConfig
-from models.registry import ModelRegistry
-from pipeline.retrain.retraining import RetrainSettings, SeriesSet, select_job_series
-from models.forecasting.training import fit
-from pipeline.events import encode_event
-from pipeline.metrics import ScorerMetrics
-from models.detection.routed import RoutedDetector
-from models.routing import Routing, RoutingError, retrain_groups_from_env
-from pipeline.serve.scorer import Scorer
-from models.detection.detector import DetectorConfig, StreamingDetector
-from pipeline.serve.serving_models import build_detector
-from models.core.settings import Settings
 from test_scorer import T0, publish, read_topic, signal
 from test_scoring import make_bundle
 from waiting import wait_for
 
+from models.core.settings import Settings
+from models.detection.detector import DetectorConfig, StreamingDetector
+from models.detection.routed import RoutedDetector
+from models.forecasting.forecasters import ForecasterConfig
+from models.forecasting.training import fit
+from models.registry import ModelRegistry
+from models.routing import Routing, RoutingError, retrain_groups_from_env
+from pipeline.events import encode_event
+from pipeline.metrics import ScorerMetrics
+from pipeline.retrain.retraining import RetrainSettings, SeriesSet, select_job_series
+from pipeline.serve.scorer import Scorer
+from pipeline.serve.serving_models import build_detector
+
 TSAD = str(Path(sys.executable).parent / "tsad")
 CONFIG = {
-    "routes": [{"group": "cpu", "match": ["cpu-*", "ec2_cpu_*"]},
-               {"group": "web", "match": "web-*", "model": "web"},
-               {"group": "cpu2", "match": "cpu*", "model": "cpu-many-to-many"}],
+    "routes": [
+        {"group": "cpu", "match": ["cpu-*", "ec2_cpu_*"]},
+        {"group": "web", "match": "web-*", "model": "web"},
+        {"group": "cpu2", "match": "cpu*", "model": "cpu-many-to-many"},
+    ],
     "default": "cpu",
 }
 
@@ -50,6 +52,7 @@ def write(tmp_path, data, name="routing.yaml") -> Path:
 
 
 # ---------------------------------------------------------------- config
+
 
 @pytest.mark.parametrize("name", ["routing.yaml", "routing.json"])
 def test_first_match_wins_and_the_default_takes_the_rest(tmp_path, name):
@@ -63,17 +66,25 @@ def test_first_match_wins_and_the_default_takes_the_rest(tmp_path, name):
     assert r.retrain_groups() == {"cpu": ["cpu-*", "ec2_cpu_*", "*"], "web": ["web-*"], "cpu2": ["cpu*"]}
 
 
-@pytest.mark.parametrize("data, message", [
-    ({"routes": []}, "'default' is required"),
-    ({"routes": [{"match": "a*"}], "default": "d"}, "expected {group"),
-    ({"routes": [{"group": "a", "match": []}], "default": "d"}, "'match' must be"),
-    ({"routes": [{"group": "../x", "match": "a"}], "default": "d"}, "group must be a name"),
-    ({"routes": [], "default": "d", "serve_kind": "lstm"}, "serve_kind"),
-    ({"routes": [], "default": "d", "extra": 1}, "unknown keys"),
-    ({"routes": [{"group": "a", "match": "x", "model": "m1"}, {"group": "a", "match": "y", "model": "m2"}],
-      "default": "d"}, "two models"),
-    ([1, 2], "expected a mapping"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"routes": []}, "'default' is required"),
+        ({"routes": [{"match": "a*"}], "default": "d"}, "expected {group"),
+        ({"routes": [{"group": "a", "match": []}], "default": "d"}, "'match' must be"),
+        ({"routes": [{"group": "../x", "match": "a"}], "default": "d"}, "group must be a name"),
+        ({"routes": [], "default": "d", "serve_kind": "lstm"}, "serve_kind"),
+        ({"routes": [], "default": "d", "extra": 1}, "unknown keys"),
+        (
+            {
+                "routes": [{"group": "a", "match": "x", "model": "m1"}, {"group": "a", "match": "y", "model": "m2"}],
+                "default": "d",
+            },
+            "two models",
+        ),
+        ([1, 2], "expected a mapping"),
+    ],
+)
 def test_bad_routing_is_one_clear_error(tmp_path, data, message):
     with pytest.raises(RoutingError, match=message.replace("(", r"\(").replace("{", r"\{")):
         Routing.load(write(tmp_path, data))
@@ -84,11 +95,15 @@ def test_serve_with_a_bad_routing_file_exits_2_with_one_line(tmp_path):
     bad.write_text("routes: [unclosed\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     good = str(write(tmp_path, CONFIG))
-    for args in (["--routing", str(bad)], ["--routing", str(tmp_path / "missing.yaml")],
-                 ["--routing", good, "--model", "x"],
-                 ["--routing", good, "--registry", str(tmp_path / "empty-registry")]):  # no champion: names it
-        done = subprocess.run([TSAD, "serve", *args, "--metrics-port", "0"], capture_output=True, text=True,
-                              timeout=120, env=env)
+    for args in (
+        ["--routing", str(bad)],
+        ["--routing", str(tmp_path / "missing.yaml")],
+        ["--routing", good, "--model", "x"],
+        ["--routing", good, "--registry", str(tmp_path / "empty-registry")],
+    ):  # no champion: names it
+        done = subprocess.run(
+            [TSAD, "serve", *args, "--metrics-port", "0"], capture_output=True, text=True, timeout=120, env=env
+        )
         assert done.returncode == 2, done.stderr
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
@@ -111,9 +126,11 @@ def test_the_dag_trains_each_group_on_the_series_routed_to_it(tmp_path):
 
 # ---------------------------------------------------------------- detector
 
+
 def test_routed_detector_equals_one_detector_per_model():
-    routing = Routing.from_dict({"routes": [{"group": "a", "match": "a-*", "model": "ma"}],
-                                 "default": {"group": "b", "model": "mb"}})
+    routing = Routing.from_dict(
+        {"routes": [{"group": "a", "match": "a-*", "model": "ma"}], "default": {"group": "b", "model": "mb"}}
+    )
     ba, bb = make_bundle("many-to-many", seed=0), make_bundle("many-to-one", seed=1)
     ba.name, bb.name = "ma", "mb"
     routed = RoutedDetector(routing, {"ma": StreamingDetector(ba), "mb": StreamingDetector(bb)})
@@ -135,6 +152,7 @@ def test_routed_detector_equals_one_detector_per_model():
 
 
 # ---------------------------------------------------------------- scorer on the broker
+
 
 @pytest.fixture(scope="module")
 def two_models(tmp_path_factory):
@@ -162,8 +180,9 @@ def rows(start: int, stop: int, spikes: dict):
 @pytest.mark.integration
 def test_two_routed_models_reload_independently(kafka_settings, two_models, tmp_path):
     reg, web_v2 = two_models
-    routing = Routing.from_dict({"routes": [{"group": "cpu", "match": "cpu-*", "model": "cpu"}],
-                                 "default": {"group": "web", "model": "web"}})
+    routing = Routing.from_dict(
+        {"routes": [{"group": "cpu", "match": "cpu-*", "model": "cpu"}], "default": {"group": "web", "model": "web"}}
+    )
     detector, watchers = build_detector(reg.root, routing, DetectorConfig(), reload_interval=0.1)
     assert isinstance(detector, RoutedDetector)
     metrics = ScorerMetrics()
@@ -180,17 +199,25 @@ def test_two_routed_models_reload_independently(kafka_settings, two_models, tmp_
         wait_for(lambda: detector.detectors["web"].model_version == web_v2, 10, "web v2 served")
         assert detector.detectors["cpu"].model_version == 1
         # a corrupt cpu version: refused, cpu v1 and web v2 keep serving
-        bad, _ = fit(ForecasterConfig(kind="many-to-many", window=16, hidden=16),
-                     {"x": signal(np.arange(100), 0.0)}, epochs=1, progress=False, name="cpu")
+        bad, _ = fit(
+            ForecasterConfig(kind="many-to-many", window=16, hidden=16),
+            {"x": signal(np.arange(100), 0.0)},
+            epochs=1,
+            progress=False,
+            name="cpu",
+        )
         v_bad = reg.register(bad)
         cpu_watcher = next(w for w in watchers if w.name == "cpu")
-        cpu_watcher._next_check = float("inf")  # noqa: SLF001 - no check between the promotion and the damage
+        cpu_watcher._next_check = float("inf")
         reg.promote("cpu", v_bad)  # promoted, then its weights damaged (as in test_scorer)
         weights = reg.root / "cpu" / f"v{v_bad:04d}" / "weights.pt"
         weights.write_bytes(weights.read_bytes()[:100])
-        cpu_watcher._next_check = 0.0  # noqa: SLF001
-        wait_for(lambda: (m("tsad_model_reloads_total", {"model": "cpu", "outcome": "refused"}) or 0) >= 1, 10,
-             "cpu's corrupt version refused")
+        cpu_watcher._next_check = 0.0
+        wait_for(
+            lambda: (m("tsad_model_reloads_total", {"model": "cpu", "outcome": "refused"}) or 0) >= 1,
+            10,
+            "cpu's corrupt version refused",
+        )
         second = rows(200, 400, {("cpu-1", 300): 25.0, ("web-1", 310): 25.0})
         publish(kafka_settings, second)
         wait_for(lambda: scorer.stats.consumed == len(first) + len(second), 30, "second part consumed")
@@ -205,8 +232,9 @@ def test_two_routed_models_reload_independently(kafka_settings, two_models, tmp_
     assert st.consumed == st.scored + st.warmup == len(first) + len(second)
     scored = {model: m("tsad_model_events_scored_total", {"model": model}) for model in ("cpu", "web")}
     assert scored["cpu"] + scored["web"] == st.scored and scored["cpu"] > 0 and scored["web"] > 0
-    anomalies = [orjson.loads(r.value) for r in read_topic(kafka_settings, kafka_settings.anomalies_topic,
-                                                           st.anomalies)]
+    anomalies = [
+        orjson.loads(r.value) for r in read_topic(kafka_settings, kafka_settings.anomalies_topic, st.anomalies)
+    ]
     got = {(a["series"], round((a["ts"] - T0) / 60)): (a["model"], a["model_version"]) for a in anomalies}
     assert got[("cpu-0", 150)] == ("cpu", 1) and got[("cpu-1", 300)] == ("cpu", 1)
     assert got[("web-0", 160)] == ("web", 1) and got[("web-1", 310)] == ("web", web_v2)

@@ -16,17 +16,17 @@ import pytest
 from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 
+from models.core.settings import Settings
+from models.detection.detector import DetectorConfig, StreamingDetector
 from models.forecasting.forecasters import ForecasterConfig
-from models.registry import ModelRegistry
 from models.forecasting.training import fit
+from models.registry import ModelRegistry
 from pipeline.events import encode_event
 from pipeline.kafka.clients import make_producer
 from pipeline.metrics import ScorerMetrics
 from pipeline.serve.records import headers_dict
 from pipeline.serve.reload import ChampionWatcher
 from pipeline.serve.scorer import Scorer
-from models.detection.detector import DetectorConfig, StreamingDetector
-from models.core.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -66,8 +66,13 @@ def publish(settings, rows):
 
 
 def read_topic(settings, topic, expected: int, timeout_s: float = 20.0):
-    consumer = KafkaConsumer(**settings.client_config(), group_id=None, enable_auto_commit=False,
-                             auto_offset_reset="earliest", consumer_timeout_ms=500)
+    consumer = KafkaConsumer(
+        **settings.client_config(),
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=500,
+    )
     try:
         parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
         consumer.assign(parts)
@@ -89,8 +94,9 @@ def read_topic(settings, topic, expected: int, timeout_s: float = 20.0):
 def read_sources_until(settings, topic, expected: set, timeout_s: float) -> set:
     """Source coordinates ``(partition, offset)`` of the records on ``topic``, read from the start
     until they cover ``expected`` or ``timeout_s`` passes (however many duplicates come first)."""
-    consumer = KafkaConsumer(**settings.client_config(), group_id=None, enable_auto_commit=False,
-                             auto_offset_reset="earliest")
+    consumer = KafkaConsumer(
+        **settings.client_config(), group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
     try:
         parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
         consumer.assign(parts)
@@ -148,11 +154,19 @@ def test_anomalies_and_dead_letters_counts_add_up(kafka_settings, trained):
         (b"svc-0", b'{"series": "svc-0", "ts": 1700000000, "value": NaN}'),
         (b"other", encode_event("svc-1", T0 + 60 * 999, 1.0)),  # key mismatch
         (b"svc-1", encode_event("svc-1", "yesterday", 1.0)),
-        (b"svc-0", encode_event("svc-0", T0 + 60 * 299, 10.0)),   # duplicate of the last ts
-        (b"svc-0", encode_event("svc-0", T0 + 60 * 100, 10.0)),   # out of order
+        (b"svc-0", encode_event("svc-0", T0 + 60 * 299, 10.0)),  # duplicate of the last ts
+        (b"svc-0", encode_event("svc-0", T0 + 60 * 100, 10.0)),  # out of order
     ]
-    expected_reasons = ["malformed_json", "not_an_object", "missing_field", "non_finite_value", "key_mismatch",
-                        "bad_timestamp", "duplicate_timestamp", "out_of_order"]
+    expected_reasons = [
+        "malformed_json",
+        "not_an_object",
+        "missing_field",
+        "non_finite_value",
+        "key_mismatch",
+        "bad_timestamp",
+        "duplicate_timestamp",
+        "out_of_order",
+    ]
     publish(kafka_settings, rows + bad)
     scorer, stop, thread = start_scorer(kafka_settings, reg)
     try:
@@ -168,18 +182,34 @@ def test_anomalies_and_dead_letters_counts_add_up(kafka_settings, trained):
 
     m = scorer.metrics.registry.get_sample_value
     assert m("tsad_events_consumed_total") == st.consumed
-    assert m("tsad_events_scored_total") + m("tsad_events_warmup_total") + sum(
-        m("tsad_events_rejected_total", {"reason": r}) for r in expected_reasons) == st.consumed
+    assert (
+        m("tsad_events_scored_total")
+        + m("tsad_events_warmup_total")
+        + sum(m("tsad_events_rejected_total", {"reason": r}) for r in expected_reasons)
+        == st.consumed
+    )
     assert m("tsad_anomalies_total") == st.anomalies
 
-    anomalies = [orjson.loads(r.value) for r in read_topic(kafka_settings, kafka_settings.anomalies_topic, st.anomalies)]
+    anomalies = [
+        orjson.loads(r.value) for r in read_topic(kafka_settings, kafka_settings.anomalies_topic, st.anomalies)
+    ]
     assert len(anomalies) == st.anomalies
     flagged = {(a["series"], round((a["ts"] - T0) / 60)) for a in anomalies}
     assert set(spikes) <= flagged, f"missed spikes: {set(spikes) - flagged}"
     assert len(flagged - set(spikes)) <= 3, f"too many false alarms: {sorted(flagged - set(spikes))}"
     a = next(a for a in anomalies if a["series"] == "svc-0")
-    assert {"series", "ts", "value", "predicted", "error", "score", "threshold", "model", "model_version",
-            "source"} <= set(a)
+    assert {
+        "series",
+        "ts",
+        "value",
+        "predicted",
+        "error",
+        "score",
+        "threshold",
+        "model",
+        "model_version",
+        "source",
+    } <= set(a)
     assert a["model"] == "m" and a["model_version"] == 1 and a["score"] > a["threshold"]
     assert set(a["source"]) == {"topic", "partition", "offset"}
 
@@ -206,14 +236,22 @@ def test_hot_reload_swaps_version_without_loss_and_refuses_corrupt(kafka_setting
             time.sleep(0.05)
         assert scorer.detector.model_version == v2
         # a corrupt champion: promoted, then its weights damaged -> refused, v2 keeps serving
-        b3, _ = fit(ForecasterConfig(kind="many-to-many", window=16, hidden=16),
-                    {"svc-0": signal(np.arange(200), 0.0)}, epochs=1, progress=False, name="m")
+        b3, _ = fit(
+            ForecasterConfig(kind="many-to-many", window=16, hidden=16),
+            {"svc-0": signal(np.arange(200), 0.0)},
+            epochs=1,
+            progress=False,
+            name="m",
+        )
         v3 = reg.register(b3)
         reg.promote("m", v3)
         weights = reg.root / "m" / f"v{v3:04d}" / "weights.pt"
         weights.write_bytes(weights.read_bytes()[:100])
         deadline = time.monotonic() + 10
-        while scorer.metrics.registry.get_sample_value("tsad_model_reload_failures_total") < 1 and time.monotonic() < deadline:
+        while (
+            scorer.metrics.registry.get_sample_value("tsad_model_reload_failures_total") < 1
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.05)
         second = good_rows(200, 400, {("svc-1", 300): 25.0})
         publish(kafka_settings, second)
@@ -226,7 +264,9 @@ def test_hot_reload_swaps_version_without_loss_and_refuses_corrupt(kafka_setting
     assert m("tsad_model_version") == v2
     st = scorer.stats
     assert st.consumed == st.scored + st.warmup == len(first) + len(second)  # nothing lost
-    anomalies = [orjson.loads(r.value) for r in read_topic(kafka_settings, kafka_settings.anomalies_topic, st.anomalies)]
+    anomalies = [
+        orjson.loads(r.value) for r in read_topic(kafka_settings, kafka_settings.anomalies_topic, st.anomalies)
+    ]
     versions = {(a["series"], round((a["ts"] - T0) / 60)): a["model_version"] for a in anomalies}
     assert versions[("svc-0", 150)] == 1
     assert versions[("svc-1", 300)] == v2
@@ -247,8 +287,11 @@ def test_rebalance_mid_stream_loses_nothing_and_dead_letters_nothing(kafka_setti
     reg, _ = trained
     reg.promote("m", 1)
     small = kafka_settings.model_copy(update={"max_poll_records": 50})
-    rows = [(f"r-{s}".encode(), encode_event(f"r-{s}", T0 + 60 * t, float(np.sin(t / 5 + s))))
-            for t in range(250) for s in range(12)]
+    rows = [
+        (f"r-{s}".encode(), encode_event(f"r-{s}", T0 + 60 * t, float(np.sin(t / 5 + s))))
+        for t in range(250)
+        for s in range(12)
+    ]
     producer = make_producer(small)
     try:
         futures = [producer.send(small.events_topic, key=k, value=v) for k, v in rows]
@@ -260,7 +303,9 @@ def test_rebalance_mid_stream_loses_nothing_and_dead_letters_nothing(kafka_setti
 
     def start(**kw):
         watcher = ChampionWatcher(reg, "m", None, interval_s=60)
-        detector = StreamingDetector(watcher.load_initial(), DetectorConfig(threshold_method="zscore", threshold=-1e9, warmup_events=0))
+        detector = StreamingDetector(
+            watcher.load_initial(), DetectorConfig(threshold_method="zscore", threshold=-1e9, warmup_events=0)
+        )
         scorer = Scorer(Settings(kafka=small), detector, ScorerMetrics(), watcher=watcher, replay_messages=30, **kw)
         stop = threading.Event()
         thread = threading.Thread(target=scorer.run, args=(stop,), daemon=True)

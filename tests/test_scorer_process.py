@@ -25,15 +25,15 @@ import pytest
 from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
+from waiting import wait_for
 
 from models.forecasting.forecasters import ForecasterConfig
-from models.registry import ModelRegistry
 from models.forecasting.training import fit
-from pipeline.kafka.broker import free_port
+from models.registry import ModelRegistry
 from pipeline.events import encode_event
-from pipeline.kafka.feed_process import MERGE_RECORDS
+from pipeline.kafka.broker import free_port
 from pipeline.kafka.clients import make_producer
-from waiting import wait_for
+from pipeline.kafka.feed_process import MERGE_RECORDS
 
 pytestmark = pytest.mark.integration
 
@@ -46,8 +46,13 @@ def registry_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("registry")
     reg = ModelRegistry(root)
     i = np.arange(300)
-    bundle, _ = fit(ForecasterConfig(kind="many-to-many", window=8, hidden=16),
-                    {"s": np.sin(i / 6.0)}, epochs=1, progress=False, name="m")
+    bundle, _ = fit(
+        ForecasterConfig(kind="many-to-many", window=8, hidden=16),
+        {"s": np.sin(i / 6.0)},
+        epochs=1,
+        progress=False,
+        name="m",
+    )
     reg.promote("m", reg.register(bundle))
     return root
 
@@ -59,8 +64,13 @@ def publish(settings, n_series: int, n_per_series: int) -> set[tuple[int, int]]:
     for t in range(n_per_series):
         for s in range(n_series):
             sid = f"series-{s}"
-            futures.append(producer.send(settings.events_topic, key=sid.encode(),
-                                         value=encode_event(sid, T0 + 60 * t, float(np.sin(t / 6.0 + s)))))
+            futures.append(
+                producer.send(
+                    settings.events_topic,
+                    key=sid.encode(),
+                    value=encode_event(sid, T0 + 60 * t, float(np.sin(t / 6.0 + s))),
+                )
+            )
     producer.flush()
     coords = {(m.partition, m.offset) for m in (f.get(timeout=30) for f in futures)}
     producer.close()
@@ -83,17 +93,44 @@ def duplicate_bound(commit_every_events: int, max_poll_records: int) -> int:
 
 
 def start_serve(settings, registry_dir, metrics_port, log_path, max_poll_records=200, commit_every_events=None):
-    env = {**os.environ, "TSAD_KAFKA__SESSION_TIMEOUT_MS": "2000", "TSAD_KAFKA__HEARTBEAT_INTERVAL_MS": "500",
-           "TSAD_KAFKA__MAX_POLL_RECORDS": str(max_poll_records)}
+    env = {
+        **os.environ,
+        "TSAD_KAFKA__SESSION_TIMEOUT_MS": "2000",
+        "TSAD_KAFKA__HEARTBEAT_INTERVAL_MS": "500",
+        "TSAD_KAFKA__MAX_POLL_RECORDS": str(max_poll_records),
+    }
     if commit_every_events is not None:
         env["TSAD_COMMIT_EVERY_EVENTS"] = str(commit_every_events)
-    cmd = [TSAD, "serve", "--bootstrap-servers", settings.bootstrap_servers, "--registry", str(registry_dir),
-           "--model", "m", "--group-id", settings.group_id, "--events-topic", settings.events_topic,
-           "--anomalies-topic", settings.anomalies_topic, "--dead-letter-topic", settings.dead_letter_topic,
-           "--metrics-port", str(metrics_port), "--threshold-method", "zscore", "--threshold=-1e9", "--warmup-events", "0",
-           "--replay-messages", "50"]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=open(log_path, "wb"),
-                            start_new_session=True)
+    cmd = [
+        TSAD,
+        "serve",
+        "--bootstrap-servers",
+        settings.bootstrap_servers,
+        "--registry",
+        str(registry_dir),
+        "--model",
+        "m",
+        "--group-id",
+        settings.group_id,
+        "--events-topic",
+        settings.events_topic,
+        "--anomalies-topic",
+        settings.anomalies_topic,
+        "--dead-letter-topic",
+        settings.dead_letter_topic,
+        "--metrics-port",
+        str(metrics_port),
+        "--threshold-method",
+        "zscore",
+        "--threshold=-1e9",
+        "--warmup-events",
+        "0",
+        "--replay-messages",
+        "50",
+    ]
+    return subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=open(log_path, "wb"), start_new_session=True
+    )
 
 
 def scrape(port: int) -> dict:
@@ -117,8 +154,9 @@ class TopicReader:
     """Reads a topic from the beginning, incrementally (no group)."""
 
     def __init__(self, settings, topic):
-        self.consumer = KafkaConsumer(**settings.client_config(), group_id=None, enable_auto_commit=False,
-                                      auto_offset_reset="earliest")
+        self.consumer = KafkaConsumer(
+            **settings.client_config(), group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"
+        )
         parts = [TopicPartition(topic, p) for p in range(settings.partitions)]
         self.consumer.assign(parts)
         self.consumer.seek_to_beginning(*parts)
@@ -160,11 +198,17 @@ def test_kill_9_and_restart_scores_every_event_at_least_once(kafka_settings, reg
     total = len(expected)
     port = free_port()
     every, max_poll = 300, 100  # small checkpoints, so some are committed before the kill
-    first = start_serve(kafka_settings, registry_dir, port, tmp_path / "first.log", max_poll_records=max_poll,
-                        commit_every_events=every)
+    first = start_serve(
+        kafka_settings, registry_dir, port, tmp_path / "first.log", max_poll_records=max_poll, commit_every_events=every
+    )
     try:
-        wait_for(lambda: metric(port, "tsad_events_consumed_total") >= 1500
-                 and metric(port, "tsad_offset_commits_total") >= 1, 40, "first scorer to consume and commit")
+        wait_for(
+            lambda: (
+                metric(port, "tsad_events_consumed_total") >= 1500 and metric(port, "tsad_offset_commits_total") >= 1
+            ),
+            40,
+            "first scorer to consume and commit",
+        )
         families = scrape(port)  # parsed by prometheus_client's text parser
         assert families[("tsad_scorer_up", ())] == 1.0
         assert ("tsad_end_to_end_latency_seconds_count", ()) in families
@@ -183,8 +227,11 @@ def test_kill_9_and_restart_scores_every_event_at_least_once(kafka_settings, reg
     try:
         wait_for(lambda: set(sources(reader.read())) >= expected, 60, "every event scored")
         uncommitted = total - sum(committed_at_kill.values())
-        wait_for(lambda: scrape(port2).get(("tsad_events_consumed_total", ()), 0.0) >= uncommitted, 30,
-                 "the uncommitted events consumed")
+        wait_for(
+            lambda: scrape(port2).get(("tsad_events_consumed_total", ()), 0.0) >= uncommitted,
+            30,
+            "the uncommitted events consumed",
+        )
         after = scrape(port2)
         assert after[("tsad_events_replayed_total", ())] > 0  # warm state rebuilt from history
         assert after[("tsad_events_consumed_total", ())] == uncommitted

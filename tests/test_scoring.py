@@ -8,16 +8,23 @@ import numpy as np
 import pytest
 import torch
 
-from models.forecasting.forecasters import ForecasterConfig, build_forecaster
 from models.detection.detector import DUPLICATE, OUT_OF_ORDER, SCORED, WARMUP, DetectorConfig, StreamingDetector
+from models.forecasting.forecasters import ForecasterConfig, build_forecaster
 
 
 def make_bundle(kind: str, window: int = 16, hidden: int = 16, version: int = 1, normalizers=None, seed: int = 0):
     torch.manual_seed(seed)
     config = ForecasterConfig(kind=kind, window=window, hidden=hidden)
     model = build_forecaster(config).eval()
-    return SimpleNamespace(name="test", kind=kind, version=version, config=config, forecaster=model,
-                           normalizers=normalizers or {}, calibration={"error_mean": 0.3, "error_std": 0.2})
+    return SimpleNamespace(
+        name="test",
+        kind=kind,
+        version=version,
+        config=config,
+        forecaster=model,
+        normalizers=normalizers or {},
+        calibration={"error_mean": 0.3, "error_std": 0.2},
+    )
 
 
 @pytest.mark.parametrize("kind", ["many-to-many", "many-to-one"])
@@ -39,7 +46,7 @@ def test_streaming_predictions_equal_batch_scoring(kind):
             np.testing.assert_allclose(got, expected, atol=1e-5)
         else:
             w = bundle.config.window
-            windows = torch.stack([x[0, t - w:t] for t in range(w, 80)])
+            windows = torch.stack([x[0, t - w : t] for t in range(w, 80)])
             expected = bundle.forecaster(windows)[:, 0].numpy()
             np.testing.assert_allclose(got[w:], expected, atol=1e-5)
 
@@ -87,7 +94,10 @@ def test_duplicate_and_out_of_order_are_dropped_and_counts_add_up():
     det = StreamingDetector(make_bundle("many-to-many"), DetectorConfig(warmup_events=3))
     res = det.process(["s"] * 7, [1, 2, 2, 3, 1, 4, 5], [1.0, 2, 9, 3, 4, 5, 6])
     assert res.status.tolist() == [WARMUP, WARMUP, DUPLICATE, WARMUP, OUT_OF_ORDER, SCORED, SCORED]
-    assert res.counts["scored"] + res.counts["warmup"] + res.counts["duplicate_timestamp"] + res.counts["out_of_order"] == 7
+    assert (
+        res.counts["scored"] + res.counts["warmup"] + res.counts["duplicate_timestamp"] + res.counts["out_of_order"]
+        == 7
+    )
     assert det.store.count[det.store.ids["s"]] == 5
 
 
@@ -158,9 +168,21 @@ def test_batch_with_more_new_series_than_max_series_is_scored_not_raised():
     assert len(det.store) == 2
 
 
-@pytest.mark.parametrize("bad", [dict(max_series=0), dict(max_series=2.5), dict(clip_z=0), dict(clip_z=float("nan")),
-                                 dict(min_error_std=-1), dict(outlier_z=float("inf")), dict(warmup_events=-1),
-                                 dict(ring_length=0), dict(threshold=float("nan")), dict(initial_error_std=-1.0)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(max_series=0),
+        dict(max_series=2.5),
+        dict(clip_z=0),
+        dict(clip_z=float("nan")),
+        dict(min_error_std=-1),
+        dict(outlier_z=float("inf")),
+        dict(warmup_events=-1),
+        dict(ring_length=0),
+        dict(threshold=float("nan")),
+        dict(initial_error_std=-1.0),
+    ],
+)
 def test_detector_config_is_validated(bad):
     with pytest.raises(ValueError):
         DetectorConfig(**bad)
@@ -168,7 +190,9 @@ def test_detector_config_is_validated(bad):
 
 @pytest.mark.parametrize("kind", ["many-to-many", "many-to-one"])
 def test_huge_value_during_warmup_does_not_blind_the_series(kind):
-    det = StreamingDetector(make_bundle(kind), DetectorConfig(warmup_events=32, threshold_method="zscore", threshold=5.0))
+    det = StreamingDetector(
+        make_bundle(kind), DetectorConfig(warmup_events=32, threshold_method="zscore", threshold=5.0)
+    )
     t = np.arange(400, dtype=float)
     vals = np.sin(t / 5.0) + 0.01 * np.random.default_rng(2).normal(size=400)
     vals[10] = 1e12  # inside warm-up: never flagged, but must not wreck the normaliser
@@ -270,8 +294,9 @@ def test_likelihood_flags_a_spike_once_and_matches_the_module_on_the_detectors_e
 
 
 def test_likelihood_state_is_small_and_reset_for_a_reused_slot():
-    det = StreamingDetector(make_bundle("many-to-many", window=64, hidden=64),
-                            DetectorConfig(threshold_method="likelihood", max_series=2))
+    det = StreamingDetector(
+        make_bundle("many-to-many", window=64, hidden=64), DetectorConfig(threshold_method="likelihood", max_series=2)
+    )
     assert det.state_bytes_per_series() < 1024
     det.process(["a"] * 60, np.arange(60.0), np.arange(60.0))
     slot_a = det.store.ids["a"]
@@ -298,8 +323,15 @@ def make_calendar_bundle(kind: str, window: int = 16, hidden: int = 16, seed: in
     torch.manual_seed(seed)
     config = ForecasterConfig(kind=kind, window=window, hidden=hidden, calendar_features=True)
     model = build_forecaster(config).eval()
-    return SimpleNamespace(name="cal", kind=kind, version=1, config=config, forecaster=model,
-                           normalizers={"a": (0.0, 1.0)}, calibration={"error_mean": 0.3, "error_std": 0.2})
+    return SimpleNamespace(
+        name="cal",
+        kind=kind,
+        version=1,
+        config=config,
+        forecaster=model,
+        normalizers={"a": (0.0, 1.0)},
+        calibration={"error_mean": 0.3, "error_std": 0.2},
+    )
 
 
 @pytest.mark.parametrize("kind", ["many-to-many", "many-to-one"])
@@ -312,8 +344,9 @@ def test_calendar_features_streaming_equal_batch(kind):
     ts = 1.7e9 + 3600.0 * np.arange(80)  # hourly: the calendar columns change every step
     bundle = make_calendar_bundle(kind)
     det = StreamingDetector(bundle, DetectorConfig(flagged_update="raw", clip_z=1e9))
-    got = np.concatenate([det.process(["a"] * len(c), ts[c], seq[c]).predicted
-                          for c in np.array_split(np.arange(80), 7)])
+    got = np.concatenate(
+        [det.process(["a"] * len(c), ts[c], seq[c]).predicted for c in np.array_split(np.arange(80), 7)]
+    )
     x = torch.from_numpy(with_calendar(seq[:, None], ts).astype(np.float32))[None]
     with torch.no_grad():
         if kind == "many-to-many":
@@ -321,7 +354,7 @@ def test_calendar_features_streaming_equal_batch(kind):
             np.testing.assert_allclose(got, np.r_[0.0, pred[0, :-1, 0].numpy()], atol=1e-5)
         else:
             w = bundle.config.window
-            expected = bundle.forecaster(torch.stack([x[0, t - w:t] for t in range(w, 80)]))[:, 0].numpy()
+            expected = bundle.forecaster(torch.stack([x[0, t - w : t] for t in range(w, 80)]))[:, 0].numpy()
             np.testing.assert_allclose(got[w:], expected, atol=1e-5)
     # the same values at other times of day give other forecasts: the features are really used
     other = StreamingDetector(bundle, DetectorConfig(flagged_update="raw", clip_z=1e9))

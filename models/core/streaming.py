@@ -28,7 +28,7 @@ def rounds(series_idx: np.ndarray) -> list[np.ndarray]:
     occurrence[order] = np.arange(n) - group_start
     by_round = np.argsort(occurrence, kind="stable")
     bounds = np.searchsorted(occurrence[by_round], np.arange(int(occurrence.max()) + 2))
-    return [by_round[bounds[k]:bounds[k + 1]] for k in range(len(bounds) - 1)]
+    return [by_round[bounds[k] : bounds[k + 1]] for k in range(len(bounds) - 1)]
 
 
 def grow(arr: np.ndarray, n: int, fill) -> np.ndarray:

@@ -40,8 +40,9 @@ def likelihood_error_limit(likelihood, slots: np.ndarray) -> np.ndarray:
     floor = np.maximum(cfg.min_std_frac * np.abs(mu), cfg.min_std)
     prev = likelihood.short[slots].astype(np.float64)
     slow_on = cfg.slow_alpha is not None
-    z_short = tail_inverse(thr / cfg.short_weight if slow_on and cfg.short_weight > 0 else
-                           (math.inf if slow_on else thr))
+    z_short = tail_inverse(
+        thr / cfg.short_weight if slow_on and cfg.short_weight > 0 else (math.inf if slow_on else thr)
+    )
     with np.errstate(invalid="ignore", over="ignore"):
         if math.isinf(z_short) and z_short > 0:
             limit = np.full(len(slots), np.inf)

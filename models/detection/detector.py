@@ -59,10 +59,10 @@ import numpy as np
 import torch
 
 from models.core.streaming import rounds
-from models.forecasting.calendar import calendar_dim, calendar_features
-from models.detection.thresholds.error_likelihood import ErrorLikelihood, LikelihoodConfig
 from models.detection.band import likelihood_band
 from models.detection.series_state import VALUE_LIMIT, SeriesStateStore, has_scale
+from models.detection.thresholds.error_likelihood import ErrorLikelihood, LikelihoodConfig
+from models.forecasting.calendar import calendar_dim, calendar_features
 
 # Hot path helpers: the ufunc behind np.clip without its Python wrapper (same results), and
 # np.count_nonzero(mask) as the cheap any()/all() test of a mask.
@@ -83,18 +83,18 @@ DEFAULT_THRESHOLDS = {"likelihood": 0.5, "zscore": 6.0, "static": 6.0}
 class DetectorConfig:
     """Tunables of ``StreamingDetector`` (stable; the backtest sets these too)."""
 
-    warmup_events: int | None = None      # values a series needs before it may alert (None: model window)
+    warmup_events: int | None = None  # values a series needs before it may alert (None: model window)
     threshold_method: str = "likelihood"  # "likelihood": ErrorLikelihood score in [0, 1] | "zscore": EWMA z-score
-                                          # of the error | "static": raw normalised error
-    threshold: float | None = None        # anomaly threshold (None: 0.5 likelihood, 6.0 zscore/static)
-    outlier_z: float = 6.0                # likelihood: error z-score above which a value is fed clipped
+    # of the error | "static": raw normalised error
+    threshold: float | None = None  # anomaly threshold (None: 0.5 likelihood, 6.0 zscore/static)
+    outlier_z: float = 6.0  # likelihood: error z-score above which a value is fed clipped
     likelihood: dict = field(default_factory=dict)  # LikelihoodConfig overrides (likelihood method)
-    error_alpha: float = 0.02             # EWMA weight of the per-series error statistics
-    min_error_std: float = 0.05           # floor of the per-series error std (normalised units)
-    flagged_update: str = "clip"          # what a flagged value feeds into state: "clip" | "predict" | "raw"
-    clip_z: float = 20.0                  # normalised inputs are clipped to +-clip_z
-    max_series: int = 100_000             # tracked-series cap; least recently seen evicted beyond it
-    ring_length: int | None = None        # raw values kept per series (None: what the model needs, ring_needed)
+    error_alpha: float = 0.02  # EWMA weight of the per-series error statistics
+    min_error_std: float = 0.05  # floor of the per-series error std (normalised units)
+    flagged_update: str = "clip"  # what a flagged value feeds into state: "clip" | "predict" | "raw"
+    clip_z: float = 20.0  # normalised inputs are clipped to +-clip_z
+    max_series: int = 100_000  # tracked-series cap; least recently seen evicted beyond it
+    ring_length: int | None = None  # raw values kept per series (None: what the model needs, ring_needed)
     initial_error_mean: float | None = None  # seed of the error statistics (None: bundle calibration)
     initial_error_std: float | None = None
 
@@ -139,15 +139,15 @@ class DetectorConfig:
 class BatchResult:
     """Per-event outcome arrays, all ``(n,)`` in input order. NaN where not scored."""
 
-    status: np.ndarray       # int8: SCORED / WARMUP / DUPLICATE / OUT_OF_ORDER
-    predicted: np.ndarray    # float64, raw units
-    error: np.ndarray        # float64, |value - predicted| in raw units
-    score: np.ndarray        # float64
+    status: np.ndarray  # int8: SCORED / WARMUP / DUPLICATE / OUT_OF_ORDER
+    predicted: np.ndarray  # float64, raw units
+    error: np.ndarray  # float64, |value - predicted| in raw units
+    score: np.ndarray  # float64
     threshold: float
-    is_anomaly: np.ndarray   # bool
+    is_anomaly: np.ndarray  # bool
     model: str = ""
     model_version: int | str | None = None
-    evicted: int = 0         # series evicted to make room during this batch
+    evicted: int = 0  # series evicted to make room during this batch
     counts: dict = field(default_factory=dict)
     lower: np.ndarray | None = None  # float64, raw units: the band considered normal (``models.detection.band``)
     upper: np.ndarray | None = None
@@ -204,8 +204,9 @@ class StreamingDetector:
         ring = max(self.config.ring_length or needed, needed)
         mean, std = self._seed(bundle)
         self.store = SeriesStateStore(ring, self.config.max_series, self._rnn_shapes(bundle), mean, std * std)
-        self.likelihood = (ErrorLikelihood(self.config.likelihood_config())
-                           if self.config.threshold_method == "likelihood" else None)
+        self.likelihood = (
+            ErrorLikelihood(self.config.likelihood_config()) if self.config.threshold_method == "likelihood" else None
+        )
 
     # ------------------------------------------------------------------ model
     @staticmethod
@@ -219,8 +220,10 @@ class StreamingDetector:
         calendar = bool(getattr(bundle.config, "calendar_features", False))
         need = 1 + calendar_dim(bool(getattr(bundle.config, "calendar_week", True))) if calendar else 1
         if features != need:
-            raise ValueError("the streaming detector serves univariate models (features=1, or value + "
-                             f"calendar columns with calendar_features): expected {need}, got features={features}")
+            raise ValueError(
+                "the streaming detector serves univariate models (features=1, or value + "
+                f"calendar columns with calendar_features): expected {need}, got features={features}"
+            )
         if bundle.kind == "many-to-many" and not hasattr(bundle.forecaster, "step"):
             raise ValueError("a many-to-many forecaster must have step()")
 
@@ -344,7 +347,7 @@ class StreamingDetector:
             if n == 0:
                 continue
             for start in range(0, len(group), _REBUILD_CHUNK):
-                s = group[start:start + _REBUILD_CHUNK]
+                s = group[start : start + _REBUILD_CHUNK]
                 values, _ = store.windows(s, n)
                 z = np.clip(store.normalize(s, values.astype(np.float64)), -self.config.clip_z, self.config.clip_z)
                 times = store.window_times(s, n) if self.calendar else z
@@ -382,15 +385,38 @@ class StreamingDetector:
                 carry = None
                 try:
                     for positions in rounds(idx):
-                        carry = self._round(positions, idx[positions], ts, values, noalert, status, predicted, error,
-                                            score, flags, carry, band)
+                        carry = self._round(
+                            positions,
+                            idx[positions],
+                            ts,
+                            values,
+                            noalert,
+                            status,
+                            predicted,
+                            error,
+                            score,
+                            flags,
+                            carry,
+                            band,
+                        )
                 finally:
                     self._write_back(carry)
         counts = {name: int((status == code).sum()) for code, name in STATUS_NAMES.items()}
         counts["anomalies"] = int(flags.sum())
-        return BatchResult(status, predicted, error, score, float(self.config.threshold), flags,
-                           self.model_name, self.model_version, self.store.evicted_total - evicted_before, counts,
-                           band[0], band[1])
+        return BatchResult(
+            status,
+            predicted,
+            error,
+            score,
+            float(self.config.threshold),
+            flags,
+            self.model_name,
+            self.model_version,
+            self.store.evicted_total - evicted_before,
+            counts,
+            band[0],
+            band[1],
+        )
 
     def _write_back(self, carry) -> None:
         """Scatter a round's model outputs kept in ``carry`` ``(slots, h, c, pred)`` into the store."""
@@ -461,17 +487,17 @@ class StreamingDetector:
         pred_raw = fz * std + mean
         err_raw = np.abs(x - pred_raw)
         if cfg.threshold_method == "likelihood":
-            bound = e_mean + cfg.outlier_z * e_std          # error of an outlier
+            bound = e_mean + cfg.outlier_z * e_std  # error of an outlier
             if band is not None:  # from the state before this event
                 band[0][p], band[1][p] = likelihood_band(self.likelihood, s, pred_raw)
             sc, flag = self.likelihood.step_unique(s, err_raw, x, live, t, t - last)
             flag &= live
             over = err > bound
-            outlier = live & over                           # fed clipped, like a zscore flag
+            outlier = live & over  # fed clipped, like a zscore flag
         else:
             if cfg.threshold_method == "zscore":
                 sc = (err - e_mean) / e_std
-                bound = e_mean + cfg.threshold * e_std      # error at the threshold
+                bound = e_mean + cfg.threshold * e_std  # error at the threshold
             else:
                 sc = err
                 bound = np.full_like(err, cfg.threshold)
@@ -526,8 +552,14 @@ class StreamingDetector:
         bounded = fixed | (count >= 2)
         if np.count_nonzero(bounded) < len(bounded):
             kept = np.where(bounded, kept, x)
-        store.push(s, t, np.where(outlier, fed_z * std + mean, kept) if any_outlier else kept,
-                   count=count, last_ts=last, fixed=fixed)
+        store.push(
+            s,
+            t,
+            np.where(outlier, fed_z * std + mean, kept) if any_outlier else kept,
+            count=count,
+            last_ts=last,
+            fixed=fixed,
+        )
         return carry
 
     # ------------------------------------------------------------------ housekeeping
@@ -542,4 +574,3 @@ class StreamingDetector:
     def state_bytes_per_series(self) -> int:
         extra = self.likelihood.bytes_per_series() if self.likelihood is not None else 0
         return self.store.bytes_per_series() + extra
-

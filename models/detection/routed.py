@@ -20,8 +20,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from models.routing import Routing
 from models.detection.detector import STATUS_NAMES, WARMUP, BatchResult, StreamingDetector
+from models.routing import Routing
 
 
 class RoutedDetector:
@@ -99,12 +99,31 @@ class RoutedDetector:
             part = [series_ids[i] for i in sel.tolist()] if len(present) > 1 else list(series_ids)
             r = det.process(part, ts[sel], values[sel], alert=alert_arr[sel])
             status[sel], predicted[sel], error[sel], score[sel], flags[sel] = (
-                r.status, r.predicted, r.error, r.score, r.is_anomaly)
+                r.status,
+                r.predicted,
+                r.error,
+                r.score,
+                r.is_anomaly,
+            )
             if r.lower is not None:
                 lower[sel], upper[sel] = r.lower, r.upper
             evicted += r.evicted
             threshold = r.threshold
         counts = {name: int((status == code).sum()) for code, name in STATUS_NAMES.items()}
         counts["anomalies"] = int(flags.sum())
-        return BatchResult(status, predicted, error, score, threshold, flags, self.model_name, self.model_version,
-                           evicted, counts, lower, upper, route, self.routes_now())
+        return BatchResult(
+            status,
+            predicted,
+            error,
+            score,
+            threshold,
+            flags,
+            self.model_name,
+            self.model_version,
+            evicted,
+            counts,
+            lower,
+            upper,
+            route,
+            self.routes_now(),
+        )

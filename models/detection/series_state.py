@@ -62,8 +62,14 @@ def has_scale(mean: float, std: float) -> bool:
 class SeriesStateStore:
     """Slots for up to ``max_series`` series; ``slots(ids)`` finds or allocates them."""
 
-    def __init__(self, ring_length: int, max_series: int = 100_000, rnn_shapes: tuple = (),
-                 err_mean: float = 0.5, err_var: float = 0.25):
+    def __init__(
+        self,
+        ring_length: int,
+        max_series: int = 100_000,
+        rnn_shapes: tuple = (),
+        err_mean: float = 0.5,
+        err_var: float = 0.25,
+    ):
         if ring_length < 1 or max_series < 1:
             raise ValueError("ring_length and max_series must be >= 1")
         self.ring_length = ring_length
@@ -122,8 +128,20 @@ class SeriesStateStore:
 
     def bytes_per_series(self) -> int:
         """Array bytes held per slot (excluding the id string and dict entry)."""
-        arrays = [self.ring, self.count, self.last_ts, self.interval, self.mean, self.m2, self.std, self.fixed,
-                  self.err_mean, self.err_var, self.pred, self.last_seen]
+        arrays = [
+            self.ring,
+            self.count,
+            self.last_ts,
+            self.interval,
+            self.mean,
+            self.m2,
+            self.std,
+            self.fixed,
+            self.err_mean,
+            self.err_var,
+            self.pred,
+            self.last_seen,
+        ]
         total = sum(a.nbytes for a in arrays) + sum(a.nbytes for a in self.rnn)
         return total // max(self.capacity, 1)
 
@@ -235,8 +253,16 @@ class SeriesStateStore:
             mean, std = mean[:, None], std[:, None]
         return (values - mean) / std
 
-    def push(self, idx: np.ndarray, ts: np.ndarray, fed: np.ndarray, *, count: np.ndarray | None = None,
-             last_ts: np.ndarray | None = None, fixed: np.ndarray | None = None) -> None:
+    def push(
+        self,
+        idx: np.ndarray,
+        ts: np.ndarray,
+        fed: np.ndarray,
+        *,
+        count: np.ndarray | None = None,
+        last_ts: np.ndarray | None = None,
+        fixed: np.ndarray | None = None,
+    ) -> None:
         """Append fed values ``(n,)`` (raw units, distinct slots) to the rings and online normalisers.
 
         ``count``, ``last_ts``, ``fixed`` ``(n,)``: the slots' current values when the caller already

@@ -19,6 +19,7 @@ def calendar_dim(week: bool = True) -> int:
     """Number of calendar columns: 4 with the weekly cycle, 2 for time of day only."""
     return CALENDAR_DIM if week else 2
 
+
 DAY_S = 86_400.0
 WEEK_S = 7 * DAY_S
 _MONDAY_OFFSET_S = 3 * DAY_S  # 1970-01-01 was a Thursday: +3 days puts Monday 00:00 at phase 0

@@ -40,7 +40,17 @@ def stats(errors: np.ndarray, smoothed: np.ndarray, k: float) -> dict:
     mean, std = float(e.mean()), float(e.std())
     q = {f"q{p}": float(np.quantile(e, p / 100 if p < 100 else p / 1000)) for p in (50, 90, 99, 999)}
     return {
-        "metric": "abs", "n": int(len(e)), "mean": mean, "std": std, "error_mean": mean, "error_std": std, **q, "max": float(e.max()),
-        "k": k, "threshold": mean + k * std,
-        "ewma_alpha": ALPHA, "smoothed_mean": float(s.mean()), "smoothed_std": float(s.std()),
+        "metric": "abs",
+        "n": len(e),
+        "mean": mean,
+        "std": std,
+        "error_mean": mean,
+        "error_std": std,
+        **q,
+        "max": float(e.max()),
+        "k": k,
+        "threshold": mean + k * std,
+        "ewma_alpha": ALPHA,
+        "smoothed_mean": float(s.mean()),
+        "smoothed_std": float(s.std()),
     }

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +63,7 @@ def load_label_windows(path: str | Path) -> dict[str, list[tuple[float, float]]]
     def epoch(text: str) -> float:
         moment = datetime.fromisoformat(str(text))
         if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=timezone.utc)
+            moment = moment.replace(tzinfo=UTC)
         return moment.timestamp()
 
     try:

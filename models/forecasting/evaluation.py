@@ -8,8 +8,8 @@ a *false-positive run* is a maximal run of consecutive flags none of which lies 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import numpy as np
 
@@ -23,7 +23,7 @@ class WindowPRF:
     missed: int = 0
     fp_runs: int = 0
 
-    def __add__(self, other: "WindowPRF") -> "WindowPRF":
+    def __add__(self, other: WindowPRF) -> WindowPRF:
         return WindowPRF(self.caught + other.caught, self.missed + other.missed, self.fp_runs + other.fp_runs)
 
     @property

@@ -44,7 +44,7 @@ class ForecasterConfig:
     features: int = 1
     decoder: str = "stateful"
     calendar_features: bool = False  # inputs get models.forecasting.calendar columns (time of day/week) after the value
-    calendar_week: bool = True       # with calendar_features: include the day-of-week columns (else time of day only)
+    calendar_week: bool = True  # with calendar_features: include the day-of-week columns (else time of day only)
 
     def __post_init__(self) -> None:
         if self.calendar_features:
@@ -66,7 +66,7 @@ class ForecasterConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ForecasterConfig":
+    def from_dict(cls, d: dict) -> ForecasterConfig:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
@@ -74,7 +74,10 @@ class ForecasterConfig:
 def _rnn(config: ForecasterConfig) -> nn.Module:
     rnn_cls = nn.LSTM if config.cell == "lstm" else nn.GRU
     return rnn_cls(
-        config.features, config.hidden, config.layers, batch_first=True,
+        config.features,
+        config.hidden,
+        config.layers,
+        batch_first=True,
         dropout=config.dropout if config.layers > 1 else 0.0,
     )
 

@@ -42,7 +42,7 @@ class ServingWindowForecaster(nn.Module):
         n, c = x.shape[0], self.chunk
         if n <= c:
             return self.inner(x.to(self.dtype)).float()
-        return torch.cat([self.inner(x[i:i + c].to(self.dtype)).float() for i in range(0, n, c)])
+        return torch.cat([self.inner(x[i : i + c].to(self.dtype)).float() for i in range(0, n, c)])
 
 
 def apply_precision(bundle, precision: str = "fp32"):
@@ -54,8 +54,12 @@ def apply_precision(bundle, precision: str = "fp32"):
         return bundle
     if bundle.kind != "many-to-one":
         if precision != "fp32":
-            log.info("precision %s applies to many-to-one models only; %s v%s stays fp32",
-                     precision, getattr(bundle, "name", "?"), getattr(bundle, "version", "?"))
+            log.info(
+                "precision %s applies to many-to-one models only; %s v%s stays fp32",
+                precision,
+                getattr(bundle, "name", "?"),
+                getattr(bundle, "version", "?"),
+            )
         return bundle
     bundle.forecaster = ServingWindowForecaster(bundle.forecaster, precision)
     return bundle

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from models.forecasting.bundle import ModelBundle
-from models.forecasting.calibration import calibrate
 from models.forecasting.calendar import with_calendar
+from models.forecasting.calibration import calibrate
 from models.forecasting.forecasters import ForecasterConfig, build_forecaster
 from models.forecasting.windows import SeriesNormalizer, as_2d, sequence_targets, sliding_windows
 
@@ -54,7 +54,7 @@ class TrainReport:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """"auto" -> cuda when available else cpu; "cuda" without a GPU raises."""
+    """ "auto" -> cuda when available else cpu; "cuda" without a GPU raises."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
@@ -75,7 +75,7 @@ def _m2o_data(cfg: ForecasterConfig, normed: dict[str, np.ndarray], cuts: dict[s
         cut = cuts[sid]
         tr.append(sliding_windows(arr[:cut], cfg.window, cfg.horizon))
         # validation targets start at ``cut``; their input windows may reach back into the train part
-        va.append(sliding_windows(arr[max(cut - cfg.window, 0):], cfg.window, cfg.horizon))
+        va.append(sliding_windows(arr[max(cut - cfg.window, 0) :], cfg.window, cfg.horizon))
     cat = lambda parts, i: torch.from_numpy(np.concatenate([p[i] for p in parts])).float()  # noqa: E731
     return (cat(tr, 0), cat(tr, 1)), (cat(va, 0), cat(va, 1))
 
@@ -156,16 +156,51 @@ def fit(
             raise ValueError(f"calendar_features needs timestamps for every series; missing {missing[:3]}")
     threads_before = torch.get_num_threads()
     try:
-        return _fit(config, series, epochs=epochs, device=device, seed=seed, warm_start=warm_start,
-                    progress=progress, name=name, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                    clip_norm=clip_norm, val_fraction=val_fraction, patience=patience, tbptt_chunks=tbptt_chunks,
-                    calibration_k=calibration_k, num_threads=num_threads, timestamps=timestamps)
+        return _fit(
+            config,
+            series,
+            epochs=epochs,
+            device=device,
+            seed=seed,
+            warm_start=warm_start,
+            progress=progress,
+            name=name,
+            batch_size=batch_size,
+            lr=lr,
+            weight_decay=weight_decay,
+            clip_norm=clip_norm,
+            val_fraction=val_fraction,
+            patience=patience,
+            tbptt_chunks=tbptt_chunks,
+            calibration_k=calibration_k,
+            num_threads=num_threads,
+            timestamps=timestamps,
+        )
     finally:
         torch.set_num_threads(threads_before)
 
 
-def _fit(config, series, *, epochs, device, seed, warm_start, progress, name, batch_size, lr, weight_decay,
-         clip_norm, val_fraction, patience, tbptt_chunks, calibration_k, num_threads, timestamps=None):
+def _fit(
+    config,
+    series,
+    *,
+    epochs,
+    device,
+    seed,
+    warm_start,
+    progress,
+    name,
+    batch_size,
+    lr,
+    weight_decay,
+    clip_norm,
+    val_fraction,
+    patience,
+    tbptt_chunks,
+    calibration_k,
+    num_threads,
+    timestamps=None,
+):
     t_start = time.perf_counter()
     dev = resolve_device(device)
     cuda = dev.type == "cuda"
@@ -280,23 +315,45 @@ def _fit(config, series, *, epochs, device, seed, warm_start, progress, name, ba
 
     calibration = calibrate(model, normed, cuts, k=calibration_k)
     report = TrainReport(
-        epochs=len(train_losses), best_epoch=best_epoch, train_loss=train_losses, val_loss=val_losses,
-        best_val_loss=best, wall_time_s=time.perf_counter() - t_start, device=str(dev),
-        amp_dtype=str(amp_dtype).removeprefix("torch.") if amp_dtype else None, windows=n_targets,
-        windows_per_s=n_targets * len(train_losses) / max(train_time, 1e-9), stopped_early=stopped,
-        n_series=len(series), extra={"batch_size": bs, "lr": lr, "seed": seed},
+        epochs=len(train_losses),
+        best_epoch=best_epoch,
+        train_loss=train_losses,
+        val_loss=val_losses,
+        best_val_loss=best,
+        wall_time_s=time.perf_counter() - t_start,
+        device=str(dev),
+        amp_dtype=str(amp_dtype).removeprefix("torch.") if amp_dtype else None,
+        windows=n_targets,
+        windows_per_s=n_targets * len(train_losses) / max(train_time, 1e-9),
+        stopped_early=stopped,
+        n_series=len(series),
+        extra={"batch_size": bs, "lr": lr, "seed": seed},
     )
     metrics = {"val_mse": best, "val_abs_error_mean": calibration.get("mean"), "epochs": report.epochs}
     bundle = ModelBundle(
-        name=name, kind=config.kind, config=config, forecaster=model, normalizers=normalizers,
-        calibration=calibration, metrics=metrics,
+        name=name,
+        kind=config.kind,
+        config=config,
+        forecaster=model,
+        normalizers=normalizers,
+        calibration=calibration,
+        metrics=metrics,
     )
     return bundle, report
 
 
 def _arch(cfg: ForecasterConfig) -> tuple:
-    return (cfg.kind, cfg.horizon, cfg.hidden, cfg.layers, cfg.cell, cfg.features, cfg.decoder, cfg.calendar_features,
-            cfg.calendar_week)
+    return (
+        cfg.kind,
+        cfg.horizon,
+        cfg.hidden,
+        cfg.layers,
+        cfg.cell,
+        cfg.features,
+        cfg.decoder,
+        cfg.calendar_features,
+        cfg.calendar_week,
+    )
 
 
 def _step(opt, model, loss, clip_norm: float) -> None:
@@ -321,6 +378,9 @@ def _progress(enabled: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f} val {task.fields[val]:.4f}"), TimeElapsedColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f} val {task.fields[val]:.4f}"),
+        TimeElapsedColumn(),
     )

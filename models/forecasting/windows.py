@@ -17,7 +17,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-
 MIN_STD = 1e-6  # floor for a constant series, so transform never divides by zero
 
 
@@ -102,7 +101,7 @@ class SeriesNormalizer(NamedTuple):
     std: float
 
     @classmethod
-    def fit(cls, values: np.ndarray) -> "SeriesNormalizer":
+    def fit(cls, values: np.ndarray) -> SeriesNormalizer:
         """Fit on target column (feature 0) ignoring NaNs; an empty/all-NaN series gives (0, 1)."""
         col = as_2d(values)[:, 0]
         col = col[~np.isnan(col)]
@@ -120,9 +119,8 @@ class SeriesNormalizer(NamedTuple):
         return {"mean": self.mean, "std": self.std}
 
     @classmethod
-    def from_dict(cls, d) -> "SeriesNormalizer":
+    def from_dict(cls, d) -> SeriesNormalizer:
         if isinstance(d, dict):
             return cls(float(d["mean"]), float(d["std"]))
         mean, std = d
         return cls(float(mean), float(std))
-

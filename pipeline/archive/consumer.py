@@ -11,27 +11,23 @@ removes (see ``pipeline.archive.format``).
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from pipeline.events import Event, parse_event
-from pipeline.metrics import ArchiverMetrics
 from models.core.settings import Settings
 from pipeline.archive.format import write_files
+from pipeline.events import Event, parse_event
+from pipeline.metrics import ArchiverMetrics
 
 log = logging.getLogger(__name__)
+
 
 @dataclass
 class _Buffer:
@@ -62,13 +58,15 @@ class _Buffer:
             self.last_offset[partition] = offset
 
     def frame(self) -> pd.DataFrame:
-        return pd.DataFrame({
-            "series": pd.Series(self.series, dtype=object),
-            "ts": np.asarray(self.ts, dtype=np.float64),
-            "value": np.asarray(self.value, dtype=np.float64),
-            "partition": np.asarray(self.partition, dtype=np.int32),
-            "offset": np.asarray(self.offset, dtype=np.int64),
-        })
+        return pd.DataFrame(
+            {
+                "series": pd.Series(self.series, dtype=object),
+                "ts": np.asarray(self.ts, dtype=np.float64),
+                "value": np.asarray(self.value, dtype=np.float64),
+                "partition": np.asarray(self.partition, dtype=np.int32),
+                "offset": np.asarray(self.offset, dtype=np.int64),
+            }
+        )
 
 
 class Archiver:
@@ -135,17 +133,21 @@ class Archiver:
         if not last_offset or self._consumer is None:
             return
         topic = self.settings.kafka.events_topic
-        self._consumer.commit({
-            TopicPartition(topic, partition): OffsetAndMetadata(offset + 1, "", -1)
-            for partition, offset in last_offset.items()
-        })
+        self._consumer.commit(
+            {
+                TopicPartition(topic, partition): OffsetAndMetadata(offset + 1, "", -1)
+                for partition, offset in last_offset.items()
+            }
+        )
 
     # -- loop ----------------------------------------------------------------------------------
 
     def handle(self, records: Iterable) -> None:
         """Parse a batch of ConsumerRecords into the buffer (invalid ones are counted only)."""
-        limits = {"max_message_bytes": self.settings.max_message_bytes,
-                  "max_series_id_length": self.settings.max_series_id_length}
+        limits = {
+            "max_message_bytes": self.settings.max_message_bytes,
+            "max_series_id_length": self.settings.max_series_id_length,
+        }
         for record in records:
             self._buffer.saw(record.partition, record.offset)
             parsed = parse_event(record.value, record.key, **limits)
@@ -194,12 +196,13 @@ class Archiver:
                         self.handle(records)
                 if self._due():
                     self.flush()
-                if (self.exit_when_idle_s is not None
-                        and time.monotonic() - self._last_activity >= self.exit_when_idle_s):
+                if (
+                    self.exit_when_idle_s is not None
+                    and time.monotonic() - self._last_activity >= self.exit_when_idle_s
+                ):
                     log.info("idle for %.1fs: exiting", self.exit_when_idle_s)
                     break
             self.flush()
         finally:
             consumer, self._consumer = self._consumer, None
             consumer.close(autocommit=False)
-

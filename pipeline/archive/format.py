@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -28,16 +28,17 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-
 log = logging.getLogger(__name__)
 
-SCHEMA = pa.schema([
-    ("series", pa.string()),
-    ("ts", pa.float64()),
-    ("value", pa.float64()),
-    ("partition", pa.int32()),
-    ("offset", pa.int64()),
-])
+SCHEMA = pa.schema(
+    [
+        ("series", pa.string()),
+        ("ts", pa.float64()),
+        ("value", pa.float64()),
+        ("partition", pa.int32()),
+        ("offset", pa.int64()),
+    ]
+)
 COLUMNS = tuple(SCHEMA.names)
 _TMP_PREFIX = ".tmp-"
 DEDUP_KEY = ["partition", "offset", "series", "ts"]  # a redelivered record is identical on all four
@@ -49,7 +50,7 @@ class ArchiveError(RuntimeError):
 
 def partition_dir(archive_dir: Path, ts: float) -> Path:
     """``archive_dir/date=YYYY-MM-DD/hour=HH`` for an event time in epoch seconds (UTC)."""
-    moment = datetime.fromtimestamp(ts, tz=timezone.utc)
+    moment = datetime.fromtimestamp(ts, tz=UTC)
     return Path(archive_dir) / f"date={moment:%Y-%m-%d}" / f"hour={moment:%H}"
 
 
@@ -95,8 +96,9 @@ def write_files(archive_dir: Path, frame: pd.DataFrame) -> list[Path]:
     written = []
     for (partition, date, hour), group in frame.groupby(["partition", "_date", "_hour"], sort=True):
         group = group.sort_values("offset", kind="stable")
-        name = file_name(int(partition), int(group["offset"].iloc[0]), int(group["offset"].iloc[-1]),
-                         content_digest(group))
+        name = file_name(
+            int(partition), int(group["offset"].iloc[0]), int(group["offset"].iloc[-1]), content_digest(group)
+        )
         path = Path(archive_dir) / f"date={date}" / f"hour={hour}" / name
         write_parquet_atomic(group, path)
         written.append(path)
@@ -104,6 +106,7 @@ def write_files(archive_dir: Path, frame: pd.DataFrame) -> list[Path]:
 
 
 # -- reading -------------------------------------------------------------------------------------
+
 
 def _to_epoch(moment: datetime | float | int | str | None) -> float | None:
     if moment is None:
@@ -126,7 +129,7 @@ def _hour_dirs(archive_dir: Path, start: float | None, end: float | None) -> lis
             except ValueError:
                 log.warning("ignoring unexpected directory %s", hour_dir)
                 continue
-            begin_s = begin.replace(tzinfo=timezone.utc).timestamp()
+            begin_s = begin.replace(tzinfo=UTC).timestamp()
             if (end is not None and begin_s >= end) or (start is not None and begin_s + 3600 <= start):
                 continue
             out.append(hour_dir)

@@ -33,8 +33,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from models.detection.thresholds.error_likelihood import LikelihoodConfig, score_series
-from pipeline.backtest.nab_scoring import (PROFILES, PointTable, Profile, normalised, point_table, score_detections,
-                                           sweep_threshold)
+from pipeline.backtest.nab_scoring import (
+    PROFILES,
+    PointTable,
+    Profile,
+    normalised,
+    point_table,
+    score_detections,
+    sweep_threshold,
+)
 
 
 @dataclass(frozen=True)
@@ -49,9 +56,11 @@ class Candidate:
 # Each step of the likelihood that was added on the development corpus is a switch here, written
 # out both ways so the grid does not depend on the current defaults; the simplest candidate (all
 # added steps off) is first, so ties go to fewer steps.
-_STEPS = {"slow": ({"slow_alpha": 0.04, "short_weight": 0.5}, {"slow_alpha": None}),
-          "tod": ({"seasonal_bins": 24}, {"seasonal_bins": None}),
-          "rep": ({"repeat_bins": 24}, {"repeat_bins": None})}
+_STEPS = {
+    "slow": ({"slow_alpha": 0.04, "short_weight": 0.5}, {"slow_alpha": None}),
+    "tod": ({"seasonal_bins": 24}, {"seasonal_bins": None}),
+    "rep": ({"repeat_bins": 24}, {"repeat_bins": None}),
+}
 
 
 def switch_grid() -> list[Candidate]:
@@ -128,8 +137,9 @@ class Scored:
     post: dict | None = None  # the candidate's LikelihoodConfig overrides (None: not a likelihood candidate)
 
 
-def score_candidates(results: Sequence, candidates: Sequence[Candidate], *, workers: int = 1,
-                     warmup: str = "default") -> dict[str, Scored]:
+def score_candidates(
+    results: Sequence, candidates: Sequence[Candidate], *, workers: int = 1, warmup: str = "default"
+) -> dict[str, Scored]:
     """Re-score every result under every candidate (``workers`` processes); ``warmup`` as in :func:`rescore`."""
     tables = {r.name: point_table(len(r.values), r.windows, r.probation) for r in results}
     jobs = [(r, c.post, warmup) for c in candidates for r in results]
@@ -164,11 +174,11 @@ def _sweep(files: dict, names: list[str], profile: Profile) -> float:
 class FoldScores:
     """Held-out figures of one candidate (or of the nested selection) on one seed."""
 
-    held_out: dict[str, float]        # group -> normalised score, threshold chosen on the other groups
-    held_out_own: dict[str, float]    # group -> normalised score with the detector's own flags
-    pooled: float                     # one NAB score over all held-out folds together (optimised thr)
-    pooled_own: float                 # the same with the detector's own flags
-    in_sample: float                  # threshold swept on all files
+    held_out: dict[str, float]  # group -> normalised score, threshold chosen on the other groups
+    held_out_own: dict[str, float]  # group -> normalised score with the detector's own flags
+    pooled: float  # one NAB score over all held-out folds together (optimised thr)
+    pooled_own: float  # the same with the detector's own flags
+    in_sample: float  # threshold swept on all files
     chosen: dict[str, str] = field(default_factory=dict)  # nested: group -> chosen candidate
     thresholds: dict[str, float] = field(default_factory=dict)
 
@@ -186,8 +196,11 @@ def folds(names: Sequence[str], tables: dict[str, PointTable]) -> dict[str, list
 
 
 # Parameters each added step brings (what the one-standard-error rule counts as complexity).
-STEP_KNOBS = {"slow_alpha": ("slow_alpha", "short_weight"), "seasonal_bins": ("seasonal_bins", "seasonal_days"),
-              "repeat_bins": ("repeat_bins",)}
+STEP_KNOBS = {
+    "slow_alpha": ("slow_alpha", "short_weight"),
+    "seasonal_bins": ("seasonal_bins", "seasonal_days"),
+    "repeat_bins": ("repeat_bins",),
+}
 RULES = ("one-se", "max")
 
 
@@ -237,8 +250,9 @@ def _groups(names: Sequence[str]) -> dict[str, list[str]]:
     return out
 
 
-def evaluate(by_cand: dict[str, Scored], profile: Profile = PROFILES["standard"], rule: str = "one-se"
-             ) -> tuple[dict[str, FoldScores], FoldScores]:
+def evaluate(
+    by_cand: dict[str, Scored], profile: Profile = PROFILES["standard"], rule: str = "one-se"
+) -> tuple[dict[str, FoldScores], FoldScores]:
     """Leave-one-group-out figures for every candidate, and for the nested selection.
 
     Per candidate: threshold chosen on the training groups. Nested: candidate (by ``rule``, see
@@ -268,8 +282,14 @@ def evaluate(by_cand: dict[str, Scored], profile: Profile = PROFILES["standard"]
             pooled_own = [pooled_own[0] + raw_o, pooled_own[1] + wins]
         thr_all = _sweep(f, names, profile)
         ins_raw, ins_w = _raw(f, names, profile, thr_all)
-        per[cname] = FoldScores(held, held_own, normalised(*pooled, profile), normalised(*pooled_own, profile),
-                                normalised(ins_raw, ins_w, profile), thresholds=thrs)
+        per[cname] = FoldScores(
+            held,
+            held_own,
+            normalised(*pooled, profile),
+            normalised(*pooled_own, profile),
+            normalised(ins_raw, ins_w, profile),
+            thresholds=thrs,
+        )
     held, held_own, chosen, thrs = {}, {}, {}, {}
     pooled, pooled_own = [0.0, 0], [0.0, 0]
     for g, test in fold_of.items():
@@ -278,26 +298,40 @@ def evaluate(by_cand: dict[str, Scored], profile: Profile = PROFILES["standard"]
         f = by_cand[pick].files
         raw, wins = _raw(f, test, profile, thr)
         raw_o, _ = _raw(f, test, profile, None)
-        held[g], held_own[g], chosen[g], thrs[g] = (normalised(raw, wins, profile), normalised(raw_o, wins, profile),
-                                                     pick, thr)
+        held[g], held_own[g], chosen[g], thrs[g] = (
+            normalised(raw, wins, profile),
+            normalised(raw_o, wins, profile),
+            pick,
+            thr,
+        )
         pooled = [pooled[0] + raw, pooled[1] + wins]
         pooled_own = [pooled_own[0] + raw_o, pooled_own[1] + wins]
     in_best = max(by_cand, key=lambda c: (round(per[c].in_sample, 9), -list(by_cand).index(c)))
-    nested = FoldScores(held, held_own, normalised(*pooled, profile), normalised(*pooled_own, profile),
-                        per[in_best].in_sample, chosen=chosen, thresholds=thrs)
+    nested = FoldScores(
+        held,
+        held_own,
+        normalised(*pooled, profile),
+        normalised(*pooled_own, profile),
+        per[in_best].in_sample,
+        chosen=chosen,
+        thresholds=thrs,
+    )
     return per, nested
 
 
-def held_out_contrib(per: dict[str, FoldScores], by_cand: dict[str, Scored], profile: Profile = PROFILES["standard"]
-                     ) -> dict[str, dict[str, float]]:
+def held_out_contrib(
+    per: dict[str, FoldScores], by_cand: dict[str, Scored], profile: Profile = PROFILES["standard"]
+) -> dict[str, dict[str, float]]:
     """Per candidate, each held-out group's points in the pooled held-out score (threshold from the other groups)."""
     first = next(iter(by_cand.values())).files
     names = sorted(first)
     fold_of = folds(names, {n: first[n][2] for n in names})
     wins = sum(first[n][2].n_windows for ns in fold_of.values() for n in ns)
     scale = 100.0 / ((profile.a_tp + profile.a_fn) * max(wins, 1))
-    return {c: {g: _raw(by_cand[c].files, test, profile, per[c].thresholds[g])[0] * scale
-                for g, test in fold_of.items()} for c in per}
+    return {
+        c: {g: _raw(by_cand[c].files, test, profile, per[c].thresholds[g])[0] * scale for g, test in fold_of.items()}
+        for c in per
+    }
 
 
 def mean_sd(xs: Sequence[float]) -> tuple[float, float]:

@@ -16,13 +16,23 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.backtest.crossval import (Candidate, FoldScores, complexity, evaluate, group_of, held_out_contrib,
-                                        mean_sd, score_candidates, select)
+from pipeline.backtest.crossval import (
+    Candidate,
+    FoldScores,
+    complexity,
+    evaluate,
+    group_of,
+    held_out_contrib,
+    mean_sd,
+    score_candidates,
+    select,
+)
 from pipeline.backtest.replay import ReplayConfig, SeriesResult, nab_key, run_corpus
 
 
-def replay_for_cv(files: Sequence[Path], labels: dict, cfg: ReplayConfig, *, workers: int,
-                  progress: bool = True) -> tuple[list[SeriesResult], list[str]]:
+def replay_for_cv(
+    files: Sequence[Path], labels: dict, cfg: ReplayConfig, *, workers: int, progress: bool = True
+) -> tuple[list[SeriesResult], list[str]]:
     """One seed's replay of ``files`` in which no model has seen the group it scores.
 
     Per-file models only ever see their own file's probation rows, so one corpus replay does. A
@@ -54,7 +64,7 @@ class CVReport:
 
     seeds: list[int]
     candidates: list[Candidate]
-    per: dict[str, list[FoldScores]] = field(default_factory=dict)   # candidate -> one per seed
+    per: dict[str, list[FoldScores]] = field(default_factory=dict)  # candidate -> one per seed
     nested: list[FoldScores] = field(default_factory=list)
     contrib: list[dict[str, dict[str, float]]] = field(default_factory=list)  # per seed: cand -> group -> points
     errors: list[str] = field(default_factory=list)
@@ -74,12 +84,22 @@ def with_variants(candidates: Sequence[Candidate], variants: dict[str, dict]) ->
     """Every candidate under every replay variant (``name -> ReplayConfig overrides``), named ``variant/candidate``."""
     if not variants:
         return list(candidates)
-    return [Candidate(f"{v}/{c.name}", c.post, {**c.replay, **over}) for v, over in variants.items() for c in candidates]
+    return [
+        Candidate(f"{v}/{c.name}", c.post, {**c.replay, **over}) for v, over in variants.items() for c in candidates
+    ]
 
 
-def run_cv(files: Sequence[Path], labels: dict, cfg: ReplayConfig, seeds: Sequence[int],
-           candidates: Sequence[Candidate], *, workers: int = 2, progress: bool = True, rule: str = "one-se"
-           ) -> CVReport:
+def run_cv(
+    files: Sequence[Path],
+    labels: dict,
+    cfg: ReplayConfig,
+    seeds: Sequence[int],
+    candidates: Sequence[Candidate],
+    *,
+    workers: int = 2,
+    progress: bool = True,
+    rule: str = "one-se",
+) -> CVReport:
     """Replay once per seed and replay variant, re-score under each candidate, cross-validate by group.
 
     Candidates that share ``replay`` overrides share one replay per seed. Only files every replay
@@ -117,19 +137,26 @@ def _ms(xs: Sequence[float]) -> str:
 
 def cv_summary(rep: CVReport) -> dict:
     """Headline figures (means and spreads over seeds) as a plain dict."""
+
     def block(runs: list[FoldScores]) -> dict:
         groups = sorted(runs[0].held_out) if runs else []
-        return {"pooled_held_out": mean_sd([f.pooled for f in runs]),
-                "pooled_held_out_own_threshold": mean_sd([f.pooled_own for f in runs]),
-                "group_mean_held_out": mean_sd([f.group_mean for f in runs]),
-                "in_sample": mean_sd([f.in_sample for f in runs]),
-                "groups": {g: mean_sd([f.held_out[g] for f in runs]) for g in groups}}
+        return {
+            "pooled_held_out": mean_sd([f.pooled for f in runs]),
+            "pooled_held_out_own_threshold": mean_sd([f.pooled_own for f in runs]),
+            "group_mean_held_out": mean_sd([f.group_mean for f in runs]),
+            "in_sample": mean_sd([f.in_sample for f in runs]),
+            "groups": {g: mean_sd([f.held_out[g] for f in runs]) for g in groups},
+        }
 
-    out = {"seeds": rep.seeds, "files": rep.files, "rule": rep.rule,
-           "candidates": {c.name: {"post": c.post, "replay": c.replay} for c in rep.candidates},
-           "per_candidate": {c: block(runs) for c, runs in rep.per.items() if runs},
-           "nested": {**block(rep.nested), "chosen": [f.chosen for f in rep.nested]} if rep.nested else {},
-           "best": rep.best() if rep.nested else None}
+    out = {
+        "seeds": rep.seeds,
+        "files": rep.files,
+        "rule": rep.rule,
+        "candidates": {c.name: {"post": c.post, "replay": c.replay} for c in rep.candidates},
+        "per_candidate": {c: block(runs) for c, runs in rep.per.items() if runs},
+        "nested": {**block(rep.nested), "chosen": [f.chosen for f in rep.nested]} if rep.nested else {},
+        "best": rep.best() if rep.nested else None,
+    }
     return out
 
 
@@ -143,15 +170,22 @@ def render_cv(rep: CVReport, console=None) -> None:
         console.print("[red]no replay succeeded[/red]")
         return
     groups = sorted(rep.nested[0].held_out)
-    t = Table(title=f"Leave-one-group-out NAB score, standard profile ({rep.files} files, seeds {rep.seeds}; "
-                    f"mean ± sd over seeds)")
+    t = Table(
+        title=f"Leave-one-group-out NAB score, standard profile ({rep.files} files, seeds {rep.seeds}; "
+        f"mean ± sd over seeds)"
+    )
     for col in ("candidate", "held-out (pooled)", "own thr.", "group mean", "in-sample", *groups):
         t.add_column(col, justify="left" if col == "candidate" else "right")
 
     def row(label: str, runs: list[FoldScores]) -> None:
-        t.add_row(label, _ms([f.pooled for f in runs]), _ms([f.pooled_own for f in runs]),
-                  _ms([f.group_mean for f in runs]), _ms([f.in_sample for f in runs]),
-                  *(_ms([f.held_out[g] for f in runs]) for g in groups))
+        t.add_row(
+            label,
+            _ms([f.pooled for f in runs]),
+            _ms([f.pooled_own for f in runs]),
+            _ms([f.group_mean for f in runs]),
+            _ms([f.in_sample for f in runs]),
+            *(_ms([f.held_out[g] for f in runs]) for g in groups),
+        )
 
     for c in rep.candidates:
         row(c.name, rep.per[c.name])
@@ -160,5 +194,7 @@ def render_cv(rep: CVReport, console=None) -> None:
     for seed, f in zip(rep.seeds, rep.nested):
         console.print(f"seed {seed}: chosen per held-out group: " + ", ".join(f"{g}={c}" for g, c in f.chosen.items()))
     best = rep.best()
-    console.print(f"cross-validated choice ({rep.rule}): [bold]{best}[/bold] "
-                  f"{dict(next(c.post for c in rep.candidates if c.name == best))}")
+    console.print(
+        f"cross-validated choice ({rep.rule}): [bold]{best}[/bold] "
+        f"{dict(next(c.post for c in rep.candidates if c.name == best))}"
+    )

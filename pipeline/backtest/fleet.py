@@ -77,8 +77,17 @@ def train_fleet(paths: list[Path], cfg, *, seed: int | None = None, threads: int
     if not series:
         raise ValueError("no file has a probationary period to train a fleet model on")
     kwargs = {**cfg.fit, **({"num_threads": threads} if threads else {})}
-    bundle, _ = fit(forecaster_config(cfg), series, epochs=cfg.epochs, seed=cfg.seed if seed is None else seed,
-                    progress=False, device="cpu", name="fleet", timestamps=times, **kwargs)
+    bundle, _ = fit(
+        forecaster_config(cfg),
+        series,
+        epochs=cfg.epochs,
+        seed=cfg.seed if seed is None else seed,
+        progress=False,
+        device="cpu",
+        name="fleet",
+        timestamps=times,
+        **kwargs,
+    )
     bundle.meta = {**bundle.meta, "fleet_files": sorted(series)}
     return bundle
 
@@ -97,8 +106,10 @@ def resolve_fleet(cfg, fleet: ModelBundle | None) -> ModelBundle | None:
         from models.registry import ModelRegistry
 
         return ModelRegistry(cfg.fleet_registry).load(cfg.fleet_model)
-    raise ValueError(f"model_source={cfg.model_source!r} needs a fleet model: pass fleet=train_fleet(...) "
-                     "or set fleet_registry and fleet_model")
+    raise ValueError(
+        f"model_source={cfg.model_source!r} needs a fleet model: pass fleet=train_fleet(...) "
+        "or set fleet_registry and fleet_model"
+    )
 
 
 def for_series(fleet: ModelBundle, series: str, probation_values: np.ndarray, normalizer: str) -> ModelBundle:

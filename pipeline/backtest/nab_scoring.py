@@ -292,8 +292,9 @@ class CorpusScore:
     fn: int
 
 
-def score_corpus(files: dict[str, tuple[np.ndarray, np.ndarray, PointTable]],
-                 profile: Profile, *, optimise: bool) -> CorpusScore:
+def score_corpus(
+    files: dict[str, tuple[np.ndarray, np.ndarray, PointTable]], profile: Profile, *, optimise: bool
+) -> CorpusScore:
     """Score ``files: name -> (anomaly_score (n,), flags (n,), table)`` for one profile.
 
     ``optimise=False`` uses the detector's own ``flags``; ``optimise=True`` sweeps one corpus-wide

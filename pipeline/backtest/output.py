@@ -26,12 +26,14 @@ def write_nab_csv(result, out_dir: Path, detector: str) -> Path:
 
     path = result_path(out_dir, detector, result.name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    df = pd.DataFrame({
-        "timestamp": pd.to_datetime(result.timestamps).strftime("%Y-%m-%d %H:%M:%S"),
-        "value": result.values,
-        "anomaly_score": np.round(np.nan_to_num(result.anomaly_score, nan=0.0), 6),
-        "label": result.label.astype(int),
-    })
+    df = pd.DataFrame(
+        {
+            "timestamp": pd.to_datetime(result.timestamps).strftime("%Y-%m-%d %H:%M:%S"),
+            "value": result.values,
+            "anomaly_score": np.round(np.nan_to_num(result.anomaly_score, nan=0.0), 6),
+            "label": result.label.astype(int),
+        }
+    )
     df.to_csv(path, index=False)
     return path
 

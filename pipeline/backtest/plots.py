@@ -28,22 +28,32 @@ def plot_series(result, out_dir: Path, optimised_threshold: float | None = None)
     ax.plot(t, result.predicted, lw=0.7, color="tab:orange", alpha=0.8, label="forecast")
     for k, (lo, hi) in enumerate(result.windows):
         for a in (ax, ax2):
-            a.axvspan(t[lo], t[hi], color="gold", alpha=0.3, lw=0, label="labelled window" if (k == 0 and a is ax) else None)
+            a.axvspan(
+                t[lo], t[hi], color="gold", alpha=0.3, lw=0, label="labelled window" if (k == 0 and a is ax) else None
+            )
     if result.probation:
         for a in (ax, ax2):
-            a.axvspan(t[0], t[result.probation - 1], color="grey", alpha=0.15, lw=0,
-                      label="probation (training)" if a is ax else None)
+            a.axvspan(
+                t[0],
+                t[result.probation - 1],
+                color="grey",
+                alpha=0.15,
+                lw=0,
+                label="probation (training)" if a is ax else None,
+            )
     f = np.flatnonzero(result.flag)
     ax.scatter(t[f], result.values[f], color="red", s=30, zorder=5, label=f"flag ({len(f)})")
     ax.set_ylabel("value")
-    ax.set_title(f"{result.name}  -  {len(result.windows)} windows, {len(f)} flags, "
-                 f"{result.retrains} retrains", fontsize=10)
+    ax.set_title(
+        f"{result.name}  -  {len(result.windows)} windows, {len(f)} flags, {result.retrains} retrains", fontsize=10
+    )
     ax.legend(loc="upper left", fontsize=8, ncol=5)
     ax2.plot(t, result.anomaly_score, lw=0.7, color="tab:purple", label="anomaly score")
     ax2.axhline(result.threshold, color="red", ls="--", lw=0.8, label=f"own threshold {result.threshold:.2f}")
     if optimised_threshold is not None and np.isfinite(optimised_threshold):
-        ax2.axhline(optimised_threshold, color="black", ls=":", lw=0.8,
-                    label=f"label-optimised {optimised_threshold:.3f}")
+        ax2.axhline(
+            optimised_threshold, color="black", ls=":", lw=0.8, label=f"label-optimised {optimised_threshold:.3f}"
+        )
     ax2.scatter(t[f], result.anomaly_score[f], color="red", s=12, zorder=5)
     ax2.set_ylim(-0.02, 1.05)
     ax2.set_ylabel("score")

@@ -58,20 +58,24 @@ class ReplayConfig:
     kind: str = "many-to-many"
     window: int = 32
     hidden: int = 32
-    calendar: bool = False          # models.forecasting.calendar time-of-day/week input features (ForecasterConfig.calendar_features)
-    calendar_week: bool = True      # with calendar: include the day-of-week columns (ForecasterConfig.calendar_week)
+    calendar: bool = (
+        False  # models.forecasting.calendar time-of-day/week input features (ForecasterConfig.calendar_features)
+    )
+    calendar_week: bool = True  # with calendar: include the day-of-week columns (ForecasterConfig.calendar_week)
     epochs: int = 10
-    retrain_every: int = 0          # rows between re-fits after probation; 0 = only the probation model
+    retrain_every: int = 0  # rows between re-fits after probation; 0 = only the probation model
     retrain_epochs: int = 3
-    chunk: int = 256                # rows per StreamingDetector.process call
+    chunk: int = 256  # rows per StreamingDetector.process call
     seed: int = 0
-    detector: dict = field(default_factory=dict)   # DetectorConfig overrides
-    post: dict = field(default_factory=dict)       # LikelihoodConfig overrides (-> DetectorConfig.likelihood)
-    fit: dict = field(default_factory=dict)        # extra models.forecasting.training.fit keyword arguments (batch_size, lr, ...)
-    model: dict = field(default_factory=dict)      # extra ForecasterConfig fields (residual, layers, ...)
+    detector: dict = field(default_factory=dict)  # DetectorConfig overrides
+    post: dict = field(default_factory=dict)  # LikelihoodConfig overrides (-> DetectorConfig.likelihood)
+    fit: dict = field(
+        default_factory=dict
+    )  # extra models.forecasting.training.fit keyword arguments (batch_size, lr, ...)
+    model: dict = field(default_factory=dict)  # extra ForecasterConfig fields (residual, layers, ...)
     model_source: str = "per-file"  # "per-file" | "fleet" | "fleet-finetune" (pipeline.backtest.fleet)
     fleet_registry: str | None = None  # fleet model from a registry root (its champion of fleet_model) ...
-    fleet_model: str | None = None     # ... unless a bundle is passed to run_corpus / replay_file (fleet=)
+    fleet_model: str | None = None  # ... unless a bundle is passed to run_corpus / replay_file (fleet=)
     fleet_normalizer: str = "probation"  # series unseen by the fleet model: "probation" (mean, std) | "online"
     warmup: str = "default"  # "default": warm-ups as configured | "probation": capped at the probation length
 
@@ -79,8 +83,9 @@ class ReplayConfig:
         if self.model_source not in fleet_mod.MODEL_SOURCES:
             raise ValueError(f"model_source must be one of {fleet_mod.MODEL_SOURCES}, got {self.model_source!r}")
         if self.fleet_normalizer not in fleet_mod.FLEET_NORMALIZERS:
-            raise ValueError(f"fleet_normalizer must be one of {fleet_mod.FLEET_NORMALIZERS}, "
-                             f"got {self.fleet_normalizer!r}")
+            raise ValueError(
+                f"fleet_normalizer must be one of {fleet_mod.FLEET_NORMALIZERS}, got {self.fleet_normalizer!r}"
+            )
         if self.warmup not in WARMUPS:
             raise ValueError(f"warmup must be one of {WARMUPS}, got {self.warmup!r}")
 
@@ -92,26 +97,26 @@ class ReplayConfig:
 class SeriesResult:
     """Everything a backtest produced for one file; arrays are ``(n,)`` in row order."""
 
-    name: str                       # NAB key: "<group>/<file>.csv"
-    timestamps: np.ndarray          # datetime64[ns]
+    name: str  # NAB key: "<group>/<file>.csv"
+    timestamps: np.ndarray  # datetime64[ns]
     values: np.ndarray
-    predicted: np.ndarray           # detector forecast, raw units (NaN where none)
-    error: np.ndarray               # |value - predicted|, raw units
-    detector_score: np.ndarray      # StreamingDetector's score as emitted (NaN where refused)
-    detector_flag: np.ndarray       # StreamingDetector's is_anomaly
+    predicted: np.ndarray  # detector forecast, raw units (NaN where none)
+    error: np.ndarray  # |value - predicted|, raw units
+    detector_score: np.ndarray  # StreamingDetector's score as emitted (NaN where refused)
+    detector_flag: np.ndarray  # StreamingDetector's is_anomaly
     detector_threshold: float
-    anomaly_score: np.ndarray       # the detector's score for NAB: 0 in probation / refused rows
-    flag: np.ndarray                # the detector's flag (its own threshold)
-    threshold: float                # the detector's threshold (anomaly_score units)
-    label: np.ndarray               # bool: row inside a labelled window
+    anomaly_score: np.ndarray  # the detector's score for NAB: 0 in probation / refused rows
+    flag: np.ndarray  # the detector's flag (its own threshold)
+    threshold: float  # the detector's threshold (anomaly_score units)
+    label: np.ndarray  # bool: row inside a labelled window
     windows: list[tuple[int, int]]  # inclusive row ranges of the label windows
     probation: int
-    dropped: int = 0                # unparseable rows removed at load
-    refused: int = 0                # rows the detector refused (duplicate/out-of-order)
+    dropped: int = 0  # unparseable rows removed at load
+    refused: int = 0  # rows the detector refused (duplicate/out-of-order)
     retrains: int = 0
     fit_seconds: float = 0.0
     replay_seconds: float = 0.0
-    model: str = "per-file"         # what served the file: per-file | fleet | fleet-finetune
+    model: str = "per-file"  # what served the file: per-file | fleet | fleet-finetune
 
 
 def load_series(path: Path) -> tuple[np.ndarray, np.ndarray, int]:
@@ -156,19 +161,24 @@ def forecaster_config(cfg: ReplayConfig):
     """The ``ForecasterConfig`` a replay trains (per-file model, fleet model)."""
     from models.forecasting.forecasters import ForecasterConfig
 
-    return ForecasterConfig(kind=cfg.kind, window=cfg.window, hidden=cfg.hidden, calendar_features=cfg.calendar,
-                            calendar_week=cfg.calendar_week, **cfg.model)
+    return ForecasterConfig(
+        kind=cfg.kind,
+        window=cfg.window,
+        hidden=cfg.hidden,
+        calendar_features=cfg.calendar,
+        calendar_week=cfg.calendar_week,
+        **cfg.model,
+    )
 
 
-def replay_file(path: Path, windows: list, cfg: ReplayConfig, threads: int | None = None,
-                fleet=None) -> SeriesResult:
+def replay_file(path: Path, windows: list, cfg: ReplayConfig, threads: int | None = None, fleet=None) -> SeriesResult:
     """Replay one file; ``windows`` are the file's label windows (timestamp pairs).
 
     ``fleet``: the ``ModelBundle`` of ``model_source="fleet"`` / ``"fleet-finetune"`` (else the registry
     model named in ``cfg``); ignored for ``"per-file"``.
     """
-    from models.forecasting.training import fit
     from models.detection.detector import StreamingDetector
+    from models.forecasting.training import fit
 
     name = nab_key(path)
     fleet = fleet_mod.resolve_fleet(cfg, fleet)
@@ -176,9 +186,11 @@ def replay_file(path: Path, windows: list, cfg: ReplayConfig, threads: int | Non
     n = len(values)
     probation = probation_length(n)
     if fleet is None and probation < fleet_mod.min_train_rows(cfg.window):
-        raise ValueError(f"{name}: {n} rows give a probationary period of {probation} rows, "
-                         f"too short to train a window-{cfg.window} model; model_source='fleet' scores it "
-                         "with a model trained on other series")
+        raise ValueError(
+            f"{name}: {n} rows give a probationary period of {probation} rows, "
+            f"too short to train a window-{cfg.window} model; model_source='fleet' scores it "
+            "with a model trained on other series"
+        )
     epoch_s = ts.astype("datetime64[ns]").astype(np.int64) / 1e9
     series = name
 
@@ -187,14 +199,31 @@ def replay_file(path: Path, windows: list, cfg: ReplayConfig, threads: int | Non
     with ctx:
         t0 = time.perf_counter()
         if fleet is None:
-            bundle, _ = fit(forecaster_config(cfg), {series: values[:probation]}, epochs=cfg.epochs, seed=cfg.seed,
-                            progress=False, device="cpu", name="backtest", timestamps={series: epoch_s[:probation]},
-                            **fit_kwargs)
+            bundle, _ = fit(
+                forecaster_config(cfg),
+                {series: values[:probation]},
+                epochs=cfg.epochs,
+                seed=cfg.seed,
+                progress=False,
+                device="cpu",
+                name="backtest",
+                timestamps={series: epoch_s[:probation]},
+                **fit_kwargs,
+            )
             source = "per-file"
         elif cfg.model_source == "fleet-finetune" and probation >= fleet_mod.min_train_rows(fleet.config.window):
-            bundle, _ = fit(fleet.config, {series: values[:probation]}, epochs=cfg.retrain_epochs, seed=cfg.seed,
-                            warm_start=fleet, progress=False, device="cpu", name="backtest",
-                            timestamps={series: epoch_s[:probation]}, **fit_kwargs)
+            bundle, _ = fit(
+                fleet.config,
+                {series: values[:probation]},
+                epochs=cfg.retrain_epochs,
+                seed=cfg.seed,
+                warm_start=fleet,
+                progress=False,
+                device="cpu",
+                name="backtest",
+                timestamps={series: epoch_s[:probation]},
+                **fit_kwargs,
+            )
             source = "fleet-finetune"
         else:
             bundle = fleet_mod.for_series(fleet, series, values[:probation], cfg.fleet_normalizer)
@@ -211,9 +240,18 @@ def replay_file(path: Path, windows: list, cfg: ReplayConfig, threads: int | Non
         for a, b in zip(cuts[:-1], cuts[1:]):
             if a in retrain_at and a >= fleet_mod.min_train_rows(int(bundle.config.window)):
                 t2 = time.perf_counter()
-                bundle, _ = fit(bundle.config, {series: values[:a]}, epochs=cfg.retrain_epochs, seed=cfg.seed,
-                                warm_start=bundle, progress=False, device="cpu", name="backtest",
-                                timestamps={series: epoch_s[:a]}, **fit_kwargs)
+                bundle, _ = fit(
+                    bundle.config,
+                    {series: values[:a]},
+                    epochs=cfg.retrain_epochs,
+                    seed=cfg.seed,
+                    warm_start=bundle,
+                    progress=False,
+                    device="cpu",
+                    name="backtest",
+                    timestamps={series: epoch_s[:a]},
+                    **fit_kwargs,
+                )
                 det.swap_model(bundle)
                 fit_s += time.perf_counter() - t2
                 retrains += 1
@@ -231,11 +269,26 @@ def replay_file(path: Path, windows: list, cfg: ReplayConfig, threads: int | Non
     for lo, hi in win_idx:
         label[lo : hi + 1] = True
     return SeriesResult(
-        name=name, timestamps=ts, values=values, predicted=predicted, error=error,
-        detector_score=dscore, detector_flag=dflag, detector_threshold=float(det.config.threshold),
-        anomaly_score=score, flag=flag, threshold=float(det.config.threshold), label=label, windows=win_idx,
-        probation=probation, dropped=dropped, refused=refused, retrains=retrains,
-        fit_seconds=fit_s, replay_seconds=replay_s, model=source,
+        name=name,
+        timestamps=ts,
+        values=values,
+        predicted=predicted,
+        error=error,
+        detector_score=dscore,
+        detector_flag=dflag,
+        detector_threshold=float(det.config.threshold),
+        anomaly_score=score,
+        flag=flag,
+        threshold=float(det.config.threshold),
+        label=label,
+        windows=win_idx,
+        probation=probation,
+        dropped=dropped,
+        refused=refused,
+        retrains=retrains,
+        fit_seconds=fit_s,
+        replay_seconds=replay_s,
+        model=source,
     )
 
 
@@ -243,8 +296,8 @@ def detector_config(cfg: ReplayConfig, probation: int | None = None, window: int
     """``DetectorConfig`` of a replay: likelihood method, ``cfg.detector`` overrides, ``cfg.post`` merged
     into ``likelihood``. With ``cfg.warmup="probation"`` and a ``probation`` length, the detector's
     ``warmup_events`` (as set, else ``window``) and the likelihood ``warmup`` are capped at it."""
-    from models.detection.thresholds.error_likelihood import LikelihoodConfig
     from models.detection.detector import DetectorConfig
+    from models.detection.thresholds.error_likelihood import LikelihoodConfig
 
     over = {"threshold_method": "likelihood", **cfg.detector}
     post = dict(cfg.post)
@@ -283,8 +336,15 @@ def _replay_job(path: str, windows: list, cfg: ReplayConfig, fleet=None):
         return None, f"{nab_key(Path(path))}: {type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
 
 
-def run_corpus(paths: list[Path], labels: dict[str, list], cfg: ReplayConfig, *, workers: int = 2,
-               progress: bool = True, fleet=None) -> tuple[list[SeriesResult], list[str]]:
+def run_corpus(
+    paths: list[Path],
+    labels: dict[str, list],
+    cfg: ReplayConfig,
+    *,
+    workers: int = 2,
+    progress: bool = True,
+    fleet=None,
+) -> tuple[list[SeriesResult], list[str]]:
     """Replay ``paths`` (largest first, ``workers`` processes); returns ``(results, errors)``.
 
     ``labels`` maps NAB keys to window lists; a file missing from it is an error (not silently
@@ -304,8 +364,14 @@ def run_corpus(paths: list[Path], labels: dict[str, list], cfg: ReplayConfig, *,
         jobs.append((p, labels[key]))
     jobs.sort(key=lambda j: -Path(j[0]).stat().st_size)  # big files first: better packing
     results: list[SeriesResult] = []
-    bar = Progress(TextColumn("[bold]backtest"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[last]}"), TimeElapsedColumn(), disable=not progress)
+    bar = Progress(
+        TextColumn("[bold]backtest"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[last]}"),
+        TimeElapsedColumn(),
+        disable=not progress,
+    )
     with bar:
         task = bar.add_task("backtest", total=len(jobs), last="")
         if workers <= 1:
@@ -314,8 +380,9 @@ def run_corpus(paths: list[Path], labels: dict[str, list], cfg: ReplayConfig, *,
                 _collect(r, err, results, errors)
                 bar.update(task, advance=1, last=nab_key(Path(p)))
         else:
-            with ProcessPoolExecutor(max_workers=workers, initializer=_worker_init,
-                                     initargs=(fleet_mod.pack(fleet),)) as pool:
+            with ProcessPoolExecutor(
+                max_workers=workers, initializer=_worker_init, initargs=(fleet_mod.pack(fleet),)
+            ) as pool:
                 futs = {pool.submit(_replay_job, str(p), w, cfg): p for p, w in jobs}
                 for fut in as_completed(futs):
                     r, err = fut.result()

@@ -19,8 +19,13 @@ def corpus_report(results) -> dict:
     """Scores of a list of ``SeriesResult``; a plain dict (JSON-able after NaN cleaning)."""
     tables = {r.name: point_table(len(r.values), r.windows, r.probation) for r in results}
     own = {r.name: (r.anomaly_score, r.flag, tables[r.name]) for r in results}
-    out: dict = {"files": len(results), "rows": int(sum(len(r.values) for r in results)),
-                 "windows": int(sum(t.n_windows for t in tables.values())), "nab": {}, "prf": {}}
+    out: dict = {
+        "files": len(results),
+        "rows": int(sum(len(r.values) for r in results)),
+        "windows": int(sum(t.n_windows for t in tables.values())),
+        "nab": {},
+        "prf": {},
+    }
     opt_thr = {}
     for pname, profile in PROFILES.items():
         o = score_corpus(own, profile, optimise=False)
@@ -28,8 +33,14 @@ def corpus_report(results) -> dict:
         opt_thr[pname] = b.threshold
         out["nab"][pname] = {
             "own": {"score": o.normalised, "tp": o.tp, "fp": o.fp, "fn": o.fn, "per_file": o.per_file},
-            "optimised": {"score": b.normalised, "threshold": b.threshold, "tp": b.tp, "fp": b.fp, "fn": b.fn,
-                          "per_file": b.per_file},
+            "optimised": {
+                "score": b.normalised,
+                "threshold": b.threshold,
+                "tp": b.tp,
+                "fp": b.fp,
+                "fn": b.fn,
+                "per_file": b.per_file,
+            },
         }
     thr = opt_thr["standard"]
 
@@ -37,16 +48,24 @@ def corpus_report(results) -> dict:
         total = WindowPRF()
         for r in results:
             total = total + window_prf(flag_of(r), tables[r.name])
-        return {"precision": total.precision, "recall": total.recall, "f1": total.f1,
-                "caught": total.caught, "missed": total.missed, "fp_runs": total.fp_runs}
+        return {
+            "precision": total.precision,
+            "recall": total.recall,
+            "f1": total.f1,
+            "caught": total.caught,
+            "missed": total.missed,
+            "fp_runs": total.fp_runs,
+        }
 
     out["prf"]["own"] = prf(lambda r: r.flag)
     out["prf"]["optimised"] = prf(lambda r: np.nan_to_num(r.anomaly_score, nan=-np.inf) >= thr)
-    out["timing"] = {"fit_seconds": float(sum(r.fit_seconds for r in results)),
-                     "replay_seconds": float(sum(r.replay_seconds for r in results)),
-                     "retrains": int(sum(r.retrains for r in results)),
-                     "dropped_rows": int(sum(r.dropped for r in results)),
-                     "refused_rows": int(sum(r.refused for r in results))}
+    out["timing"] = {
+        "fit_seconds": float(sum(r.fit_seconds for r in results)),
+        "replay_seconds": float(sum(r.replay_seconds for r in results)),
+        "retrains": int(sum(r.retrains for r in results)),
+        "dropped_rows": int(sum(r.dropped for r in results)),
+        "refused_rows": int(sum(r.refused for r in results)),
+    }
     return out
 
 
@@ -63,14 +82,25 @@ def render(report: dict, console=None) -> None:
     t.add_column("opt. threshold", justify="right")
     for pname, d in report["nab"].items():
         thr = d["optimised"]["threshold"]
-        t.add_row(pname, f"{d['own']['score']:.1f}", f"{d['optimised']['score']:.1f}",
-                  "none" if thr is None or not np.isfinite(thr) else f"{thr:.4f}")
+        t.add_row(
+            pname,
+            f"{d['own']['score']:.1f}",
+            f"{d['optimised']['score']:.1f}",
+            "none" if thr is None or not np.isfinite(thr) else f"{thr:.4f}",
+        )
     console.print(t)
     p = Table(title="Window-level precision / recall / F1")
     for col in ("flags", "precision", "recall", "F1", "caught", "missed", "FP runs"):
         p.add_column(col, justify="right" if col != "flags" else "left")
     for key, label in (("own", "own threshold"), ("optimised", "label-optimised (standard)")):
         d = report["prf"][key]
-        p.add_row(label, f"{d['precision']:.3f}", f"{d['recall']:.3f}", f"{d['f1']:.3f}",
-                  str(d["caught"]), str(d["missed"]), str(d["fp_runs"]))
+        p.add_row(
+            label,
+            f"{d['precision']:.3f}",
+            f"{d['recall']:.3f}",
+            f"{d['f1']:.3f}",
+            str(d["caught"]),
+            str(d["missed"]),
+            str(d["fp_runs"]),
+        )
     console.print(p)

@@ -21,12 +21,12 @@ app = typer.Typer(
 
 # Modules that add commands: each defines `register(app: typer.Typer) -> None`.
 COMMAND_MODULES = (
-    "pipeline.cli.commands",          # broker, publish
-    "pipeline.cli.models",                 # train, models list|promote|rollback
-    "pipeline.cli.serve",         # serve, demo
-    "pipeline.cli.archive",       # archive
-    "pipeline.cli.backtest",      # backtest
-    "pipeline.cli.anomalies",     # anomalies (tail the anomalies topic)
+    "pipeline.cli.commands",  # broker, publish
+    "pipeline.cli.models",  # train, models list|promote|rollback
+    "pipeline.cli.serve",  # serve, demo
+    "pipeline.cli.archive",  # archive
+    "pipeline.cli.backtest",  # backtest
+    "pipeline.cli.anomalies",  # anomalies (tail the anomalies topic)
 )
 
 for _name in COMMAND_MODULES:

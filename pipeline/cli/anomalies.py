@@ -16,14 +16,21 @@ import signal
 import sys
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import typer
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-COLUMNS = (("event time (UTC)", 20), ("series", 28), ("model", 22), ("value", 11), ("expected", 11),
-           ("band", 23), ("score", 6))
+COLUMNS = (
+    ("event time (UTC)", 20),
+    ("series", 28),
+    ("model", 22),
+    ("value", 11),
+    ("expected", 11),
+    ("band", 23),
+    ("score", 6),
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -42,10 +49,11 @@ def parse_since(text: str, now: float | None = None) -> float | None:
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise ValueError(f"--since must be a duration (90s, 15m, 2h, 1d), an ISO-8601 time or 'beginning', "
-                         f"got {text!r}") from None
+        raise ValueError(
+            f"--since must be a duration (90s, 15m, 2h, 1d), an ISO-8601 time or 'beginning', got {text!r}"
+        ) from None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
 
 
@@ -69,14 +77,24 @@ def _num(x) -> str:
 def table_row(record: dict) -> str:
     """One anomaly as a fixed-width line (see ``COLUMNS``)."""
     ts = record.get("ts")
-    when = (datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-            if isinstance(ts, (int, float)) and math.isfinite(ts) else "-")
+    when = (
+        datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        if isinstance(ts, (int, float)) and math.isfinite(ts)
+        else "-"
+    )
     version = record.get("model_version")
     model = f"{record.get('model', '')}" + (f" v{version}" if version is not None else "")
     band = f"[{_num(record.get('lower'))}, {_num(record.get('upper'))}]"
     score = record.get("score")
-    cells = (when, str(record.get("series", "")), model, _num(record.get("value")), _num(record.get("predicted")),
-             band, f"{score:.3f}" if isinstance(score, (int, float)) else "-")
+    cells = (
+        when,
+        str(record.get("series", "")),
+        model,
+        _num(record.get("value")),
+        _num(record.get("predicted")),
+        band,
+        f"{score:.3f}" if isinstance(score, (int, float)) else "-",
+    )
     return "  ".join(cell[:width].ljust(width) for cell, (_, width) in zip(cells, COLUMNS)).rstrip()
 
 
@@ -88,12 +106,16 @@ def anomalies(
     series: str = typer.Option(None, "--series", help="Only series ids matching this glob (e.g. 'cpu-*')."),
     model: str = typer.Option(None, help="Only anomalies flagged by this model."),
     min_score: float = typer.Option(None, help="Only anomalies with at least this score."),
-    since: str = typer.Option("15m", help="Start this far back (90s, 15m, 2h, 1d), at an ISO-8601 time, or at the "
-                                          "'beginning' of the topic (Kafka record time)."),
+    since: str = typer.Option(
+        "15m",
+        help="Start this far back (90s, 15m, 2h, 1d), at an ISO-8601 time, or at the "
+        "'beginning' of the topic (Kafka record time).",
+    ),
     json_lines: bool = typer.Option(False, "--json", help="One JSON record per line instead of the table."),
     max_records: int = typer.Option(None, "--max", help="Exit after this many matching records."),
-    exit_when_idle: float = typer.Option(None, help="Exit after this many seconds without a new record "
-                                                    "(default: follow until Ctrl-C)."),
+    exit_when_idle: float = typer.Option(
+        None, help="Exit after this many seconds without a new record (default: follow until Ctrl-C)."
+    ),
     bootstrap_servers: str = typer.Option(None, help="Kafka bootstrap servers (default: settings)."),
     anomalies_topic: str = typer.Option(None, help="Anomalies topic (default: TSAD_KAFKA__ANOMALIES_TOPIC)."),
 ) -> None:
@@ -110,7 +132,7 @@ def anomalies(
     except ValueError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
-    if max_records is not None and max_records < 1 or exit_when_idle is not None and exit_when_idle <= 0:
+    if (max_records is not None and max_records < 1) or (exit_when_idle is not None and exit_when_idle <= 0):
         typer.echo("error: --max must be >= 1 and --exit-when-idle > 0", err=True)
         raise typer.Exit(2)
     settings = load_settings(kafka={"bootstrap_servers": bootstrap_servers, "anomalies_topic": anomalies_topic})
@@ -137,8 +159,9 @@ def anomalies(
                 try:
                     value = orjson.loads(record.value)
                 except (orjson.JSONDecodeError, TypeError):
-                    typer.echo(f"skipping an undecodable record at {topic}/{record.partition}/{record.offset}",
-                               err=True)
+                    typer.echo(
+                        f"skipping an undecodable record at {topic}/{record.partition}/{record.offset}", err=True
+                    )
                     continue
                 if not isinstance(value, dict) or not matches(value, series, model, min_score):
                     continue
@@ -161,16 +184,18 @@ def _assign(settings, topic: str, start: float | None):
     from kafka.structs import TopicPartition
 
     try:
-        consumer = KafkaConsumer(**settings.kafka.client_config(), group_id=None, enable_auto_commit=False,
-                                 auto_offset_reset="latest")
+        consumer = KafkaConsumer(
+            **settings.kafka.client_config(), group_id=None, enable_auto_commit=False, auto_offset_reset="latest"
+        )
         parts = consumer.partitions_for_topic(topic)
     except KafkaError as error:
         typer.echo(f"error: cannot reach Kafka at {settings.kafka.bootstrap_servers}: {error}", err=True)
         raise typer.Exit(1) from None
     if not parts:
         consumer.close()
-        typer.echo(f"error: topic {topic!r} not found on {settings.kafka.bootstrap_servers} (--anomalies-topic)",
-                   err=True)
+        typer.echo(
+            f"error: topic {topic!r} not found on {settings.kafka.bootstrap_servers} (--anomalies-topic)", err=True
+        )
         raise typer.Exit(2)
     tps = [TopicPartition(topic, p) for p in sorted(parts)]
     consumer.assign(tps)

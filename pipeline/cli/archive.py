@@ -20,14 +20,15 @@ def archive(
     group_id: str = typer.Option(None, help="Consumer group (default: TSAD_KAFKA__ARCHIVE_GROUP_ID)."),
     flush_every_events: int = typer.Option(50_000, min=1, help="Flush when this many valid events are buffered."),
     flush_interval_s: float = typer.Option(60.0, min=0.001, help="Flush when the oldest buffered record is this old."),
-    exit_when_idle: float = typer.Option(None, "--exit-when-idle", min=0.0,
-                                         help="Flush and exit after this many seconds without new records."),
+    exit_when_idle: float = typer.Option(
+        None, "--exit-when-idle", min=0.0, help="Flush and exit after this many seconds without new records."
+    ),
     metrics_port: int = typer.Option(9465, help="Serve /metrics on 127.0.0.1:PORT (0: don't serve)."),
 ) -> None:
     """Archive validated events to Parquet (date=/hour= partitions); SIGTERM/Ctrl-C flushes and exits."""
+    from models.core.settings import load_settings
     from pipeline.archive.consumer import Archiver
     from pipeline.metrics import ArchiverMetrics, serve_metrics
-    from models.core.settings import load_settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = load_settings(
@@ -40,8 +41,11 @@ def archive(
         try:
             server, _ = serve_metrics(metrics.registry, host=settings.metrics_host, port=metrics_port)
         except OSError as error:
-            typer.echo(f"cannot serve metrics on {settings.metrics_host}:{metrics_port}: "
-                       f"{error.strerror or error}; pick a free port with --metrics-port (0 disables)", err=True)
+            typer.echo(
+                f"cannot serve metrics on {settings.metrics_host}:{metrics_port}: "
+                f"{error.strerror or error}; pick a free port with --metrics-port (0 disables)",
+                err=True,
+            )
             raise typer.Exit(2) from error
     archiver = Archiver(
         settings,
@@ -52,8 +56,9 @@ def archive(
     )
     signal.signal(signal.SIGTERM, lambda *_: archiver.stop())
     signal.signal(signal.SIGINT, lambda *_: archiver.stop())
-    typer.echo(f"archiving {settings.kafka.events_topic} (group {settings.kafka.archive_group_id}) "
-               f"to {archiver.archive_dir}")
+    typer.echo(
+        f"archiving {settings.kafka.events_topic} (group {settings.kafka.archive_group_id}) to {archiver.archive_dir}"
+    )
     try:
         archiver.run()
     finally:

@@ -19,8 +19,9 @@ def backtest(
     out: Path = typer.Option(None, "--out", help="Write NAB-format results under OUT/DETECTOR/."),
     detector: str = typer.Option("tsad", "--detector", help="Detector name used in the NAB layout."),
     plot: Path = typer.Option(None, "--plot", help="Write one PNG per series under this directory."),
-    retrain_every: int = typer.Option(0, "--retrain-every", min=0,
-                                      help="Re-fit on everything seen so far every N rows after probation (0: never)."),
+    retrain_every: int = typer.Option(
+        0, "--retrain-every", min=0, help="Re-fit on everything seen so far every N rows after probation (0: never)."
+    ),
     workers: int = typer.Option(2, "--workers", min=1, help="Parallel worker processes (1 torch thread each)."),
     kind: str = typer.Option("many-to-many", help="Forecaster kind."),
     window: int = typer.Option(32, min=2, help="Model window."),
@@ -28,27 +29,58 @@ def backtest(
     epochs: int = typer.Option(10, min=1, help="Epochs of the probation fit."),
     retrain_epochs: int = typer.Option(3, min=1, help="Epochs of each re-fit (warm-started)."),
     detector_json: str = typer.Option("{}", "--detector-config", help="DetectorConfig overrides as JSON."),
-    post_json: str = typer.Option("{}", "--post-config", help="LikelihoodConfig overrides as JSON (the likelihood step)."),
+    post_json: str = typer.Option(
+        "{}", "--post-config", help="LikelihoodConfig overrides as JSON (the likelihood step)."
+    ),
     seed: int = typer.Option(0, help="Training seed."),
-    model_source: str = typer.Option("fleet-finetune", "--model-source",
-                                     help="fleet-finetune (default, chosen by --cv: a model trained on the probation rows "
-                                          "of all files, fine-tuned on each file's own) | fleet (that model as is) | "
-                                          "per-file (fitted on each file's probation rows alone)."),
-    warmup: str = typer.Option("default", "--warmup", help="default (the detector's and the likelihood's warm-ups) | "
-                               "probation (both capped at NAB's probation: a short series alerts right after it)."),
-    fleet_registry: Path = typer.Option(None, "--fleet-registry", help="With a fleet source: registry root holding "
-                                        "the fleet model (default: train one on the files' probation rows)."),
-    fleet_model: str = typer.Option(None, "--fleet-model", help="With --fleet-registry: the model name (its champion)."),
-    cv: bool = typer.Option(False, "--cv", help="Leave-one-group-out cross-validation over the corpus's top-level "
-                                                 "folders: choices made on the other groups, scored on the held-out one."),
+    model_source: str = typer.Option(
+        "fleet-finetune",
+        "--model-source",
+        help="fleet-finetune (default, chosen by --cv: a model trained on the probation rows "
+        "of all files, fine-tuned on each file's own) | fleet (that model as is) | "
+        "per-file (fitted on each file's probation rows alone).",
+    ),
+    warmup: str = typer.Option(
+        "default",
+        "--warmup",
+        help="default (the detector's and the likelihood's warm-ups) | "
+        "probation (both capped at NAB's probation: a short series alerts right after it).",
+    ),
+    fleet_registry: Path = typer.Option(
+        None,
+        "--fleet-registry",
+        help="With a fleet source: registry root holding "
+        "the fleet model (default: train one on the files' probation rows).",
+    ),
+    fleet_model: str = typer.Option(
+        None, "--fleet-model", help="With --fleet-registry: the model name (its champion)."
+    ),
+    cv: bool = typer.Option(
+        False,
+        "--cv",
+        help="Leave-one-group-out cross-validation over the corpus's top-level "
+        "folders: choices made on the other groups, scored on the held-out one.",
+    ),
     seeds: str = typer.Option("0,1,2", "--seeds", help="With --cv: training seeds (comma-separated)."),
-    rule: str = typer.Option("one-se", "--rule", help="With --cv: how a candidate is chosen on the training groups: "
-                             "one-se (the fewest knobs within one standard error of the best) | max."),
-    variants_json: str = typer.Option("", "--variants", help="With --cv: JSON {name: replay overrides} (e.g. "
-                                      '{"per-file": {"model_source": "per-file"}, "fleet": {"model_source": "fleet"}}): '
-                                      "each candidate under each variant, one replay per variant and seed."),
-    candidates_json: str = typer.Option("", "--candidates", help="With --cv: JSON {name: LikelihoodConfig overrides} "
-                                        "to compare (default: every on/off combination of the added steps)."),
+    rule: str = typer.Option(
+        "one-se",
+        "--rule",
+        help="With --cv: how a candidate is chosen on the training groups: "
+        "one-se (the fewest knobs within one standard error of the best) | max.",
+    ),
+    variants_json: str = typer.Option(
+        "",
+        "--variants",
+        help="With --cv: JSON {name: replay overrides} (e.g. "
+        '{"per-file": {"model_source": "per-file"}, "fleet": {"model_source": "fleet"}}): '
+        "each candidate under each variant, one replay per variant and seed.",
+    ),
+    candidates_json: str = typer.Option(
+        "",
+        "--candidates",
+        help="With --cv: JSON {name: LikelihoodConfig overrides} "
+        "to compare (default: every on/off combination of the added steps).",
+    ),
 ) -> None:
     """Replay each series in time order through StreamingDetector (NAB rules) and print NAB scores."""
     import time
@@ -62,10 +94,21 @@ def backtest(
     console = Console()
     try:
         windows = json.loads(labels.read_text())
-        cfg = ReplayConfig(kind=kind, window=window, hidden=hidden, epochs=epochs, retrain_every=retrain_every,
-                           retrain_epochs=retrain_epochs, seed=seed, model_source=model_source, warmup=warmup,
-                           fleet_registry=str(fleet_registry) if fleet_registry else None, fleet_model=fleet_model,
-                           detector=json.loads(detector_json), post=json.loads(post_json))
+        cfg = ReplayConfig(
+            kind=kind,
+            window=window,
+            hidden=hidden,
+            epochs=epochs,
+            retrain_every=retrain_every,
+            retrain_epochs=retrain_epochs,
+            seed=seed,
+            model_source=model_source,
+            warmup=warmup,
+            fleet_registry=str(fleet_registry) if fleet_registry else None,
+            fleet_model=fleet_model,
+            detector=json.loads(detector_json),
+            post=json.loads(post_json),
+        )
         from pipeline.backtest.replay import detector_config
 
         detector_config(cfg)  # fail fast on bad overrides
@@ -107,9 +150,11 @@ def backtest(
     report["timing"]["wall_seconds"] = wall
     report["config"] = cfg.to_dict()
     render(report, console)
-    console.print(f"{len(results)} files, {report['rows']:,} rows in {wall:.1f}s wall "
-                  f"(fit {report['timing']['fit_seconds']:.1f}s, replay {report['timing']['replay_seconds']:.1f}s CPU, "
-                  f"{report['timing']['retrains']} retrains)")
+    console.print(
+        f"{len(results)} files, {report['rows']:,} rows in {wall:.1f}s wall "
+        f"(fit {report['timing']['fit_seconds']:.1f}s, replay {report['timing']['replay_seconds']:.1f}s CPU, "
+        f"{report['timing']['retrains']} retrains)"
+    )
     if out is not None:
         for r in results:
             write_nab_csv(r, out, detector)
@@ -127,9 +172,9 @@ def backtest(
 
 def _cross_validate(files, windows, cfg, seeds, cands, workers, out, console, rule) -> None:
     """``--cv``: replay per seed, cross-validate the candidates by group, print and save the figures."""
-    from pipeline.backtest.cv_run import cv_summary, render_cv, run_cv
-
     from rich.console import Console
+
+    from pipeline.backtest.cv_run import cv_summary, render_cv, run_cv
 
     rep = run_cv(files, windows, cfg, seeds, cands, workers=workers, rule=rule)
     for err in rep.errors:

@@ -54,7 +54,9 @@ class Device(str, Enum):
 def train(
     data: Path = typer.Argument(..., exists=True, help="NAB CSV, directory of CSVs, or Parquet (series, ts, value)."),
     kind: Kind = typer.Option(Kind.many_to_one, "--kind", help="Forecaster kind."),
-    registry: Path = typer.Option(None, "--registry", help="Model registry root (default: TSAD_REGISTRY_DIR / settings.registry_dir)."),
+    registry: Path = typer.Option(
+        None, "--registry", help="Model registry root (default: TSAD_REGISTRY_DIR / settings.registry_dir)."
+    ),
     name: str = typer.Option("default", "--name", help="Model name in the registry."),
     window: int = typer.Option(64, "--window", min=2),
     horizon: int = typer.Option(1, "--horizon", min=1),
@@ -65,7 +67,9 @@ def train(
     seed: int = typer.Option(0, "--seed"),
     threads: int = typer.Option(None, "--threads", min=1, help="CPU threads (default min(2, cores))."),
     warm_start: bool = typer.Option(False, "--warm-start/--cold-start", help="Start from the current champion."),
-    idempotency_key: str = typer.Option(None, "--idempotency-key", help="Re-running with the same key registers nothing new."),
+    idempotency_key: str = typer.Option(
+        None, "--idempotency-key", help="Re-running with the same key registers nothing new."
+    ),
     promote: bool = typer.Option(True, "--promote/--no-promote", help="Make the new version the champion."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
@@ -83,8 +87,15 @@ def train(
     config = ForecasterConfig(kind=kind.value, window=window, horizon=horizon, hidden=hidden, layers=layers)
     start = reg.load(name) if warm_start and reg.champion(name) is not None else None
     bundle, report = fit(
-        config, data_set.series, epochs=epochs, device=device.value, seed=seed, warm_start=start,
-        progress=progress, name=name, num_threads=threads,
+        config,
+        data_set.series,
+        epochs=epochs,
+        device=device.value,
+        seed=seed,
+        warm_start=start,
+        progress=progress,
+        name=name,
+        num_threads=threads,
     )
     version = reg.register(bundle, idempotency_key=idempotency_key, data_range=data_set.data_range)
     if promote:
@@ -96,12 +107,16 @@ def train(
     )
     cal = bundle.calibration
     if "threshold" in cal:
-        console.print(f"calibration: abs error mean {cal['mean']:.4f} std {cal['std']:.4f} threshold {cal['threshold']:.4f}")
+        console.print(
+            f"calibration: abs error mean {cal['mean']:.4f} std {cal['std']:.4f} threshold {cal['threshold']:.4f}"
+        )
 
 
 @models_app.command("list")
 def list_models(
-    registry: Path = typer.Option(None, "--registry", help="Model registry root (default: TSAD_REGISTRY_DIR / settings.registry_dir)."),
+    registry: Path = typer.Option(
+        None, "--registry", help="Model registry root (default: TSAD_REGISTRY_DIR / settings.registry_dir)."
+    ),
     name: str = typer.Argument(None, help="Model name; all models when omitted."),
 ) -> None:
     """List registered versions (champion marked with *)."""
@@ -122,8 +137,13 @@ def list_models(
         for row in rows:
             val = row.metrics.get("val_mse")
             table.add_row(
-                n, str(row.version), "*" if row.is_champion else "", row.kind or "?", row.created_at or "?",
-                f"{val:.4f}" if isinstance(val, (int, float)) else "", "yes" if row.ok else "[red]NO[/red]",
+                n,
+                str(row.version),
+                "*" if row.is_champion else "",
+                row.kind or "?",
+                row.created_at or "?",
+                f"{val:.4f}" if isinstance(val, (int, float)) else "",
+                "yes" if row.ok else "[red]NO[/red]",
             )
     Console().print(table)
 
@@ -132,7 +152,9 @@ def list_models(
 def promote_model(
     name: str = typer.Argument(...),
     version: int = typer.Argument(...),
-    registry: Path = typer.Option(None, "--registry", help="Model registry root (default: TSAD_REGISTRY_DIR / settings.registry_dir)."),
+    registry: Path = typer.Option(
+        None, "--registry", help="Model registry root (default: TSAD_REGISTRY_DIR / settings.registry_dir)."
+    ),
 ) -> None:
     """Make VERSION the champion of NAME (refused for a corrupt version)."""
     _check_name(name)
@@ -149,7 +171,9 @@ def promote_model(
 @models_app.command("rollback")
 def rollback_model(
     name: str = typer.Argument(...),
-    registry: Path = typer.Option(None, "--registry", help="Model registry root (default: TSAD_REGISTRY_DIR / settings.registry_dir)."),
+    registry: Path = typer.Option(
+        None, "--registry", help="Model registry root (default: TSAD_REGISTRY_DIR / settings.registry_dir)."
+    ),
 ) -> None:
     """Restore the previous champion of NAME."""
     _check_name(name)

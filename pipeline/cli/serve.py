@@ -19,16 +19,31 @@ def register(app: typer.Typer) -> None:
 def serve(
     bootstrap_servers: str = typer.Option(None, help="Kafka bootstrap servers (default: settings)."),
     registry: str = typer.Option(None, help="Model registry directory (default: TSAD_REGISTRY_DIR)."),
-    model: str = typer.Option(None, envvar="TSAD_MODEL", help="Registry model whose champion scores every series "
-                                                               "(default: 'default'; not with --routing)."),
-    routing: str = typer.Option(None, help="Routing file (YAML/JSON): series globs -> models, first match wins "
-                                           "(default: TSAD_ROUTING). Read at start: changes need a restart."),
-    alertmanager_url: str = typer.Option(None, help="Post anomalies as alerts to this Alertmanager "
-                                                    "(e.g. http://127.0.0.1:9093; default: TSAD_ALERTMANAGER_URL)."),
-    alert_resolve_after: float = typer.Option(None, help="Resolve a series' alert after this many seconds without "
-                                                         "an anomaly (default: TSAD_ALERT_RESOLVE_AFTER_S, 300)."),
-    anomalous_series_max: int = typer.Option(None, help="Recently anomalous series exported with a series label, at "
-                                                        "most (default: TSAD_ANOMALOUS_SERIES_MAX, 500)."),
+    model: str = typer.Option(
+        None,
+        envvar="TSAD_MODEL",
+        help="Registry model whose champion scores every series (default: 'default'; not with --routing).",
+    ),
+    routing: str = typer.Option(
+        None,
+        help="Routing file (YAML/JSON): series globs -> models, first match wins "
+        "(default: TSAD_ROUTING). Read at start: changes need a restart.",
+    ),
+    alertmanager_url: str = typer.Option(
+        None,
+        help="Post anomalies as alerts to this Alertmanager "
+        "(e.g. http://127.0.0.1:9093; default: TSAD_ALERTMANAGER_URL).",
+    ),
+    alert_resolve_after: float = typer.Option(
+        None,
+        help="Resolve a series' alert after this many seconds without "
+        "an anomaly (default: TSAD_ALERT_RESOLVE_AFTER_S, 300).",
+    ),
+    anomalous_series_max: int = typer.Option(
+        None,
+        help="Recently anomalous series exported with a series label, at "
+        "most (default: TSAD_ANOMALOUS_SERIES_MAX, 500).",
+    ),
     group_id: str = typer.Option(None, help="Consumer group (default: settings)."),
     events_topic: str = typer.Option(None, help="Events topic (default: settings)."),
     anomalies_topic: str = typer.Option(None, help="Anomalies topic (default: settings)."),
@@ -37,47 +52,71 @@ def serve(
     metrics_port: int = typer.Option(None, help="Metrics port (default: 9464; 0 disables)."),
     max_series: int = typer.Option(None, help="Tracked-series cap (least recently seen evicted)."),
     warmup_events: int = typer.Option(None, help="Values a series needs before alerting (default: model window)."),
-    threshold_method: str = typer.Option(None, help="Error -> score method: likelihood (default, score in [0, 1]) | "
-                                                    "zscore | static."),
+    threshold_method: str = typer.Option(
+        None, help="Error -> score method: likelihood (default, score in [0, 1]) | zscore | static."
+    ),
     threshold: float = typer.Option(None, help="Score threshold (default: 0.5 for likelihood, 6 otherwise)."),
-    likelihood_config: str = typer.Option(None, help='Likelihood tunables as JSON, e.g. \'{"warmup": 100, '
-                                                     '"refractory": 40}\' (see models/detection/thresholds/error_likelihood.py).'),
+    likelihood_config: str = typer.Option(
+        None,
+        help='Likelihood tunables as JSON, e.g. \'{"warmup": 100, '
+        '"refractory": 40}\' (see models/detection/thresholds/error_likelihood.py).',
+    ),
     replay_messages: int = typer.Option(20_000, help="Messages re-read per assigned partition to warm state."),
-    commit_interval_ms: int = typer.Option(None, help="Checkpoint (flush, check, commit) at least this often "
-                                                      "(default: TSAD_COMMIT_INTERVAL_MS, 1000)."),
-    commit_every_events: int = typer.Option(None, help="... or after this many events (default: "
-                                                       "TSAD_COMMIT_EVERY_EVENTS, 20000)."),
+    commit_interval_ms: int = typer.Option(
+        None, help="Checkpoint (flush, check, commit) at least this often (default: TSAD_COMMIT_INTERVAL_MS, 1000)."
+    ),
+    commit_every_events: int = typer.Option(
+        None, help="... or after this many events (default: TSAD_COMMIT_EVERY_EVENTS, 20000)."
+    ),
     reload_interval: float = typer.Option(1.0, help="Seconds between champion pointer checks."),
     torch_threads: int = typer.Option(1, help="torch intra-op threads."),
-    precision: str = typer.Option("fp32", help="Window (many-to-one) model precision: fp32 | bf16 (~2x faster, "
-                                             "predictions differ slightly; many-to-many always fp32)."),
-    fetch_process: bool = typer.Option(True, help="Fetch in a child process while the previous batch is scored "
-                                                  "(two cores; --no-fetch-process polls in-process)."),
+    precision: str = typer.Option(
+        "fp32",
+        help="Window (many-to-one) model precision: fp32 | bf16 (~2x faster, "
+        "predictions differ slightly; many-to-many always fp32).",
+    ),
+    fetch_process: bool = typer.Option(
+        True,
+        help="Fetch in a child process while the previous batch is scored "
+        "(two cores; --no-fetch-process polls in-process).",
+    ),
     log_level: str = typer.Option("INFO", help="Logging level."),
 ) -> None:
     """Score the events topic continuously; SIGTERM/SIGINT finish the batch, commit and exit."""
-    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLogger().level))
     import torch
 
-    from pipeline.serve.anomaly_export import AnomalousSeries
+    from models.core.settings import load_settings
+    from models.detection.detector import DetectorConfig
+    from models.routing import Routing, RoutingError
     from pipeline.kafka.clients import ensure_topics
     from pipeline.metrics import ScorerMetrics, serve_metrics
-    from models.routing import Routing, RoutingError
+    from pipeline.serve.anomaly_export import AnomalousSeries
     from pipeline.serve.scorer import Scorer
-    from models.detection.detector import DetectorConfig
     from pipeline.serve.serving_models import ModelLoadError, build_detector
-    from models.core.settings import load_settings
 
     torch.set_num_threads(max(torch_threads, 1))
     settings = load_settings(
-        registry_dir=registry, metrics_host=metrics_host, metrics_port=metrics_port, max_series=max_series,
-        commit_interval_ms=commit_interval_ms, commit_every_events=commit_every_events, routing=routing,
-        alertmanager_url=alertmanager_url, alert_resolve_after_s=alert_resolve_after,
+        registry_dir=registry,
+        metrics_host=metrics_host,
+        metrics_port=metrics_port,
+        max_series=max_series,
+        commit_interval_ms=commit_interval_ms,
+        commit_every_events=commit_every_events,
+        routing=routing,
+        alertmanager_url=alertmanager_url,
+        alert_resolve_after_s=alert_resolve_after,
         anomalous_series_max=anomalous_series_max,
-        kafka={"bootstrap_servers": bootstrap_servers, "group_id": group_id, "events_topic": events_topic,
-               "anomalies_topic": anomalies_topic, "dead_letter_topic": dead_letter_topic},
+        kafka={
+            "bootstrap_servers": bootstrap_servers,
+            "group_id": group_id,
+            "events_topic": events_topic,
+            "anomalies_topic": anomalies_topic,
+            "dead_letter_topic": dead_letter_topic,
+        },
     )
     log = logging.getLogger("tsad.serve")
     if precision not in ("fp32", "bf16"):
@@ -95,8 +134,11 @@ def serve(
     try:
         if likelihood_config:
             overrides["likelihood"] = json.loads(likelihood_config)
-        config = DetectorConfig(max_series=settings.max_series, warmup_events=warmup_events,
-                                **{k: v for k, v in overrides.items() if v is not None})
+        config = DetectorConfig(
+            max_series=settings.max_series,
+            warmup_events=warmup_events,
+            **{k: v for k, v in overrides.items() if v is not None},
+        )
     except (ValueError, TypeError) as error:  # json.JSONDecodeError is a ValueError
         typer.echo(f"invalid detector settings: {error}", err=True)
         raise typer.Exit(2) from error
@@ -112,16 +154,20 @@ def serve(
         try:
             server, _ = serve_metrics(metrics.registry, settings.metrics_host, settings.metrics_port)
         except OSError as error:
-            typer.echo(f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}: "
-                       f"{error.strerror or error}; pick a free port with --metrics-port (0 disables)", err=True)
+            typer.echo(
+                f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}: "
+                f"{error.strerror or error}; pick a free port with --metrics-port (0 disables)",
+                err=True,
+            )
             raise typer.Exit(2) from error
         log.info("metrics on http://%s:%s/metrics", settings.metrics_host, server.server_port)
     ensure_topics(settings.kafka)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    scorer = Scorer(settings, detector, metrics, watcher=watchers, replay_messages=replay_messages,
-                    fetch_process=fetch_process)
+    scorer = Scorer(
+        settings, detector, metrics, watcher=watchers, replay_messages=replay_messages, fetch_process=fetch_process
+    )
     scorer.observers.append(export)
     sink = None
     if settings.alertmanager_url:
@@ -131,8 +177,14 @@ def serve(
         scorer.observers.append(sink)
         sink.start()
     for det in getattr(detector, "detectors", {detector.model_name: detector}).values():
-        log.info("serving %s v%s (%s) on %s group=%s", det.model_name, det.model_version, det.bundle.kind,
-                 settings.kafka.events_topic, settings.kafka.group_id)
+        log.info(
+            "serving %s v%s (%s) on %s group=%s",
+            det.model_name,
+            det.model_version,
+            det.bundle.kind,
+            settings.kafka.events_topic,
+            settings.kafka.group_id,
+        )
     if settings.routing:
         for route in plan.all_routes:
             log.info("route %s: %s -> %s", route.group, ", ".join(route.patterns), route.model)
@@ -141,14 +193,23 @@ def serve(
     finally:
         if sink is not None:
             sink.close()
-    log.info("stopped: consumed=%d scored=%d warmup=%d replayed=%d rejected=%d anomalies=%d commits=%d",
-             stats.consumed, stats.scored, stats.warmup, stats.replayed, stats.rejected_total, stats.anomalies,
-             stats.commits)
+    log.info(
+        "stopped: consumed=%d scored=%d warmup=%d replayed=%d rejected=%d anomalies=%d commits=%d",
+        stats.consumed,
+        stats.scored,
+        stats.warmup,
+        stats.replayed,
+        stats.rejected_total,
+        stats.anomalies,
+        stats.commits,
+    )
 
 
 def demo(
-    series: str = typer.Option("realAWSCloudwatch/ec2_cpu_utilization_24ae8d.csv",
-                               help="NAB file (under data/nab/data) of the 'cpu' family to train on and stream."),
+    series: str = typer.Option(
+        "realAWSCloudwatch/ec2_cpu_utilization_24ae8d.csv",
+        help="NAB file (under data/nab/data) of the 'cpu' family to train on and stream.",
+    ),
     train_fraction: float = typer.Option(0.4, help="Leading fraction of the series used for training."),
     epochs: int = typer.Option(8, help="Training epochs per forecaster."),
     metrics_port: int = typer.Option(0, help="Metrics port (0: a free port)."),

@@ -65,22 +65,23 @@ class EmbeddedBroker:
     def bootstrap_servers(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def start(self, timeout_s: float = 20.0) -> "EmbeddedBroker":
+    def start(self, timeout_s: float = 20.0) -> EmbeddedBroker:
         url = f"tcp://{self.host}:{self.port}"
         command = [
             str(find_tansu_binary()),
             "broker",
-            "--listener-url", url,
-            "--advertised-listener-url", url,
-            "--storage-engine", "memory://tansu/",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
         ]
         if self.log_path is not None:
             self._log_file = open(self.log_path, "ab")
         output = self._log_file or subprocess.DEVNULL
         env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
-        self._process = subprocess.Popen(
-            command, stdout=output, stderr=output, env=env, start_new_session=True
-        )
+        self._process = subprocess.Popen(command, stdout=output, stderr=output, env=env, start_new_session=True)
         try:
             self._wait_until_ready(timeout_s)
         except BaseException:
@@ -100,20 +101,18 @@ class EmbeddedBroker:
             try:
                 with socket.create_connection((self.host, self.port), timeout=0.5):
                     pass
-                admin = KafkaAdminClient(
-                    bootstrap_servers=self.bootstrap_servers, request_timeout_ms=3000
-                )
+                admin = KafkaAdminClient(bootstrap_servers=self.bootstrap_servers, request_timeout_ms=3000)
                 try:
                     admin.list_topics()
                 finally:
                     admin.close()
                 return
-            except Exception as error:  # noqa: BLE001 - any failure means "not ready yet"
+            except Exception as error:
                 last_error = error
                 time.sleep(0.1)
         raise BrokerError(f"broker on {self.bootstrap_servers} not ready after {timeout_s}s: {last_error}")
 
-    def restart(self, timeout_s: float = 20.0) -> "EmbeddedBroker":
+    def restart(self, timeout_s: float = 20.0) -> EmbeddedBroker:
         """Stop, then start again on the same host and port: it comes back EMPTY (memory storage),
         as a restarted Tansu or a Kafka whose topics were deleted and recreated would."""
         self.stop()
@@ -139,7 +138,7 @@ class EmbeddedBroker:
             self._log_file.close()
             self._log_file = None
 
-    def __enter__(self) -> "EmbeddedBroker":
+    def __enter__(self) -> EmbeddedBroker:
         return self.start() if self._process is None else self
 
     def __exit__(

@@ -7,7 +7,8 @@ acknowledged (at-least-once).
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
@@ -62,9 +63,15 @@ def make_consumer(
 def ensure_topics(settings: KafkaSettings, topics: Iterable[str] | None = None, partitions: int | None = None) -> None:
     """Create the events, anomalies and dead-letter topics (or ``topics``) when missing, with
     ``settings.partitions`` (or ``partitions``) partitions and ``settings.replication_factor`` replicas."""
-    names = list(topics) if topics is not None else [
-        settings.events_topic, settings.anomalies_topic, settings.dead_letter_topic,
-    ]
+    names = (
+        list(topics)
+        if topics is not None
+        else [
+            settings.events_topic,
+            settings.anomalies_topic,
+            settings.dead_letter_topic,
+        ]
+    )
     admin = KafkaAdminClient(**settings.client_config())
     try:
         existing = set(admin.list_topics())

@@ -45,7 +45,14 @@ from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 from tenacity import retry, retry_if_exception_type, retry_if_not_exception_type, stop_after_attempt, wait_exponential
 
-from pipeline.kafka.feed_guard import PartitionReset, SkippedRange, is_data_error, refresh_metadata, skip_undecodable, topic_id
+from pipeline.kafka.feed_guard import (
+    PartitionReset,
+    SkippedRange,
+    is_data_error,
+    refresh_metadata,
+    skip_undecodable,
+    topic_id,
+)
 
 __all__ = ["Batch", "EventFeed", "PartitionReset", "Rebalance", "SkippedRange"]
 
@@ -54,7 +61,12 @@ _LOST_TO_REBALANCE = (CommitFailedError, RebalanceInProgressError)  # the new ow
 LAG_INTERVAL_S = 1.0
 # Consumer options of the scorer (the benchmark's raw baseline uses the same ones).
 CONSUMER_OVERRIDES: dict = {}
-_VALUE, _KEY, _OFFSET, _TIMESTAMP = attrgetter("value"), attrgetter("key"), attrgetter("offset"), attrgetter("timestamp")
+_VALUE, _KEY, _OFFSET, _TIMESTAMP = (
+    attrgetter("value"),
+    attrgetter("key"),
+    attrgetter("offset"),
+    attrgetter("timestamp"),
+)
 
 
 @dataclass
@@ -88,7 +100,7 @@ class Batch:
         return np.repeat(np.array([tp.partition for tp in self.tps], dtype=np.int64), self.sizes)
 
     @staticmethod
-    def merged(batches: list["Batch"]) -> "Batch":
+    def merged(batches: list[Batch]) -> Batch:
         """Consecutive batches as one (a partition may appear more than once in ``tps``); the later
         commit offset of a partition wins, ``polled_at`` is the earliest (latency is not hidden),
         ``epoch`` the earliest (offsets of a partition reset in between are then not committed)."""
@@ -100,23 +112,37 @@ class Batch:
         commit: dict = {}
         for b in batches:
             commit.update(b.commit_offsets)
-        return Batch(list(chain.from_iterable(b.tps for b in batches)), list(chain.from_iterable(b.sizes for b in batches)),
-                     list(chain.from_iterable(b.values for b in batches)), list(chain.from_iterable(b.keys for b in batches)),
-                     np.concatenate([b.offsets for b in batches]), np.concatenate([b.timestamps for b in batches]),
-                     replay, commit, min(b.polled_at for b in batches), min(b.epoch for b in batches))
+        return Batch(
+            list(chain.from_iterable(b.tps for b in batches)),
+            list(chain.from_iterable(b.sizes for b in batches)),
+            list(chain.from_iterable(b.values for b in batches)),
+            list(chain.from_iterable(b.keys for b in batches)),
+            np.concatenate([b.offsets for b in batches]),
+            np.concatenate([b.timestamps for b in batches]),
+            replay,
+            commit,
+            min(b.polled_at for b in batches),
+            min(b.epoch for b in batches),
+        )
 
-    def restricted(self, owned: set) -> "Batch":
+    def restricted(self, owned: set) -> Batch:
         """The part of this batch on partitions in ``owned`` (the others were lost in a rebalance)."""
         keep = [k for k, tp in enumerate(self.tps) if tp in owned]
         starts = np.cumsum([0] + self.sizes).tolist()
         parts = [slice(starts[k], starts[k + 1]) for k in keep]
         take = np.concatenate([np.arange(s.start, s.stop) for s in parts]) if parts else np.zeros(0, np.int64)
-        return Batch([self.tps[k] for k in keep], [self.sizes[k] for k in keep],
-                     list(chain.from_iterable(self.values[s] for s in parts)),
-                     list(chain.from_iterable(self.keys[s] for s in parts)),
-                     self.offsets[take], self.timestamps[take],
-                     None if self.replay is None else self.replay[take],
-                     {tp: o for tp, o in self.commit_offsets.items() if tp in owned}, self.polled_at, self.epoch)
+        return Batch(
+            [self.tps[k] for k in keep],
+            [self.sizes[k] for k in keep],
+            list(chain.from_iterable(self.values[s] for s in parts)),
+            list(chain.from_iterable(self.keys[s] for s in parts)),
+            self.offsets[take],
+            self.timestamps[take],
+            None if self.replay is None else self.replay[take],
+            {tp: o for tp, o in self.commit_offsets.items() if tp in owned},
+            self.polled_at,
+            self.epoch,
+        )
 
 
 @dataclass
@@ -128,7 +154,7 @@ class Rebalance:
 
 
 class _Listener(ConsumerRebalanceListener):
-    def __init__(self, feed: "EventFeed"):
+    def __init__(self, feed: EventFeed):
         self.feed = feed
 
     def on_partitions_revoked(self, revoked):
@@ -145,8 +171,9 @@ class EventFeed:
     fetch process uses it to wait for the scorer's acknowledgements and commit them first.
     """
 
-    def __init__(self, kafka, *, replay_messages: int = 20_000, poll_timeout_ms: int = 200,
-                 consumer=None, before_revoke=None):
+    def __init__(
+        self, kafka, *, replay_messages: int = 20_000, poll_timeout_ms: int = 200, consumer=None, before_revoke=None
+    ):
         from pipeline.kafka.clients import make_consumer
 
         self.kafka = kafka
@@ -156,10 +183,10 @@ class EventFeed:
         self.commits = 0
         self._replay_end: dict[TopicPartition, int] = {}
         self._handed_upto: dict[TopicPartition, int] = {}
-        self._expected: dict[TopicPartition, int] = {}   # next offset the consumer should return
+        self._expected: dict[TopicPartition, int] = {}  # next offset the consumer should return
         self._pending_kept: dict[TopicPartition, int | None] = {}  # kept in a rebalance: check first
         self._epoch = 0
-        self._epoch_of: dict[TopicPartition, int] = {}   # epoch of each partition's last reset
+        self._epoch_of: dict[TopicPartition, int] = {}  # epoch of each partition's last reset
         self._topic_id = None
         self._async_commits: list = []  # futures of commits sent with commit_async
         self._revoked: set[TopicPartition] = set()
@@ -225,9 +252,11 @@ class EventFeed:
     def poll(self, timeout_ms: int | None = None) -> list:
         """Notices (``Rebalance``, ``PartitionReset``, ``SkippedRange``, in order) then at most one ``Batch``."""
         try:
-            records = self.consumer.poll(timeout_ms=self.poll_timeout_ms if timeout_ms is None else timeout_ms,
-                                         max_records=self.kafka.max_poll_records)
-        except Exception as error:  # noqa: BLE001 - only undecodable data is handled; the rest re-raised
+            records = self.consumer.poll(
+                timeout_ms=self.poll_timeout_ms if timeout_ms is None else timeout_ms,
+                max_records=self.kafka.max_poll_records,
+            )
+        except Exception as error:
             if not is_data_error(error):
                 raise
             self._notices.extend(skip_undecodable(self.consumer, error, self._epoch))
@@ -257,8 +286,12 @@ class EventFeed:
             self._handed_upto.pop(tp, None)
             self._expected.pop(tp, None)
             self._pending_kept.pop(tp, None)
-        log.warning("log reset on %s partitions %s (%s): scoring their events from the new log start",
-                    self.kafka.events_topic, sorted(tp.partition for tp in tps), why)
+        log.warning(
+            "log reset on %s partitions %s (%s): scoring their events from the new log start",
+            self.kafka.events_topic,
+            sorted(tp.partition for tp in tps),
+            why,
+        )
         self._notices.append(PartitionReset(set(tps), why))
 
     def _check_topic_id(self) -> bool:
@@ -272,8 +305,10 @@ class EventFeed:
         # every partition read from the old topic: those assigned, and those between a revoke and
         # their re-assignment (a rebalance may span polls) whose read positions would else be kept
         known = set(self.consumer.assignment()) | set(self._handed_upto) | set(self._pending_kept) | self._revoked
-        self._reset({tp for tp in known if tp.topic == self.kafka.events_topic},
-                    f"topic id changed from {previous} to {current}")
+        self._reset(
+            {tp for tp in known if tp.topic == self.kafka.events_topic},
+            f"topic id changed from {previous} to {current}",
+        )
         return True
 
     def _check_kept(self) -> None:
@@ -305,8 +340,11 @@ class EventFeed:
         polled_at = time.time()
         tps = [tp for tp, recs in records.items() if recs]
         lists = [records[tp] for tp in tps]
-        jumped = {tp for tp, recs in zip(tps, lists)
-                  if self._expected.get(tp) is not None and recs[0].offset < self._expected[tp]}
+        jumped = {
+            tp
+            for tp, recs in zip(tps, lists)
+            if self._expected.get(tp) is not None and recs[0].offset < self._expected[tp]
+        }
         self._reset(jumped, "the position jumped back without a seek (log end fell below it)")
         flat = list(chain.from_iterable(lists))
         n = len(flat)
@@ -320,7 +358,7 @@ class EventFeed:
             for tp, size in zip(tps, sizes):
                 end = self._replay_end.get(tp)
                 if end is not None:
-                    replay[pos:pos + size] = offsets[pos:pos + size] < end
+                    replay[pos : pos + size] = offsets[pos : pos + size] < end
                     if offsets[pos + size - 1] + 1 >= end:
                         del self._replay_end[tp]
                 pos += size
@@ -333,13 +371,26 @@ class EventFeed:
             self._expected[tp] = nxt
             if nxt > self._replay_end.get(tp, -1):  # else replay only: the committed offset is past these
                 commit[tp] = nxt
-        return Batch(tps, sizes, list(map(_VALUE, flat)), list(map(_KEY, flat)), offsets, timestamps, replay,
-                     commit, polled_at, self._epoch)
+        return Batch(
+            tps,
+            sizes,
+            list(map(_VALUE, flat)),
+            list(map(_KEY, flat)),
+            offsets,
+            timestamps,
+            replay,
+            commit,
+            polled_at,
+            self._epoch,
+        )
 
     # ------------------------------------------------------------------ commits, lag
-    @retry(retry=retry_if_exception_type(KafkaError) & retry_if_not_exception_type(_LOST_TO_REBALANCE),
-           stop=stop_after_attempt(3),
-           wait=wait_exponential(multiplier=0.2, max=2), reraise=True)
+    @retry(
+        retry=retry_if_exception_type(KafkaError) & retry_if_not_exception_type(_LOST_TO_REBALANCE),
+        stop=stop_after_attempt(3),
+        wait=wait_exponential(multiplier=0.2, max=2),
+        reraise=True,
+    )
     def _commit_sync(self, offsets) -> None:
         self.consumer.commit(offsets)
 
@@ -356,8 +407,7 @@ class EventFeed:
         (at-least-once).
         """
         assigned = self.consumer.assignment()
-        offsets = {tp: OffsetAndMetadata(o, "", -1) for tp, o in self.current(offsets, epoch).items()
-                   if tp in assigned}
+        offsets = {tp: OffsetAndMetadata(o, "", -1) for tp, o in self.current(offsets, epoch).items() if tp in assigned}
         if not offsets:
             return False
         try:
@@ -373,8 +423,7 @@ class EventFeed:
         tells when it finished (and returns ``tag``, e.g. what to commit again, if it failed).
         False when there was nothing to commit."""
         assigned = self.consumer.assignment()
-        offsets = {tp: OffsetAndMetadata(o, "", -1) for tp, o in self.current(offsets, epoch).items()
-                   if tp in assigned}
+        offsets = {tp: OffsetAndMetadata(o, "", -1) for tp, o in self.current(offsets, epoch).items() if tp in assigned}
         if not offsets:
             return False
         self._async_commits.append((self.consumer.commit_async(offsets), tag if tag is not None else offsets))
@@ -417,7 +466,7 @@ class EventFeed:
                 continue
             try:
                 position = self.consumer.position(tp, timeout_ms=0)
-            except Exception:  # noqa: BLE001 - position unknown yet
+            except Exception:
                 continue
             if position is not None:
                 out[tp] = max(high - position, 0)

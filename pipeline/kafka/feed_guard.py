@@ -46,7 +46,7 @@ class SkippedRange:
 def topic_id(consumer, topic: str):
     """The topic id the consumer's metadata holds for ``topic`` (None if the broker gives none)."""
     try:
-        return consumer._client.cluster.topic_id(topic)  # noqa: SLF001 - no public accessor in kafka-python
+        return consumer._client.cluster.topic_id(topic)
     except AttributeError:
         return None
 
@@ -74,12 +74,12 @@ def _discard_buffered(consumer) -> None:
     part = getattr(fetcher, "_next_partition_records", None)
     if part is not None:
         part.drain()
-        fetcher._next_partition_records = None  # noqa: SLF001
+        fetcher._next_partition_records = None
     completed = getattr(fetcher, "_completed_fetches", None)
     if completed is not None:
         completed.clear()
     if fetcher is not None and hasattr(fetcher, "_next_in_line_exception_metadata"):
-        fetcher._next_in_line_exception_metadata = None  # noqa: SLF001
+        fetcher._next_in_line_exception_metadata = None
 
 
 def _probe(consumer, tp, offset: int, max_records: int) -> bool:
@@ -90,7 +90,7 @@ def _probe(consumer, tp, offset: int, max_records: int) -> bool:
     while time.monotonic() < deadline:
         try:
             records = consumer.poll(timeout_ms=200, max_records=max_records)
-        except Exception as error:  # noqa: BLE001 - a failed probe is the answer
+        except Exception as error:
             if is_data_error(error):
                 return True
             raise
@@ -118,8 +118,14 @@ def skip_undecodable(consumer, error: BaseException, epoch: int = 0) -> list[Ski
                 positions[tp] = good
                 detail = f"{type(error).__name__}: {error}"[:400]
                 skipped.append(SkippedRange(tp, start, good, detail, epoch))
-                log.error("undecodable record batch on %s-%d: skipping offsets %d..%d (%s)",
-                          tp.topic, tp.partition, start, good - 1, detail)
+                log.error(
+                    "undecodable record batch on %s-%d: skipping offsets %d..%d (%s)",
+                    tp.topic,
+                    tp.partition,
+                    start,
+                    good - 1,
+                    detail,
+                )
             consumer.pause(tp)
     finally:
         _discard_buffered(consumer)

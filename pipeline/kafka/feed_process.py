@@ -56,7 +56,7 @@ def _die_with_parent(parent_pid: int) -> None:
 def _child_main(conn, kafka, replay_messages: int, poll_timeout_ms: int, parent_pid: int, log_level: int) -> None:
     """(child) Poll, send batches, commit what the parent acknowledged."""
     _die_with_parent(parent_pid)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent decides when to stop
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s[fetch]: %(message)s")
     logging.getLogger("kafka").setLevel(max(logging.WARNING, log_level))
@@ -104,8 +104,9 @@ def _child_main(conn, kafka, replay_messages: int, poll_timeout_ms: int, parent_
 
     feed = None
     try:
-        feed = EventFeed(kafka, replay_messages=replay_messages, poll_timeout_ms=poll_timeout_ms,
-                         before_revoke=before_revoke)
+        feed = EventFeed(
+            kafka, replay_messages=replay_messages, poll_timeout_ms=poll_timeout_ms, before_revoke=before_revoke
+        )
         while not stopping:
             while conn.poll():
                 read(conn.recv())
@@ -127,7 +128,7 @@ def _child_main(conn, kafka, replay_messages: int, poll_timeout_ms: int, parent_
         flush()
     except (BrokenPipeError, EOFError, ConnectionResetError):
         os._exit(1)  # the parent is gone: commit nothing more
-    except BaseException as error:  # noqa: BLE001 - reported to the parent, which stops
+    except BaseException as error:
         log.exception("fetch process failed")
         try:
             conn.send(("error", f"{type(error).__name__}: {error}"))
@@ -137,7 +138,7 @@ def _child_main(conn, kafka, replay_messages: int, poll_timeout_ms: int, parent_
         if feed is not None:
             try:
                 feed.close()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("closing the consumer")
     try:
         conn.send(("closed", feed.commits if feed is not None else 0))
@@ -152,13 +153,30 @@ class FetchProcess:
     returns at once; ``commits`` is the child's count of commits made (as of its last message).
     """
 
-    def __init__(self, kafka, *, replay_messages: int = 20_000, poll_timeout_ms: int = 200,
-                 merge_records: int = MERGE_RECORDS, before_revoke_ack=None):
+    def __init__(
+        self,
+        kafka,
+        *,
+        replay_messages: int = 20_000,
+        poll_timeout_ms: int = 200,
+        merge_records: int = MERGE_RECORDS,
+        before_revoke_ack=None,
+    ):
         ctx = multiprocessing.get_context("spawn")
         self._conn, child_conn = ctx.Pipe(duplex=True)
-        self._proc = ctx.Process(target=_child_main, name="tsad-fetch", daemon=True,
-                                 args=(child_conn, kafka, replay_messages, poll_timeout_ms, os.getpid(),
-                                       logging.getLogger().getEffectiveLevel()))
+        self._proc = ctx.Process(
+            target=_child_main,
+            name="tsad-fetch",
+            daemon=True,
+            args=(
+                child_conn,
+                kafka,
+                replay_messages,
+                poll_timeout_ms,
+                os.getpid(),
+                logging.getLogger().getEffectiveLevel(),
+            ),
+        )
         self._proc.start()
         child_conn.close()
         self.commits = 0
@@ -168,8 +186,8 @@ class FetchProcess:
         self._commit_in_flight = False
         self._revoking = False
         self._closed = False
-        self._buffer: list = []        # items read while waiting for a commit, not handed out yet
-        self._revoke_pending = False   # a "revoking" to answer once the buffered batches are scored
+        self._buffer: list = []  # items read while waiting for a commit, not handed out yet
+        self._revoke_pending = False  # a "revoking" to answer once the buffered batches are scored
 
     def poll(self, timeout_ms: int = 200) -> list:
         """Rebalance notices and batches the child sent (in order); the latest lag in ``lag_values``.

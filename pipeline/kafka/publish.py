@@ -80,8 +80,16 @@ def publish_rows(producer, topic: str, series: str, timestamps, values, rate: fl
     return PublishReport(events=len(futures), seconds=time.perf_counter() - start)
 
 
-def publish_events(kafka, topic: str, rows, *, rate: float | None = None, timeout_s: float = 60.0,
-                   make_producer=None, ensure_topic: bool = False) -> PublishReport:
+def publish_events(
+    kafka,
+    topic: str,
+    rows,
+    *,
+    rate: float | None = None,
+    timeout_s: float = 60.0,
+    make_producer=None,
+    ensure_topic: bool = False,
+) -> PublishReport:
     """Send ``rows`` ((key, value) bytes) to ``topic``, retrying what is not acknowledged (see the
     module docstring) until ``timeout_s``; ``kafka`` is the ``KafkaSettings`` to build producers from.
     ``ensure_topic``: create ``topic`` first when missing (retried like the sends)."""
@@ -100,8 +108,13 @@ def publish_events(kafka, topic: str, rows, *, rate: float | None = None, timeou
         producer = None
         try:
             wait_ms = min(left_ms, 10_000)
-            producer = make_producer(kafka, bootstrap_timeout_ms=wait_ms, max_block_ms=wait_ms,
-                                     request_timeout_ms=wait_ms, delivery_timeout_ms=wait_ms + 1000)
+            producer = make_producer(
+                kafka,
+                bootstrap_timeout_ms=wait_ms,
+                max_block_ms=wait_ms,
+                request_timeout_ms=wait_ms,
+                delivery_timeout_ms=wait_ms + 1000,
+            )
             if ensure is not None:
                 ensure()
                 ensure = None
@@ -118,22 +131,26 @@ def publish_events(kafka, topic: str, rows, *, rate: float | None = None, timeou
             if producer is not None:
                 try:
                     producer.close(timeout=1)
-                except Exception:  # noqa: BLE001 - a producer of a broker that went away
+                except Exception:
                     pass
         if not remaining:
             break
         if time.monotonic() + backoff > deadline:
-            raise PublishFailed(f"{len(remaining)} of {total} events not acknowledged on {topic} after "
-                                f"{timeout_s:g}s ({attempts} attempts): {last_error}")
-        log.warning("%d of %d events not acknowledged (%s); retrying in %.2fs", len(remaining), total, last_error,
-                    backoff)
+            raise PublishFailed(
+                f"{len(remaining)} of {total} events not acknowledged on {topic} after "
+                f"{timeout_s:g}s ({attempts} attempts): {last_error}"
+            )
+        log.warning(
+            "%d of %d events not acknowledged (%s); retrying in %.2fs", len(remaining), total, last_error, backoff
+        )
         time.sleep(backoff)  # backoff between attempts (not a wait for a condition)
         backoff = min(backoff * 2, _MAX_BACKOFF_S)
     return PublishReport(events=total, seconds=time.perf_counter() - start, attempts=attempts)
 
 
-def publish_csv(producer, topic: str, path: Path, series: str | None = None, rate: float | None = None,
-                start_row: int = 0) -> PublishReport:
+def publish_csv(
+    producer, topic: str, path: Path, series: str | None = None, rate: float | None = None, start_row: int = 0
+) -> PublishReport:
     """Publish rows ``start_row..`` of a NAB CSV file through ``producer``."""
     frame = read_series_csv(path).iloc[start_row:]
     return publish_rows(producer, topic, series or Path(path).stem, frame["timestamp"], frame["value"], rate)

@@ -36,7 +36,7 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -91,11 +91,14 @@ class RetrainSettings(BaseSettings):
             from models.routing import Routing
 
             groups = Routing.load(self.routing).retrain_groups()
-        return [{"group": g, "pattern": p, "kind": k, "name": model_name(g, k)}
-                for g, p in sorted(groups.items()) for k in self.kinds]
+        return [
+            {"group": g, "pattern": p, "kind": k, "name": model_name(g, k)}
+            for g, p in sorted(groups.items())
+            for k in self.kinds
+        ]
 
 
-def select_job_series(settings: RetrainSettings, data: "SeriesSet", job: dict) -> "SeriesSet":
+def select_job_series(settings: RetrainSettings, data: SeriesSet, job: dict) -> SeriesSet:
     """The series ``job`` trains on: those the routing file routes to its group, else those matching
     its glob(s) (``TSAD_RETRAIN_GROUPS``, overlapping groups allowed)."""
     if settings.routing:
@@ -118,12 +121,13 @@ def load_settings(params: dict | None = None) -> RetrainSettings:
 
 # -- plan --------------------------------------------------------------------------------------
 
+
 def _iso(moment: datetime | str) -> str:
     if isinstance(moment, str):
         moment = datetime.fromisoformat(moment)
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).isoformat()
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat()
 
 
 def _epoch(iso: str) -> float:
@@ -136,7 +140,7 @@ class SeriesSet:
 
     series: dict[str, tuple[np.ndarray, np.ndarray]]
 
-    def select(self, pattern: str) -> "SeriesSet":
+    def select(self, pattern: str) -> SeriesSet:
         return SeriesSet({s: v for s, v in self.series.items() if fnmatch.fnmatchcase(s, pattern)})
 
 
@@ -160,8 +164,9 @@ def plan(settings: RetrainSettings, interval_start, interval_end) -> dict:
     start = min(datetime.fromisoformat(_iso(interval_start)), end - timedelta(hours=settings.lookback_hours))
     data = load_series(settings.archive_dir, start.isoformat(), end.isoformat())
     if not data.series:
-        raise NotEnoughDataError(f"no archived events in [{start.isoformat()}, {end.isoformat()}) "
-                                 f"under {settings.archive_dir}")
+        raise NotEnoughDataError(
+            f"no archived events in [{start.isoformat()}, {end.isoformat()}) under {settings.archive_dir}"
+        )
     t_min = min(ts[0] for ts, _ in data.series.values())
     t_max = max(ts[-1] for ts, _ in data.series.values())
     cut = t_min + (t_max - t_min) * (1.0 - settings.holdout_fraction)
@@ -176,15 +181,22 @@ def plan(settings: RetrainSettings, interval_start, interval_end) -> dict:
         raise NotEnoughDataError(
             f"too little data in [{start.isoformat()}, {end.isoformat()}): {len(data.series)} series, "
             f"none with >= {settings.min_points} values before the held-out cut and >= "
-            f"{settings.min_holdout_points} after it (train/held-out counts: {dict(list(counts.items())[:5])})")
+            f"{settings.min_holdout_points} after it (train/held-out counts: {dict(list(counts.items())[:5])})"
+        )
     return {
-        "interval_start": _iso(interval_start), "interval_end": _iso(interval_end),
-        "start": start.isoformat(), "end": end.isoformat(), "cut": cut, "cut_iso": _iso(datetime.fromtimestamp(cut, timezone.utc)),
-        "series": eligible, "counts": counts,
+        "interval_start": _iso(interval_start),
+        "interval_end": _iso(interval_end),
+        "start": start.isoformat(),
+        "end": end.isoformat(),
+        "cut": cut,
+        "cut_iso": _iso(datetime.fromtimestamp(cut, UTC)),
+        "series": eligible,
+        "counts": counts,
     }
 
 
 # -- evaluation --------------------------------------------------------------------------------
+
 
 def _label_windows(path: str | None) -> dict[str, list[tuple[float, float]]]:
     """NAB label windows keyed by series id (file stem) -> [(start, end) epoch seconds]."""
@@ -219,7 +231,7 @@ def evaluate(bundle, data: SeriesSet, cut: float, labels: dict | None = None) ->
         scale = SeriesNormalizer.fit(values[:c])
         norm = bundle.normalizer(sid) or scale
         lo = max(c - context, 0)
-        e_norm = prediction_errors(bundle.forecaster, norm.transform(values[lo:]))[c - lo:]
+        e_norm = prediction_errors(bundle.forecaster, norm.transform(values[lo:]))[c - lo :]
         ok = ~np.isnan(e_norm)
         if not ok.any():
             continue
@@ -228,8 +240,11 @@ def evaluate(bundle, data: SeriesSet, cut: float, labels: dict | None = None) ->
             flags = np.where(ok, e_norm, 0.0) > threshold
             a, b, d = _event_counts(ts[c:], flags, labels[sid])
             tp, fp, fn = tp + a, fp + b, fn + d
-    figures: dict[str, Any] = {"nmae": float(np.mean(per_series)) if per_series else None,
-                               "series": len(per_series), "f1": None}
+    figures: dict[str, Any] = {
+        "nmae": float(np.mean(per_series)) if per_series else None,
+        "series": len(per_series),
+        "f1": None,
+    }
     if labels is not None and threshold is not None and tp + fp + fn > 0:
         from models.forecasting.evaluation import WindowPRF
 
@@ -253,6 +268,7 @@ def _champion(registry, name: str):
 
 # -- train -------------------------------------------------------------------------------------
 
+
 def idempotency_key(kind: str, the_plan: dict) -> str:
     return f"{kind}:{the_plan['interval_start']}:{the_plan['interval_end']}"
 
@@ -275,38 +291,64 @@ def train_candidate(settings: RetrainSettings, the_plan: dict, job: dict) -> dic
     from models.forecasting.training import fit
 
     data = load_series(settings.archive_dir, the_plan["start"], the_plan["end"])
-    data = SeriesSet({s: v for s, v in select_job_series(settings, data, job).series.items()
-                      if s in set(the_plan["series"])})
+    data = SeriesSet(
+        {s: v for s, v in select_job_series(settings, data, job).series.items() if s in set(the_plan["series"])}
+    )
     if not data.series:
         raise NotEnoughDataError(f"{name}: no eligible series match pattern {job['pattern']!r}")
     cut = the_plan["cut"]
     train = {sid: values[: int(np.searchsorted(ts, cut))] for sid, (ts, values) in data.series.items()}
     config = ForecasterConfig(kind=kind, window=settings.window, hidden=settings.hidden, layers=settings.layers)
-    bundle, report = fit(config, train, epochs=settings.epochs, device=settings.device, seed=settings.seed,
-                         progress=False, name=name, batch_size=settings.batch_size)
+    bundle, report = fit(
+        config,
+        train,
+        epochs=settings.epochs,
+        device=settings.device,
+        seed=settings.seed,
+        progress=False,
+        name=name,
+        batch_size=settings.batch_size,
+    )
     labels = _label_windows(settings.labels) if settings.labels else None
     candidate_figures = evaluate(bundle, data, cut, labels)
     champion, why_not = _champion(registry, name)
     champion_figures = evaluate(champion, data, cut, labels) if champion is not None else None
     metrics = {
-        "holdout_nmae": candidate_figures["nmae"], "holdout_f1": candidate_figures["f1"],
-        "holdout_series": candidate_figures["series"], "holdout_from": the_plan["cut_iso"],
+        "holdout_nmae": candidate_figures["nmae"],
+        "holdout_f1": candidate_figures["f1"],
+        "holdout_series": candidate_figures["series"],
+        "holdout_from": the_plan["cut_iso"],
         "champion_version": champion.version if champion is not None else None,
         "champion_holdout_nmae": champion_figures["nmae"] if champion_figures else None,
         "champion_holdout_f1": champion_figures["f1"] if champion_figures else None,
         "champion_note": why_not,
-        "train_device": report.device, "train_epochs": report.epochs, "train_wall_time_s": report.wall_time_s,
-        "train_windows_per_s": report.windows_per_s, "evaluated_at": datetime.now(timezone.utc).isoformat(),
+        "train_device": report.device,
+        "train_epochs": report.epochs,
+        "train_wall_time_s": report.wall_time_s,
+        "train_windows_per_s": report.windows_per_s,
+        "evaluated_at": datetime.now(UTC).isoformat(),
     }
-    version = registry.register(bundle, metrics, idempotency_key=key, data_range=(the_plan["start"], the_plan["end"]),
-                                interval_id=f"{the_plan['interval_start']}/{the_plan['interval_end']}")
-    log.info("%s: registered candidate v%d (nMAE %.4f vs champion %s) trained on %s in %.1fs",
-             name, version, candidate_figures["nmae"] or math.nan, metrics["champion_holdout_nmae"],
-             report.device, report.wall_time_s)
+    version = registry.register(
+        bundle,
+        metrics,
+        idempotency_key=key,
+        data_range=(the_plan["start"], the_plan["end"]),
+        interval_id=f"{the_plan['interval_start']}/{the_plan['interval_end']}",
+    )
+    log.info(
+        "%s: registered candidate v%d (nMAE %.4f vs champion %s) trained on %s in %.1fs",
+        name,
+        version,
+        candidate_figures["nmae"] or math.nan,
+        metrics["champion_holdout_nmae"],
+        report.device,
+        report.wall_time_s,
+    )
     return {**job, "version": version, "metrics": {**bundle.metrics, **metrics}, "reused": False}
 
 
 # -- promote -----------------------------------------------------------------------------------
+
 
 @dataclass
 class Decision:
@@ -349,7 +391,9 @@ def promote_if_better(settings: RetrainSettings, the_plan: dict, candidate: dict
     name, version = candidate["name"], candidate["version"]
     metrics = dict(registry.meta(name, version).get("metrics", {}))
     current = registry.champion(name)
-    base = Decision(name, version, current, False, "", metrics.get("holdout_nmae"), metrics.get("champion_holdout_nmae"))
+    base = Decision(
+        name, version, current, False, "", metrics.get("holdout_nmae"), metrics.get("champion_holdout_nmae")
+    )
     if current == version:
         base.reason = "already champion"
         return base
@@ -368,8 +412,9 @@ def promote_if_better(settings: RetrainSettings, the_plan: dict, candidate: dict
             data = SeriesSet({s: v for s, v in data.series.items() if s in set(the_plan["series"])})
             labels = _label_windows(settings.labels) if settings.labels else None
             figures = evaluate(champion, data, the_plan["cut"], labels)
-            metrics.update(champion_version=current, champion_holdout_nmae=figures["nmae"],
-                           champion_holdout_f1=figures["f1"])
+            metrics.update(
+                champion_version=current, champion_holdout_nmae=figures["nmae"], champion_holdout_f1=figures["f1"]
+            )
             base.champion_nmae = figures["nmae"]
     ok, reason = decide(metrics, settings.min_improvement)
     base.reason = reason
@@ -383,6 +428,7 @@ def promote_if_better(settings: RetrainSettings, the_plan: dict, candidate: dict
 
 
 # -- figures for ops ----------------------------------------------------------------------------
+
 
 def record_figures(settings: RetrainSettings, decisions: list[dict], now: float | None = None) -> str:
     """Push (``pushgateway_url``) or write (``textfile``) RetrainMetrics; returns where they went."""

@@ -32,7 +32,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -47,7 +47,7 @@ _MAX_BACKOFF_S = 30.0
 
 
 def _iso(epoch_s: float) -> str:
-    return datetime.fromtimestamp(epoch_s, timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(epoch_s, UTC).isoformat().replace("+00:00", "Z")
 
 
 def _num(x: float) -> str:
@@ -75,9 +75,20 @@ class _Pending:
 class AlertmanagerSink:
     """Posts anomalous series to Alertmanager from a background thread; see the module docstring."""
 
-    def __init__(self, url: str, registry: CollectorRegistry | None = None, *, resolve_after_s: float = 300.0,
-                 resend_s: float = 60.0, queue_size: int = 10_000, max_attempts: int = 5, timeout_s: float = 5.0,
-                 max_active: int = 10_000, severity: str = "warning", clock=time.time):
+    def __init__(
+        self,
+        url: str,
+        registry: CollectorRegistry | None = None,
+        *,
+        resolve_after_s: float = 300.0,
+        resend_s: float = 60.0,
+        queue_size: int = 10_000,
+        max_attempts: int = 5,
+        timeout_s: float = 5.0,
+        max_active: int = 10_000,
+        severity: str = "warning",
+        clock=time.time,
+    ):
         self.url = url.rstrip("/") + "/api/v2/alerts"
         self.resolve_after_s = float(resolve_after_s)
         self.resend_s = float(resend_s)
@@ -92,23 +103,36 @@ class AlertmanagerSink:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         r = registry if registry is not None else CollectorRegistry()
-        self.posted = Counter("tsad_alertmanager_alerts_posted_total",
-                              "Alert updates Alertmanager accepted, by state (firing | resolved).", ["state"],
-                              registry=r)
-        self.failures = Counter("tsad_alertmanager_post_failures_total",
-                                "Posts to Alertmanager that failed (unreachable, timeout, HTTP error).", registry=r)
-        self.dropped = Counter("tsad_alertmanager_alerts_dropped_total",
-                               "Alert updates given up: queue_full | retries_exhausted | too_many_active.",
-                               ["reason"], registry=r)
+        self.posted = Counter(
+            "tsad_alertmanager_alerts_posted_total",
+            "Alert updates Alertmanager accepted, by state (firing | resolved).",
+            ["state"],
+            registry=r,
+        )
+        self.failures = Counter(
+            "tsad_alertmanager_post_failures_total",
+            "Posts to Alertmanager that failed (unreachable, timeout, HTTP error).",
+            registry=r,
+        )
+        self.dropped = Counter(
+            "tsad_alertmanager_alerts_dropped_total",
+            "Alert updates given up: queue_full | retries_exhausted | too_many_active.",
+            ["reason"],
+            registry=r,
+        )
         self.active_gauge = Gauge("tsad_alertmanager_active_alerts", "Series alerts firing now.", registry=r)
-        self.pending_gauge = Gauge("tsad_alertmanager_pending_alerts", "Alert updates waiting for a retry.",
-                                   registry=r)
+        self.pending_gauge = Gauge("tsad_alertmanager_pending_alerts", "Alert updates waiting for a retry.", registry=r)
 
     @classmethod
-    def from_settings(cls, settings, registry: CollectorRegistry | None = None) -> "AlertmanagerSink":
-        return cls(settings.alertmanager_url, registry, resolve_after_s=settings.alert_resolve_after_s,
-                   resend_s=settings.alert_resend_s, queue_size=settings.alert_queue_size,
-                   max_attempts=settings.alert_max_attempts)
+    def from_settings(cls, settings, registry: CollectorRegistry | None = None) -> AlertmanagerSink:
+        return cls(
+            settings.alertmanager_url,
+            registry,
+            resolve_after_s=settings.alert_resolve_after_s,
+            resend_s=settings.alert_resend_s,
+            queue_size=settings.alert_queue_size,
+            max_attempts=settings.alert_max_attempts,
+        )
 
     # ------------------------------------------------------------------ scorer thread
     def observe(self, series: list[str], ts: np.ndarray, values: np.ndarray, result, new: np.ndarray) -> None:
@@ -118,15 +142,24 @@ class AlertmanagerSink:
             model, _version = result.model_at(j)
             group = result.routes[int(result.route[j])][2] if result.route is not None else model
             lower, upper = result.band_at(j)
-            notice = (series[j], model, group, float(result.score[j]), float(values[j]), float(result.predicted[j]),
-                      lower, upper, float(ts[j]))
+            notice = (
+                series[j],
+                model,
+                group,
+                float(result.score[j]),
+                float(values[j]),
+                float(result.predicted[j]),
+                lower,
+                upper,
+                float(ts[j]),
+            )
             try:
                 self.queue.put_nowait(notice)
             except queue.Full:
                 self.dropped.labels("queue_full").inc()
 
     # ------------------------------------------------------------------ sender thread
-    def start(self) -> "AlertmanagerSink":
+    def start(self) -> AlertmanagerSink:
         self._thread = threading.Thread(target=self._run, name="tsad-alertmanager", daemon=True)
         self._thread.start()
         return self
@@ -169,36 +202,50 @@ class AlertmanagerSink:
     def _take(self, notice, now: float) -> None:
         sid, model, group, score, value, predicted, lower, upper, ts = notice
         alert = self.active.get(sid)
-        annotations = {"summary": f"series {sid} anomalous (model {model}, score {score:.3f})",
-                       "score": _num(score), "value": _num(value), "expected": _num(predicted),
-                       "lower": _num(lower), "upper": _num(upper), "event_time": _iso(ts) if math.isfinite(ts) else "",
-                       "runbook": RUNBOOK}
+        annotations = {
+            "summary": f"series {sid} anomalous (model {model}, score {score:.3f})",
+            "score": _num(score),
+            "value": _num(value),
+            "expected": _num(predicted),
+            "lower": _num(lower),
+            "upper": _num(upper),
+            "event_time": _iso(ts) if math.isfinite(ts) else "",
+            "runbook": RUNBOOK,
+        }
         if alert is None:
             if len(self.active) >= self.max_active:
                 self.dropped.labels("too_many_active").inc()
                 return
-            labels = {"alertname": ALERTNAME, "series": sid, "model": model, "group": group,
-                      "severity": self.severity}
+            labels = {"alertname": ALERTNAME, "series": sid, "model": model, "group": group, "severity": self.severity}
             self.active[sid] = _Alert(labels, annotations, now, now)
         else:
             alert.annotations, alert.last_anomaly = annotations, now
 
     def _queue_post(self, sid: str, alert: _Alert, now: float, resolved: bool) -> None:
         ends = now if resolved else now + 3 * self.resend_s
-        payload = {"labels": alert.labels, "annotations": alert.annotations, "startsAt": _iso(alert.starts),
-                   "endsAt": _iso(ends)}
+        payload = {
+            "labels": alert.labels,
+            "annotations": alert.annotations,
+            "startsAt": _iso(alert.starts),
+            "endsAt": _iso(ends),
+        }
         old = self.pending.get(sid)
-        self.pending[sid] = _Pending(payload, "resolved" if resolved else "firing",
-                                     attempts=old.attempts if old else 0, next_try=old.next_try if old else 0.0)
+        self.pending[sid] = _Pending(
+            payload,
+            "resolved" if resolved else "firing",
+            attempts=old.attempts if old else 0,
+            next_try=old.next_try if old else 0.0,
+        )
         alert.last_sent = now
 
     def _post_due(self, now: float) -> None:
         due = [sid for sid, p in self.pending.items() if p.next_try <= now]
         for start in range(0, len(due), _BATCH):
-            chunk = due[start:start + _BATCH]
+            chunk = due[start : start + _BATCH]
             body = json.dumps([self.pending[sid].payload for sid in chunk]).encode()
-            request = urllib.request.Request(self.url, data=body, method="POST",
-                                             headers={"Content-Type": "application/json"})
+            request = urllib.request.Request(
+                self.url, data=body, method="POST", headers={"Content-Type": "application/json"}
+            )
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                     response.read()

@@ -46,13 +46,19 @@ ANOMALOUS_FOR_S = 60.0  # tsad_series_anomalous stays 1 this long after an anoma
 _GAUGES = (
     ("tsad_series_anomaly_score", "Score of the last scored event of a recently anomalous series.", "score"),
     ("tsad_series_value", "Value of the last scored event of a recently anomalous series.", "value"),
-    ("tsad_series_expected", "Forecast of the last scored event of a recently anomalous series (raw units).",
-     "expected"),
+    (
+        "tsad_series_expected",
+        "Forecast of the last scored event of a recently anomalous series (raw units).",
+        "expected",
+    ),
     ("tsad_series_expected_lower", "Lower edge of the band considered normal for that event (raw units).", "lower"),
     ("tsad_series_expected_upper", "Upper edge of the band considered normal for that event (raw units).", "upper"),
     ("tsad_series_anomalous", "1 while the series' last anomaly is less than a minute old, else 0.", "anomalous"),
-    ("tsad_series_anomaly_started_timestamp_seconds",
-     "Event time of the first anomaly since the series entered the recently-anomalous table.", "started"),
+    (
+        "tsad_series_anomaly_started_timestamp_seconds",
+        "Event time of the first anomaly since the series entered the recently-anomalous table.",
+        "started",
+    ),
     ("tsad_series_last_anomaly_timestamp_seconds", "Event time of the series' last anomaly.", "last_ts"),
 )
 
@@ -153,15 +159,19 @@ class AnomalousSeries:
         for sid, row in rows.items():
             key = [sid, row.model, row.group]
             for family, attr in families:
-                value = (1.0 if now - row.last_wall < ANOMALOUS_FOR_S else 0.0) if attr == "anomalous" \
+                value = (
+                    (1.0 if now - row.last_wall < ANOMALOUS_FOR_S else 0.0)
+                    if attr == "anomalous"
                     else getattr(row, attr)
+                )
                 if not math.isnan(value):
                     family.add_metric(key, value)
         for family, _ in families:
             yield family
-        yield GaugeMetricFamily("tsad_anomalous_series", "Series in the recently-anomalous table now.",
-                                value=len(rows))
-        yield CounterMetricFamily("tsad_anomalous_series_evicted",
-                                  "Series pushed out of the recently-anomalous table by newer ones before their "
-                                  "time was up (the table is full: raise TSAD_ANOMALOUS_SERIES_MAX).",
-                                  value=self.evicted)
+        yield GaugeMetricFamily("tsad_anomalous_series", "Series in the recently-anomalous table now.", value=len(rows))
+        yield CounterMetricFamily(
+            "tsad_anomalous_series_evicted",
+            "Series pushed out of the recently-anomalous table by newer ones before their "
+            "time was up (the table is full: raise TSAD_ANOMALOUS_SERIES_MAX).",
+            value=self.evicted,
+        )

@@ -18,7 +18,13 @@ import numpy as np
 import orjson
 
 from pipeline.events import (
-    INTERNAL_ERROR, MAX_MESSAGE_BYTES, MAX_SERIES_ID_LENGTH, Event, Rejection, parse_event, validate_payload,
+    INTERNAL_ERROR,
+    MAX_MESSAGE_BYTES,
+    MAX_SERIES_ID_LENGTH,
+    Event,
+    Rejection,
+    parse_event,
+    validate_payload,
 )
 
 
@@ -62,8 +68,11 @@ def _fast_columns(payloads: list, keys: list, max_series_id_length: int):
         vals = list(map(_VALUE, payloads))
     except KeyError:
         return None
-    if (set(map(type, sids)) != {str} or not set(map(type, tss)) <= _NUMBER_TYPES
-            or not set(map(type, vals)) <= _NUMBER_TYPES):
+    if (
+        set(map(type, sids)) != {str}
+        or not set(map(type, tss)) <= _NUMBER_TYPES
+        or not set(map(type, vals)) <= _NUMBER_TYPES
+    ):
         return None
     try:
         t = np.array(tss, dtype=np.float64)
@@ -73,8 +82,12 @@ def _fast_columns(payloads: list, keys: list, max_series_id_length: int):
         return None
     lengths = np.fromiter(map(len, sids), dtype=np.int64, count=n)
     with np.errstate(invalid="ignore"):
-        ok = ((lengths > 0) & (lengths <= max_series_id_length)
-              & (np.abs(v) < _MAX_EXACT_INT) & (np.abs(t) < _MAX_EXACT_INT))
+        ok = (
+            (lengths > 0)
+            & (lengths <= max_series_id_length)
+            & (np.abs(v) < _MAX_EXACT_INT)
+            & (np.abs(t) < _MAX_EXACT_INT)
+        )
         big = np.abs(t) >= _MS_CUTOFF
         if big.any():
             t = np.where(big, t / 1000.0, t)
@@ -106,27 +119,39 @@ def _loads_each(values: list, max_message_bytes: int) -> tuple[list, bool]:
     return payloads, False
 
 
-def decode_one(raw, key, payload=_UNPARSED, max_message_bytes: int = MAX_MESSAGE_BYTES,
-               max_series_id_length: int = MAX_SERIES_ID_LENGTH) -> Event | Rejection:
+def decode_one(
+    raw,
+    key,
+    payload=_UNPARSED,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
+    max_series_id_length: int = MAX_SERIES_ID_LENGTH,
+) -> Event | Rejection:
     """The verdict on one message (``payload``: its value already parsed by orjson, if it was)."""
     try:
         if payload is _UNPARSED:
             return parse_event(raw, key, max_message_bytes=max_message_bytes, max_series_id_length=max_series_id_length)
         return validate_payload(payload, raw, key, max_series_id_length=max_series_id_length)
-    except Exception as error:  # noqa: BLE001 - one message never stops the scorer
-        return Rejection(INTERNAL_ERROR, f"while decoding: {type(error).__name__}: {error}",
-                         bytes(raw) if raw is not None else b"")
+    except Exception as error:
+        return Rejection(
+            INTERNAL_ERROR, f"while decoding: {type(error).__name__}: {error}", bytes(raw) if raw is not None else b""
+        )
 
 
-def decode_batch(records, max_message_bytes: int = MAX_MESSAGE_BYTES,
-                 max_series_id_length: int = MAX_SERIES_ID_LENGTH) -> DecodedBatch:
+def decode_batch(
+    records, max_message_bytes: int = MAX_MESSAGE_BYTES, max_series_id_length: int = MAX_SERIES_ID_LENGTH
+) -> DecodedBatch:
     """``decode_columns`` of records with ``.value`` and ``.key`` (e.g. kafka-python's ConsumerRecord)."""
-    return decode_columns(list(map(_VALUE_BYTES, records)), list(map(_KEY, records)), max_message_bytes,
-                          max_series_id_length)
+    return decode_columns(
+        list(map(_VALUE_BYTES, records)), list(map(_KEY, records)), max_message_bytes, max_series_id_length
+    )
 
 
-def decode_columns(values: list, keys: list, max_message_bytes: int = MAX_MESSAGE_BYTES,
-                   max_series_id_length: int = MAX_SERIES_ID_LENGTH) -> DecodedBatch:
+def decode_columns(
+    values: list,
+    keys: list,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
+    max_series_id_length: int = MAX_SERIES_ID_LENGTH,
+) -> DecodedBatch:
     """Decode and validate a batch's message values (bytes) and keys (bytes | None); same verdicts as
     ``pipeline.events.parse_event``, message by message (see the module docstring)."""
     n = len(values)

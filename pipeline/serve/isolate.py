@@ -20,15 +20,20 @@ log = logging.getLogger(__name__)
 FAILED = -1  # status of an event whose scoring raised
 
 
-def process_isolated(detector, series: list, ts: np.ndarray, values: np.ndarray,
-                     alert: np.ndarray) -> tuple[BatchResult, list[tuple[int, BaseException]]]:
+def process_isolated(
+    detector, series: list, ts: np.ndarray, values: np.ndarray, alert: np.ndarray
+) -> tuple[BatchResult, list[tuple[int, BaseException]]]:
     """``detector.process`` of the batch, or of each event alone if the batch fails; ``(result,
     [(index, error)])`` where failed events have status ``FAILED``."""
     try:
         return detector.process(series, ts, values, alert=alert), []
-    except Exception as error:  # noqa: BLE001 - find the event(s) behind it
-        log.error("scoring a batch of %d events failed (%s: %s); scoring it event by event",
-                  len(series), type(error).__name__, error)
+    except Exception as error:
+        log.error(
+            "scoring a batch of %d events failed (%s: %s); scoring it event by event",
+            len(series),
+            type(error).__name__,
+            error,
+        )
     n = len(series)
     status = np.full(n, FAILED, dtype=np.int8)
     predicted, err, score = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
@@ -38,12 +43,17 @@ def process_isolated(detector, series: list, ts: np.ndarray, values: np.ndarray,
     failures, evicted, threshold = [], 0, float("nan")
     for j in range(n):
         try:
-            r = detector.process([series[j]], ts[j:j + 1], values[j:j + 1], alert=alert[j:j + 1])
-        except Exception as error:  # noqa: BLE001 - this event alone fails
+            r = detector.process([series[j]], ts[j : j + 1], values[j : j + 1], alert=alert[j : j + 1])
+        except Exception as error:
             failures.append((j, error))
             continue
-        status[j], predicted[j], err[j], score[j], flags[j] = r.status[0], r.predicted[0], r.error[0], r.score[0], \
-            r.is_anomaly[0]
+        status[j], predicted[j], err[j], score[j], flags[j] = (
+            r.status[0],
+            r.predicted[0],
+            r.error[0],
+            r.score[0],
+            r.is_anomaly[0],
+        )
         if r.lower is not None:
             lower[j], upper[j] = r.lower[0], r.upper[0]
         if r.route is not None:
@@ -52,5 +62,19 @@ def process_isolated(detector, series: list, ts: np.ndarray, values: np.ndarray,
         threshold = r.threshold
     if np.isnan(threshold):
         threshold = float(getattr(getattr(detector, "config", None), "threshold", None) or np.nan)
-    return BatchResult(status, predicted, err, score, threshold, flags, detector.model_name, detector.model_version,
-                       evicted, {}, lower, upper, route if routes is not None else None, routes or []), failures
+    return BatchResult(
+        status,
+        predicted,
+        err,
+        score,
+        threshold,
+        flags,
+        detector.model_name,
+        detector.model_version,
+        evicted,
+        {},
+        lower,
+        upper,
+        route if routes is not None else None,
+        routes or [],
+    ), failures

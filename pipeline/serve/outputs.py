@@ -25,7 +25,11 @@ import time
 from dataclasses import dataclass, field
 
 from kafka.errors import (
-    CorruptRecordError, InvalidRecordError, KafkaError, MessageSizeTooLargeError, RecordListTooLargeError,
+    CorruptRecordError,
+    InvalidRecordError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
 )
 
 from pipeline.events import INTERNAL_ERROR
@@ -79,8 +83,16 @@ class Outputs:
     ``internal_error`` at checkpoint time (the scorer counts it as rejected, too).
     """
 
-    def __init__(self, producer, kafka, max_message_bytes: int, *, commit_interval_ms: int = 1000,
-                 commit_every_events: int = 20_000, on_internal_error=None):
+    def __init__(
+        self,
+        producer,
+        kafka,
+        max_message_bytes: int,
+        *,
+        commit_interval_ms: int = 1000,
+        commit_every_events: int = 20_000,
+        on_internal_error=None,
+    ):
         self.producer = producer
         self.kafka = kafka
         self.max_message_bytes = max_message_bytes
@@ -95,7 +107,7 @@ class Outputs:
         """Send one record now; raises ``ProduceFailed`` on an outage, the error of the record otherwise."""
         try:
             future = self.producer.send(topic, key=key, value=value, headers=headers)
-        except Exception as error:  # noqa: BLE001 - sorted below
+        except Exception as error:
             if is_outage(error):
                 raise ProduceFailed(f"cannot send to {topic}: {type(error).__name__}: {error}") from error
             raise
@@ -109,15 +121,23 @@ class Outputs:
             self.send(self.kafka.dead_letter_topic, source.key, value, None, headers)
         except ProduceFailed:
             raise
-        except Exception as error:  # noqa: BLE001 - the key itself may be what the broker refuses
-            log.error("dead letter of %s/%d/%d refused (%s); sent without its key",
-                      self.kafka.events_topic, source.partition, source.offset, error)
+        except Exception as error:
+            log.error(
+                "dead letter of %s/%d/%d refused (%s); sent without its key",
+                self.kafka.events_topic,
+                source.partition,
+                source.offset,
+                error,
+            )
             self.send(self.kafka.dead_letter_topic, None, value, None, headers)
 
     def marker(self, reason: str, detail: str, partition: int, first: int, last: int) -> None:
         """A dead-letter record with an empty value standing for offsets ``first..last`` (skipped)."""
-        headers = [(REASON_HEADER, reason.encode()), (DETAIL_HEADER, detail[:512].encode("utf-8", "replace")),
-                   (SOURCE_HEADER, f"{self.kafka.events_topic}/{partition}/{first}-{last}".encode())]
+        headers = [
+            (REASON_HEADER, reason.encode()),
+            (DETAIL_HEADER, detail[:512].encode("utf-8", "replace")),
+            (SOURCE_HEADER, f"{self.kafka.events_topic}/{partition}/{first}-{last}".encode()),
+        ]
         self.send(self.kafka.dead_letter_topic, None, b"", None, headers)
 
     # ------------------------------------------------------------------ checkpoints
@@ -183,8 +203,9 @@ class Outputs:
             if source is None or is_outage(error):
                 raise ProduceFailed(f"a record was not acknowledged: {type(error).__name__}: {error}")
             detail = f"producing its output record: {type(error).__name__}: {error}"
-            log.error("message %s/%d/%d dead-lettered: %s", self.kafka.events_topic, source.partition,
-                      source.offset, detail)
+            log.error(
+                "message %s/%d/%d dead-lettered: %s", self.kafka.events_topic, source.partition, source.offset, detail
+            )
             mark = len(self.pending.sends)
             self.dead_letter(source, INTERNAL_ERROR, detail)
             retry.extend(self.pending.sends[mark:])

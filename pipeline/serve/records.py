@@ -26,16 +26,39 @@ TRUNCATED_HEADER = "tsad.truncated"
 _MAX_DETAIL = 512
 
 
-def anomaly_value(series: str, ts: float, value: float, predicted: float, error: float, score: float,
-                  threshold: float, model: str, model_version, topic: str, partition: int, offset: int,
-                  lower: float | None = None, upper: float | None = None) -> bytes:
+def anomaly_value(
+    series: str,
+    ts: float,
+    value: float,
+    predicted: float,
+    error: float,
+    score: float,
+    threshold: float,
+    model: str,
+    model_version,
+    topic: str,
+    partition: int,
+    offset: int,
+    lower: float | None = None,
+    upper: float | None = None,
+) -> bytes:
     """JSON bytes of one anomaly record (``lower``/``upper``: NaN or None are written as null)."""
-    return orjson.dumps({
-        "series": series, "ts": ts, "value": value, "predicted": predicted,
-        "lower": _finite(lower), "upper": _finite(upper), "error": error,
-        "score": score, "threshold": threshold, "model": model, "model_version": model_version,
-        "source": {"topic": topic, "partition": partition, "offset": offset},
-    })
+    return orjson.dumps(
+        {
+            "series": series,
+            "ts": ts,
+            "value": value,
+            "predicted": predicted,
+            "lower": _finite(lower),
+            "upper": _finite(upper),
+            "error": error,
+            "score": score,
+            "threshold": threshold,
+            "model": model,
+            "model_version": model_version,
+            "source": {"topic": topic, "partition": partition, "offset": offset},
+        }
+    )
 
 
 def _finite(x: float | None) -> float | None:

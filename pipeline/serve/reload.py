@@ -61,14 +61,14 @@ class ChampionWatcher:
         self._next_check = now + self.interval_s
         try:
             version = self.registry.champion(self.name)
-        except Exception as error:  # noqa: BLE001 - an unreadable pointer must not stop scoring
+        except Exception as error:
             log.warning("cannot read champion pointer of %s: %s", self.name, error)
             return ReloadOutcome(error=f"{type(error).__name__}: {error}", pointer_error=True)
         if version is None or version == self.serving or version in self.refused:
             return None
         try:
             bundle = apply_precision(self.registry.load(self.name, version), self.precision)
-        except Exception as error:  # noqa: BLE001 - corrupt or unloadable: refuse, keep serving
+        except Exception as error:
             self.refused.add(version)
             log.error("refusing %s v%s: %s", self.name, version, error)
             return ReloadOutcome(refused_version=version, error=f"{type(error).__name__}: {error}")

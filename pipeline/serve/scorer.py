@@ -45,16 +45,17 @@ import numpy as np
 import orjson
 from kafka.structs import TopicPartition
 
-from pipeline.serve.decode import DecodedBatch, decode_batch, decode_columns, decode_one
+from models.detection.detector import DUPLICATE, SCORED, WARMUP, StreamingDetector
+from models.detection.detector import OUT_OF_ORDER as ST_OUT_OF_ORDER
 from pipeline.events import DUPLICATE_TIMESTAMP, INTERNAL_ERROR, OUT_OF_ORDER, Event
 from pipeline.kafka.feed import Batch, EventFeed, PartitionReset, Rebalance, SkippedRange
 from pipeline.kafka.feed_guard import UNDECODABLE_BATCH
 from pipeline.kafka.feed_process import MERGE_RECORDS, FetchProcess
-from pipeline.serve.isolate import process_isolated
 from pipeline.metrics import ScorerMetrics
+from pipeline.serve.decode import DecodedBatch, decode_batch, decode_columns, decode_one
+from pipeline.serve.isolate import process_isolated
 from pipeline.serve.outputs import Outputs, ProduceFailed, Source
 from pipeline.serve.records import anomaly_value
-from models.detection.detector import DUPLICATE, OUT_OF_ORDER as ST_OUT_OF_ORDER, SCORED, WARMUP, StreamingDetector
 
 log = logging.getLogger(__name__)
 __all__ = ["DecodedBatch", "ProduceFailed", "Scorer", "ScorerStats", "decode_batch", "decode_columns"]
@@ -84,13 +85,13 @@ def observe_many(histogram, values: np.ndarray) -> None:
     if len(values) == 0:
         return
     try:
-        bounds = histogram._upper_bounds  # noqa: SLF001 - no public bulk observe in prometheus_client
-        buckets = histogram._buckets  # noqa: SLF001
+        bounds = histogram._upper_bounds
+        buckets = histogram._buckets
         counts = np.bincount(np.searchsorted(np.asarray(bounds[:-1]), values, side="left"), minlength=len(bounds))
         for bucket, c in zip(buckets, counts.tolist()):
             if c:
                 bucket.inc(c)
-        histogram._sum.inc(float(np.sum(values)))  # noqa: SLF001
+        histogram._sum.inc(float(np.sum(values)))
     except AttributeError:
         for v in values.tolist():
             histogram.observe(v)
@@ -105,9 +106,19 @@ class Scorer:
     polls, scores and commits in turn (``pipeline.kafka.feed.EventFeed`` in-process). Same semantics.
     """
 
-    def __init__(self, settings, detector: StreamingDetector, metrics: ScorerMetrics | None = None, *,
-                 watcher=None, replay_messages: int = 20_000, poll_timeout_ms: int = 200,
-                 on_anomaly=None, producer=None, fetch_process: bool = True):
+    def __init__(
+        self,
+        settings,
+        detector: StreamingDetector,
+        metrics: ScorerMetrics | None = None,
+        *,
+        watcher=None,
+        replay_messages: int = 20_000,
+        poll_timeout_ms: int = 200,
+        on_anomaly=None,
+        producer=None,
+        fetch_process: bool = True,
+    ):
         from pipeline.kafka.clients import make_producer
 
         self.settings = settings
@@ -127,22 +138,37 @@ class Scorer:
         self.latency_log: list | None = None
         self.producer = producer or make_producer(self.kafka, linger_ms=5)
         every = getattr(settings, "commit_every_events", 20_000)
-        self.outputs = Outputs(self.producer, self.kafka, settings.max_message_bytes,
-                               commit_interval_ms=getattr(settings, "commit_interval_ms", 1000),
-                               commit_every_events=every, on_internal_error=self._late_internal_error)
+        self.outputs = Outputs(
+            self.producer,
+            self.kafka,
+            settings.max_message_bytes,
+            commit_interval_ms=getattr(settings, "commit_interval_ms", 1000),
+            commit_every_events=every,
+            on_internal_error=self._late_internal_error,
+        )
         if fetch_process:
-            self.feed = FetchProcess(self.kafka, replay_messages=replay_messages, poll_timeout_ms=poll_timeout_ms,
-                                     merge_records=max(min(MERGE_RECORDS, every), self.kafka.max_poll_records),
-                                     before_revoke_ack=self.checkpoint)
+            self.feed = FetchProcess(
+                self.kafka,
+                replay_messages=replay_messages,
+                poll_timeout_ms=poll_timeout_ms,
+                merge_records=max(min(MERGE_RECORDS, every), self.kafka.max_poll_records),
+                before_revoke_ack=self.checkpoint,
+            )
         else:  # inside the rebalance callback only the producer may be flushed; the commit follows it
-            self.feed = EventFeed(self.kafka, replay_messages=replay_messages, poll_timeout_ms=poll_timeout_ms,
-                                  before_revoke=lambda _revoked: self.producer.flush())
+            self.feed = EventFeed(
+                self.kafka,
+                replay_messages=replay_messages,
+                poll_timeout_ms=poll_timeout_ms,
+                before_revoke=lambda _revoked: self.producer.flush(),
+            )
         self._publish_model_info()
 
     # ------------------------------------------------------------------ model
     def _publish_model_info(self) -> None:
         d = self.detector
-        self.metrics.model_info.info({"name": d.model_name, "kind": str(d.bundle.kind), "version": str(d.model_version)})
+        self.metrics.model_info.info(
+            {"name": d.model_name, "kind": str(d.bundle.kind), "version": str(d.model_version)}
+        )
         try:
             self.metrics.model_version.set(float(d.model_version))
         except (TypeError, ValueError):
@@ -178,7 +204,7 @@ class Scorer:
         bundle = outcome.bundle
         try:
             self.detector.swap_model(bundle)
-        except Exception as error:  # noqa: BLE001 - unservable: refuse, keep the old model
+        except Exception as error:
             watcher.refuse(bundle.version)
             self.metrics.reload_failures.inc()
             reloads.labels(watcher.name, "refused").inc()
@@ -261,8 +287,11 @@ class Scorer:
             self.checkpoint()  # (fetch process: done before the revoke was acknowledged; in-process: now)
             self._rebalanced(item)
         elif isinstance(item, PartitionReset):
-            log.warning("partition log reset on %s (%s): scoring from the new log start", sorted(
-                f"{tp.topic}-{tp.partition}" for tp in item.tps), item.why)
+            log.warning(
+                "partition log reset on %s (%s): scoring from the new log start",
+                sorted(f"{tp.topic}-{tp.partition}" for tp in item.tps),
+                item.why,
+            )
             for tp in item.tps:
                 self.metrics.partition_resets.labels(tp.topic).inc()
         elif isinstance(item, SkippedRange):
@@ -283,7 +312,7 @@ class Scorer:
 
     def _has_lag(self, tp) -> bool:
         try:
-            return (tp.topic, str(tp.partition)) in self.metrics.consumer_lag._metrics  # noqa: SLF001
+            return (tp.topic, str(tp.partition)) in self.metrics.consumer_lag._metrics
         except AttributeError:
             return False
 
@@ -310,14 +339,20 @@ class Scorer:
         limit, id_limit = self.settings.max_message_bytes, self.settings.max_series_id_length
         try:
             return decode_columns(batch.values, batch.keys, limit, id_limit)
-        except Exception as error:  # noqa: BLE001 - decode_one isolates each message
+        except Exception as error:
             log.error("batch decode failed (%s: %s); decoding message by message", type(error).__name__, error)
-        items = [decode_one(raw, key, max_message_bytes=limit, max_series_id_length=id_limit)
-                 for raw, key in zip(batch.values, batch.keys)]
+        items = [
+            decode_one(raw, key, max_message_bytes=limit, max_series_id_length=id_limit)
+            for raw, key in zip(batch.values, batch.keys)
+        ]
         ok = [i for i, item in enumerate(items) if type(item) is Event]
-        return DecodedBatch([items[i].series for i in ok], np.array([items[i].ts for i in ok], dtype=np.float64),
-                            np.array([items[i].value for i in ok], dtype=np.float64), np.array(ok, dtype=np.int64),
-                            [(i, item) for i, item in enumerate(items) if type(item) is not Event])
+        return DecodedBatch(
+            [items[i].series for i in ok],
+            np.array([items[i].ts for i in ok], dtype=np.float64),
+            np.array([items[i].value for i in ok], dtype=np.float64),
+            np.array(ok, dtype=np.int64),
+            [(i, item) for i, item in enumerate(items) if type(item) is not Event],
+        )
 
     def _score(self, batch: Batch) -> bool:
         """Decode, score and send one batch's records (committed at a later checkpoint).
@@ -344,8 +379,9 @@ class Scorer:
         failed = np.zeros(n, dtype=bool)  # became internal_error after decoding
 
         def source(i: int) -> Source:
-            return Source(keys[i], bytes(raw_values[i]) if raw_values[i] is not None else b"", int(partitions[i]),
-                          int(offsets[i]))
+            return Source(
+                keys[i], bytes(raw_values[i]) if raw_values[i] is not None else b"", int(partitions[i]), int(offsets[i])
+            )
 
         def reject(i: int, reason: str, detail: str) -> None:
             outputs.dead_letter(source(i), reason, detail)
@@ -356,8 +392,14 @@ class Scorer:
             if isinstance(error, ProduceFailed):
                 raise error
             detail = f"{stage}: {type(error).__name__}: {error}"
-            log.error("message %s/%d/%d dead-lettered as %s: %s", topic_in, int(partitions[i]), int(offsets[i]),
-                      INTERNAL_ERROR, detail)
+            log.error(
+                "message %s/%d/%d dead-lettered as %s: %s",
+                topic_in,
+                int(partitions[i]),
+                int(offsets[i]),
+                INTERNAL_ERROR,
+                detail,
+            )
             failed[i] = True
             reject(i, INTERNAL_ERROR, detail)
 
@@ -371,7 +413,7 @@ class Scorer:
             if replay is None or not replay[i]:
                 try:
                     reject(i, item.reason, item.detail)
-                except Exception as error:  # noqa: BLE001
+                except Exception as error:
                     isolate(i, "dead-lettering", error)
         status = result.status
         # rejected by the detector: duplicate / out-of-order timestamps
@@ -380,9 +422,12 @@ class Scorer:
             reason = DUPLICATE_TIMESTAMP if status[j] == DUPLICATE else OUT_OF_ORDER
             try:
                 detail = f"series {dec.series[j]!r}: timestamp {dec.ts[j]} " + (
-                    "equals the last accepted one" if reason == DUPLICATE_TIMESTAMP else "is older than the last accepted one")
+                    "equals the last accepted one"
+                    if reason == DUPLICATE_TIMESTAMP
+                    else "is older than the last accepted one"
+                )
                 reject(i, reason, detail)
-            except Exception as error:  # noqa: BLE001
+            except Exception as error:
                 isolate(i, "dead-lettering", error)
         # anomalies
         n_anom = 0
@@ -391,15 +436,28 @@ class Scorer:
             try:
                 model, version = result.model_at(j)
                 lower, upper = result.band_at(j)
-                value = anomaly_value(sid, float(dec.ts[j]), float(dec.values[j]), float(result.predicted[j]),
-                                      float(result.error[j]), float(result.score[j]), result.threshold, model,
-                                      version, topic_in, int(partitions[i]), int(offsets[i]), lower, upper)
+                value = anomaly_value(
+                    sid,
+                    float(dec.ts[j]),
+                    float(dec.values[j]),
+                    float(result.predicted[j]),
+                    float(result.error[j]),
+                    float(result.score[j]),
+                    result.threshold,
+                    model,
+                    version,
+                    topic_in,
+                    int(partitions[i]),
+                    int(offsets[i]),
+                    lower,
+                    upper,
+                )
                 outputs.send(topic_out, sid.encode("utf-8"), value, source(i))
                 n_anom += 1
                 metrics.model_anomalies.labels(model).inc()
                 if self.on_anomaly is not None:
                     self.on_anomaly(orjson.loads(value))
-            except Exception as error:  # noqa: BLE001 - this message alone
+            except Exception as error:
                 isolate(i, "building or producing its anomaly record", error)
         outputs.add(batch.commit_offsets, batch.epoch, n)
 
@@ -473,7 +531,7 @@ class Scorer:
         for observer in self.observers:
             try:
                 observer.observe(dec.series, dec.ts, dec.values, result, is_new)
-            except Exception as error:  # noqa: BLE001
+            except Exception as error:
                 log.error("observer %s failed: %s: %s", type(observer).__name__, type(error).__name__, error)
 
     def _prune_series_by_tp(self) -> None:
@@ -482,4 +540,3 @@ class Scorer:
         for tp, ids in self._series_by_tp.items():
             ids.intersection_update(tracked)
         self._evictions_since_prune = 0
-

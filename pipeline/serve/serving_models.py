@@ -8,17 +8,18 @@ A model whose champion cannot be loaded raises ``ModelLoadError`` naming it.
 
 from __future__ import annotations
 
-from pipeline.serve.reload import ChampionWatcher
-from models.routing import Routing
 from models.detection.detector import DetectorConfig, StreamingDetector
+from models.routing import Routing
+from pipeline.serve.reload import ChampionWatcher
 
 
 class ModelLoadError(RuntimeError):
     """A routed model has no loadable champion."""
 
 
-def build_detector(registry_dir, routing: Routing, config: DetectorConfig, reload_interval: float = 1.0,
-                   precision: str = "fp32"):
+def build_detector(
+    registry_dir, routing: Routing, config: DetectorConfig, reload_interval: float = 1.0, precision: str = "fp32"
+):
     """``(detector, [ChampionWatcher])`` for ``routing`` (see the module docstring)."""
     from models.registry import ModelRegistry
 
@@ -28,7 +29,7 @@ def build_detector(registry_dir, routing: Routing, config: DetectorConfig, reloa
         watcher = ChampionWatcher(registry, name, None, interval_s=reload_interval, precision=precision)
         try:
             bundle = watcher.load_initial()
-        except Exception as error:  # noqa: BLE001 - one clear line per model
+        except Exception as error:
             raise ModelLoadError(f"cannot load the champion of model {name!r} from {registry_dir}: {error}") from error
         detectors[name] = StreamingDetector(bundle, config)
         watchers.append(watcher)

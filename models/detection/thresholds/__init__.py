@@ -12,9 +12,16 @@ of each hour) and ``daily_repeat.DailyRepeats`` (an alarm in the same hour as ye
 
 from models.detection.thresholds.error_likelihood import ErrorLikelihood, LikelihoodConfig, score_series, tail_score
 from models.detection.thresholds.static import StaticThreshold
-from models.detection.thresholds.telemanom import TelemanomThreshold, find_epsilon, find_anomalies, prune_sequences
+from models.detection.thresholds.telemanom import TelemanomThreshold, find_anomalies, find_epsilon, prune_sequences
 
 __all__ = [
-    "ErrorLikelihood", "LikelihoodConfig", "StaticThreshold", "TelemanomThreshold",
-    "find_anomalies", "find_epsilon", "prune_sequences", "score_series", "tail_score",
+    "ErrorLikelihood",
+    "LikelihoodConfig",
+    "StaticThreshold",
+    "TelemanomThreshold",
+    "find_anomalies",
+    "find_epsilon",
+    "prune_sequences",
+    "score_series",
+    "tail_score",
 ]

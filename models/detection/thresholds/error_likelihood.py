@@ -55,17 +55,24 @@ leave the likelihood state unchanged and score 0 (the spatial check still applie
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from statistics import NormalDist
-from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
 from models.core.streaming import StreamingState, grow, rounds
 from models.detection.thresholds.daily_repeat import DailyRepeats, repeat_one
-from models.detection.thresholds.time_of_day import (DAY_SECONDS, UNSEEN, TimeOfDayProfile, bin_of, bin_one, decode_one,
-                                           encode_one)
+from models.detection.thresholds.time_of_day import (
+    DAY_SECONDS,
+    UNSEEN,
+    TimeOfDayProfile,
+    bin_of,
+    bin_one,
+    decode_one,
+    encode_one,
+)
 
 # Hot path helpers: the ufunc behind np.clip without its Python wrapper (same results), and
 # np.count_nonzero(mask) as the cheap any()/all() test of a mask.
@@ -83,22 +90,22 @@ _CCOUNT_MAX = 255
 class LikelihoodConfig:
     """Tunables of :class:`ErrorLikelihood`; the on/off steps are chosen by ``tsad backtest --cv`` (docs/detection.md)."""
 
-    short_alpha: float = 0.1       # EWMA weight of the short error average (~10 events)
-    long_alpha: float = 0.002      # EWMA weight of the long-run error statistics (~500 events)
-    threshold: float = 0.5         # flag when score >= threshold (0.5: tail probability 1e-5)
-    warmup: int = 100              # errors a series needs before it may flag
-    refractory: int = 40           # events after a flag during which no new flag is raised (score 0)
-    min_std: float = 1e-6          # absolute floor of the error std (error units)
-    min_std_frac: float = 0.1      # floor of the std relative to the mean error level
-    clip_z: float = 8.0            # long statistics learn short clipped at mu + clip_z*std
+    short_alpha: float = 0.1  # EWMA weight of the short error average (~10 events)
+    long_alpha: float = 0.002  # EWMA weight of the long-run error statistics (~500 events)
+    threshold: float = 0.5  # flag when score >= threshold (0.5: tail probability 1e-5)
+    warmup: int = 100  # errors a series needs before it may flag
+    refractory: int = 40  # events after a flag during which no new flag is raised (score 0)
+    min_std: float = 1e-6  # absolute floor of the error std (error units)
+    min_std_frac: float = 0.1  # floor of the std relative to the mean error level
+    clip_z: float = 8.0  # long statistics learn short clipped at mu + clip_z*std
     slow_alpha: float | None = None  # EWMA weight of a second, slower error average (0.04: ~25 events); None: off
-                                     # (off by default: it lost out of sample, see docs/detection.md)
-    short_weight: float = 0.5      # with slow_alpha: score = max(short_weight*short score, slow score);
-                                   # 0.5 with threshold 0.5: the short scale alone alarms only at Q <= 1e-10
+    # (off by default: it lost out of sample, see docs/detection.md)
+    short_weight: float = 0.5  # with slow_alpha: score = max(short_weight*short score, slow score);
+    # 0.5 with threshold 0.5: the short scale alone alarms only at Q <= 1e-10
     spatial_tolerance: float | None = 0.05  # value outside [min, max] +- tol*(max-min) -> score 1; None: off
     seasonal_bins: int | None = 24  # time-of-day context: bins per (UTC) day; None: off
-    seasonal_days: float = 3.0      # memory of a time-of-day bin's level (days)
-    repeat_bins: int | None = 24    # daily repeats: an alarm in the same bin (hour) as one yesterday scores 0; None: off
+    seasonal_days: float = 3.0  # memory of a time-of-day bin's level (days)
+    repeat_bins: int | None = 24  # daily repeats: an alarm in the same bin (hour) as one yesterday scores 0; None: off
 
     def __post_init__(self) -> None:
         for name in ("short_alpha", "long_alpha"):
@@ -254,8 +261,7 @@ class ErrorLikelihood(StreamingState):
         rep = self.repeats.bytes_per_series() if self.repeats is not None else 0
         return STATE_BYTES + (SLOW_BYTES if self.config.slow_alpha is not None else 0) + ctx + rep
 
-    def step(self, series_idx, errors, values=None, alert=True, times=None, dt=None
-             ) -> tuple[np.ndarray, np.ndarray]:
+    def step(self, series_idx, errors, values=None, alert=True, times=None, dt=None) -> tuple[np.ndarray, np.ndarray]:
         """Fold ``errors (n,)`` (and raw ``values (n,)``, epoch-second ``times (n,)`` with each series' step
         ``dt (n,)`` to them) of ``series_idx (n,)`` in -> ``(scores, flags)``."""
         idx = np.atleast_1d(np.asarray(series_idx, dtype=np.int64))
@@ -273,8 +279,13 @@ class ErrorLikelihood(StreamingState):
             self.ensure(int(idx.max()) + 1)
             for sel in rounds(idx):
                 scores[sel], flags[sel] = self.step_unique(
-                    idx[sel], e[sel], None if v is None else v[sel], a[sel],
-                    None if t is None else t[sel], None if d is None else d[sel])
+                    idx[sel],
+                    e[sel],
+                    None if v is None else v[sel],
+                    a[sel],
+                    None if t is None else t[sel],
+                    None if d is None else d[sel],
+                )
         return scores, flags
 
     def step_unique(self, i, e, v=None, alert=True, t=None, dt=None) -> tuple[np.ndarray, np.ndarray]:
@@ -297,9 +308,9 @@ class ErrorLikelihood(StreamingState):
             all_fin = np.count_nonzero(fin) == len(fin)
             if cfg.spatial_tolerance is not None:
                 tol = cfg.spatial_tolerance * (hi - lo)
-                spatial = (v > hi + tol)
-                spatial |= (v < lo - tol)
-                spatial &= (hi > lo)
+                spatial = v > hi + tol
+                spatial |= v < lo - tol
+                spatial &= hi > lo
                 if not all_fin:
                     spatial &= fin
                 if not np.count_nonzero(spatial):
@@ -351,7 +362,7 @@ class ErrorLikelihood(StreamingState):
         tails = tail_score(np.concatenate(zs)) if len(zs) > 1 else tail_score(zs[0])
         s = tails[:n]
         if slow_on:
-            s = np.maximum(cfg.short_weight * s, tails[n:2 * n])
+            s = np.maximum(cfg.short_weight * s, tails[n : 2 * n])
         if not all_ok:
             s = np.where(ok, s, 0.0)
         if context:
@@ -380,15 +391,31 @@ class ErrorLikelihood(StreamingState):
         # long statistics: plain running mean/var during warm-up, then EWMA; learn the clipped value
         a = _learning_rate(count, young, cfg)
         mu_new, var_new = _learn_clipped(short, mu, var, std, a, cfg.clip_z)
-        _store(i, ok, all_ok, (self.mu, mu_new), (self.var, var_new), (self.short, short),
-               (self.count, np.minimum(count + 1, _NEVER)))
+        _store(
+            i,
+            ok,
+            all_ok,
+            (self.mu, mu_new),
+            (self.var, var_new),
+            (self.short, short),
+            (self.count, np.minimum(count + 1, _NEVER)),
+        )
         if slow_on:  # the slow average's spread around the same mu
-            _store(i, ok, all_ok, (self.slow, slow), (self.svar, _learn_clipped(slow, mu, svar, sstd, a, cfg.clip_z)[1]))
+            _store(
+                i, ok, all_ok, (self.slow, slow), (self.svar, _learn_clipped(slow, mu, svar, sstd, a, cfg.clip_z)[1])
+            )
         if context:
             ca = _learning_rate(ccount, ccount < cfg.warmup, cfg)
             cmu_new, cvar_new = _learn_clipped(cslow, cmu, cvar, cstd, ca, cfg.clip_z)
-            _store(i, rok, np.count_nonzero(rok) == n, (self.cslow, cslow), (self.cmu, cmu_new), (self.cvar, cvar_new),
-                   (self.ccount, np.minimum(ccount.astype(np.int64) + 1, _CCOUNT_MAX)))
+            _store(
+                i,
+                rok,
+                np.count_nonzero(rok) == n,
+                (self.cslow, cslow),
+                (self.cmu, cmu_new),
+                (self.cvar, cvar_new),
+                (self.ccount, np.minimum(ccount.astype(np.int64) + 1, _CCOUNT_MAX)),
+            )
             self.profile.learn(i, tbin, v, level, dt, new_lo, new_hi, fin & ~flag)
         since = np.minimum(since, _NEVER)
         self.since[i] = np.where(flag, 0, since) if np.count_nonzero(flag) else since
@@ -402,8 +429,9 @@ class ErrorLikelihood(StreamingState):
         return np.asarray(scores) >= self.config.threshold
 
 
-def score_series(errors, config: LikelihoodConfig | None = None, values=None, alert=None, times=None
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def score_series(
+    errors, config: LikelihoodConfig | None = None, values=None, alert=None, times=None
+) -> tuple[np.ndarray, np.ndarray]:
     """One series' ``errors (time,)`` (+ ``values``, ``alert``, epoch-second ``times``) -> ``(scores (time,),
     flags (time,))``. The time-of-day context needs ``values`` and ``times`` (each row's ``dt`` is the
     step from the row before), the daily repeats ``times``.

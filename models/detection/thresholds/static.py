@@ -18,10 +18,12 @@ class StaticThreshold(StreamingState):
         self.threshold = self.k
 
     @classmethod
-    def from_calibration(cls, calibration: dict, k: float | None = None, smoothed: bool = False) -> "StaticThreshold":
+    def from_calibration(cls, calibration: dict, k: float | None = None, smoothed: bool = False) -> StaticThreshold:
         """From ``bundle.calibration`` (raw errors, or EWMA-smoothed ones with ``smoothed=True``)."""
         prefix = "smoothed_" if smoothed else ""
-        return cls(calibration[prefix + "mean"], calibration[prefix + "std"], calibration.get("k", 5.0) if k is None else k)
+        return cls(
+            calibration[prefix + "mean"], calibration[prefix + "std"], calibration.get("k", 5.0) if k is None else k
+        )
 
     @property
     def error_threshold(self) -> float:

@@ -106,8 +106,14 @@ class TelemanomThreshold(StreamingState):
     threshold = 1.0
 
     def __init__(
-        self, alpha: float = 0.1, p: float = 0.13, window: int = 2000, refit_every: int = 100,
-        min_history: int = 200, initial_epsilon: float = np.inf, z_values=Z_VALUES,
+        self,
+        alpha: float = 0.1,
+        p: float = 0.13,
+        window: int = 2000,
+        refit_every: int = 100,
+        min_history: int = 200,
+        initial_epsilon: float = np.inf,
+        z_values=Z_VALUES,
     ):
         self.alpha, self.p, self.window, self.refit_every = alpha, p, window, refit_every
         self.min_history, self.initial_epsilon, self.z_values = min_history, initial_epsilon, tuple(z_values)
