@@ -291,7 +291,7 @@ def test_prometheus_ingests_the_scorer_and_fires_the_anomaly_rate_alert(kafka_se
     fired_after = time.monotonic() - burst_start
     alert = next(a for a in api(url, "alerts")["alerts"] if a["labels"]["alertname"] == "TsadAnomalyRateHigh")
     assert alert["labels"]["severity"] == "page" and alert["labels"]["job"] == "tsad-scorer"
-    assert alert["annotations"]["runbook"].endswith("#alert-tsadanomalyratehigh")
+    assert alert["annotations"]["runbook"].endswith("docs/operations.md#alert-tsadanomalyratehigh")
     print(
         f"TsadAnomalyRateHigh firing {fired_after:.1f} s after the burst was published; "
         f"anomaly share {query_value(url, 'job:tsad_anomalies_per_scored:ratio_rate5m'):.1%}"
