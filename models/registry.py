@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from models.forecasting.bundle import ModelBundle
+from models.forecasting.calibration import Calibration
 from models.forecasting.forecasters import ForecasterConfig
 from models.forecasting.windows import SeriesNormalizer
 
@@ -233,7 +234,7 @@ class ModelRegistry:
                     "normalizers": {
                         sid: SeriesNormalizer.from_dict(n).to_dict() for sid, n in bundle.normalizers.items()
                     },
-                    "calibration": bundle.calibration,
+                    "calibration": bundle.calibration.to_dict() if bundle.calibration is not None else None,
                     "metrics": all_metrics,
                     "sha256": _sha256(tmp / "weights.pt"),
                     "created_at": datetime.now(UTC).isoformat(),
@@ -292,7 +293,7 @@ class ModelRegistry:
                 config=config,
                 forecaster=model,
                 normalizers=normalizers,
-                calibration=calibration,
+                calibration=Calibration.from_dict(calibration),
                 metrics=metrics,
                 meta=meta,
             )

@@ -36,8 +36,9 @@ def test_learns_noisy_sine_to_noise_floor(trained):
     assert report.best_val_loss < 1.6 * noise_mse  # many-to-many val includes 3-step-ahead forecasts
     assert report.wall_time_s < 60 and report.device == "cpu" and report.windows_per_s > 0
     cal = bundle.calibration
-    assert cal["n"] > 700 and cal["threshold"] == pytest.approx(cal["mean"] + cal["k"] * cal["std"])
-    assert cal["mean"] < 1.5 * noise_mse**0.5 * np.sqrt(2 / np.pi)  # E|N(0, s)| = s * sqrt(2/pi)
+    assert cal is not None and cal.n is not None and cal.n > 700 and cal.k == 5.0
+    assert cal.threshold == cal.error_mean + cal.k * cal.error_std
+    assert cal.error_mean < 1.5 * noise_mse**0.5 * np.sqrt(2 / np.pi)  # E|N(0, s)| = s * sqrt(2/pi)
     assert bundle.forecaster.training is False and next(bundle.forecaster.parameters()).device.type == "cpu"
 
 
@@ -81,4 +82,4 @@ def test_nan_gaps_are_tolerated():
     for kind in CONFIGS:
         cfg = ForecasterConfig(kind=kind, window=16, hidden=8)
         bundle, report = fit(cfg, {"s": x}, epochs=1, progress=False, num_threads=1)
-        assert np.isfinite(report.train_loss[0]) and np.isfinite(bundle.calibration["mean"])
+        assert np.isfinite(report.train_loss[0]) and np.isfinite(bundle.calibration.error_mean)

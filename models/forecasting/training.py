@@ -329,7 +329,11 @@ def _fit(
         n_series=len(series),
         extra={"batch_size": bs, "lr": lr, "seed": seed},
     )
-    metrics = {"val_mse": best, "val_abs_error_mean": calibration.get("mean"), "epochs": report.epochs}
+    metrics = {
+        "val_mse": best,
+        "val_abs_error_mean": calibration.error_mean if calibration else None,
+        "epochs": report.epochs,
+    }
     bundle = ModelBundle(
         name=name,
         kind=config.kind,
