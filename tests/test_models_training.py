@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.detection.thresholds import StaticThreshold
 from models.forecasting.forecasters import ForecasterConfig
-from models.forecasting.inference import series_errors
+from models.forecasting.inference import prediction_errors
 from models.forecasting.training import fit
 
 PERIOD, NOISE, N = 50, 0.1, 4000
@@ -44,11 +43,11 @@ def test_learns_noisy_sine_to_noise_floor(trained):
 
 def test_flags_spikes_and_level_shift_not_clean_data(trained):
     train, bundle, _ = trained
-    detector = StaticThreshold.from_calibration(bundle.calibration)
+    threshold = bundle.calibration.threshold  # the calibrated static threshold, mean + k * std
 
     def flags(continuation):
-        errors = series_errors(bundle, "s", np.concatenate([train, continuation]))[N:]
-        return detector.is_anomaly(detector.score_batch(errors))
+        normed = bundle.normalizer("s").transform(np.concatenate([train, continuation]))
+        return prediction_errors(bundle.forecaster, normed)[N:] > threshold
 
     assert flags(sine(1000, N, seed=1)).sum() == 0
     dirty = sine(1000, N, seed=1)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from models.forecasting.errors import combine_horizon_errors
-from models.forecasting.windows import SeriesNormalizer, as_2d
+from models.forecasting.windows import as_2d
 
 CHUNK = 8192  # windows per forward pass for many-to-one
 
@@ -46,10 +46,3 @@ def prediction_errors(model, values: np.ndarray, metric: str = "abs") -> np.ndar
     """Per-step error ``(time,)`` of a normalised series (mean over covering forecasts; NaN when none)."""
     arr = as_2d(values)
     return combine_horizon_errors(predict_series(model, arr), arr[:, 0], metric)
-
-
-def series_errors(bundle, series_id: str, values: np.ndarray, metric: str = "abs") -> np.ndarray:
-    """Errors ``(time,)`` for a raw series, normalised with the bundle's normaliser for ``series_id``
-    (a series unseen in training is normalised with statistics fitted on ``values`` itself)."""
-    norm = bundle.normalizer(series_id) or SeriesNormalizer.fit(values)
-    return prediction_errors(bundle.forecaster, norm.transform(as_2d(values)), metric)
