@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from models.core.timeutil import to_epoch_seconds as to_epoch_seconds  # re-exported: part of the calendar API
+
 CALENDAR_DIM = 4  # with the weekly columns; 2 without
 
 
@@ -35,14 +37,6 @@ def calendar_features(epoch_s, week: bool = True) -> np.ndarray:
         wk = (2 * np.pi / WEEK_S) * np.mod(t + _MONDAY_OFFSET_S, WEEK_S)
         out[:, 2], out[:, 3] = np.sin(wk), np.cos(wk)
     return out
-
-
-def to_epoch_seconds(timestamps) -> np.ndarray:
-    """datetime64 (any unit) or numbers (epoch seconds) ``(n,)`` -> float64 epoch seconds ``(n,)``."""
-    arr = np.asarray(timestamps)
-    if np.issubdtype(arr.dtype, np.datetime64):
-        return arr.astype("datetime64[ns]").astype(np.int64) / 1e9
-    return arr.astype(np.float64)
 
 
 def with_calendar(values_2d: np.ndarray, epoch_s, week: bool = True) -> np.ndarray:

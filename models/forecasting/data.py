@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
+from models.core.timeutil import to_epoch
 from models.forecasting.windows import regularize
 
 
@@ -59,15 +59,8 @@ def load_label_windows(path: str | Path) -> dict[str, list[tuple[float, float]]]
     raw = json.loads(path.read_text())
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a JSON object of file -> [[start, end], ...]")
-
-    def epoch(text: str) -> float:
-        moment = datetime.fromisoformat(str(text))
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        return moment.timestamp()
-
     try:
-        return {key: [(epoch(a), epoch(b)) for a, b in windows] for key, windows in raw.items()}
+        return {key: [(to_epoch(str(a)), to_epoch(str(b))) for a, b in windows] for key, windows in raw.items()}
     except (TypeError, ValueError) as error:
         raise ValueError(f"{path}: bad label window ({error})") from error
 

@@ -21,11 +21,11 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from torch import nn
 
+from models.core.kinds import KINDS
 from models.forecasting.calendar import calendar_dim
 
 State = tuple[torch.Tensor, torch.Tensor]
 
-KINDS = ("many-to-one", "many-to-many")
 CELLS = ("lstm", "gru")
 DECODERS = ("stateful", "encoder-decoder")
 
