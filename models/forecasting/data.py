@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from models.core.timeutil import to_epoch
 from models.forecasting.windows import regularize
@@ -28,10 +30,10 @@ class TrainingData:
 
     @property
     def data_range(self) -> tuple[str, str] | None:
-        return (self.start, self.end) if self.start else None
+        return (self.start, self.end) if self.start and self.end else None
 
 
-def _regular(ts, values) -> tuple[np.ndarray, np.ndarray]:
+def _regular(ts: ArrayLike, values: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     ts_ns = np.asarray(ts, dtype="datetime64[ns]").astype(np.int64)
     return regularize(ts_ns, np.asarray(values, dtype=np.float64))
 
@@ -40,7 +42,7 @@ def _iso(ns: int) -> str:
     return str(np.datetime64(int(ns), "ns").astype("datetime64[s]"))
 
 
-def _parquet_times(ts):
+def _parquet_times(ts: Any) -> Any:
     """A Parquet ``ts`` column as UTC datetimes: numbers are epoch seconds (the archive's unit), not ns."""
     import pandas as pd
 

@@ -80,8 +80,8 @@ class EpochLoop:
         self.model.train()
         train, bs = self.data.train, self.data.batch_size
         perm = torch.randperm(len(train[0]), generator=self.gen).to(self.dev)
-        total: Any = 0.0  # a tensor after the first batch: summed on the device
-        weight: Any = 0.0
+        total: float | torch.Tensor = 0.0  # a tensor after the first batch: summed on the device
+        weight: float | torch.Tensor = 0.0
         for i in range(0, len(perm), bs):
             idx = perm[i : i + bs]
             if self.data.m2m:
@@ -94,7 +94,9 @@ class EpochLoop:
                 total, weight = total + loss.detach() * len(idx), weight + len(idx)
         return float(total / max(float(weight), 1.0))
 
-    def _m2m_batch(self, idx: torch.Tensor, total: Any, weight: Any) -> tuple[Any, Any]:
+    def _m2m_batch(
+        self, idx: torch.Tensor, total: float | torch.Tensor, weight: float | torch.Tensor
+    ) -> tuple[float | torch.Tensor, float | torch.Tensor]:
         """Truncated BPTT over one batch of segments, ``window`` steps per optimiser step."""
         x, y, m = (t[idx] for t in self.data.train)
         window = self.config.window

@@ -12,19 +12,20 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 METRICS = ("abs", "squared")
 
 
-def absolute_error(pred, actual) -> np.ndarray:
+def absolute_error(pred: ArrayLike, actual: ArrayLike) -> np.ndarray:
     return np.abs(np.asarray(pred, dtype=np.float64) - np.asarray(actual, dtype=np.float64))
 
 
-def squared_error(pred, actual) -> np.ndarray:
+def squared_error(pred: ArrayLike, actual: ArrayLike) -> np.ndarray:
     return np.square(np.asarray(pred, dtype=np.float64) - np.asarray(actual, dtype=np.float64))
 
 
-def point_error(pred, actual, metric: str = "abs") -> np.ndarray:
+def point_error(pred: ArrayLike, actual: ArrayLike, metric: str = "abs") -> np.ndarray:
     if metric == "abs":
         return absolute_error(pred, actual)
     if metric == "squared":
@@ -38,7 +39,7 @@ def _nanmean(a: np.ndarray, axis: int) -> np.ndarray:
         return np.nanmean(a, axis=axis)
 
 
-def covering_forecasts(pred: np.ndarray) -> np.ndarray:
+def covering_forecasts(pred: ArrayLike) -> np.ndarray:
     """``pred (time, horizon)`` -> ``M (time, horizon)`` with ``M[t, k] = pred[t-1-k, k]`` (NaN if t-1-k < 0)."""
     pred = np.asarray(pred, dtype=np.float64)
     time, horizon = pred.shape
@@ -46,13 +47,13 @@ def covering_forecasts(pred: np.ndarray) -> np.ndarray:
     return np.where(rows >= 0, pred[np.clip(rows, 0, None), np.arange(horizon)[None, :]], np.nan)
 
 
-def combine_horizon_errors(pred: np.ndarray, actual: np.ndarray, metric: str = "abs") -> np.ndarray:
+def combine_horizon_errors(pred: ArrayLike, actual: ArrayLike, metric: str = "abs") -> np.ndarray:
     """Error per time step ``(time,)``: mean point error over the forecasts ``pred (time, horizon)`` covering it."""
     actual = np.asarray(actual, dtype=np.float64)
     return _nanmean(point_error(covering_forecasts(pred), actual[:, None], metric), axis=1)
 
 
-def ewma(errors: np.ndarray, alpha: float) -> np.ndarray:
+def ewma(errors: ArrayLike, alpha: float) -> np.ndarray:
     """EWMA along the last axis of ``errors (..., time)``: ``s_t = a*e_t + (1-a)*s_{t-1}``, ``s_0 = e_0``.
 
     NaN errors give NaN and leave the running value unchanged.

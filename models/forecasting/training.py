@@ -19,15 +19,17 @@ train and validate each epoch, keep the best weights), ``calibrate``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from models.forecasting.batches import split_series, training_tensors
+from models.forecasting.batches import TrainingTensors, split_series, training_tensors
 from models.forecasting.bundle import ModelBundle
 from models.forecasting.calibration import calibrate
 from models.forecasting.epochs import EpochLoop
@@ -118,12 +120,7 @@ def fit(
     required when ``config.calendar_features`` (the calendar columns are appended after
     normalisation, see ``models.forecasting.calendar``), ignored otherwise.
     """
-    if not series:
-        raise ValueError("no training series")
-    if config.calendar_features:
-        missing = [sid for sid in series if timestamps is None or sid not in timestamps]
-        if missing:
-            raise ValueError(f"calendar_features needs timestamps for every series; missing {missing[:3]}")
+    _check_inputs(config, series, timestamps)
     train = TrainConfig(
         epochs=epochs,
         device=device,
@@ -139,9 +136,27 @@ def fit(
         calibration_k=calibration_k,
         num_threads=num_threads,
     )
+    with _torch_threads_restored():
+        return _fit(config, series, train, warm_start=warm_start, name=name, timestamps=timestamps)
+
+
+def _check_inputs(
+    config: ForecasterConfig, series: dict[str, np.ndarray], timestamps: dict[str, np.ndarray] | None
+) -> None:
+    if not series:
+        raise ValueError("no training series")
+    if config.calendar_features:
+        missing = [sid for sid in series if timestamps is None or sid not in timestamps]
+        if missing:
+            raise ValueError(f"calendar_features needs timestamps for every series; missing {missing[:3]}")
+
+
+@contextlib.contextmanager
+def _torch_threads_restored() -> Iterator[None]:
+    """Restore the process-wide torch thread count on exit (training on CPU sets its own)."""
     threads_before = torch.get_num_threads()
     try:
-        return _fit(config, series, train, warm_start=warm_start, name=name, timestamps=timestamps)
+        yield
     finally:
         torch.set_num_threads(threads_before)
 
@@ -155,41 +170,27 @@ def _fit(
     name: str,
     timestamps: dict[str, np.ndarray] | None,
 ) -> tuple[ModelBundle, TrainReport]:
+    """The steps of ``fit``, in order (see the module docstring)."""
     t_start = time.perf_counter()
     dev = _setup_device(train.device, train.num_threads)
-    cuda = dev.type == "cuda"
     torch.manual_seed(train.seed)  # before the model is built: its initial weights
     gen = torch.Generator().manual_seed(train.seed)  # the epochs' shuffles
-    amp_dtype = torch.bfloat16 if cuda else None
+    amp_dtype = torch.bfloat16 if dev.type == "cuda" else None
 
     split = split_series(config, series, train.val_fraction, timestamps)
     model = _build_model(config, warm_start, dev)
     opt = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
     data = training_tensors(config, split, train.tbptt_chunks, train.batch_size, dev)
-    epochs = EpochLoop(config, model, opt, data, dev, amp_dtype, gen, train.clip_norm)
-    epochs.run(train.epochs, train.patience, train.progress)
-    if epochs.best_state is not None:
-        model.load_state_dict(epochs.best_state)
+    loop = EpochLoop(config, model, opt, data, dev, amp_dtype, gen, train.clip_norm)
+    loop.run(train.epochs, train.patience, train.progress)
+    if loop.best_state is not None:
+        model.load_state_dict(loop.best_state)
     model = model.cpu().float().eval()
 
     calibration = calibrate(model, split.normed, split.cuts, k=train.calibration_k)
-    report = TrainReport(
-        epochs=len(epochs.train_loss),
-        best_epoch=epochs.best_epoch,
-        train_loss=epochs.train_loss,
-        val_loss=epochs.val_loss,
-        best_val_loss=epochs.best,
-        wall_time_s=time.perf_counter() - t_start,
-        device=str(dev),
-        amp_dtype=str(amp_dtype).removeprefix("torch.") if amp_dtype else None,
-        windows=data.n_targets,
-        windows_per_s=data.n_targets * len(epochs.train_loss) / max(epochs.train_time, 1e-9),
-        stopped_early=epochs.stopped,
-        n_series=len(series),
-        extra={"batch_size": data.batch_size, "lr": train.lr, "seed": train.seed},
-    )
+    report = _report(loop, data, train, dev, amp_dtype, n_series=len(series), wall_time_s=time.perf_counter() - t_start)
     metrics = {
-        "val_mse": epochs.best,
+        "val_mse": loop.best,
         "val_abs_error_mean": calibration.error_mean if calibration else None,
         "epochs": report.epochs,
     }
@@ -203,6 +204,33 @@ def _fit(
         metrics=metrics,
     )
     return bundle, report
+
+
+def _report(
+    loop: EpochLoop,
+    data: TrainingTensors,
+    train: TrainConfig,
+    dev: torch.device,
+    amp_dtype: torch.dtype | None,
+    *,
+    n_series: int,
+    wall_time_s: float,
+) -> TrainReport:
+    return TrainReport(
+        epochs=len(loop.train_loss),
+        best_epoch=loop.best_epoch,
+        train_loss=loop.train_loss,
+        val_loss=loop.val_loss,
+        best_val_loss=loop.best,
+        wall_time_s=wall_time_s,
+        device=str(dev),
+        amp_dtype=str(amp_dtype).removeprefix("torch.") if amp_dtype else None,
+        windows=data.n_targets,
+        windows_per_s=data.n_targets * len(loop.train_loss) / max(loop.train_time, 1e-9),
+        stopped_early=loop.stopped,
+        n_series=n_series,
+        extra={"batch_size": data.batch_size, "lr": train.lr, "seed": train.seed},
+    )
 
 
 def _setup_device(device: str, num_threads: int | None) -> torch.device:
