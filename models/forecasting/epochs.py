@@ -46,6 +46,7 @@ class EpochLoop:
         self.train_time = 0.0  # seconds spent in training passes (device-synchronised)
 
     def run(self, epochs: int, patience: int, progress: bool) -> None:
+        """Up to ``epochs`` epochs; stops after ``patience`` epochs without improvement (``stopped``)."""
         cuda = self.dev.type == "cuda"
         with _progress(progress) as bar:
             task = bar.add_task("training", total=epochs, loss=math.nan, val=math.nan) if bar else None
