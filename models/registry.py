@@ -11,6 +11,9 @@ see half-written versions. Mutations of one model name are serialised with an fl
 ``root/<name>/.lock`` (safe across processes on one host). A version whose files are missing,
 unreadable or whose weights do not match the recorded sha256 raises ``CorruptModelError``; it is
 never loaded, promoted or rolled back to.
+
+Long (~380 lines) because it is the whole on-disk protocol in one place: the layout, the lock,
+the atomic writes and the checks every read makes belong together.
 """
 
 from __future__ import annotations
@@ -24,12 +27,17 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+
+import torch
 
 from models.forecasting.bundle import ModelBundle
-from models.forecasting.forecasters import ForecasterConfig
+from models.forecasting.calibration import Calibration
+from models.forecasting.forecasters import ForecasterConfig, build_forecaster
 from models.forecasting.windows import SeriesNormalizer
 
 FORMAT = 1
@@ -73,7 +81,7 @@ class VersionInfo:
     version: int
     created_at: str | None
     kind: str | None
-    metrics: dict
+    metrics: dict[str, Any]
     is_champion: bool
     ok: bool  # meta.json readable and weights present (checksum is verified on load/promote)
     idempotency_key: str | None = None
@@ -87,7 +95,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     """Write ``data`` as JSON via a temporary file + ``os.replace``; the temporary file never outlives a failure."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
@@ -114,7 +122,7 @@ def _fsync_dir(path: Path) -> None:
 class ModelRegistry:
     """Versioned model store under ``root`` (see module docstring)."""
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
 
     # ------------------------------------------------------------------ paths & locking
@@ -125,7 +133,7 @@ class ModelRegistry:
         return self._model_dir(name) / f"v{version:04d}"
 
     @contextlib.contextmanager
-    def _lock(self, name: str, create: bool = True):
+    def _lock(self, name: str, create: bool = True) -> Iterator[None]:
         """Hold the model's flock; ``create=False``: a model that does not exist is an error (no
         directory is left behind by a promote or rollback of an unknown name)."""
         d = self._model_dir(name)
@@ -141,11 +149,13 @@ class ModelRegistry:
 
     # ------------------------------------------------------------------ queries
     def names(self) -> list[str]:
+        """Model names in the registry, sorted."""
         if not self.root.is_dir():
             return []
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
     def versions(self, name: str) -> list[int]:
+        """Version numbers of ``name``, ascending (none for an unknown name)."""
         d = self._model_dir(name)
         if not d.is_dir():
             return []
@@ -153,10 +163,9 @@ class ModelRegistry:
 
     def champion(self, name: str) -> int | None:
         """Current champion version, or None if none was promoted."""
-        ptr = self._read_pointer(name)
-        return ptr.get("version")
+        return self._read_pointer(name).version
 
-    def meta(self, name: str, version: int) -> dict:
+    def meta(self, name: str, version: int) -> dict[str, Any]:
         """meta.json of a version (CorruptModelError if unreadable, ModelNotFoundError if absent)."""
         vdir = self._version_dir(name, version)
         if not vdir.is_dir():
@@ -170,6 +179,7 @@ class ModelRegistry:
         return meta
 
     def list(self, name: str) -> list[VersionInfo]:
+        """Every version of ``name`` with its metadata; unreadable ones as ``ok=False``."""
         champ = self.champion(name)
         rows = []
         for v in self.versions(name):
@@ -196,7 +206,7 @@ class ModelRegistry:
     def register(
         self,
         bundle: ModelBundle,
-        metrics: dict | None = None,
+        metrics: dict[str, Any] | None = None,
         *,
         idempotency_key: str | None = None,
         data_range: tuple[str, str] | None = None,
@@ -207,55 +217,62 @@ class ModelRegistry:
         With ``idempotency_key``, a version already registered under that key is returned instead
         (re-running an Airflow interval creates no duplicate). Sets ``bundle.version``.
         """
-        import torch
-
         name = bundle.name
         with self._lock(name):
             if idempotency_key is not None:
-                for v in reversed(self.versions(name)):
-                    with contextlib.suppress(CorruptModelError):
-                        if self.meta(name, v).get("idempotency_key") == idempotency_key:
-                            bundle.version = v
-                            return v
-            version = (max(self.versions(name), default=0)) + 1
-            tmp = self._model_dir(name) / f".tmp-{uuid.uuid4().hex}"
-            tmp.mkdir()
-            try:
-                state = {k: v.detach().cpu() for k, v in bundle.forecaster.state_dict().items()}
-                torch.save(state, tmp / "weights.pt")
-                all_metrics = {**bundle.metrics, **(metrics or {})}
-                meta = {
-                    "format": FORMAT,
-                    "name": name,
-                    "version": version,
-                    "kind": bundle.kind,
-                    "config": bundle.config.to_dict(),
-                    "normalizers": {
-                        sid: SeriesNormalizer.from_dict(n).to_dict() for sid, n in bundle.normalizers.items()
-                    },
-                    "calibration": bundle.calibration,
-                    "metrics": all_metrics,
-                    "sha256": _sha256(tmp / "weights.pt"),
-                    "created_at": datetime.now(UTC).isoformat(),
-                    "data_range": list(data_range) if data_range else None,
-                    "interval_id": interval_id,
-                    "idempotency_key": idempotency_key,
-                }
-                _write_json_atomic(tmp / "meta.json", meta)
-                os.rename(tmp, self._version_dir(name, version))
-                _fsync_dir(self._model_dir(name))
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
+                existing = self._version_with_key(name, idempotency_key)
+                if existing is not None:
+                    bundle.version = existing
+                    return existing
+            version = max(self.versions(name), default=0) + 1
+            all_metrics = {**bundle.metrics, **(metrics or {})}
+            provenance = {"data_range": list(data_range) if data_range else None, "interval_id": interval_id}
+            meta = self._write_version(bundle, version, all_metrics, {**provenance, "idempotency_key": idempotency_key})
         bundle.version, bundle.metrics, bundle.meta = version, all_metrics, meta
         return version
 
+    def _version_with_key(self, name: str, idempotency_key: str) -> int | None:
+        """The newest readable version registered under ``idempotency_key``, if any."""
+        for v in reversed(self.versions(name)):
+            with contextlib.suppress(CorruptModelError):
+                if self.meta(name, v).get("idempotency_key") == idempotency_key:
+                    return v
+        return None
+
+    def _write_version(
+        self, bundle: ModelBundle, version: int, metrics: dict[str, Any], provenance: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Assemble weights.pt and meta.json under a temporary name, then rename it into place; the
+        meta.json written. Nothing is left behind on failure. Hold the model's lock."""
+        name = bundle.name
+        tmp = self._model_dir(name) / f".tmp-{uuid.uuid4().hex}"
+        tmp.mkdir()
+        try:
+            state = {k: v.detach().cpu() for k, v in bundle.forecaster.state_dict().items()}
+            torch.save(state, tmp / "weights.pt")
+            meta = {
+                "format": FORMAT,
+                "name": name,
+                "version": version,
+                "kind": bundle.kind,
+                "config": bundle.config.to_dict(),
+                "normalizers": {sid: SeriesNormalizer.from_dict(n).to_dict() for sid, n in bundle.normalizers.items()},
+                "calibration": bundle.calibration.to_dict() if bundle.calibration is not None else None,
+                "metrics": metrics,
+                "sha256": _sha256(tmp / "weights.pt"),
+                "created_at": datetime.now(UTC).isoformat(),
+                **provenance,  # data_range, interval_id, idempotency_key
+            }
+            _write_json_atomic(tmp / "meta.json", meta)
+            os.rename(tmp, self._version_dir(name, version))
+            _fsync_dir(self._model_dir(name))
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return meta
+
     def load(self, name: str, version: int | None = None) -> ModelBundle:
         """Load a version (default: the champion), verifying its checksum. Eval mode, CPU."""
-        import torch
-
-        from models.forecasting.forecasters import build_forecaster
-
         if version is None:
             version = self.champion(name)
             if version is None:
@@ -268,34 +285,7 @@ class ModelRegistry:
         if "sha256" not in meta or _sha256(weights) != meta["sha256"]:
             raise CorruptModelError(f"{where}: weights.pt checksum mismatch (file changed or truncated)")
         try:  # everything read from meta.json is untrusted: any failure means "never serve it"
-            config = ForecasterConfig.from_dict(meta["config"])
-            kind = meta["kind"]
-            if kind != config.kind:
-                raise ValueError(f"meta kind {kind!r} does not match config kind {config.kind!r}")
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-            model = build_forecaster(config)
-            model.load_state_dict(state, strict=True)
-            model.eval()
-            normalizers = meta.get("normalizers") or {}
-            calibration = meta.get("calibration") or {}
-            metrics = meta.get("metrics") or {}
-            if not all(isinstance(x, dict) for x in (normalizers, calibration, metrics)):
-                raise TypeError("normalizers, calibration and metrics must be JSON objects")
-            normalizers = {sid: SeriesNormalizer.from_dict(d) for sid, d in normalizers.items()}
-            bad = next((sid for sid, n in normalizers.items() if not all(map(math.isfinite, n))), None)
-            if bad is not None:
-                raise ValueError(f"normalizer of series {bad!r} is not finite")
-            return ModelBundle(
-                name=name,
-                kind=kind,
-                version=version,
-                config=config,
-                forecaster=model,
-                normalizers=normalizers,
-                calibration=calibration,
-                metrics=metrics,
-                meta=meta,
-            )
+            return _bundle_from_meta(name, version, meta, weights)
         except Exception as exc:  # bad config / meta / unpicklable / shape mismatch: never serve it
             raise CorruptModelError(f"{where}: cannot load ({type(exc).__name__}: {exc})") from exc
 
@@ -304,10 +294,10 @@ class ModelRegistry:
         self.load(name, version)
 
     # ------------------------------------------------------------------ champion pointer
-    def _read_pointer(self, name: str) -> dict:
+    def _read_pointer(self, name: str) -> _Pointer:
         path = self._model_dir(name) / "champion.json"
         if not path.is_file():
-            return {}
+            return _Pointer()
         try:
             pointer = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
@@ -319,41 +309,72 @@ class ModelRegistry:
             isinstance(history, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in history)
         ):
             raise RegistryError(f"{path}: 'version' must be an integer and 'history' a list of integers")
-        return pointer
+        return _Pointer(version, tuple(history))
+
+    def _write_pointer(self, name: str, version: int, history: Sequence[int]) -> None:
+        _write_json_atomic(
+            self._model_dir(name) / "champion.json",
+            {"version": version, "history": list(history), "updated_at": datetime.now(UTC).isoformat()},
+        )
 
     def promote(self, name: str, version: int) -> None:
         """Make ``version`` the champion (verified first; corrupt versions are refused)."""
         with self._lock(name, create=False):
             self.verify(name, version)
             ptr = self._read_pointer(name)
-            current = ptr.get("version")
-            history = list(ptr.get("history", []))
-            if current is not None and current != version:
-                history.append(current)
-            _write_json_atomic(
-                self._model_dir(name) / "champion.json",
-                {
-                    "version": version,
-                    "history": history,
-                    "updated_at": datetime.now(UTC).isoformat(),
-                },
-            )
+            history = list(ptr.history)
+            if ptr.version is not None and ptr.version != version:
+                history.append(ptr.version)
+            self._write_pointer(name, version, history)
 
     def rollback(self, name: str) -> int:
         """Restore the previous champion and return it (the abandoned one is dropped from history)."""
         with self._lock(name, create=False):
-            ptr = self._read_pointer(name)
-            history = list(ptr.get("history", []))
+            history = list(self._read_pointer(name).history)
             if not history:
                 raise ModelNotFoundError(f"model {name!r} has no previous champion to roll back to")
             previous = history.pop()
             self.verify(name, previous)
-            _write_json_atomic(
-                self._model_dir(name) / "champion.json",
-                {
-                    "version": previous,
-                    "history": history,
-                    "updated_at": datetime.now(UTC).isoformat(),
-                },
-            )
+            self._write_pointer(name, previous, history)
             return previous
+
+
+@dataclass(frozen=True)
+class _Pointer:
+    """champion.json: the champion version (None before the first promote) and the earlier
+    champions, oldest first (``rollback`` pops the last)."""
+
+    version: int | None = None
+    history: tuple[int, ...] = ()
+
+
+def _bundle_from_meta(name: str, version: int, meta: dict[str, Any], weights: Path) -> ModelBundle:
+    """The bundle a version's meta.json and weights describe; any exception means it cannot be served."""
+    config = ForecasterConfig.from_dict(meta["config"])
+    kind = meta["kind"]
+    if kind != config.kind:
+        raise ValueError(f"meta kind {kind!r} does not match config kind {config.kind!r}")
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    model = build_forecaster(config)
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    normalizers = meta.get("normalizers") or {}
+    calibration = meta.get("calibration") or {}
+    metrics = meta.get("metrics") or {}
+    if not all(isinstance(x, dict) for x in (normalizers, calibration, metrics)):
+        raise TypeError("normalizers, calibration and metrics must be JSON objects")
+    normalizers = {sid: SeriesNormalizer.from_dict(d) for sid, d in normalizers.items()}
+    bad = next((sid for sid, n in normalizers.items() if not all(map(math.isfinite, n))), None)
+    if bad is not None:
+        raise ValueError(f"normalizer of series {bad!r} is not finite")
+    return ModelBundle(
+        name=name,
+        kind=kind,
+        version=version,
+        config=config,
+        forecaster=model,
+        normalizers=normalizers,
+        calibration=Calibration.from_dict(calibration),
+        metrics=metrics,
+        meta=meta,
+    )

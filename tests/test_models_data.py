@@ -42,5 +42,5 @@ def test_label_windows_are_epoch_seconds_utc_keyed_by_file(nab_dir):
 def test_bad_label_file_raises_value_error_naming_it(tmp_path, text):
     path = tmp_path / "labels.json"
     path.write_text(text)
-    with pytest.raises(ValueError, match="labels.json"):
+    with pytest.raises(ValueError, match=r"labels\.json"):
         load_label_windows(path)

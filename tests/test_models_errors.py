@@ -1,9 +1,9 @@
-"""Tests for models/forecasting/errors.py: horizon error combination and streaming == batch."""
+"""Tests for models/forecasting/errors.py: horizon error combination and EWMA smoothing."""
 
 import numpy as np
 import pytest
 
-from models.forecasting.errors import EWMA, HorizonErrors, combine_horizon_errors, ewma, point_error
+from models.forecasting.errors import combine_horizon_errors, ewma, point_error
 
 
 def test_combine_horizon_errors_is_mean_over_covering_forecasts():
@@ -20,29 +20,14 @@ def test_combine_horizon_errors_is_mean_over_covering_forecasts():
         point_error(1.0, 2.0, "huber")
 
 
-def test_horizon_errors_streaming_equals_batch_interleaved():
-    rng = np.random.default_rng(0)
-    S, T, H = 4, 60, 3
-    actual = rng.normal(size=(S, T))
-    pred = rng.normal(size=(S, T, H))
-    stream = HorizonErrors(H)
-    got = np.empty((S, T))
-    for t in range(T):
-        order = rng.permutation(S)
-        got[order, t] = stream.update(order, actual[order, t], pred[order, t])
-    for s in range(S):
-        np.testing.assert_allclose(got[s], combine_horizon_errors(pred[s], actual[s]), equal_nan=True)
-    one = HorizonErrors(H)
-    single = [one.score_one(0, actual[1, t], pred[1, t]) for t in range(T)]
-    np.testing.assert_allclose(single, got[1], equal_nan=True)
-
-
-def test_ewma_streaming_equals_batch_and_skips_nan():
+def test_ewma_recursion_skips_nan():
     rng = np.random.default_rng(1)
     e = rng.random((3, 50))
     e[0, 10] = np.nan
     batch = ewma(e, 0.2)
     assert np.isnan(batch[0, 10]) and batch[0, 11] == pytest.approx(0.2 * e[0, 11] + 0.8 * batch[0, 9])
-    det = EWMA(0.2)
-    stream = np.array([[det.score_one(s, e[s, t]) for t in range(50)] for s in range(3)])
-    np.testing.assert_allclose(stream, batch, equal_nan=True)
+    for s in range(3):  # s_0 = e_0, then s_t = a*e_t + (1-a)*s_{t-1}, series independent
+        expected = [e[s, 0]]
+        for t in range(1, 50):
+            expected.append(expected[-1] if np.isnan(e[s, t]) else 0.2 * e[s, t] + 0.8 * expected[-1])
+        np.testing.assert_allclose(np.where(np.isnan(e[s]), np.nan, expected), batch[s], equal_nan=True)

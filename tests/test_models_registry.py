@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from models.forecasting.bundle import ModelBundle
+from models.forecasting.calibration import Calibration
 from models.forecasting.forecasters import ForecasterConfig, build_forecaster
 from models.forecasting.windows import SeriesNormalizer
 from models.registry import CorruptModelError, ModelNotFoundError, ModelRegistry
@@ -21,7 +22,7 @@ def make_bundle(seed=0, kind="many-to-many"):
         config=cfg,
         forecaster=build_forecaster(cfg).eval(),
         normalizers={"a/b": SeriesNormalizer(1.5, 2.0)},
-        calibration={"mean": 0.1, "std": 0.05},
+        calibration=Calibration(error_mean=0.1, error_std=0.05, k=5.0, threshold=0.35),
         metrics={"val_mse": 0.02},
     )
 
@@ -38,10 +39,32 @@ def test_register_load_roundtrip(tmp_path):
     loaded = reg.load("m", 1)
     assert loaded.config == b.config and loaded.normalizers["a/b"] == (1.5, 2.0) and loaded.version == 1
     assert not loaded.forecaster.training
+    assert meta["calibration"] == {"error_mean": 0.1, "error_std": 0.05, "k": 5.0, "threshold": 0.35, "metric": "abs"}
+    assert loaded.calibration == b.calibration
     x = torch.randn(2, 5, 1)
     torch.testing.assert_close(loaded.forecaster(x)[0], b.forecaster(x)[0])
     with pytest.raises(ModelNotFoundError):
         reg.load("m")  # no champion yet
+
+
+@pytest.mark.parametrize(
+    ("stored", "expected"),
+    [
+        pytest.param(
+            {"metric": "abs", "n": 9, "mean": 0.2, "std": 0.1, "error_mean": 0.2, "error_std": 0.1, "max": 0.9},
+            Calibration(n=9, error_mean=0.2, error_std=0.1, error_max=0.9),
+            id="legacy-duplicate-keys",
+        ),
+        pytest.param({"metric": "abs", "n": 0, "k": 5.0}, None, id="legacy-no-errors"),
+        pytest.param(None, None, id="none"),
+    ],
+)
+def test_load_reads_calibrations_already_on_disk(tmp_path, stored, expected):
+    reg = ModelRegistry(tmp_path)
+    v = reg.register(make_bundle())
+    meta_path = tmp_path / "m" / "v0001" / "meta.json"
+    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "calibration": stored}))
+    assert reg.load("m", v).calibration == expected
 
 
 def test_promote_rollback_and_list(tmp_path):

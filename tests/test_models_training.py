@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.detection.thresholds import StaticThreshold
 from models.forecasting.forecasters import ForecasterConfig
-from models.forecasting.inference import series_errors
+from models.forecasting.inference import prediction_errors
 from models.forecasting.training import fit
 
 PERIOD, NOISE, N = 50, 0.1, 4000
@@ -36,18 +35,19 @@ def test_learns_noisy_sine_to_noise_floor(trained):
     assert report.best_val_loss < 1.6 * noise_mse  # many-to-many val includes 3-step-ahead forecasts
     assert report.wall_time_s < 60 and report.device == "cpu" and report.windows_per_s > 0
     cal = bundle.calibration
-    assert cal["n"] > 700 and cal["threshold"] == pytest.approx(cal["mean"] + cal["k"] * cal["std"])
-    assert cal["mean"] < 1.5 * noise_mse**0.5 * np.sqrt(2 / np.pi)  # E|N(0, s)| = s * sqrt(2/pi)
+    assert cal is not None and cal.n is not None and cal.n > 700 and cal.k == 5.0
+    assert cal.threshold == cal.error_mean + cal.k * cal.error_std
+    assert cal.error_mean < 1.5 * noise_mse**0.5 * np.sqrt(2 / np.pi)  # E|N(0, s)| = s * sqrt(2/pi)
     assert bundle.forecaster.training is False and next(bundle.forecaster.parameters()).device.type == "cpu"
 
 
 def test_flags_spikes_and_level_shift_not_clean_data(trained):
     train, bundle, _ = trained
-    detector = StaticThreshold.from_calibration(bundle.calibration)
+    threshold = bundle.calibration.threshold  # the calibrated static threshold, mean + k * std
 
     def flags(continuation):
-        errors = series_errors(bundle, "s", np.concatenate([train, continuation]))[N:]
-        return detector.is_anomaly(detector.score_batch(errors))
+        normed = bundle.normalizer("s").transform(np.concatenate([train, continuation]))
+        return prediction_errors(bundle.forecaster, normed)[N:] > threshold
 
     assert flags(sine(1000, N, seed=1)).sum() == 0
     dirty = sine(1000, N, seed=1)
@@ -81,4 +81,4 @@ def test_nan_gaps_are_tolerated():
     for kind in CONFIGS:
         cfg = ForecasterConfig(kind=kind, window=16, hidden=8)
         bundle, report = fit(cfg, {"s": x}, epochs=1, progress=False, num_threads=1)
-        assert np.isfinite(report.train_loss[0]) and np.isfinite(bundle.calibration["mean"])
+        assert np.isfinite(report.train_loss[0]) and np.isfinite(bundle.calibration.error_mean)

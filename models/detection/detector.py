@@ -171,18 +171,20 @@ class BatchResult:
         return len(self.status)
 
 
-def _calibration_error_stats(calibration: dict | None) -> tuple[float, float]:
-    """(mean, std) of the normalised validation error from a bundle's calibration dict."""
-    cal = calibration or {}
-    mean = next((cal[k] for k in ("error_mean", "mean", "mean_error", "mae") if k in cal), None)
-    std = next((cal[k] for k in ("error_std", "std", "std_error") if k in cal), None)
-    try:
-        mean = float(mean) if mean is not None else 0.3
-        std = float(std) if std is not None else max(mean, 0.1)
+def _calibration_error_stats(calibration: object) -> tuple[float, float]:
+    """(mean, std) of the normalised validation error from a bundle's ``Calibration``; (0.3, 0.3) when
+    the bundle has none or its figures are unusable (not finite, std <= 0)."""
+    from models.forecasting.calibration import Calibration  # belongs with the module's imports (moved on merge)
+
+    try:  # coerce also reads the calibration dicts of bundles built by hand (transitional)
+        cal = Calibration.coerce(calibration)
     except (TypeError, ValueError):
-        mean, std = 0.3, 0.3
+        cal = None
+    if cal is None:
+        return 0.3, 0.3
+    mean, std = cal.error_mean, cal.error_std
     if not (math.isfinite(mean) and math.isfinite(std)) or std <= 0:
-        mean, std = 0.3, 0.3
+        return 0.3, 0.3
     return mean, std
 
 

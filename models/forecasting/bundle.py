@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from models.forecasting.calibration import Calibration
 from models.forecasting.forecasters import ForecasterConfig
 from models.forecasting.windows import SeriesNormalizer
 
@@ -15,7 +17,8 @@ class ModelBundle:
 
     ``forecaster`` is an ``nn.Module`` in eval mode on CPU; ``normalizers`` maps series id ->
     ``SeriesNormalizer(mean, std)``; ``calibration`` holds validation error statistics (normalised
-    units) for the thresholds; ``meta`` carries registry metadata (created_at, data range, ...).
+    units) for the thresholds, ``None`` when there were none to pool; ``meta`` carries registry
+    metadata (created_at, data range, ...).
     """
 
     name: str
@@ -23,10 +26,15 @@ class ModelBundle:
     config: ForecasterConfig
     forecaster: Any
     normalizers: dict[str, SeriesNormalizer] = field(default_factory=dict)
-    calibration: dict = field(default_factory=dict)
-    metrics: dict = field(default_factory=dict)
+    calibration: Calibration | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
     version: int | None = None
-    meta: dict = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Transitional: some callers (tests/test_dags_e2e.py, benchmarks/bench_e2e.py) still pass a dict.
+        if isinstance(self.calibration, Mapping):
+            self.calibration = Calibration.from_dict(self.calibration)
 
     def normalizer(self, series_id: str) -> SeriesNormalizer | None:
         """Saved normaliser for ``series_id``, or None for a series unseen in training."""

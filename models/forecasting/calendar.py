@@ -11,6 +11,9 @@ timestamps, so a model never needs a long window or a per-series buffer to see i
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
+
+from models.core.timeutil import to_epoch_seconds as to_epoch_seconds  # re-exported: part of the calendar API
 
 CALENDAR_DIM = 4  # with the weekly columns; 2 without
 
@@ -25,7 +28,7 @@ WEEK_S = 7 * DAY_S
 _MONDAY_OFFSET_S = 3 * DAY_S  # 1970-01-01 was a Thursday: +3 days puts Monday 00:00 at phase 0
 
 
-def calendar_features(epoch_s, week: bool = True) -> np.ndarray:
+def calendar_features(epoch_s: ArrayLike, week: bool = True) -> np.ndarray:
     """``(n,)`` epoch seconds (float or int) -> ``(n, calendar_dim(week))`` float32; NaN in, NaN out."""
     t = np.asarray(epoch_s, dtype=np.float64).reshape(-1)
     day = (2 * np.pi / DAY_S) * np.mod(t, DAY_S)
@@ -37,15 +40,7 @@ def calendar_features(epoch_s, week: bool = True) -> np.ndarray:
     return out
 
 
-def to_epoch_seconds(timestamps) -> np.ndarray:
-    """datetime64 (any unit) or numbers (epoch seconds) ``(n,)`` -> float64 epoch seconds ``(n,)``."""
-    arr = np.asarray(timestamps)
-    if np.issubdtype(arr.dtype, np.datetime64):
-        return arr.astype("datetime64[ns]").astype(np.int64) / 1e9
-    return arr.astype(np.float64)
-
-
-def with_calendar(values_2d: np.ndarray, epoch_s, week: bool = True) -> np.ndarray:
+def with_calendar(values_2d: np.ndarray, epoch_s: np.ndarray, week: bool = True) -> np.ndarray:
     """Append calendar columns to ``(time, features)`` values (already normalised); ``epoch_s (time,)``."""
     t = to_epoch_seconds(epoch_s)
     if len(t) != len(values_2d):

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
+from models.core.timeutil import to_epoch
 from models.forecasting.windows import regularize
 
 
@@ -28,10 +30,10 @@ class TrainingData:
 
     @property
     def data_range(self) -> tuple[str, str] | None:
-        return (self.start, self.end) if self.start else None
+        return (self.start, self.end) if self.start and self.end else None
 
 
-def _regular(ts, values) -> tuple[np.ndarray, np.ndarray]:
+def _regular(ts: ArrayLike, values: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     ts_ns = np.asarray(ts, dtype="datetime64[ns]").astype(np.int64)
     return regularize(ts_ns, np.asarray(values, dtype=np.float64))
 
@@ -40,7 +42,7 @@ def _iso(ns: int) -> str:
     return str(np.datetime64(int(ns), "ns").astype("datetime64[s]"))
 
 
-def _parquet_times(ts):
+def _parquet_times(ts: Any) -> Any:
     """A Parquet ``ts`` column as UTC datetimes: numbers are epoch seconds (the archive's unit), not ns."""
     import pandas as pd
 
@@ -59,15 +61,8 @@ def load_label_windows(path: str | Path) -> dict[str, list[tuple[float, float]]]
     raw = json.loads(path.read_text())
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a JSON object of file -> [[start, end], ...]")
-
-    def epoch(text: str) -> float:
-        moment = datetime.fromisoformat(str(text))
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        return moment.timestamp()
-
     try:
-        return {key: [(epoch(a), epoch(b)) for a, b in windows] for key, windows in raw.items()}
+        return {key: [(to_epoch(str(a)), to_epoch(str(b))) for a, b in windows] for key, windows in raw.items()}
     except (TypeError, ValueError) as error:
         raise ValueError(f"{path}: bad label window ({error})") from error
 

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 
 @dataclass
@@ -44,7 +45,7 @@ class WindowPRF:
         return 2 * p * r / (p + r)
 
 
-def window_of_rows(ts, windows: Iterable[tuple[float, float]]) -> np.ndarray:
+def window_of_rows(ts: ArrayLike, windows: Iterable[tuple[float, float]]) -> np.ndarray:
     """Index of the window holding each row ``(n,)`` int64, -1 outside every window.
 
     ``ts (n,)`` and the inclusive ``(start, end)`` windows in the same units (e.g. epoch seconds);
@@ -57,7 +58,7 @@ def window_of_rows(ts, windows: Iterable[tuple[float, float]]) -> np.ndarray:
     return out
 
 
-def window_prf(flags, window: np.ndarray, scored: Iterable[int] | None = None) -> WindowPRF:
+def window_prf(flags: ArrayLike, window: ArrayLike, scored: Iterable[int] | None = None) -> WindowPRF:
     """Window counts of boolean ``flags (n,)`` given each row's window ``window (n,)`` (-1: none).
 
     ``scored``: the window ids that count as caught/missed (default: every id present in

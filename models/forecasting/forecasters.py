@@ -21,11 +21,11 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from torch import nn
 
+from models.core.kinds import KINDS
 from models.forecasting.calendar import calendar_dim
 
 State = tuple[torch.Tensor, torch.Tensor]
 
-KINDS = ("many-to-one", "many-to-many")
 CELLS = ("lstm", "gru")
 DECODERS = ("stateful", "encoder-decoder")
 
@@ -96,7 +96,7 @@ class Forecaster(nn.Module):
         shape = (self.config.layers, batch, self.config.hidden)
         return torch.zeros(shape, dtype=p.dtype, device=p.device), torch.zeros(shape, dtype=p.dtype, device=p.device)
 
-    def _run(self, x: torch.Tensor, state: State | None):
+    def _run(self, x: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
         if self.config.cell == "gru":
             out, h = self.rnn(x, None if state is None else state[0].contiguous())
             return out, (h, torch.zeros_like(h))
@@ -130,7 +130,7 @@ class ManyToMany(Forecaster):
         else:
             self.head = nn.Linear(config.hidden, config.horizon)
 
-    def forward(self, x: torch.Tensor, state: State | None = None):
+    def forward(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """``x (batch, time, features)`` -> ``(pred (batch, time, horizon), state)``."""
         out, state = self._run(x, state)
         if not self.encoder_decoder:
@@ -153,7 +153,7 @@ class ManyToMany(Forecaster):
         return torch.cat(preds, dim=1)
 
     @torch.no_grad()
-    def step(self, x: torch.Tensor, state: State):
+    def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """One event per series: ``x (batch, features)``, ``state`` -> ``(pred (batch, horizon), state)``.
 
         Fused cell math on the RNN's own weights (no sequence overhead); equals ``forward`` over the

@@ -11,13 +11,14 @@ import numpy as np
 import torch
 
 from models.forecasting.errors import combine_horizon_errors
-from models.forecasting.windows import SeriesNormalizer, as_2d
+from models.forecasting.forecasters import Forecaster
+from models.forecasting.windows import as_2d
 
 CHUNK = 8192  # windows per forward pass for many-to-one
 
 
 @torch.no_grad()
-def predict_series(model, values: np.ndarray) -> np.ndarray:
+def predict_series(model: Forecaster, values: np.ndarray) -> np.ndarray:
     """Forecasts ``(time, horizon)`` for one normalised series ``values (time,)`` or ``(time, features)``."""
     cfg = model.config
     arr = as_2d(values)
@@ -42,14 +43,7 @@ def predict_series(model, values: np.ndarray) -> np.ndarray:
     return pred
 
 
-def prediction_errors(model, values: np.ndarray, metric: str = "abs") -> np.ndarray:
+def prediction_errors(model: Forecaster, values: np.ndarray, metric: str = "abs") -> np.ndarray:
     """Per-step error ``(time,)`` of a normalised series (mean over covering forecasts; NaN when none)."""
     arr = as_2d(values)
     return combine_horizon_errors(predict_series(model, arr), arr[:, 0], metric)
-
-
-def series_errors(bundle, series_id: str, values: np.ndarray, metric: str = "abs") -> np.ndarray:
-    """Errors ``(time,)`` for a raw series, normalised with the bundle's normaliser for ``series_id``
-    (a series unseen in training is normalised with statistics fitted on ``values`` itself)."""
-    norm = bundle.normalizer(series_id) or SeriesNormalizer.fit(values)
-    return prediction_errors(bundle.forecaster, norm.transform(as_2d(values)), metric)

@@ -13,14 +13,16 @@ Gaps and NaNs (explicit policy):
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 MIN_STD = 1e-6  # floor for a constant series, so transform never divides by zero
 
 
-def as_2d(values: np.ndarray) -> np.ndarray:
+def as_2d(values: ArrayLike) -> np.ndarray:
     """``(time,)`` or ``(time, features)`` -> float array ``(time, features)``."""
     arr = np.asarray(values, dtype=np.float64)
     if arr.ndim == 1:
@@ -31,8 +33,8 @@ def as_2d(values: np.ndarray) -> np.ndarray:
 
 
 def sliding_windows(
-    values: np.ndarray, window: int, horizon: int = 1, *, drop_nan: bool = True, return_index: bool = False
-):
+    values: ArrayLike, window: int, horizon: int = 1, *, drop_nan: bool = True, return_index: bool = False
+) -> tuple[np.ndarray, ...]:
     """Many-to-one / many-to-many training pairs from one series.
 
     ``values`` ``(time,)`` or ``(time, features)``. Returns ``X (n, window, features)`` and
@@ -59,7 +61,7 @@ def sliding_windows(
     return (X, y, starts) if return_index else (X, y)
 
 
-def sequence_targets(values: np.ndarray, horizon: int) -> np.ndarray:
+def sequence_targets(values: ArrayLike, horizon: int) -> np.ndarray:
     """Many-to-many targets ``(time, horizon)``: ``Y[t, k] = values[t+1+k, 0]``; NaN past the end."""
     arr = as_2d(values)[:, 0]
     time = len(arr)
@@ -68,7 +70,7 @@ def sequence_targets(values: np.ndarray, horizon: int) -> np.ndarray:
     return padded[idx]
 
 
-def regularize(timestamps: np.ndarray, values: np.ndarray, interval: int | None = None):
+def regularize(timestamps: ArrayLike, values: ArrayLike, interval: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Put a series on a regular grid; missing steps become NaN, duplicate timestamps keep the last.
 
     ``timestamps`` int64 (e.g. ns since epoch), ``values`` ``(time,)``. ``interval`` defaults to the
@@ -101,7 +103,7 @@ class SeriesNormalizer(NamedTuple):
     std: float
 
     @classmethod
-    def fit(cls, values: np.ndarray) -> SeriesNormalizer:
+    def fit(cls, values: ArrayLike) -> SeriesNormalizer:
         """Fit on target column (feature 0) ignoring NaNs; an empty/all-NaN series gives (0, 1)."""
         col = as_2d(values)[:, 0]
         col = col[~np.isnan(col)]
@@ -109,17 +111,20 @@ class SeriesNormalizer(NamedTuple):
             return cls(0.0, 1.0)
         return cls(float(col.mean()), float(max(col.std(), MIN_STD)))
 
-    def transform(self, values):
+    def transform(self, values: ArrayLike) -> np.ndarray:
+        """Normalised ``(values - mean) / std``; NaN stays NaN."""
         return (np.asarray(values, dtype=np.float64) - self.mean) / self.std
 
-    def inverse(self, values):
+    def inverse(self, values: ArrayLike) -> np.ndarray:
+        """Back to raw units: ``values * std + mean``."""
         return np.asarray(values, dtype=np.float64) * self.std + self.mean
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, float]:
         return {"mean": self.mean, "std": self.std}
 
     @classmethod
-    def from_dict(cls, d) -> SeriesNormalizer:
+    def from_dict(cls, d: dict[str, Any] | Sequence[Any]) -> SeriesNormalizer:
+        """From ``{"mean": m, "std": s}`` (meta.json) or a ``(mean, std)`` pair."""
         if isinstance(d, dict):
             return cls(float(d["mean"]), float(d["std"]))
         mean, std = d
