@@ -35,11 +35,11 @@ before the next batch, so no event is lost or scored twice around a swap.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
 
 import numpy as np
 import orjson
@@ -51,7 +51,7 @@ from pipeline.events import DUPLICATE_TIMESTAMP, INTERNAL_ERROR, OUT_OF_ORDER, E
 from pipeline.kafka.feed import Batch, EventFeed, PartitionReset, Rebalance, SkippedRange
 from pipeline.kafka.feed_guard import UNDECODABLE_BATCH
 from pipeline.kafka.feed_process import MERGE_RECORDS, FetchProcess
-from pipeline.metrics import ScorerMetrics
+from pipeline.metrics import ScorerMetrics, ScorerStats
 from pipeline.serve.decode import DecodedBatch, decode_batch, decode_columns, decode_one
 from pipeline.serve.isolate import process_isolated
 from pipeline.serve.outputs import Outputs, ProduceFailed, Source
@@ -59,42 +59,6 @@ from pipeline.serve.records import anomaly_value
 
 log = logging.getLogger(__name__)
 __all__ = ["DecodedBatch", "ProduceFailed", "Scorer", "ScorerStats", "decode_batch", "decode_columns"]
-
-
-@dataclass
-class ScorerStats:
-    """Running totals (the same numbers as the metrics, for the demo and tests)."""
-
-    consumed: int = 0
-    scored: int = 0
-    warmup: int = 0
-    replayed: int = 0
-    rejected: dict = field(default_factory=lambda: defaultdict(int))
-    anomalies: int = 0
-    batches: int = 0
-    commits: int = 0
-    busy_s: float = 0.0
-
-    @property
-    def rejected_total(self) -> int:
-        return sum(self.rejected.values())
-
-
-def observe_many(histogram, values: np.ndarray) -> None:
-    """Add many observations to a prometheus_client Histogram in O(buckets) (falls back to a loop)."""
-    if len(values) == 0:
-        return
-    try:
-        bounds = histogram._upper_bounds
-        buckets = histogram._buckets
-        counts = np.bincount(np.searchsorted(np.asarray(bounds[:-1]), values, side="left"), minlength=len(bounds))
-        for bucket, c in zip(buckets, counts.tolist()):
-            if c:
-                bucket.inc(c)
-        histogram._sum.inc(float(np.sum(values)))
-    except AttributeError:
-        for v in values.tolist():
-            histogram.observe(v)
 
 
 class Scorer:
@@ -124,17 +88,16 @@ class Scorer:
         self.settings = settings
         self.kafka = settings.kafka
         self.detector = detector
-        self.metrics = metrics or ScorerMetrics()
+        self.metrics = metrics if metrics is not None else ScorerMetrics()
         self.watcher = watcher  # a ChampionWatcher, or one per routed model (list)
         self.watchers = [] if watcher is None else list(watcher) if isinstance(watcher, (list, tuple)) else [watcher]
         self.observers: list = []  # objects with observe(series, ts, values, result, new): export, alert sinks
         self.poll_timeout_ms = poll_timeout_ms
         self.on_anomaly = on_anomaly
-        self.stats = ScorerStats()
+        self.stats: ScorerStats = self.metrics.stats  # the one source of truth of the metrics
         self._series_by_tp: dict[TopicPartition, set[str]] = defaultdict(set)
         self._evictions_since_prune = 0
         self._owned: set[TopicPartition] = set()  # current assignment (from the feed's notices)
-        self._commits_seen = 0
         self.latency_log: list | None = None
         self.producer = producer or make_producer(self.kafka, linger_ms=5)
         every = getattr(settings, "commit_every_events", 20_000)
@@ -165,23 +128,17 @@ class Scorer:
 
     # ------------------------------------------------------------------ model
     def _publish_model_info(self) -> None:
-        d = self.detector
-        self.metrics.model_info.info(
-            {"name": d.model_name, "kind": str(d.bundle.kind), "version": str(d.model_version)}
-        )
-        try:
-            self.metrics.model_version.set(float(d.model_version))
-        except (TypeError, ValueError):
-            pass
-        self.metrics.last_reload.set(time.time())
+        d, st = self.detector, self.stats
+        st.model_info = {"name": d.model_name, "kind": str(d.bundle.kind), "version": str(d.model_version)}
+        with contextlib.suppress(TypeError, ValueError):  # a version that is not a number: gauge unchanged
+            st.model_version = float(d.model_version)
+        st.last_reload_s = time.time()
         for det in getattr(d, "detectors", {d.model_name: d}).values():
             # per-model counters exist from the start (at 0), so rate() sees a model's first anomaly
-            self.metrics.model_events_scored.labels(det.model_name)
-            self.metrics.model_anomalies.labels(det.model_name)
-            try:
-                self.metrics.model_serving_version.labels(det.model_name).set(float(det.model_version))
-            except (TypeError, ValueError):
-                pass
+            st.model_scored[det.model_name] += 0
+            st.model_anomalies[det.model_name] += 0
+            with contextlib.suppress(TypeError, ValueError):
+                st.model_serving_version[det.model_name] = float(det.model_version)
 
     def check_reload(self, force: bool = False) -> None:
         """Swap in newly promoted champions (called between batches); each routed model on its own."""
@@ -192,26 +149,26 @@ class Scorer:
         outcome = watcher.poll(force=force)
         if outcome is None:
             return
-        reloads = self.metrics.model_reloads
+        st = self.stats
         if outcome.bundle is None:
             if outcome.pointer_error:
-                self.metrics.pointer_errors.inc()
-                reloads.labels(watcher.name, "pointer_error").inc()
+                st.pointer_errors += 1
+                st.model_reloads[watcher.name, "pointer_error"] += 1
             else:
-                self.metrics.reload_failures.inc()
-                reloads.labels(watcher.name, "refused").inc()
+                st.reload_failures += 1
+                st.model_reloads[watcher.name, "refused"] += 1
             return
         bundle = outcome.bundle
         try:
             self.detector.swap_model(bundle)
         except Exception as error:
             watcher.refuse(bundle.version)
-            self.metrics.reload_failures.inc()
-            reloads.labels(watcher.name, "refused").inc()
+            st.reload_failures += 1
+            st.model_reloads[watcher.name, "refused"] += 1
             log.error("refusing model %s v%s: %s", bundle.name, bundle.version, error)
             return
         watcher.accepted(bundle.version)
-        reloads.labels(watcher.name, "loaded").inc()
+        st.model_reloads[watcher.name, "loaded"] += 1
         self._publish_model_info()
         log.info("now serving %s v%s (%s)", bundle.name, bundle.version, bundle.kind)
 
@@ -223,7 +180,7 @@ class Scorer:
         commits everything produced; batches fetched but not scored yet are left uncommitted
         (re-read by the next owner). After a ``ProduceFailed`` nothing more is committed.
         """
-        self.metrics.up.set(1)
+        self.stats.up = True
         try:
             last_message = time.monotonic()
             while not stop.is_set():
@@ -241,7 +198,7 @@ class Scorer:
                     break
             self.checkpoint()
         finally:
-            self.metrics.up.set(0)
+            self.stats.up = False
             self.close()
         return self.stats
 
@@ -293,11 +250,11 @@ class Scorer:
                 item.why,
             )
             for tp in item.tps:
-                self.metrics.partition_resets.labels(tp.topic).inc()
+                self.stats.partition_resets[tp.topic] += 1
         elif isinstance(item, SkippedRange):
             tp = item.tp
-            self.metrics.undecodable_batches.inc()
-            self.metrics.skipped_offsets.inc(item.end - item.start)
+            self.stats.undecodable_batches += 1
+            self.stats.skipped_offsets += item.end - item.start
             if tp in self._owned or not self._owned:
                 self.outputs.marker(UNDECODABLE_BATCH, item.detail, tp.partition, item.start, item.end - 1)
                 self.outputs.add({tp: item.end}, item.epoch, 0)
@@ -306,33 +263,21 @@ class Scorer:
         """Drop the state of series on partitions lost to another scorer."""
         for tp in notice.lost:
             self.detector.forget(self._series_by_tp.pop(tp, set()))
-            if self._has_lag(tp):
-                self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
+            self.stats.lag.pop((tp.topic, tp.partition), None)
         self._owned = set(notice.assigned)
-
-    def _has_lag(self, tp) -> bool:
-        try:
-            return (tp.topic, str(tp.partition)) in self.metrics.consumer_lag._metrics
-        except AttributeError:
-            return False
 
     def _publish_feed_metrics(self) -> None:
         lag = self.feed.lag()
         if lag:
             for tp, behind in lag.items():
                 if tp in self._owned:
-                    self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(behind)
-        commits = self.feed.commits
-        if commits > self._commits_seen:
-            self.metrics.commits.inc(commits - self._commits_seen)
-            self._commits_seen = commits
-        self.stats.commits = commits
+                    self.stats.lag[tp.topic, tp.partition] = behind
+        self.stats.commits = self.feed.commits
 
     def _late_internal_error(self, source: Source, detail: str) -> None:
         """An input message dead-lettered at a checkpoint (its output record was refused); it stays
         counted as scored too (counters only go up)."""
         self.stats.rejected[INTERNAL_ERROR] += 1
-        self.metrics.events_rejected.labels(INTERNAL_ERROR).inc()
 
     def _decode(self, batch: Batch) -> DecodedBatch:
         """``decode_columns``, or message by message (failures as ``internal_error``) if it raises."""
@@ -374,7 +319,7 @@ class Scorer:
         new = np.ones(len(vp), dtype=bool) if replay is None else ~replay[vp]
         result, failures = process_isolated(self.detector, dec.series, dec.ts, dec.values, new)
         decided_at = time.time()
-        stats, metrics, outputs = self.stats, self.metrics, self.outputs
+        stats, outputs = self.stats, self.outputs
         topic_out = self.kafka.anomalies_topic
         failed = np.zeros(n, dtype=bool)  # became internal_error after decoding
 
@@ -386,7 +331,6 @@ class Scorer:
         def reject(i: int, reason: str, detail: str) -> None:
             outputs.dead_letter(source(i), reason, detail)
             stats.rejected[reason] += 1
-            metrics.events_rejected.labels(reason).inc()
 
         def isolate(i: int, stage: str, error: BaseException) -> None:
             if isinstance(error, ProduceFailed):
@@ -454,7 +398,7 @@ class Scorer:
                 )
                 outputs.send(topic_out, sid.encode("utf-8"), value, source(i))
                 n_anom += 1
-                metrics.model_anomalies.labels(model).inc()
+                stats.model_anomalies[model] += 1
                 if self.on_anomaly is not None:
                     self.on_anomaly(orjson.loads(value))
             except Exception as error:
@@ -472,28 +416,20 @@ class Scorer:
         stats.warmup += n_warm_new + n_replayed
         stats.replayed += n_replayed
         stats.anomalies += n_anom
-        metrics.events_consumed.inc(n_new)
-        metrics.events_scored.inc(n_scored)
-        metrics.events_warmup.inc(n_warm_new + n_replayed)
-        if n_replayed:
-            metrics.events_replayed.inc(n_replayed)
-        if n_anom:
-            metrics.anomalies.inc(n_anom)
         self._count_scored_per_model(result, is_new & (status == SCORED))
         if self.observers:
             self._notify(dec, result, is_new)
-        if result.evicted:
-            metrics.series_evicted.inc(result.evicted)
+        stats.evicted += int(result.evicted)
         decided = is_new & ((status == SCORED) | (status == WARMUP))
         if decided.any():
             ts_ms = batch.timestamps[vp[decided]].astype(np.float64)
             latency = np.maximum(decided_at - ts_ms / 1000.0, 0.0)
-            observe_many(metrics.end_to_end_latency, latency)
+            stats.latency.observe_many(latency)
             if self.latency_log is not None:  # benchmarks: (end-to-end, poll returned -> decided) per event
                 self.latency_log.append((latency, decided_at - batch.polled_at))
 
         # remember which series live on which partition (to drop them if the partition goes)
-        bounds = np.searchsorted(vp, np.cumsum([0] + batch.sizes))
+        bounds = np.searchsorted(vp, np.cumsum([0, *batch.sizes]))
         series = dec.series
         for k, tp in enumerate(batch.tps):
             a, b = int(bounds[k]), int(bounds[k + 1])
@@ -504,11 +440,11 @@ class Scorer:
             if self._evictions_since_prune > max(self.detector.tracked_series, 1024):
                 self._prune_series_by_tp()
         stats.batches += 1
-        metrics.tracked_series.set(self.detector.tracked_series)
-        metrics.batch_size.observe(n)
+        stats.tracked_series = self.detector.tracked_series
+        stats.batch_size.observe(n)
         elapsed = time.perf_counter() - t0
         stats.busy_s += elapsed
-        metrics.batch_duration.observe(elapsed)
+        stats.batch_duration.observe(elapsed)
         return True
 
     def _count_scored_per_model(self, result, scored: np.ndarray) -> None:
@@ -516,7 +452,7 @@ class Scorer:
         if result.route is None:
             n = int(np.count_nonzero(scored))
             if n:
-                self.metrics.model_events_scored.labels(result.model).inc(n)
+                self.stats.model_scored[result.model] += n
             return
         counts = np.bincount(result.route[scored], minlength=len(result.routes))
         per_model: dict[str, int] = {}
@@ -524,7 +460,7 @@ class Scorer:
             per_model[model] = per_model.get(model, 0) + c
         for model, c in per_model.items():
             if c:
-                self.metrics.model_events_scored.labels(model).inc(c)
+                self.stats.model_scored[model] += c
 
     def _notify(self, dec: DecodedBatch, result, is_new: np.ndarray) -> None:
         """Hand the batch to the observers (per-series export, alert sinks); one failing never stops scoring."""
@@ -537,6 +473,6 @@ class Scorer:
     def _prune_series_by_tp(self) -> None:
         """Drop evicted series from the partition -> series map (bounded memory under series churn)."""
         tracked = self.detector.store.ids.keys()
-        for tp, ids in self._series_by_tp.items():
+        for ids in self._series_by_tp.values():
             ids.intersection_update(tracked)
         self._evictions_since_prune = 0
