@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from kafka.errors import CorruptRecordError, KafkaError, UnsupportedCodecError
 
 log = logging.getLogger(__name__)
-UNDECODABLE_BATCH = "undecodable_batch"  # dead-letter marker reason (not an event rejection)
 _PROBE_WAIT_S = 1.0  # a probe that reads nothing in this time is at the log end
 
 

@@ -17,15 +17,8 @@ from operator import attrgetter, itemgetter
 import numpy as np
 import orjson
 
-from pipeline.events import (
-    INTERNAL_ERROR,
-    MAX_MESSAGE_BYTES,
-    MAX_SERIES_ID_LENGTH,
-    Event,
-    Rejection,
-    parse_event,
-    validate_payload,
-)
+from models.core.limits import MAX_ABS_VALUE, MAX_MESSAGE_BYTES, MAX_SERIES_ID_LENGTH
+from pipeline.events import MAX_TS, MILLISECONDS_CUTOFF, MIN_TS, Event, Reason, Rejection, parse_event, validate_payload
 
 
 @dataclass
@@ -43,8 +36,6 @@ class DecodedBatch:
     rejections: list = field(default_factory=list)  # (position, Rejection)
 
 
-_MAX_EXACT_INT = 2**53
-_MS_CUTOFF, _MAX_TS = 1e11, 7_258_118_400.0
 _SERIES, _TS, _VALUE = itemgetter("series"), itemgetter("ts"), itemgetter("value")
 _KEY, _VALUE_BYTES = attrgetter("key"), attrgetter("value")
 _NUMBER_TYPES = {int, float}
@@ -85,13 +76,13 @@ def _fast_columns(payloads: list, keys: list, max_series_id_length: int):
         ok = (
             (lengths > 0)
             & (lengths <= max_series_id_length)
-            & (np.abs(v) < _MAX_EXACT_INT)
-            & (np.abs(t) < _MAX_EXACT_INT)
+            & (np.abs(v) < MAX_ABS_VALUE)
+            & (np.abs(t) < MAX_ABS_VALUE)  # 2**53: larger epoch numbers take the per-message path
         )
-        big = np.abs(t) >= _MS_CUTOFF
+        big = np.abs(t) >= MILLISECONDS_CUTOFF
         if big.any():
             t = np.where(big, t / 1000.0, t)
-        ok &= (t >= 0.0) & (t <= _MAX_TS)
+        ok &= (t >= MIN_TS) & (t <= MAX_TS)
     if any(map(str.isspace, sids)):
         ok &= ~np.fromiter(map(str.isspace, sids), dtype=bool, count=n)
     if encoded != keys:  # a key that is given must equal the series id
@@ -133,7 +124,9 @@ def decode_one(
         return validate_payload(payload, raw, key, max_series_id_length=max_series_id_length)
     except Exception as error:
         return Rejection(
-            INTERNAL_ERROR, f"while decoding: {type(error).__name__}: {error}", bytes(raw) if raw is not None else b""
+            Reason.INTERNAL_ERROR,
+            f"while decoding: {type(error).__name__}: {error}",
+            bytes(raw) if raw is not None else b"",
         )
 
 

@@ -32,7 +32,7 @@ from kafka.errors import (
     RecordListTooLargeError,
 )
 
-from pipeline.events import INTERNAL_ERROR
+from pipeline.events import Reason
 from pipeline.serve.records import DETAIL_HEADER, REASON_HEADER, SOURCE_HEADER, dead_letter_headers, dead_letter_value
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ class Outputs:
             raise
         self.pending.sends.append((future, source))
 
-    def dead_letter(self, source: Source, reason: str, detail: str) -> None:
+    def dead_letter(self, source: Source, reason: Reason, detail: str) -> None:
         """Send ``source`` unchanged (cut to the size limit) to the dead-letter topic with ``reason``."""
         value, extra = dead_letter_value(source.raw, self.max_message_bytes)
         headers = dead_letter_headers(reason, detail, self.kafka.events_topic, source.partition, source.offset) + extra
@@ -131,7 +131,7 @@ class Outputs:
             )
             self.send(self.kafka.dead_letter_topic, None, value, None, headers)
 
-    def marker(self, reason: str, detail: str, partition: int, first: int, last: int) -> None:
+    def marker(self, reason: Reason, detail: str, partition: int, first: int, last: int) -> None:
         """A dead-letter record with an empty value standing for offsets ``first..last`` (skipped)."""
         headers = [
             (REASON_HEADER, reason.encode()),
@@ -207,7 +207,7 @@ class Outputs:
                 "message %s/%d/%d dead-lettered: %s", self.kafka.events_topic, source.partition, source.offset, detail
             )
             mark = len(self.pending.sends)
-            self.dead_letter(source, INTERNAL_ERROR, detail)
+            self.dead_letter(source, Reason.INTERNAL_ERROR, detail)
             retry.extend(self.pending.sends[mark:])
             del self.pending.sends[mark:]
             if self.on_internal_error is not None:

@@ -19,6 +19,8 @@ import math
 
 import orjson
 
+from pipeline.events import Reason
+
 REASON_HEADER = "tsad.reason"
 DETAIL_HEADER = "tsad.detail"
 SOURCE_HEADER = "tsad.source"
@@ -65,7 +67,9 @@ def _finite(x: float | None) -> float | None:
     return x if x is not None and math.isfinite(x) else None
 
 
-def dead_letter_headers(reason: str, detail: str, topic: str, partition: int, offset: int) -> list[tuple[str, bytes]]:
+def dead_letter_headers(
+    reason: Reason, detail: str, topic: str, partition: int, offset: int
+) -> list[tuple[str, bytes]]:
     """Kafka headers saying why a message was dead-lettered and where it came from."""
     return [
         (REASON_HEADER, reason.encode()),

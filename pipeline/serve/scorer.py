@@ -45,11 +45,9 @@ import numpy as np
 import orjson
 from kafka.structs import TopicPartition
 
-from models.detection.detector import DUPLICATE, SCORED, WARMUP, StreamingDetector
-from models.detection.detector import OUT_OF_ORDER as ST_OUT_OF_ORDER
-from pipeline.events import DUPLICATE_TIMESTAMP, INTERNAL_ERROR, OUT_OF_ORDER, Event
+from models.detection.detector import DUPLICATE, OUT_OF_ORDER, SCORED, WARMUP, StreamingDetector
+from pipeline.events import Event, Reason
 from pipeline.kafka.feed import Batch, EventFeed, PartitionReset, Rebalance, SkippedRange
-from pipeline.kafka.feed_guard import UNDECODABLE_BATCH
 from pipeline.kafka.feed_process import MERGE_RECORDS, FetchProcess
 from pipeline.metrics import ScorerMetrics, ScorerStats
 from pipeline.serve.decode import DecodedBatch, decode_batch, decode_columns, decode_one
@@ -58,6 +56,11 @@ from pipeline.serve.outputs import Outputs, ProduceFailed, Source
 from pipeline.serve.records import anomaly_value
 
 log = logging.getLogger(__name__)
+# detector statuses that dead-letter an event: (reason, detail)
+_DETECTOR_REJECTIONS = {
+    DUPLICATE: (Reason.DUPLICATE_TIMESTAMP, "equals the last accepted one"),
+    OUT_OF_ORDER: (Reason.OUT_OF_ORDER, "is older than the last accepted one"),
+}
 __all__ = ["DecodedBatch", "ProduceFailed", "Scorer", "ScorerStats", "decode_batch", "decode_columns"]
 
 
@@ -256,7 +259,7 @@ class Scorer:
             self.stats.undecodable_batches += 1
             self.stats.skipped_offsets += item.end - item.start
             if tp in self._owned or not self._owned:
-                self.outputs.marker(UNDECODABLE_BATCH, item.detail, tp.partition, item.start, item.end - 1)
+                self.outputs.marker(Reason.UNDECODABLE_BATCH, item.detail, tp.partition, item.start, item.end - 1)
                 self.outputs.add({tp: item.end}, item.epoch, 0)
 
     def _rebalanced(self, notice: Rebalance) -> None:
@@ -277,7 +280,7 @@ class Scorer:
     def _late_internal_error(self, source: Source, detail: str) -> None:
         """An input message dead-lettered at a checkpoint (its output record was refused); it stays
         counted as scored too (counters only go up)."""
-        self.stats.rejected[INTERNAL_ERROR] += 1
+        self.stats.rejected[Reason.INTERNAL_ERROR] += 1
 
     def _decode(self, batch: Batch) -> DecodedBatch:
         """``decode_columns``, or message by message (failures as ``internal_error``) if it raises."""
@@ -328,7 +331,7 @@ class Scorer:
                 keys[i], bytes(raw_values[i]) if raw_values[i] is not None else b"", int(partitions[i]), int(offsets[i])
             )
 
-        def reject(i: int, reason: str, detail: str) -> None:
+        def reject(i: int, reason: Reason, detail: str) -> None:
             outputs.dead_letter(source(i), reason, detail)
             stats.rejected[reason] += 1
 
@@ -341,11 +344,11 @@ class Scorer:
                 topic_in,
                 int(partitions[i]),
                 int(offsets[i]),
-                INTERNAL_ERROR,
+                Reason.INTERNAL_ERROR,
                 detail,
             )
             failed[i] = True
-            reject(i, INTERNAL_ERROR, detail)
+            reject(i, Reason.INTERNAL_ERROR, detail)
 
         for j, error in failures:
             if new[j]:
@@ -361,15 +364,11 @@ class Scorer:
                     isolate(i, "dead-lettering", error)
         status = result.status
         # rejected by the detector: duplicate / out-of-order timestamps
-        for j in np.flatnonzero(new & ((status == DUPLICATE) | (status == ST_OUT_OF_ORDER))).tolist():
+        for j in np.flatnonzero(new & ((status == DUPLICATE) | (status == OUT_OF_ORDER))).tolist():
             i = int(vp[j])
-            reason = DUPLICATE_TIMESTAMP if status[j] == DUPLICATE else OUT_OF_ORDER
+            reason, how = _DETECTOR_REJECTIONS[int(status[j])]
             try:
-                detail = f"series {dec.series[j]!r}: timestamp {dec.ts[j]} " + (
-                    "equals the last accepted one"
-                    if reason == DUPLICATE_TIMESTAMP
-                    else "is older than the last accepted one"
-                )
+                detail = f"series {dec.series[j]!r}: timestamp {dec.ts[j]} {how}"
                 reject(i, reason, detail)
             except Exception as error:
                 isolate(i, "dead-lettering", error)
