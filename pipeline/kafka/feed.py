@@ -38,6 +38,7 @@ import time
 from dataclasses import dataclass, field
 from itertools import chain
 from operator import attrgetter
+from typing import Protocol
 
 import numpy as np
 from kafka import ConsumerRebalanceListener
@@ -54,7 +55,7 @@ from pipeline.kafka.feed_guard import (
     topic_id,
 )
 
-__all__ = ["Batch", "EventFeed", "PartitionReset", "Rebalance", "SkippedRange"]
+__all__ = ["Batch", "EventFeed", "Feed", "Notice", "PartitionReset", "Rebalance", "SkippedRange"]
 
 log = logging.getLogger(__name__)
 _LOST_TO_REBALANCE = (CommitFailedError, RebalanceInProgressError)  # the new owner re-reads: not retried
@@ -151,6 +152,28 @@ class Rebalance:
 
     lost: set = field(default_factory=set)
     assigned: set = field(default_factory=set)
+
+
+Notice = Rebalance | PartitionReset | SkippedRange
+
+
+class Feed(Protocol):
+    """What the scorer reads through: ``EventFeed`` in-process, or ``FetchProcess`` over a child."""
+
+    commits: int  # commits made so far
+
+    @property
+    def commit_in_flight(self) -> bool: ...
+
+    def poll(self, timeout_ms: int = ...) -> list[Notice | Batch]: ...
+
+    def commit(self, offsets: dict[TopicPartition, int], epoch: int | None = None) -> bool: ...
+
+    def wait_committed(self, timeout_s: float = ...) -> None: ...
+
+    def lag(self) -> dict[TopicPartition, int] | None: ...
+
+    def close(self) -> None: ...
 
 
 class _Listener(ConsumerRebalanceListener):
@@ -446,7 +469,12 @@ class EventFeed:
                 failed.update(offsets)
         return len(done), failed
 
-    def wait_commits(self, timeout_s: float = 10.0) -> int:
+    commit_in_flight = False  # ``commit`` is synchronous: never one in flight (cf. ``FetchProcess``)
+
+    def wait_committed(self, timeout_s: float = 60.0) -> None:
+        """Nothing to wait for here (``commit`` is synchronous); the ``Feed`` interface."""
+
+    def wait_commits(self, timeout_s: float = 10.0) -> tuple[int, dict]:
         """Wait (bounded) for the commits in flight (kafka-python's IO thread completes them)."""
         deadline = time.monotonic() + timeout_s
         while any(not f.is_done for f, _ in self._async_commits) and time.monotonic() < deadline:

@@ -32,11 +32,11 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from models.core.timeutil import iso_utc
 from models.detection.detector import SCORED
 
 log = logging.getLogger(__name__)
@@ -44,10 +44,6 @@ ALERTNAME = "TsadSeriesAnomaly"
 RUNBOOK = "https://github.com/tsad/tsad/blob/main/README.md#alert-tsadseriesanomaly"
 _BATCH = 500
 _MAX_BACKOFF_S = 30.0
-
-
-def _iso(epoch_s: float) -> str:
-    return datetime.fromtimestamp(epoch_s, UTC).isoformat().replace("+00:00", "Z")
 
 
 def _num(x: float) -> str:
@@ -209,7 +205,7 @@ class AlertmanagerSink:
             "expected": _num(predicted),
             "lower": _num(lower),
             "upper": _num(upper),
-            "event_time": _iso(ts) if math.isfinite(ts) else "",
+            "event_time": iso_utc(ts) if math.isfinite(ts) else "",
             "runbook": RUNBOOK,
         }
         if alert is None:
@@ -226,8 +222,8 @@ class AlertmanagerSink:
         payload = {
             "labels": alert.labels,
             "annotations": alert.annotations,
-            "startsAt": _iso(alert.starts),
-            "endsAt": _iso(ends),
+            "startsAt": iso_utc(alert.starts),
+            "endsAt": iso_utc(ends),
         }
         old = self.pending.get(sid)
         self.pending[sid] = _Pending(

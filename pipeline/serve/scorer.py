@@ -45,9 +45,11 @@ import numpy as np
 import orjson
 from kafka.structs import TopicPartition
 
+from models.core.settings import Settings
 from models.detection.detector import DUPLICATE, OUT_OF_ORDER, SCORED, WARMUP, StreamingDetector
+from models.detection.routed import RoutedDetector
 from pipeline.events import Event, Reason
-from pipeline.kafka.feed import Batch, EventFeed, PartitionReset, Rebalance, SkippedRange
+from pipeline.kafka.feed import Batch, EventFeed, Feed, PartitionReset, Rebalance, SkippedRange
 from pipeline.kafka.feed_process import MERGE_RECORDS, FetchProcess
 from pipeline.metrics import ScorerMetrics, ScorerStats
 from pipeline.serve.decode import DecodedBatch, decode_batch, decode_columns, decode_one
@@ -75,8 +77,8 @@ class Scorer:
 
     def __init__(
         self,
-        settings,
-        detector: StreamingDetector,
+        settings: Settings,
+        detector: StreamingDetector | RoutedDetector,
         metrics: ScorerMetrics | None = None,
         *,
         watcher=None,
@@ -103,15 +105,16 @@ class Scorer:
         self._owned: set[TopicPartition] = set()  # current assignment (from the feed's notices)
         self.latency_log: list | None = None
         self.producer = producer or make_producer(self.kafka, linger_ms=5)
-        every = getattr(settings, "commit_every_events", 20_000)
+        every = settings.commit_every_events
         self.outputs = Outputs(
             self.producer,
             self.kafka,
             settings.max_message_bytes,
-            commit_interval_ms=getattr(settings, "commit_interval_ms", 1000),
+            commit_interval_ms=settings.commit_interval_ms,
             commit_every_events=every,
             on_internal_error=self._late_internal_error,
         )
+        self.feed: Feed
         if fetch_process:
             self.feed = FetchProcess(
                 self.kafka,
@@ -136,7 +139,7 @@ class Scorer:
         with contextlib.suppress(TypeError, ValueError):  # a version that is not a number: gauge unchanged
             st.model_version = float(d.model_version)
         st.last_reload_s = time.time()
-        for det in getattr(d, "detectors", {d.model_name: d}).values():
+        for det in d.detectors.values() if isinstance(d, RoutedDetector) else [d]:
             # per-model counters exist from the start (at 0), so rate() sees a model's first anomaly
             st.model_scored[det.model_name] += 0
             st.model_anomalies[det.model_name] += 0
@@ -228,7 +231,7 @@ class Scorer:
         if done is not None and done[0]:
             self.feed.commit(*done)
         if out.sealed is None and out.due():
-            if getattr(self.feed, "commit_in_flight", False):
+            if self.feed.commit_in_flight:
                 if not full:
                     return
                 self.feed.wait_committed()
