@@ -10,6 +10,7 @@ import numpy as np
 import orjson
 from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
+from record_helpers import headers_dict
 
 from models.core.settings import Settings
 from models.detection.detector import DetectorConfig, StreamingDetector
@@ -18,7 +19,6 @@ from models.forecasting.training import fit
 from models.registry import ModelRegistry
 from pipeline.kafka.clients import make_producer
 from pipeline.metrics import ScorerMetrics
-from pipeline.serve.records import headers_dict
 from pipeline.serve.reload import ChampionWatcher
 from pipeline.serve.scorer import Scorer
 

@@ -15,6 +15,7 @@ import orjson
 import pytest
 from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
+from record_helpers import headers_dict
 
 from models.core.settings import Settings
 from models.detection.detector import DetectorConfig, StreamingDetector
@@ -24,7 +25,6 @@ from models.registry import ModelRegistry
 from pipeline.events import encode_event
 from pipeline.kafka.clients import make_producer
 from pipeline.metrics import ScorerMetrics
-from pipeline.serve.records import headers_dict
 from pipeline.serve.reload import ChampionWatcher
 from pipeline.serve.scorer import Scorer
 
@@ -137,7 +137,7 @@ def good_rows(start: int, stop: int, spikes: dict):
     for s_i, series in enumerate(SERIES):
         i = np.arange(start, stop)
         values = signal(i, float(s_i))
-        for j, (ii, v) in enumerate(zip(i.tolist(), values.tolist())):
+        for ii, v in zip(i.tolist(), values.tolist()):
             v = v + spikes.get((series, ii), 0.0)
             rows.append((series.encode(), encode_event(series, T0 + 60 * ii, v)))
     return rows

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from itertools import compress
-from operator import attrgetter, itemgetter
+from operator import itemgetter
 
 import numpy as np
 import orjson
@@ -37,7 +37,6 @@ class DecodedBatch:
 
 
 _SERIES, _TS, _VALUE = itemgetter("series"), itemgetter("ts"), itemgetter("value")
-_KEY, _VALUE_BYTES = attrgetter("key"), attrgetter("value")
 _NUMBER_TYPES = {int, float}
 _UNPARSED = object()  # per-message marker: this one goes through parse_event
 
@@ -128,15 +127,6 @@ def decode_one(
             f"while decoding: {type(error).__name__}: {error}",
             bytes(raw) if raw is not None else b"",
         )
-
-
-def decode_batch(
-    records, max_message_bytes: int = MAX_MESSAGE_BYTES, max_series_id_length: int = MAX_SERIES_ID_LENGTH
-) -> DecodedBatch:
-    """``decode_columns`` of records with ``.value`` and ``.key`` (e.g. kafka-python's ConsumerRecord)."""
-    return decode_columns(
-        list(map(_VALUE_BYTES, records)), list(map(_KEY, records)), max_message_bytes, max_series_id_length
-    )
 
 
 def decode_columns(

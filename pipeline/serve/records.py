@@ -78,11 +78,6 @@ def dead_letter_headers(
     ]
 
 
-def headers_dict(headers) -> dict[str, str]:
-    """Headers of a consumed message as a str -> str dict (for readers and tests)."""
-    return {k: (v or b"").decode("utf-8", "replace") for k, v in (headers or [])}
-
-
 def dead_letter_value(raw: bytes, limit: int) -> tuple[bytes, list[tuple[str, bytes]]]:
     """The dead-letter value for ``raw``: unchanged, or its first ``limit`` bytes plus a header."""
     if len(raw) <= limit:

@@ -52,7 +52,7 @@ from pipeline.events import Event, Reason
 from pipeline.kafka.feed import Batch, EventFeed, Feed, PartitionReset, Rebalance, SkippedRange
 from pipeline.kafka.feed_process import MERGE_RECORDS, FetchProcess
 from pipeline.metrics import ScorerMetrics, ScorerStats
-from pipeline.serve.decode import DecodedBatch, decode_batch, decode_columns, decode_one
+from pipeline.serve.decode import DecodedBatch, decode_columns, decode_one
 from pipeline.serve.isolate import process_isolated
 from pipeline.serve.outputs import Outputs, ProduceFailed, Source
 from pipeline.serve.records import anomaly_value
@@ -63,7 +63,7 @@ _DETECTOR_REJECTIONS = {
     DUPLICATE: (Reason.DUPLICATE_TIMESTAMP, "equals the last accepted one"),
     OUT_OF_ORDER: (Reason.OUT_OF_ORDER, "is older than the last accepted one"),
 }
-__all__ = ["DecodedBatch", "ProduceFailed", "Scorer", "ScorerStats", "decode_batch", "decode_columns"]
+__all__ = ["DecodedBatch", "ProduceFailed", "Scorer", "ScorerStats", "decode_columns"]
 
 
 class Scorer:
