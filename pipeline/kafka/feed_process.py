@@ -26,14 +26,20 @@ committing anything more; if the child dies, the parent's ``poll`` raises ``Fetc
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import multiprocessing
 import os
 import signal
 import time
+from multiprocessing.connection import Connection
+from typing import Any
 
-from pipeline.kafka.feed import Batch
+from kafka.structs import TopicPartition
+
+from models.core.settings import KafkaSettings
+from pipeline.kafka.feed import Batch, EventFeed
 
 log = logging.getLogger(__name__)
 _REVOKE_WAIT_S = 120.0
@@ -45,105 +51,128 @@ class FetchProcessDied(RuntimeError):
 
 
 def _die_with_parent(parent_pid: int) -> None:
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: the broken pipe tells instead
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         os._exit(1)
 
 
-def _child_main(conn, kafka, replay_messages: int, poll_timeout_ms: int, parent_pid: int, log_level: int) -> None:
+def _child_main(
+    conn: Connection, kafka: KafkaSettings, replay_messages: int, poll_timeout_ms: int, parent_pid: int, log_level: int
+) -> None:
     """(child) Poll, send batches, commit what the parent acknowledged."""
     _die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s[fetch]: %(message)s")
     logging.getLogger("kafka").setLevel(max(logging.WARNING, log_level))
-    from pipeline.kafka.feed import EventFeed
+    _Child(conn).run(kafka, replay_messages, poll_timeout_ms)
 
-    acked: dict = {}  # {tp: (offset, epoch)} acknowledged, not committed yet (the latest ack wins)
-    stopping = False
-    confirms = 0  # "committed" answers owed for commits sent with commit_async
 
-    def current_acked() -> dict:
-        """``acked`` less partitions reset since their offsets were read (checked at commit time)."""
-        return {tp: o for tp, (o, epoch) in acked.items() if feed.current({tp: o}, epoch)}
+class _Child:
+    """(child) The fetch loop over one ``EventFeed``: sends what it polls, commits what the parent
+    acknowledged (see the module docstring)."""
 
-    def requeue(failed: dict) -> None:
-        for tp, (offset, epoch) in failed.items():
-            acked.setdefault(tp, (offset, epoch))  # a newer acknowledgement supersedes it
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.feed: EventFeed | None = None
+        self.acked: dict[TopicPartition, tuple[int, int | None]] = {}  # acknowledged, not committed (latest wins)
+        self.stopping = False
+        self.confirms = 0  # "committed" answers owed for commits sent with commit_async
 
-    def read(message, in_rebalance: bool = False) -> str:
-        nonlocal stopping, confirms
-        kind = message[0]
-        if kind == "done":  # commit at once (without blocking the fetch loop) and confirm once done
-            acked.update({tp: (o, message[2]) for tp, o in message[1].items()})
-            # no consumer call inside a rebalance callback: those are committed right after it
-            # (kept partitions only)
-            if not in_rebalance and feed.commit_async(current_acked(), tag=dict(acked)):
-                acked.clear()
-                confirms += 1
-            else:
-                conn.send(("committed",))
-        elif kind == "stop":
-            stopping = True
-        return kind
+    def run(self, kafka: KafkaSettings, replay_messages: int, poll_timeout_ms: int) -> None:
+        """The loop until ``stop``; then commit what was acknowledged, close and say so."""
+        try:
+            self.feed = EventFeed(
+                kafka,
+                replay_messages=replay_messages,
+                poll_timeout_ms=poll_timeout_ms,
+                before_revoke=self.before_revoke,
+            )
+            self._loop(self.feed)
+        except (BrokenPipeError, EOFError, ConnectionResetError):
+            os._exit(1)  # the parent is gone: commit nothing more
+        except BaseException as error:
+            log.exception("fetch process failed")
+            with contextlib.suppress(OSError):
+                self.conn.send(("error", f"{type(error).__name__}: {error}"))
+        finally:
+            if self.feed is not None:
+                try:
+                    self.feed.close()
+                except Exception:
+                    log.exception("closing the consumer")
+        with contextlib.suppress(OSError):
+            self.conn.send(("closed", self.feed.commits if self.feed is not None else 0))
 
-    def before_revoke(_revoked) -> None:
-        conn.send(("revoking",))
-        deadline = time.monotonic() + _REVOKE_WAIT_S
-        while time.monotonic() < deadline and not stopping:
-            if conn.poll(0.1) and read(conn.recv(), in_rebalance=True) == "revoke_ack":
-                break
-
-    def flush() -> None:
-        if acked:
-            feed.commit(current_acked())
-            acked.clear()
-
-    feed = None
-    try:
-        feed = EventFeed(
-            kafka, replay_messages=replay_messages, poll_timeout_ms=poll_timeout_ms, before_revoke=before_revoke
-        )
-        while not stopping:
-            while conn.poll():
-                read(conn.recv())
-            flush()  # what was acknowledged during a rebalance
-            if stopping:
+    def _loop(self, feed: EventFeed) -> None:
+        while not self.stopping:
+            while self.conn.poll():
+                self.read(self.conn.recv())
+            self.flush()  # what was acknowledged during a rebalance
+            if self.stopping:
                 break
             items = feed.poll()
             if items:
-                conn.send(("items", items, None, feed.commits))
-            settled, failed = feed.settled_commits()
-            requeue(failed)  # committed again (synchronously) at the next flush
-            for _ in range(min(settled, confirms)):
-                conn.send(("committed",))
-            confirms -= min(settled, confirms)
-            lag = feed.lag()
-            if lag is not None or settled:
-                conn.send(("items", [], lag, feed.commits))
-        requeue(feed.wait_commits()[1])
-        flush()
-    except (BrokenPipeError, EOFError, ConnectionResetError):
-        os._exit(1)  # the parent is gone: commit nothing more
-    except BaseException as error:
-        log.exception("fetch process failed")
-        try:
-            conn.send(("error", f"{type(error).__name__}: {error}"))
-        except OSError:
-            pass
-    finally:
-        if feed is not None:
-            try:
-                feed.close()
-            except Exception:
-                log.exception("closing the consumer")
-    try:
-        conn.send(("closed", feed.commits if feed is not None else 0))
-    except OSError:
-        pass
+                self.conn.send(("items", items, None, feed.commits))
+            self._settle(feed)
+        self.requeue(feed.wait_commits()[1])
+        self.flush()
+
+    def _settle(self, feed: EventFeed) -> None:
+        """Confirm the asynchronous commits that finished (failed ones are committed again at the
+        next flush); report the lag and the commit count when there is news."""
+        settled, failed = feed.settled_commits()
+        self.requeue(failed)
+        for _ in range(min(settled, self.confirms)):
+            self.conn.send(("committed",))
+        self.confirms -= min(settled, self.confirms)
+        lag = feed.lag()
+        if lag is not None or settled:
+            self.conn.send(("items", [], lag, feed.commits))
+
+    def _feed(self) -> EventFeed:
+        assert self.feed is not None, "the feed is made before any message is read"
+        return self.feed
+
+    def current_acked(self) -> dict[TopicPartition, int]:
+        """``acked`` less partitions reset since their offsets were read (checked at commit time)."""
+        feed = self._feed()
+        return {tp: o for tp, (o, epoch) in self.acked.items() if feed.current({tp: o}, epoch)}
+
+    def requeue(self, failed: dict[TopicPartition, tuple[int, int | None]]) -> None:
+        for tp, (offset, epoch) in failed.items():
+            self.acked.setdefault(tp, (offset, epoch))  # a newer acknowledgement supersedes it
+
+    def read(self, message: tuple[Any, ...], in_rebalance: bool = False) -> str:
+        """Apply one parent message; returns its kind."""
+        kind = str(message[0])
+        if kind == "done":  # commit at once (without blocking the fetch loop) and confirm once done
+            self.acked.update({tp: (o, message[2]) for tp, o in message[1].items()})
+            # no consumer call inside a rebalance callback: those are committed right after it
+            # (kept partitions only)
+            if not in_rebalance and self._feed().commit_async(self.current_acked(), tag=dict(self.acked)):
+                self.acked.clear()
+                self.confirms += 1
+            else:
+                self.conn.send(("committed",))
+        elif kind == "stop":
+            self.stopping = True
+        return kind
+
+    def before_revoke(self, _revoked: set[TopicPartition]) -> None:
+        """(inside the rebalance) Let the parent score and checkpoint every batch sent so far."""
+        self.conn.send(("revoking",))
+        deadline = time.monotonic() + _REVOKE_WAIT_S
+        while time.monotonic() < deadline and not self.stopping:
+            if self.conn.poll(0.1) and self.read(self.conn.recv(), in_rebalance=True) == "revoke_ack":
+                break
+
+    def flush(self) -> None:
+        """Commit (synchronously) what was acknowledged and not committed yet."""
+        if self.acked:
+            self._feed().commit(self.current_acked())
+            self.acked.clear()
 
 
 class FetchProcess:

@@ -10,6 +10,7 @@ case (numeric ts and value, plain series id, matching key) is then checked colum
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from itertools import compress
 from operator import itemgetter
@@ -19,6 +20,8 @@ import orjson
 
 from models.core.limits import MAX_ABS_VALUE, MAX_MESSAGE_BYTES, MAX_SERIES_ID_LENGTH
 from pipeline.events import MAX_TS, MILLISECONDS_CUTOFF, MIN_TS, Event, Reason, Rejection, parse_event, validate_payload
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -171,3 +174,26 @@ def decode_columns(
     out.ts, out.values = np.array(ts, dtype=np.float64), np.array(vals, dtype=np.float64)
     out.valid_pos = np.array(pos, dtype=np.int64)
     return out
+
+
+def decode_isolated(
+    values: list[bytes | None], keys: list[bytes | None], max_message_bytes: int, max_series_id_length: int
+) -> DecodedBatch:
+    """``decode_columns``, or message by message if it raises (a message whose own decoding raises
+    is rejected as ``internal_error``): one message can never fail the batch."""
+    try:
+        return decode_columns(values, keys, max_message_bytes, max_series_id_length)
+    except Exception as error:
+        log.error("batch decode failed (%s: %s); decoding message by message", type(error).__name__, error)
+    items = [
+        decode_one(raw, key, max_message_bytes=max_message_bytes, max_series_id_length=max_series_id_length)
+        for raw, key in zip(values, keys)
+    ]
+    events = [(i, item) for i, item in enumerate(items) if isinstance(item, Event)]
+    return DecodedBatch(
+        [event.series for _, event in events],
+        np.array([event.ts for _, event in events], dtype=np.float64),
+        np.array([event.value for _, event in events], dtype=np.float64),
+        np.array([i for i, _ in events], dtype=np.int64),
+        [(i, item) for i, item in enumerate(items) if isinstance(item, Rejection)],
+    )

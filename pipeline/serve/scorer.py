@@ -42,27 +42,21 @@ import time
 from collections import defaultdict
 
 import numpy as np
-import orjson
 from kafka.structs import TopicPartition
 
 from models.core.settings import Settings
-from models.detection.detector import DUPLICATE, OUT_OF_ORDER, SCORED, WARMUP, StreamingDetector
+from models.detection.detector import SCORED, WARMUP, BatchResult, StreamingDetector
 from models.detection.routed import RoutedDetector
-from pipeline.events import Event, Reason
+from pipeline.events import Reason
 from pipeline.kafka.feed import Batch, EventFeed, Feed, PartitionReset, Rebalance, SkippedRange
 from pipeline.kafka.feed_process import MERGE_RECORDS, FetchProcess
 from pipeline.metrics import ScorerMetrics, ScorerStats
-from pipeline.serve.decode import DecodedBatch, decode_columns, decode_one
+from pipeline.serve.batch import BatchRecords
+from pipeline.serve.decode import DecodedBatch, decode_columns, decode_isolated
 from pipeline.serve.isolate import process_isolated
 from pipeline.serve.outputs import Outputs, ProduceFailed, Source
-from pipeline.serve.records import anomaly_value
 
 log = logging.getLogger(__name__)
-# detector statuses that dead-letter an event: (reason, detail)
-_DETECTOR_REJECTIONS = {
-    DUPLICATE: (Reason.DUPLICATE_TIMESTAMP, "equals the last accepted one"),
-    OUT_OF_ORDER: (Reason.OUT_OF_ORDER, "is older than the last accepted one"),
-}
 __all__ = ["DecodedBatch", "ProduceFailed", "Scorer", "ScorerStats", "decode_columns"]
 
 
@@ -285,26 +279,6 @@ class Scorer:
         counted as scored too (counters only go up)."""
         self.stats.rejected[Reason.INTERNAL_ERROR] += 1
 
-    def _decode(self, batch: Batch) -> DecodedBatch:
-        """``decode_columns``, or message by message (failures as ``internal_error``) if it raises."""
-        limit, id_limit = self.settings.max_message_bytes, self.settings.max_series_id_length
-        try:
-            return decode_columns(batch.values, batch.keys, limit, id_limit)
-        except Exception as error:
-            log.error("batch decode failed (%s: %s); decoding message by message", type(error).__name__, error)
-        items = [
-            decode_one(raw, key, max_message_bytes=limit, max_series_id_length=id_limit)
-            for raw, key in zip(batch.values, batch.keys)
-        ]
-        ok = [i for i, item in enumerate(items) if type(item) is Event]
-        return DecodedBatch(
-            [items[i].series for i in ok],
-            np.array([items[i].ts for i in ok], dtype=np.float64),
-            np.array([items[i].value for i in ok], dtype=np.float64),
-            np.array(ok, dtype=np.int64),
-            [(i, item) for i, item in enumerate(items) if type(item) is not Event],
-        )
-
     def _score(self, batch: Batch) -> bool:
         """Decode, score and send one batch's records (committed at a later checkpoint).
 
@@ -315,139 +289,85 @@ class Scorer:
             if not len(batch):
                 return False
         t0 = time.perf_counter()
-        n = len(batch)
-        replay = batch.replay
-        keys, raw_values, offsets = batch.keys, batch.values, batch.offsets
-        partitions = batch.partitions()
-        topic_in = self.kafka.events_topic
-        dec = self._decode(batch)
-        vp = dec.valid_pos
-        new = np.ones(len(vp), dtype=bool) if replay is None else ~replay[vp]
+        settings = self.settings
+        dec = decode_isolated(batch.values, batch.keys, settings.max_message_bytes, settings.max_series_id_length)
+        new = np.ones(len(dec.valid_pos), dtype=bool) if batch.replay is None else ~batch.replay[dec.valid_pos]
         result, failures = process_isolated(self.detector, dec.series, dec.ts, dec.values, new)
         decided_at = time.time()
-        stats, outputs = self.stats, self.outputs
-        topic_out = self.kafka.anomalies_topic
-        failed = np.zeros(n, dtype=bool)  # became internal_error after decoding
+        records = BatchRecords(
+            batch,
+            dec,
+            result,
+            new,
+            outputs=self.outputs,
+            stats=self.stats,
+            kafka=self.kafka,
+            on_anomaly=self.on_anomaly,
+        )
+        records.send_all(failures)
+        self.outputs.add(batch.commit_offsets, batch.epoch, len(batch))
+        is_new = self._count_events(records)
+        if self.observers:
+            self._notify(dec, result, is_new)
+        self.stats.evicted += int(result.evicted)
+        self._observe_latency(batch, dec, result, is_new, decided_at)
+        self._track_series(batch, dec, result.evicted)
+        self._count_batch(len(batch), t0)
+        return True
 
-        def source(i: int) -> Source:
-            return Source(
-                keys[i], bytes(raw_values[i]) if raw_values[i] is not None else b"", int(partitions[i]), int(offsets[i])
-            )
-
-        def reject(i: int, reason: Reason, detail: str) -> None:
-            outputs.dead_letter(source(i), reason, detail)
-            stats.rejected[reason] += 1
-
-        def isolate(i: int, stage: str, error: BaseException) -> None:
-            if isinstance(error, ProduceFailed):
-                raise error
-            detail = f"{stage}: {type(error).__name__}: {error}"
-            log.error(
-                "message %s/%d/%d dead-lettered as %s: %s",
-                topic_in,
-                int(partitions[i]),
-                int(offsets[i]),
-                Reason.INTERNAL_ERROR,
-                detail,
-            )
-            failed[i] = True
-            reject(i, Reason.INTERNAL_ERROR, detail)
-
-        for j, error in failures:
-            if new[j]:
-                isolate(int(vp[j]), "scoring", error)
-            else:
-                failed[int(vp[j])] = True  # a replayed event: state only, nothing to dead-letter
-        # rejected by validation (not replay)
-        for i, item in dec.rejections:
-            if replay is None or not replay[i]:
-                try:
-                    reject(i, item.reason, item.detail)
-                except Exception as error:
-                    isolate(i, "dead-lettering", error)
-        status = result.status
-        # rejected by the detector: duplicate / out-of-order timestamps
-        for j in np.flatnonzero(new & ((status == DUPLICATE) | (status == OUT_OF_ORDER))).tolist():
-            i = int(vp[j])
-            reason, how = _DETECTOR_REJECTIONS[int(status[j])]
-            try:
-                detail = f"series {dec.series[j]!r}: timestamp {dec.ts[j]} {how}"
-                reject(i, reason, detail)
-            except Exception as error:
-                isolate(i, "dead-lettering", error)
-        # anomalies
-        n_anom = 0
-        for j in np.flatnonzero(result.is_anomaly & new).tolist():
-            i, sid = int(vp[j]), dec.series[j]
-            try:
-                model, version = result.model_at(j)
-                lower, upper = result.band_at(j)
-                value = anomaly_value(
-                    sid,
-                    float(dec.ts[j]),
-                    float(dec.values[j]),
-                    float(result.predicted[j]),
-                    float(result.error[j]),
-                    float(result.score[j]),
-                    result.threshold,
-                    model,
-                    version,
-                    topic_in,
-                    int(partitions[i]),
-                    int(offsets[i]),
-                    lower,
-                    upper,
-                )
-                outputs.send(topic_out, sid.encode("utf-8"), value, source(i))
-                n_anom += 1
-                stats.model_anomalies[model] += 1
-                if self.on_anomaly is not None:
-                    self.on_anomaly(orjson.loads(value))
-            except Exception as error:
-                isolate(i, "building or producing its anomaly record", error)
-        outputs.add(batch.commit_offsets, batch.epoch, n)
-
-        ok = ~failed[vp]
+    def _count_events(self, records: BatchRecords) -> np.ndarray:
+        """Add a sent batch to the event accounting; returns ``is_new`` ``(n_valid,)``: new events
+        that did not become ``internal_error`` (scored, warm-up or rejected by the detector)."""
+        stats, status, new, replay = self.stats, records.result.status, records.new, records.batch.replay
+        ok = ~records.failed[records.dec.valid_pos]
         is_new = new & ok
         n_scored = int(np.count_nonzero(status[is_new] == SCORED))
         n_warm_new = int(np.count_nonzero(status[is_new] == WARMUP))
         n_replayed = int(np.count_nonzero(status[~new & ok] == WARMUP)) if replay is not None else 0
-        n_new = n - (int(replay.sum()) if replay is not None else 0)
+        n_new = len(records.batch) - (int(replay.sum()) if replay is not None else 0)
         stats.consumed += n_new
         stats.scored += n_scored
         stats.warmup += n_warm_new + n_replayed
         stats.replayed += n_replayed
-        stats.anomalies += n_anom
-        self._count_scored_per_model(result, is_new & (status == SCORED))
-        if self.observers:
-            self._notify(dec, result, is_new)
-        stats.evicted += int(result.evicted)
-        decided = is_new & ((status == SCORED) | (status == WARMUP))
-        if decided.any():
-            ts_ms = batch.timestamps[vp[decided]].astype(np.float64)
-            latency = np.maximum(decided_at - ts_ms / 1000.0, 0.0)
-            stats.latency.observe_many(latency)
-            if self.latency_log is not None:  # benchmarks: (end-to-end, poll returned -> decided) per event
-                self.latency_log.append((latency, decided_at - batch.polled_at))
+        stats.anomalies += records.anomalies
+        self._count_scored_per_model(records.result, is_new & (status == SCORED))
+        return is_new
 
-        # remember which series live on which partition (to drop them if the partition goes)
-        bounds = np.searchsorted(vp, np.cumsum([0, *batch.sizes]))
+    def _observe_latency(
+        self, batch: Batch, dec: DecodedBatch, result: BatchResult, is_new: np.ndarray, decided_at: float
+    ) -> None:
+        """End-to-end latency (record timestamp -> decision) of the new events scored or warmed up."""
+        status = result.status
+        decided = is_new & ((status == SCORED) | (status == WARMUP))
+        if not decided.any():
+            return
+        ts_ms = batch.timestamps[dec.valid_pos[decided]].astype(np.float64)
+        latency = np.maximum(decided_at - ts_ms / 1000.0, 0.0)
+        self.stats.latency.observe_many(latency)
+        if self.latency_log is not None:  # benchmarks: (end-to-end, poll returned -> decided) per event
+            self.latency_log.append((latency, decided_at - batch.polled_at))
+
+    def _track_series(self, batch: Batch, dec: DecodedBatch, evicted: int) -> None:
+        """Remember which series live on which partition (to drop them if the partition goes)."""
+        bounds = np.searchsorted(dec.valid_pos, np.cumsum([0, *batch.sizes]))
         series = dec.series
         for k, tp in enumerate(batch.tps):
             a, b = int(bounds[k]), int(bounds[k + 1])
             if b > a:
                 self._series_by_tp[tp].update(series[a:b])
-        if result.evicted:
-            self._evictions_since_prune += int(result.evicted)
+        if evicted:
+            self._evictions_since_prune += int(evicted)
             if self._evictions_since_prune > max(self.detector.tracked_series, 1024):
                 self._prune_series_by_tp()
+
+    def _count_batch(self, n: int, t0: float) -> None:
+        stats = self.stats
         stats.batches += 1
         stats.tracked_series = self.detector.tracked_series
         stats.batch_size.observe(n)
         elapsed = time.perf_counter() - t0
         stats.busy_s += elapsed
         stats.batch_duration.observe(elapsed)
-        return True
 
     def _count_scored_per_model(self, result, scored: np.ndarray) -> None:
         """``tsad_model_events_scored_total{model}`` from a batch's routes."""
