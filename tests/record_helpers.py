@@ -1,9 +1,15 @@
-"""Test helpers for records read back from Kafka: headers as a dict, a batch decoded from records."""
+"""Test helpers for records read back from Kafka: a topic read to its end, headers as a dict, a
+batch decoded from records."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
+
+from kafka import KafkaConsumer
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.structs import TopicPartition
+from waiting import poll_until
 
 from models.core.limits import MAX_MESSAGE_BYTES, MAX_SERIES_ID_LENGTH
 from pipeline.serve.decode import DecodedBatch, decode_columns
@@ -31,3 +37,40 @@ def decode_batch(
 ) -> DecodedBatch:
     """``decode_columns`` of records' values and keys."""
     return decode_columns([r.value for r in records], [r.key for r in records], max_message_bytes, max_series_id_length)
+
+
+def read_to_end(
+    client_config: dict[str, Any], topic: str, expected: int, timeout_s: float, partitions: Iterable[int] | None = None
+) -> list[ConsumerRecord]:
+    """Every record of ``topic`` from its beginning to its end offsets, read once those offsets hold
+    at least ``expected`` records or ``timeout_s`` passed (then fewer come back; the caller asserts).
+
+    Reading up to the end offsets, rather than on for a while, is what shows that nothing else is
+    there. ``partitions``: all of the topic's by default.
+    """
+    consumer = KafkaConsumer(**client_config, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest")
+    try:
+        if partitions is None:
+            partitions = consumer.partitions_for_topic(topic) or []
+        parts = [TopicPartition(topic, p) for p in partitions]
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        starts = consumer.beginning_offsets(parts)
+        ends: dict[TopicPartition, int] = {}
+
+        def enough() -> bool:
+            ends.update(consumer.end_offsets(parts))
+            return sum(ends[tp] - starts[tp] for tp in parts) >= expected
+
+        poll_until(enough, timeout_s)
+        out: list[ConsumerRecord] = []
+
+        def caught_up() -> bool:
+            for batch in consumer.poll(timeout_ms=300).values():
+                out.extend(batch)
+            return all(consumer.position(tp) >= ends[tp] for tp in parts)
+
+        poll_until(caught_up, timeout_s, interval=0.0)
+        return out
+    finally:
+        consumer.close()

@@ -39,7 +39,7 @@ from typing import Any
 from kafka.structs import TopicPartition
 
 from models.core.settings import KafkaSettings
-from pipeline.kafka.feed import Batch, EventFeed
+from pipeline.kafka.feed import Batch, EventFeed, Notice
 
 log = logging.getLogger(__name__)
 _REVOKE_WAIT_S = 120.0
@@ -175,6 +175,24 @@ class _Child:
             self.acked.clear()
 
 
+def take_merged(buffer: list[Notice | Batch], merge_records: int) -> tuple[list[Notice | Batch], list[Notice | Batch]]:
+    """``(items to hand out, the rest of buffer)``: the leading notices, then the run of consecutive
+    batches after them merged into one (``Batch.merged``); the run stops at a notice, or once it
+    holds ``merge_records`` records."""
+    k = next((j for j, item in enumerate(buffer) if isinstance(item, Batch)), len(buffer))
+    out: list[Notice | Batch] = buffer[:k]
+    run: list[Batch] = []
+    n = 0
+    while k < len(buffer) and (not run or n < merge_records):
+        item = buffer[k]
+        if not isinstance(item, Batch):
+            break
+        run.append(item)
+        n += len(item)
+        k += 1
+    return out + ([Batch.merged(run)] if run else []), buffer[k:]
+
+
 class FetchProcess:
     """Parent side: the ``EventFeed`` interface (``poll``, ``commit``, ``close``) over the child.
 
@@ -244,16 +262,9 @@ class FetchProcess:
     def _buffered_records(self) -> int:
         return sum(len(item) for item in self._buffer if isinstance(item, Batch))
 
-    def _take(self) -> list:
-        """Leading rebalance notices, then the run of consecutive batches after them merged."""
-        k = next((j for j, item in enumerate(self._buffer) if isinstance(item, Batch)), len(self._buffer))
-        out, run, n = self._buffer[:k], [], 0
-        while k < len(self._buffer) and isinstance(self._buffer[k], Batch) and (not run or n < self.merge_records):
-            run.append(self._buffer[k])
-            n += len(self._buffer[k])
-            k += 1
-        self._buffer = self._buffer[k:]
-        return out + ([Batch.merged(run)] if run else [])
+    def _take(self) -> list[Notice | Batch]:
+        out, self._buffer = take_merged(self._buffer, self.merge_records)
+        return out
 
     def _recv(self, timeout_s: float):
         """The child's next message, or None after ``timeout_s``; ``FetchProcessDied`` if it is gone."""
