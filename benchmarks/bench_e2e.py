@@ -29,6 +29,7 @@ Targets (issue 4): m2m >= 0.8x raw, m2o >= 0.3x raw, p99 < 50 ms at 5k/s, < 1 Ki
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import gc
 import json
@@ -257,10 +258,10 @@ def rss_child(n_series: int) -> None:
             det.process(part, np.full(len(part), T0 + 60.0 * t), np.random.default_rng(t).normal(size=len(part)))
     del ids, part
     gc.collect()
-    try:  # give freed heap pages back so RSS counts what is held, not what was once touched
+    with contextlib.suppress(
+        OSError
+    ):  # give freed heap pages back so RSS counts what is held, not what was once touched
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
     print(
         json.dumps(
             {

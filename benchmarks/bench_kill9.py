@@ -118,8 +118,8 @@ def main() -> None:
                 "--log-level",
                 "INFO",
             ]
-            log = open(tmp / f"serve-{time.monotonic():.0f}.log", "ab")
-            return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True), log.name
+            with open(tmp / f"serve-{time.monotonic():.0f}.log", "ab") as log:  # the child keeps its own copy
+                return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True), log.name
 
         def assigned(log_path: str, timeout_s: float = 60.0) -> None:
             deadline = time.monotonic() + timeout_s

@@ -7,6 +7,7 @@ per-series export is ``pipeline.serve.anomaly_export``).
 The scorer's metrics are a custom collector (``ScorerMetrics``, client_python's own pattern, as in
 its ``gc_collector``) reading the scorer's own counters (``ScorerStats``) at scrape time.
 The names below are a contract with ``deploy/`` (alert rules, recording rules, dashboards).
+Long (~340 lines) because it spells out every exported metric: name, type, labels and HELP.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from http.server import ThreadingHTTPServer
 from threading import Thread
+from wsgiref.simple_server import WSGIServer
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
@@ -337,8 +338,6 @@ class RetrainMetrics:
         )
 
 
-def serve_metrics(
-    registry: CollectorRegistry, host: str = "127.0.0.1", port: int = 9464
-) -> tuple[ThreadingHTTPServer, Thread]:
+def serve_metrics(registry: CollectorRegistry, host: str = "127.0.0.1", port: int = 9464) -> tuple[WSGIServer, Thread]:
     """Serve ``/metrics`` for ``registry`` on host:port (loopback by default). Returns (server, thread)."""
     return start_http_server(port, addr=host, registry=registry)

@@ -22,6 +22,9 @@ inside the rebalance are committed right after it, for the partitions kept); on 
 what was acknowledged and closes; batches sent but not acknowledged are left uncommitted. If the
 parent dies (``kill -9``), the child dies with it (``PR_SET_PDEATHSIG``, and a broken pipe) without
 committing anything more; if the child dies, the parent's ``poll`` raises ``FetchProcessDied``.
+
+Long (~370 lines) because it holds both ends of one pipe protocol (the child's loop and the
+parent's ``FetchProcess``): kept side by side so the two halves are read together.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import multiprocessing
 import os
 import signal
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -202,13 +206,13 @@ class FetchProcess:
 
     def __init__(
         self,
-        kafka,
+        kafka: KafkaSettings,
         *,
         replay_messages: int = 20_000,
         poll_timeout_ms: int = 200,
         merge_records: int = MERGE_RECORDS,
-        before_revoke_ack=None,
-    ):
+        before_revoke_ack: Callable[[], object] | None = None,
+    ) -> None:
         ctx = multiprocessing.get_context("spawn")
         self._conn, child_conn = ctx.Pipe(duplex=True)
         self._proc = ctx.Process(
@@ -233,10 +237,10 @@ class FetchProcess:
         self._commit_in_flight = False
         self._revoking = False
         self._closed = False
-        self._buffer: list = []  # items read while waiting for a commit, not handed out yet
+        self._buffer: list[Notice | Batch] = []  # items read while waiting for a commit, not handed out yet
         self._revoke_pending = False  # a "revoking" to answer once the buffered batches are scored
 
-    def poll(self, timeout_ms: int = 200) -> list:
+    def poll(self, timeout_ms: int = 200) -> list[Notice | Batch]:
         """Rebalance notices and batches the child sent (in order); the latest lag in ``lag_values``.
 
         Batches already waiting (the scorer fell behind) come back merged into one, up to
@@ -266,7 +270,7 @@ class FetchProcess:
         out, self._buffer = take_merged(self._buffer, self.merge_records)
         return out
 
-    def _recv(self, timeout_s: float):
+    def _recv(self, timeout_s: float) -> tuple[Any, ...] | None:
         """The child's next message, or None after ``timeout_s``; ``FetchProcessDied`` if it is gone."""
         try:
             if self._conn.poll(timeout_s):
@@ -277,7 +281,7 @@ class FetchProcess:
             raise FetchProcessDied(f"fetch process exited (code {self._proc.exitcode})")
         return None
 
-    def _handle(self, message, out: list) -> bool:
+    def _handle(self, message: tuple[Any, ...], out: list[Notice | Batch]) -> bool:
         """Apply one child message; items go to ``out``. True when it carried a batch or a revoke
         request (``poll`` returns then)."""
         kind = message[0]

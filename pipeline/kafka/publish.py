@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
 from models.core.settings import KafkaSettings
@@ -59,13 +60,14 @@ def read_series_csv(path: Path) -> pd.DataFrame:
     return frame
 
 
-def series_rows(series: str, timestamps, values) -> list[tuple[bytes, bytes]]:
+def series_rows(series: str, timestamps: Iterable[float | str], values: Iterable[float]) -> list[Row]:
     """(key, value) rows of one series' events."""
     key = series.encode("utf-8")
     return [(key, encode_event(series, ts, float(value))) for ts, value in zip(timestamps, values)]
 
 
-def _send_all(producer, topic: str, rows: list, rate: float | None, start: float) -> list:
+def _send_all(producer: KafkaProducer, topic: str, rows: list[Row], rate: float | None, start: float) -> list[Any]:
+    """Send ``rows`` in order, paced at ``rate`` per second from ``start`` (perf_counter); their futures."""
     futures = []
     for i, (key, value) in enumerate(rows):
         if rate:
@@ -76,7 +78,14 @@ def _send_all(producer, topic: str, rows: list, rate: float | None, start: float
     return futures
 
 
-def publish_rows(producer, topic: str, series: str, timestamps, values, rate: float | None = None) -> PublishReport:
+def publish_rows(
+    producer: KafkaProducer,
+    topic: str,
+    series: str,
+    timestamps: Iterable[float | str],
+    values: Iterable[float],
+    rate: float | None = None,
+) -> PublishReport:
     """Send one event per (timestamp, value), keyed by ``series``, through ``producer``; wait for every ack."""
     start = time.perf_counter()
     futures = _send_all(producer, topic, series_rows(series, timestamps, values), rate, start)
@@ -181,7 +190,12 @@ def _send_once(
 
 
 def publish_csv(
-    producer, topic: str, path: Path, series: str | None = None, rate: float | None = None, start_row: int = 0
+    producer: KafkaProducer,
+    topic: str,
+    path: Path,
+    series: str | None = None,
+    rate: float | None = None,
+    start_row: int = 0,
 ) -> PublishReport:
     """Publish rows ``start_row..`` of a NAB CSV file through ``producer``."""
     frame = read_series_csv(path).iloc[start_row:]

@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass, field
 from itertools import compress
 from operator import itemgetter
+from typing import Any
 
 import numpy as np
 import orjson
@@ -44,7 +45,9 @@ _NUMBER_TYPES = {int, float}
 _UNPARSED = object()  # per-message marker: this one goes through parse_event
 
 
-def _fast_columns(payloads: list, keys: list, max_series_id_length: int):
+def _fast_columns(
+    payloads: list[Any], keys: list[bytes | None], max_series_id_length: int
+) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray] | None:
     """Column-wise checks of the common case with C-level loops (``map``, numpy).
 
     Returns ``(ok (n,) bool, series list, ts (n,) s, values (n,))`` where ``ok`` marks the events
@@ -113,9 +116,9 @@ def _loads_each(values: list, max_message_bytes: int) -> tuple[list, bool]:
 
 
 def decode_one(
-    raw,
-    key,
-    payload=_UNPARSED,
+    raw: bytes | None,
+    key: bytes | None,
+    payload: object = _UNPARSED,
     max_message_bytes: int = MAX_MESSAGE_BYTES,
     max_series_id_length: int = MAX_SERIES_ID_LENGTH,
 ) -> Event | Rejection:
@@ -123,7 +126,9 @@ def decode_one(
     try:
         if payload is _UNPARSED:
             return parse_event(raw, key, max_message_bytes=max_message_bytes, max_series_id_length=max_series_id_length)
-        return validate_payload(payload, raw, key, max_series_id_length=max_series_id_length)
+        return validate_payload(
+            payload, raw if raw is not None else b"", key, max_series_id_length=max_series_id_length
+        )  # (a parsed payload always has its raw bytes)
     except Exception as error:
         return Rejection(
             Reason.INTERNAL_ERROR,

@@ -37,7 +37,7 @@ def anomaly_value(
     score: float,
     threshold: float,
     model: str,
-    model_version,
+    model_version: object,
     topic: str,
     partition: int,
     offset: int,

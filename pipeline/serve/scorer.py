@@ -31,6 +31,10 @@ window. Partitions kept across a rebalance keep their state; series of partition
 
 Hot reload: between batches the ``ChampionWatcher`` is polled; a new champion is swapped in
 before the next batch, so no event is lost or scored twice around a swap.
+
+Long (~420 lines) because the loop, its checkpoints, rebalance notices and model reloads share one
+state (assignment, series per partition, outputs in flight); a batch's records are built in
+``pipeline.serve.batch``, decoding and scoring isolation in ``pipeline.serve.decode``/``isolate``.
 """
 
 from __future__ import annotations
@@ -40,24 +44,40 @@ import logging
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
+from kafka import KafkaProducer
 from kafka.structs import TopicPartition
 
 from models.core.settings import Settings
 from models.detection.detector import SCORED, WARMUP, BatchResult, StreamingDetector
 from models.detection.routed import RoutedDetector
 from pipeline.events import Reason
-from pipeline.kafka.feed import Batch, EventFeed, Feed, PartitionReset, Rebalance, SkippedRange
+from pipeline.kafka.feed import Batch, EventFeed, Feed, Notice, PartitionReset, Rebalance, SkippedRange
 from pipeline.kafka.feed_process import MERGE_RECORDS, FetchProcess
 from pipeline.metrics import ScorerMetrics, ScorerStats
-from pipeline.serve.batch import BatchRecords
+from pipeline.serve.batch import AnomalyCallback, BatchRecords
 from pipeline.serve.decode import DecodedBatch, decode_columns, decode_isolated
 from pipeline.serve.isolate import process_isolated
 from pipeline.serve.outputs import Outputs, ProduceFailed, Source
+from pipeline.serve.reload import ChampionWatcher
 
 log = logging.getLogger(__name__)
-__all__ = ["DecodedBatch", "ProduceFailed", "Scorer", "ScorerStats", "decode_columns"]
+__all__ = ["DecodedBatch", "Observer", "ProduceFailed", "Scorer", "ScorerStats", "decode_columns"]
+
+
+class Observer(Protocol):
+    """Sees every scored batch, e.g. the per-series export and the Alertmanager sink.
+
+    ``series`` ``(n_valid,)`` ids; ``ts``, ``values`` float64 ``(n_valid,)``; ``new`` bool
+    ``(n_valid,)``: new events that were not rejected as ``internal_error`` (replayed ones are False).
+    """
+
+    def observe(
+        self, series: list[str], ts: np.ndarray, values: np.ndarray, result: BatchResult, new: np.ndarray
+    ) -> None: ...
 
 
 class Scorer:
@@ -75,13 +95,13 @@ class Scorer:
         detector: StreamingDetector | RoutedDetector,
         metrics: ScorerMetrics | None = None,
         *,
-        watcher=None,
+        watcher: ChampionWatcher | Sequence[ChampionWatcher] | None = None,
         replay_messages: int = 20_000,
         poll_timeout_ms: int = 200,
-        on_anomaly=None,
-        producer=None,
+        on_anomaly: AnomalyCallback | None = None,
+        producer: KafkaProducer | None = None,
         fetch_process: bool = True,
-    ):
+    ) -> None:
         from pipeline.kafka.clients import make_producer
 
         self.settings = settings
@@ -89,42 +109,45 @@ class Scorer:
         self.detector = detector
         self.metrics = metrics if metrics is not None else ScorerMetrics()
         self.watcher = watcher  # a ChampionWatcher, or one per routed model (list)
-        self.watchers = [] if watcher is None else list(watcher) if isinstance(watcher, (list, tuple)) else [watcher]
-        self.observers: list = []  # objects with observe(series, ts, values, result, new): export, alert sinks
+        self.watchers: list[ChampionWatcher] = (
+            [] if watcher is None else [watcher] if isinstance(watcher, ChampionWatcher) else list(watcher)
+        )
+        self.observers: list[Observer] = []  # the per-series export, alert sinks
         self.poll_timeout_ms = poll_timeout_ms
         self.on_anomaly = on_anomaly
         self.stats: ScorerStats = self.metrics.stats  # the one source of truth of the metrics
         self._series_by_tp: dict[TopicPartition, set[str]] = defaultdict(set)
         self._evictions_since_prune = 0
         self._owned: set[TopicPartition] = set()  # current assignment (from the feed's notices)
-        self.latency_log: list | None = None
+        self.latency_log: list[tuple[np.ndarray, float]] | None = None
         self.producer = producer or make_producer(self.kafka, linger_ms=5)
-        every = settings.commit_every_events
         self.outputs = Outputs(
             self.producer,
             self.kafka,
             settings.max_message_bytes,
             commit_interval_ms=settings.commit_interval_ms,
-            commit_every_events=every,
+            commit_every_events=settings.commit_every_events,
             on_internal_error=self._late_internal_error,
         )
-        self.feed: Feed
+        self.feed = self._make_feed(fetch_process, replay_messages, poll_timeout_ms)
+        self._publish_model_info()
+
+    def _make_feed(self, fetch_process: bool, replay_messages: int, poll_timeout_ms: int) -> Feed:
         if fetch_process:
-            self.feed = FetchProcess(
+            return FetchProcess(
                 self.kafka,
                 replay_messages=replay_messages,
                 poll_timeout_ms=poll_timeout_ms,
-                merge_records=max(min(MERGE_RECORDS, every), self.kafka.max_poll_records),
+                merge_records=max(min(MERGE_RECORDS, self.settings.commit_every_events), self.kafka.max_poll_records),
                 before_revoke_ack=self.checkpoint,
             )
-        else:  # inside the rebalance callback only the producer may be flushed; the commit follows it
-            self.feed = EventFeed(
-                self.kafka,
-                replay_messages=replay_messages,
-                poll_timeout_ms=poll_timeout_ms,
-                before_revoke=lambda _revoked: self.producer.flush(),
-            )
-        self._publish_model_info()
+        # inside the rebalance callback only the producer may be flushed; the commit follows it
+        return EventFeed(
+            self.kafka,
+            replay_messages=replay_messages,
+            poll_timeout_ms=poll_timeout_ms,
+            before_revoke=lambda _revoked: self.producer.flush(),
+        )
 
     # ------------------------------------------------------------------ model
     def _publish_model_info(self) -> None:
@@ -145,7 +168,7 @@ class Scorer:
         for watcher in self.watchers:
             self._reload(watcher, force)
 
-    def _reload(self, watcher, force: bool) -> None:
+    def _reload(self, watcher: ChampionWatcher, force: bool) -> None:
         outcome = watcher.poll(force=force)
         if outcome is None:
             return
@@ -239,7 +262,7 @@ class Scorer:
             return False
         return bool(self.feed.commit(offsets, epoch))
 
-    def _notice(self, item) -> None:
+    def _notice(self, item: Notice) -> None:
         if isinstance(item, Rebalance):
             self.checkpoint()  # (fetch process: done before the revoke was acknowledged; in-process: now)
             self._rebalanced(item)
@@ -369,7 +392,7 @@ class Scorer:
         stats.busy_s += elapsed
         stats.batch_duration.observe(elapsed)
 
-    def _count_scored_per_model(self, result, scored: np.ndarray) -> None:
+    def _count_scored_per_model(self, result: BatchResult, scored: np.ndarray) -> None:
         """``tsad_model_events_scored_total{model}`` from a batch's routes."""
         if result.route is None:
             n = int(np.count_nonzero(scored))
@@ -384,7 +407,7 @@ class Scorer:
             if c:
                 self.stats.model_scored[model] += c
 
-    def _notify(self, dec: DecodedBatch, result, is_new: np.ndarray) -> None:
+    def _notify(self, dec: DecodedBatch, result: BatchResult, is_new: np.ndarray) -> None:
         """Hand the batch to the observers (per-series export, alert sinks); one failing never stops scoring."""
         for observer in self.observers:
             try:
