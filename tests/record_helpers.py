@@ -42,11 +42,13 @@ def decode_batch(
 def read_to_end(
     client_config: dict[str, Any], topic: str, expected: int, timeout_s: float, partitions: Iterable[int] | None = None
 ) -> list[ConsumerRecord]:
-    """Every record of ``topic`` from its beginning to its end offsets, read once those offsets hold
-    at least ``expected`` records or ``timeout_s`` passed (then fewer come back; the caller asserts).
+    """Every record of ``topic`` from its beginning up to the high watermark of each partition, once
+    that is at least ``expected`` records; after ``timeout_s`` what was read (the caller asserts).
 
-    Reading up to the end offsets, rather than on for a while, is what shows that nothing else is
-    there. ``partitions``: all of the topic's by default.
+    Reading up to the high watermarks, rather than polling on for a while, is what shows that
+    nothing else is there (the writers stopped). The marks come from fetch responses: Tansu's
+    ``ListOffsets`` (``end_offsets``) answers the last batch's base offset + 1, not the log end.
+    ``partitions``: all of the topic's by default.
     """
     consumer = KafkaConsumer(**client_config, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest")
     try:
@@ -55,22 +57,16 @@ def read_to_end(
         parts = [TopicPartition(topic, p) for p in partitions]
         consumer.assign(parts)
         consumer.seek_to_beginning(*parts)
-        starts = consumer.beginning_offsets(parts)
-        ends: dict[TopicPartition, int] = {}
-
-        def enough() -> bool:
-            ends.update(consumer.end_offsets(parts))
-            return sum(ends[tp] - starts[tp] for tp in parts) >= expected
-
-        poll_until(enough, timeout_s)
         out: list[ConsumerRecord] = []
 
-        def caught_up() -> bool:
+        def read_all_there() -> bool:
             for batch in consumer.poll(timeout_ms=300).values():
                 out.extend(batch)
-            return all(consumer.position(tp) >= ends[tp] for tp in parts)
+            marks = [consumer.highwater(tp) for tp in parts]
+            at_end = all(m is not None and consumer.position(tp) >= m for tp, m in zip(parts, marks))
+            return at_end and len(out) >= expected
 
-        poll_until(caught_up, timeout_s, interval=0.0)
+        poll_until(read_all_there, timeout_s, interval=0.0)
         return out
     finally:
         consumer.close()
