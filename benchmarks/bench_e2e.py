@@ -380,6 +380,8 @@ def _bench_topics(broker, series: int, events: int):
 
 
 def main() -> None:
+    """The benchmark script: its sections run in order and print as they go (long because it is that
+    script, read top to bottom; the measurements themselves are the functions it calls)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--series", type=int, default=1000)
     ap.add_argument("--events", type=int, default=200_000)

@@ -32,6 +32,8 @@ T0 = 1_700_000_000
 
 
 def main() -> None:
+    """The kill -9 scenario as one script, step by step (long because the steps share the broker,
+    the topics and the scorer processes they start and read)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=5000.0)
     parser.add_argument("--seconds", type=float, default=8.0)

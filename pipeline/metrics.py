@@ -76,7 +76,7 @@ class Buckets:
         return out, total
 
 
-def _model_counts() -> defaultdict[str, int]:
+def _tally() -> defaultdict[str, int]:
     return defaultdict(int)
 
 
@@ -92,7 +92,7 @@ class ScorerStats:
     scored: int = 0
     warmup: int = 0
     replayed: int = 0
-    rejected: defaultdict[str, int] = field(default_factory=_model_counts)  # by reason
+    rejected: defaultdict[str, int] = field(default_factory=_tally)  # by reason
     anomalies: int = 0
     batches: int = 0
     commits: int = 0
@@ -101,7 +101,7 @@ class ScorerStats:
     tracked_series: int = 0
     undecodable_batches: int = 0
     skipped_offsets: int = 0
-    partition_resets: defaultdict[str, int] = field(default_factory=_model_counts)  # by topic
+    partition_resets: defaultdict[str, int] = field(default_factory=_tally)  # by topic
     lag: dict[tuple[str, int], int] = field(default_factory=dict)  # (topic, partition) -> messages behind
     up: bool = False
     # the model(s) serving
@@ -112,8 +112,8 @@ class ScorerStats:
     pointer_errors: int = 0
     model_reloads: defaultdict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
     model_serving_version: dict[str, float] = field(default_factory=dict)
-    model_scored: defaultdict[str, int] = field(default_factory=_model_counts)
-    model_anomalies: defaultdict[str, int] = field(default_factory=_model_counts)
+    model_scored: defaultdict[str, int] = field(default_factory=_tally)
+    model_anomalies: defaultdict[str, int] = field(default_factory=_tally)
     # histograms
     batch_duration: Buckets = field(default_factory=lambda: Buckets(_BATCH_BUCKETS))
     batch_size: Buckets = field(default_factory=lambda: Buckets(_SIZE_BUCKETS))
