@@ -49,7 +49,8 @@ def _process_each(
     values: np.ndarray,
     alert: np.ndarray,
 ) -> tuple[BatchResult, list[tuple[int, BaseException]]]:
-    """``detector.process`` of each event alone, gathered into one ``BatchResult``."""
+    """``detector.process`` of each event alone, gathered into one ``BatchResult`` (long only because
+    that result is built field by field)."""
     n = len(series)
     status = np.full(n, FAILED, dtype=np.int8)
     predicted, err, score = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)

@@ -130,7 +130,7 @@ class Scorer:
             on_internal_error=self._late_internal_error,
         )
         self.feed = self._make_feed(fetch_process, replay_messages, poll_timeout_ms)
-        self._publish_model_info()
+        self._record_model_info()
 
     def _make_feed(self, fetch_process: bool, replay_messages: int, poll_timeout_ms: int) -> Feed:
         if fetch_process:
@@ -150,7 +150,7 @@ class Scorer:
         )
 
     # ------------------------------------------------------------------ model
-    def _publish_model_info(self) -> None:
+    def _record_model_info(self) -> None:
         d, st = self.detector, self.stats
         st.model_info = {"name": d.model_name, "kind": str(d.bundle.kind), "version": str(d.model_version)}
         with contextlib.suppress(TypeError, ValueError):  # a version that is not a number: gauge unchanged
@@ -192,7 +192,7 @@ class Scorer:
             return
         watcher.accepted(bundle.version)
         st.model_reloads[watcher.name, "loaded"] += 1
-        self._publish_model_info()
+        self._record_model_info()
         log.info("now serving %s v%s (%s)", bundle.name, bundle.version, bundle.kind)
 
     # ------------------------------------------------------------------ loop
@@ -216,7 +216,7 @@ class Scorer:
                     else:
                         self._notice(item)
                 self._advance_checkpoint()
-                self._publish_feed_metrics()
+                self._record_feed_state()
                 if not items and idle_exit_s is not None and time.monotonic() - last_message > idle_exit_s:
                     break
             self.checkpoint()
@@ -231,7 +231,7 @@ class Scorer:
             self.producer.close(timeout=10)
         finally:
             self.feed.close()
-            self._publish_feed_metrics()
+            self._record_feed_state()
 
     def _advance_checkpoint(self) -> None:
         """Commit the sealed checkpoint once all its sends are acknowledged, and seal the current
@@ -289,7 +289,8 @@ class Scorer:
             self.stats.lag.pop((tp.topic, tp.partition), None)
         self._owned = set(notice.assigned)
 
-    def _publish_feed_metrics(self) -> None:
+    def _record_feed_state(self) -> None:
+        """Lag of the partitions we own and the commit count, as the feed last reported them."""
         lag = self.feed.lag()
         if lag:
             for tp, behind in lag.items():
