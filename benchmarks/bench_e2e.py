@@ -29,6 +29,7 @@ Targets (issue 4): m2m >= 0.8x raw, m2o >= 0.3x raw, p99 < 50 ms at 5k/s, < 1 Ki
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import gc
 import json
@@ -257,10 +258,10 @@ def rss_child(n_series: int) -> None:
             det.process(part, np.full(len(part), T0 + 60.0 * t), np.random.default_rng(t).normal(size=len(part)))
     del ids, part
     gc.collect()
-    try:  # give freed heap pages back so RSS counts what is held, not what was once touched
+    with contextlib.suppress(
+        OSError
+    ):  # give freed heap pages back so RSS counts what is held, not what was once touched
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
     print(
         json.dumps(
             {
@@ -379,6 +380,8 @@ def _bench_topics(broker, series: int, events: int):
 
 
 def main() -> None:
+    """The benchmark script: its sections run in order and print as they go (long because it is that
+    script, read top to bottom; the measurements themselves are the functions it calls)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--series", type=int, default=1000)
     ap.add_argument("--events", type=int, default=200_000)

@@ -32,6 +32,8 @@ T0 = 1_700_000_000
 
 
 def main() -> None:
+    """The kill -9 scenario as one script, step by step (long because the steps share the broker,
+    the topics and the scorer processes they start and read)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=5000.0)
     parser.add_argument("--seconds", type=float, default=8.0)
@@ -118,8 +120,8 @@ def main() -> None:
                 "--log-level",
                 "INFO",
             ]
-            log = open(tmp / f"serve-{time.monotonic():.0f}.log", "ab")
-            return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True), log.name
+            with open(tmp / f"serve-{time.monotonic():.0f}.log", "ab") as log:  # the child keeps its own copy
+                return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True), log.name
 
         def assigned(log_path: str, timeout_s: float = 60.0) -> None:
             deadline = time.monotonic() + timeout_s

@@ -19,50 +19,44 @@ import json
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 
 import orjson
 
-MAX_MESSAGE_BYTES = 64 * 1024
-MAX_SERIES_ID_LENGTH = 256
-# Epoch values above this are taken as milliseconds (1e11 s is the year 5138).
-_MILLISECONDS_CUTOFF = 1e11
-# Values must stay below 2**53 in magnitude (exact integers in a double); larger finite values
-# would overflow the float32 per-series statistics and blind the series' detector.
-MAX_ABS_VALUE = float(2**53)
-# Accept timestamps between 1970 and 2200 (seconds).
-_MIN_TS, _MAX_TS = 0.0, 7_258_118_400.0
+from models.core.limits import MAX_ABS_VALUE, MAX_MESSAGE_BYTES, MAX_SERIES_ID_LENGTH
 
-# Rejection reasons: a closed set, used as the `reason` label of tsad_events_rejected_total.
-MALFORMED_JSON = "malformed_json"
-NOT_AN_OBJECT = "not_an_object"
-MISSING_FIELD = "missing_field"
-WRONG_TYPE = "wrong_type"
-NON_FINITE_VALUE = "non_finite_value"
-VALUE_OUT_OF_RANGE = "value_out_of_range"
-BAD_SERIES_ID = "bad_series_id"
-BAD_TIMESTAMP = "bad_timestamp"
-OVERSIZE_MESSAGE = "oversize_message"
-KEY_MISMATCH = "key_mismatch"
-# Any exception while handling one message in the scorer (decode, score, build or produce records).
-INTERNAL_ERROR = "internal_error"
-# Reasons assigned later in the pipeline (per-series ordering, lifecycle).
-DUPLICATE_TIMESTAMP = "duplicate_timestamp"
-OUT_OF_ORDER = "out_of_order"
-REJECTION_REASONS = (
-    MALFORMED_JSON,
-    NOT_AN_OBJECT,
-    MISSING_FIELD,
-    WRONG_TYPE,
-    NON_FINITE_VALUE,
-    VALUE_OUT_OF_RANGE,
-    BAD_SERIES_ID,
-    BAD_TIMESTAMP,
-    OVERSIZE_MESSAGE,
-    KEY_MISMATCH,
-    DUPLICATE_TIMESTAMP,
-    OUT_OF_ORDER,
-    INTERNAL_ERROR,
-)
+# Epoch values above this are taken as milliseconds (1e11 s is the year 5138).
+MILLISECONDS_CUTOFF = 1e11
+# Accept timestamps between 1970 and 2200 (seconds).
+MIN_TS, MAX_TS = 0.0, 7_258_118_400.0
+
+
+class Reason(StrEnum):
+    """Why a message went to the dead-letter topic: a closed set of short codes, the ``reason``
+    label of ``tsad_events_rejected_total`` and the ``tsad.reason`` header (the value's string)."""
+
+    MALFORMED_JSON = "malformed_json"
+    NOT_AN_OBJECT = "not_an_object"
+    MISSING_FIELD = "missing_field"
+    WRONG_TYPE = "wrong_type"
+    NON_FINITE_VALUE = "non_finite_value"
+    VALUE_OUT_OF_RANGE = "value_out_of_range"
+    BAD_SERIES_ID = "bad_series_id"
+    BAD_TIMESTAMP = "bad_timestamp"
+    OVERSIZE_MESSAGE = "oversize_message"
+    KEY_MISMATCH = "key_mismatch"
+    # assigned later in the pipeline (per-series ordering, by the detector)
+    DUPLICATE_TIMESTAMP = "duplicate_timestamp"
+    OUT_OF_ORDER = "out_of_order"
+    # any exception while handling one message in the scorer (decode, score, build or produce records)
+    INTERNAL_ERROR = "internal_error"
+    # a dead-letter marker standing for the offsets of a record batch that could not be decoded
+    # (``pipeline.kafka.feed_guard``): not an event rejection
+    UNDECODABLE_BATCH = "undecodable_batch"
+
+
+# The reasons an event can be rejected with (all but the marker), in the order above.
+REJECTION_REASONS = tuple(reason for reason in Reason if reason is not Reason.UNDECODABLE_BATCH)
 
 
 class _OverflowedNumber(float):
@@ -103,7 +97,7 @@ class Event:
 class Rejection:
     """Why a raw message is not a valid event. ``raw`` is the original bytes, untouched."""
 
-    reason: str
+    reason: Reason
     detail: str
     raw: bytes
 
@@ -119,7 +113,7 @@ def parse_timestamp(ts: object) -> float | None:
             return None
         if not math.isfinite(seconds):
             return None
-        if abs(seconds) >= _MILLISECONDS_CUTOFF:
+        if abs(seconds) >= MILLISECONDS_CUTOFF:
             seconds /= 1000.0
     elif isinstance(ts, str):
         text = ts.strip()
@@ -137,12 +131,12 @@ def parse_timestamp(ts: object) -> float | None:
             return None
     else:
         return None
-    if not (_MIN_TS <= seconds <= _MAX_TS):
+    if not (MIN_TS <= seconds <= MAX_TS):
         return None
     return seconds
 
 
-def _reject(reason: str, detail: str, raw: bytes) -> Rejection:
+def _reject(reason: Reason, detail: str, raw: bytes) -> Rejection:
     return Rejection(reason, detail, raw)
 
 
@@ -157,7 +151,9 @@ def parse_event(
     raw_bytes = bytes(raw) if raw is not None else b""
     try:
         if len(raw_bytes) > max_message_bytes:
-            return _reject(OVERSIZE_MESSAGE, f"message is {len(raw_bytes)} bytes, limit {max_message_bytes}", raw_bytes)
+            return _reject(
+                Reason.OVERSIZE_MESSAGE, f"message is {len(raw_bytes)} bytes, limit {max_message_bytes}", raw_bytes
+            )
         try:
             payload = orjson.loads(raw_bytes)
         except orjson.JSONDecodeError as error:
@@ -166,10 +162,12 @@ def parse_event(
             try:
                 payload = _lenient_loads(raw_bytes)
             except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-                return _reject(MALFORMED_JSON, f"not valid UTF-8 JSON: {error}", raw_bytes)
+                return _reject(Reason.MALFORMED_JSON, f"not valid UTF-8 JSON: {error}", raw_bytes)
         return validate_payload(payload, raw_bytes, key, max_series_id_length=max_series_id_length)
     except Exception as error:
-        return _reject(MALFORMED_JSON, f"unexpected error while parsing: {type(error).__name__}: {error}", raw_bytes)
+        return _reject(
+            Reason.MALFORMED_JSON, f"unexpected error while parsing: {type(error).__name__}: {error}", raw_bytes
+        )
 
 
 def validate_payload(
@@ -181,37 +179,43 @@ def validate_payload(
 ) -> Event | Rejection:
     """Validate an already-decoded JSON payload (used by the batch decoder)."""
     if not isinstance(payload, dict):
-        return _reject(NOT_AN_OBJECT, f"expected a JSON object, got {type(payload).__name__}", raw)
+        return _reject(Reason.NOT_AN_OBJECT, f"expected a JSON object, got {type(payload).__name__}", raw)
     for field in ("series", "ts", "value"):
         if field not in payload:
-            return _reject(MISSING_FIELD, f"missing field '{field}'", raw)
+            return _reject(Reason.MISSING_FIELD, f"missing field '{field}'", raw)
     series, ts, value = payload["series"], payload["ts"], payload["value"]
     if not isinstance(series, str):
-        return _reject(WRONG_TYPE, f"'series' must be a string, got {type(series).__name__}", raw)
+        return _reject(Reason.WRONG_TYPE, f"'series' must be a string, got {type(series).__name__}", raw)
     if not series.strip() or len(series) > max_series_id_length:
-        return _reject(BAD_SERIES_ID, f"'series' must be 1..{max_series_id_length} characters, not blank", raw)
+        return _reject(Reason.BAD_SERIES_ID, f"'series' must be 1..{max_series_id_length} characters, not blank", raw)
     if not well_formed(series):
-        return _reject(BAD_SERIES_ID, "'series' is not well-formed Unicode (lone surrogate)", raw)
+        return _reject(Reason.BAD_SERIES_ID, "'series' is not well-formed Unicode (lone surrogate)", raw)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return _reject(WRONG_TYPE, f"'value' must be a number, got {type(value).__name__}", raw)
+        return _reject(Reason.WRONG_TYPE, f"'value' must be a number, got {type(value).__name__}", raw)
     try:
         number = float(value)
     except OverflowError:  # an integer too large for a double
-        return _reject(VALUE_OUT_OF_RANGE, "|value| must be below 2**53, got an integer beyond a double's range", raw)
+        return _reject(
+            Reason.VALUE_OUT_OF_RANGE, "|value| must be below 2**53, got an integer beyond a double's range", raw
+        )
     if type(value) is _OverflowedNumber:
-        return _reject(VALUE_OUT_OF_RANGE, "|value| must be below 2**53, got a number beyond a double's range", raw)
+        return _reject(
+            Reason.VALUE_OUT_OF_RANGE, "|value| must be below 2**53, got a number beyond a double's range", raw
+        )
     value = number
     if not math.isfinite(value):
-        return _reject(NON_FINITE_VALUE, "'value' is NaN or infinite", raw)
+        return _reject(Reason.NON_FINITE_VALUE, "'value' is NaN or infinite", raw)
     if abs(value) >= MAX_ABS_VALUE:
-        return _reject(VALUE_OUT_OF_RANGE, f"|value| must be below 2**53, got {value:g}", raw)
+        return _reject(Reason.VALUE_OUT_OF_RANGE, f"|value| must be below 2**53, got {value:g}", raw)
     if not isinstance(ts, (str, int, float)) or isinstance(ts, bool):
-        return _reject(WRONG_TYPE, f"'ts' must be an ISO-8601 string or epoch number, got {type(ts).__name__}", raw)
+        return _reject(
+            Reason.WRONG_TYPE, f"'ts' must be an ISO-8601 string or epoch number, got {type(ts).__name__}", raw
+        )
     seconds = parse_timestamp(ts)
     if seconds is None:
-        return _reject(BAD_TIMESTAMP, f"unparseable or out-of-range timestamp {str(ts)[:64]!r}", raw)
+        return _reject(Reason.BAD_TIMESTAMP, f"unparseable or out-of-range timestamp {str(ts)[:64]!r}", raw)
     if key is not None and key != series.encode("utf-8"):
-        return _reject(KEY_MISMATCH, "message key does not match the 'series' field", raw)
+        return _reject(Reason.KEY_MISMATCH, "message key does not match the 'series' field", raw)
     return Event(series=series, ts=seconds, value=value)
 
 

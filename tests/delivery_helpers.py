@@ -4,12 +4,11 @@ anomaly record per scored event (a receipt), and readers of the output topics.""
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 import orjson
-from kafka import KafkaConsumer
-from kafka.structs import TopicPartition
+from record_helpers import headers_dict, read_to_end
+from waiting import wait_for
 
 from models.core.settings import Settings
 from models.detection.detector import DetectorConfig, StreamingDetector
@@ -18,7 +17,6 @@ from models.forecasting.training import fit
 from models.registry import ModelRegistry
 from pipeline.kafka.clients import make_producer
 from pipeline.metrics import ScorerMetrics
-from pipeline.serve.records import headers_dict
 from pipeline.serve.reload import ChampionWatcher
 from pipeline.serve.scorer import Scorer
 
@@ -69,14 +67,17 @@ class RunningScorer:
         return self.scorer.metrics.registry.get_sample_value(name, labels or {}) or 0.0
 
     def wait(self, predicate, timeout_s: float, what: str) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        """``wait_for(predicate)``; fails at once if the scorer failed, and with its stats on a timeout."""
+
+        def done() -> bool:
             if self.error is not None:
                 raise AssertionError(f"scorer failed: {self.error!r}")
-            if predicate():
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"timed out waiting for {what} (stats {self.stats})")
+            return bool(predicate())
+
+        try:
+            wait_for(done, timeout_s, what, interval=0.05)
+        except AssertionError as error:
+            raise AssertionError(f"{error} (stats {self.stats})") from None
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -96,23 +97,8 @@ def send(kafka, rows, **producer_config) -> list:
 
 
 def read_all(kafka, topic: str, expected: int, timeout_s: float = 30.0) -> list:
-    """Every record of ``topic`` from the beginning, once at least ``expected`` came (or the deadline)."""
-    consumer = KafkaConsumer(
-        **kafka.client_config(), group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"
-    )
-    try:
-        parts = [TopicPartition(topic, p) for p in range(kafka.partitions)]
-        consumer.assign(parts)
-        consumer.seek_to_beginning(*parts)
-        out, deadline = [], time.monotonic() + timeout_s
-        while time.monotonic() < deadline and len(out) < expected:
-            for batch in consumer.poll(timeout_ms=300).values():
-                out.extend(batch)
-        for batch in consumer.poll(timeout_ms=300).values():  # and anything beyond (must not be there)
-            out.extend(batch)
-        return out
-    finally:
-        consumer.close()
+    """Every record of ``topic`` up to its end offsets, once they hold ``expected`` (or the deadline)."""
+    return read_to_end(kafka.client_config(), topic, expected, timeout_s, partitions=range(kafka.partitions))
 
 
 def receipts(records) -> set:

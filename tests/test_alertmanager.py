@@ -42,19 +42,19 @@ def start_alertmanager(tmp_path: Path, port: int) -> subprocess.Popen:
         pytest.fail("alertmanager not found: run `make prometheus` (Debian package prometheus-alertmanager)")
     config = tmp_path / "alertmanager.yml"
     config.write_text(CONFIG)
-    log = open(tmp_path / "alertmanager.log", "wb")
-    proc = subprocess.Popen(
-        [
-            ALERTMANAGER,
-            f"--config.file={config}",
-            f"--storage.path={tmp_path / 'am-data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--cluster.listen-address=",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    with open(tmp_path / "alertmanager.log", "wb") as log:  # the child keeps its own copy of the file
+        proc = subprocess.Popen(
+            [
+                ALERTMANAGER,
+                f"--config.file={config}",
+                f"--storage.path={tmp_path / 'am-data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--cluster.listen-address=",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     wait_for(lambda: get(f"http://127.0.0.1:{port}/api/v2/status") is not None, 30, "alertmanager ready", proc)
     return proc
 

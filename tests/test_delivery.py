@@ -15,7 +15,7 @@ from kafka.record import default_records
 
 from models.core.settings import KafkaSettings
 from models.detection.detector import StreamingDetector
-from pipeline.events import INTERNAL_ERROR, encode_event, parse_event
+from pipeline.events import Reason, encode_event, parse_event
 from pipeline.kafka.broker import EmbeddedBroker, free_port
 from pipeline.kafka.clients import ensure_topics, make_producer
 from pipeline.kafka.publish import publish_events
@@ -128,8 +128,8 @@ def test_an_exception_while_scoring_or_producing_one_message_dead_letters_it_as_
         run.stop()
     assert run.error is None
     st = run.stats
-    assert st.rejected == {INTERNAL_ERROR: 2} and st.consumed == st.scored + st.warmup + st.rejected_total
-    assert run.metric("tsad_events_rejected_total", {"reason": INTERNAL_ERROR}) == 2
+    assert st.rejected == {Reason.INTERNAL_ERROR: 2} and st.consumed == st.scored + st.warmup + st.rejected_total
+    assert run.metric("tsad_events_rejected_total", {"reason": Reason.INTERNAL_ERROR}) == 2
     dead = dead_letters(read_all(kafka_settings, kafka_settings.dead_letter_topic, 2))
     boom, cb = coords[20], coords[31]
     assert "kaboom in the model" in dead[(boom[0], str(boom[1]))]["tsad.detail"]

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline import events
-from pipeline.events import Event, Rejection, encode_event, parse_event, parse_timestamp
+from pipeline.events import Event, Reason, Rejection, encode_event, parse_event, parse_timestamp
 
 
 def test_valid_iso_event():
@@ -35,26 +35,26 @@ def test_timestamp_forms(ts, expected):
 @pytest.mark.parametrize(
     "raw, reason",
     [
-        (b"{not json", events.MALFORMED_JSON),
-        (b"", events.MALFORMED_JSON),
-        (b"[1, 2]", events.NOT_AN_OBJECT),
-        (b'{"ts": 1, "value": 1}', events.MISSING_FIELD),
-        (b'{"series": "a", "value": 1}', events.MISSING_FIELD),
-        (b'{"series": "a", "ts": 1}', events.MISSING_FIELD),
-        (b'{"series": 7, "ts": 1, "value": 1}', events.WRONG_TYPE),
-        (b'{"series": "a", "ts": 1, "value": "12"}', events.WRONG_TYPE),
-        (b'{"series": "a", "ts": 1, "value": true}', events.WRONG_TYPE),
-        (b'{"series": "a", "ts": [1], "value": 1}', events.WRONG_TYPE),
-        (b'{"series": "a", "ts": 1, "value": NaN}', events.NON_FINITE_VALUE),
-        (b'{"series": "a", "ts": 1, "value": Infinity}', events.NON_FINITE_VALUE),
-        (b'{"series": "a", "ts": 1, "value": -Infinity}', events.NON_FINITE_VALUE),
-        (b'{"series": "a", "ts": 1, "value": 1e300}', events.VALUE_OUT_OF_RANGE),
-        (b'{"series": "a", "ts": 1, "value": -9007199254740993}', events.VALUE_OUT_OF_RANGE),
-        (b'{"series": "", "ts": 1, "value": 1}', events.BAD_SERIES_ID),
-        (b'{"series": "   ", "ts": 1, "value": 1}', events.BAD_SERIES_ID),
-        (b'{"series": "a", "ts": "yesterday", "value": 1}', events.BAD_TIMESTAMP),
-        (b'{"series": "a", "ts": -5, "value": 1}', events.BAD_TIMESTAMP),
-        (b'{"series": "a", "ts": 1e300, "value": 1}', events.BAD_TIMESTAMP),
+        (b"{not json", Reason.MALFORMED_JSON),
+        (b"", Reason.MALFORMED_JSON),
+        (b"[1, 2]", Reason.NOT_AN_OBJECT),
+        (b'{"ts": 1, "value": 1}', Reason.MISSING_FIELD),
+        (b'{"series": "a", "value": 1}', Reason.MISSING_FIELD),
+        (b'{"series": "a", "ts": 1}', Reason.MISSING_FIELD),
+        (b'{"series": 7, "ts": 1, "value": 1}', Reason.WRONG_TYPE),
+        (b'{"series": "a", "ts": 1, "value": "12"}', Reason.WRONG_TYPE),
+        (b'{"series": "a", "ts": 1, "value": true}', Reason.WRONG_TYPE),
+        (b'{"series": "a", "ts": [1], "value": 1}', Reason.WRONG_TYPE),
+        (b'{"series": "a", "ts": 1, "value": NaN}', Reason.NON_FINITE_VALUE),
+        (b'{"series": "a", "ts": 1, "value": Infinity}', Reason.NON_FINITE_VALUE),
+        (b'{"series": "a", "ts": 1, "value": -Infinity}', Reason.NON_FINITE_VALUE),
+        (b'{"series": "a", "ts": 1, "value": 1e300}', Reason.VALUE_OUT_OF_RANGE),
+        (b'{"series": "a", "ts": 1, "value": -9007199254740993}', Reason.VALUE_OUT_OF_RANGE),
+        (b'{"series": "", "ts": 1, "value": 1}', Reason.BAD_SERIES_ID),
+        (b'{"series": "   ", "ts": 1, "value": 1}', Reason.BAD_SERIES_ID),
+        (b'{"series": "a", "ts": "yesterday", "value": 1}', Reason.BAD_TIMESTAMP),
+        (b'{"series": "a", "ts": -5, "value": 1}', Reason.BAD_TIMESTAMP),
+        (b'{"series": "a", "ts": 1e300, "value": 1}', Reason.BAD_TIMESTAMP),
     ],
 )
 def test_rejections_name_the_problem(raw, reason):
@@ -67,28 +67,28 @@ def test_rejections_name_the_problem(raw, reason):
 
 def test_oversize_series_id_and_message():
     long_id = "x" * 300
-    assert parse_event(encode_event(long_id, 1, 1.0)).reason == events.BAD_SERIES_ID
+    assert parse_event(encode_event(long_id, 1, 1.0)).reason == Reason.BAD_SERIES_ID
     big = b'{"series": "a", "ts": 1, "value": 1, "pad": "' + b"p" * 70_000 + b'"}'
-    assert parse_event(big).reason == events.OVERSIZE_MESSAGE
+    assert parse_event(big).reason == Reason.OVERSIZE_MESSAGE
 
 
 def test_key_must_match_series():
-    assert parse_event(encode_event("a", 1, 1.0), key=b"b").reason == events.KEY_MISMATCH
+    assert parse_event(encode_event("a", 1, 1.0), key=b"b").reason == Reason.KEY_MISMATCH
     assert isinstance(parse_event(encode_event("a", 1, 1.0), key=b"a"), Event)
 
 
 def test_every_reason_is_listed():
     result_reasons = {
-        events.MALFORMED_JSON,
-        events.NOT_AN_OBJECT,
-        events.MISSING_FIELD,
-        events.WRONG_TYPE,
-        events.NON_FINITE_VALUE,
-        events.VALUE_OUT_OF_RANGE,
-        events.BAD_SERIES_ID,
-        events.BAD_TIMESTAMP,
-        events.OVERSIZE_MESSAGE,
-        events.KEY_MISMATCH,
+        Reason.MALFORMED_JSON,
+        Reason.NOT_AN_OBJECT,
+        Reason.MISSING_FIELD,
+        Reason.WRONG_TYPE,
+        Reason.NON_FINITE_VALUE,
+        Reason.VALUE_OUT_OF_RANGE,
+        Reason.BAD_SERIES_ID,
+        Reason.BAD_TIMESTAMP,
+        Reason.OVERSIZE_MESSAGE,
+        Reason.KEY_MISMATCH,
     }
     assert result_reasons <= set(events.REJECTION_REASONS)
 
@@ -131,7 +131,7 @@ def test_arbitrary_payloads_never_raise_and_events_are_finite(series, ts, value)
 )
 def test_a_lone_surrogate_in_the_series_id_is_a_bad_series_id(raw, key):
     result = parse_event(raw, key)
-    assert isinstance(result, Rejection) and result.reason == events.BAD_SERIES_ID, result
+    assert isinstance(result, Rejection) and result.reason == Reason.BAD_SERIES_ID, result
 
 
 @pytest.mark.parametrize(
@@ -143,7 +143,7 @@ def test_a_lone_surrogate_in_the_series_id_is_a_bad_series_id(raw, key):
     ],
 )
 def test_numbers_beyond_a_double_are_out_of_range_not_non_finite(raw):
-    assert parse_event(raw).reason == events.VALUE_OUT_OF_RANGE
+    assert parse_event(raw).reason == Reason.VALUE_OUT_OF_RANGE
 
 
 @pytest.mark.parametrize(
@@ -157,4 +157,4 @@ def test_numbers_beyond_a_double_are_out_of_range_not_non_finite(raw):
     ],
 )
 def test_only_utf8_without_a_bom_is_json_here(raw):
-    assert parse_event(raw).reason == events.MALFORMED_JSON
+    assert parse_event(raw).reason == Reason.MALFORMED_JSON

@@ -1,4 +1,4 @@
-"""Waiting batches are merged (pipeline.kafka.feed.Batch.merged, FetchProcess._take): order, offsets,
+"""Waiting batches are merged (pipeline.kafka.feed.Batch.merged, pipeline.kafka.feed_process.take_merged): order, offsets,
 replay flags and the commit offsets survive; a rebalance notice is never merged across."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import numpy as np
 from kafka.structs import TopicPartition
 
 from pipeline.kafka.feed import Batch, Rebalance
-from pipeline.kafka.feed_process import MERGE_RECORDS, FetchProcess
+from pipeline.kafka.feed_process import MERGE_RECORDS, take_merged
 
 TP0, TP1 = TopicPartition("t", 0), TopicPartition("t", 1)
 
@@ -32,27 +32,18 @@ def test_merged_batches_keep_order_offsets_and_the_last_commit_offset():
     assert Batch.merged([a]) is a
 
 
-def _parent_with(buffer):
-    feed = FetchProcess.__new__(FetchProcess)  # the parent side alone: no child process
-    feed._buffer = list(buffer)
-    feed.merge_records = MERGE_RECORDS
-    return feed
-
-
 def test_take_merges_the_run_of_waiting_batches_and_stops_at_a_rebalance():
     notice = Rebalance(lost=set(), assigned={TP1})
     a, b, c = _batch(TP0, 0, 3, 1.0), _batch(TP0, 3, 3, 2.0), _batch(TP1, 0, 1, 3.0)
-    feed = _parent_with([a, b, notice, c])
-    first = feed._take()
+    first, rest = take_merged([a, b, notice, c], MERGE_RECORDS)
     assert len(first) == 1 and len(first[0]) == 6 and first[0].commit_offsets == {TP0: 6}
-    second = feed._take()
-    assert second[0] is notice and second[1] is c and feed._buffer == []
+    second, rest = take_merged(rest, MERGE_RECORDS)
+    assert second[0] is notice and second[1] is c and rest == []
 
 
 def test_take_caps_a_merged_batch():
     size = MERGE_RECORDS * 6 // 10
-    feed = _parent_with([_batch(TP0, k * size, size, float(k)) for k in range(3)])
-    first = feed._take()
+    first, rest = take_merged([_batch(TP0, k * size, size, float(k)) for k in range(3)], MERGE_RECORDS)
     assert len(first) == 1 and len(first[0]) == 2 * size  # the run stops once it is past the cap
-    second = feed._take()
-    assert len(second[0]) == size and second[0].offsets[0] == 2 * size and feed._buffer == []
+    second, rest = take_merged(rest, MERGE_RECORDS)
+    assert len(second[0]) == size and second[0].offsets[0] == 2 * size and rest == []

@@ -15,6 +15,8 @@ import orjson
 import pytest
 from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
+from record_helpers import headers_dict, read_to_end
+from waiting import poll_until, wait_for
 
 from models.core.settings import Settings
 from models.detection.detector import DetectorConfig, StreamingDetector
@@ -24,7 +26,6 @@ from models.registry import ModelRegistry
 from pipeline.events import encode_event
 from pipeline.kafka.clients import make_producer
 from pipeline.metrics import ScorerMetrics
-from pipeline.serve.records import headers_dict
 from pipeline.serve.reload import ChampionWatcher
 from pipeline.serve.scorer import Scorer
 
@@ -66,29 +67,8 @@ def publish(settings, rows):
 
 
 def read_topic(settings, topic, expected: int, timeout_s: float = 20.0):
-    consumer = KafkaConsumer(
-        **settings.client_config(),
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        consumer_timeout_ms=500,
-    )
-    try:
-        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
-        consumer.assign(parts)
-        consumer.seek_to_beginning(*parts)
-        out, deadline = [], time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            for batch in consumer.poll(timeout_ms=300).values():
-                out.extend(batch)
-            if len(out) >= expected:
-                time.sleep(0.3)  # catch any extra (unexpected) records
-                for batch in consumer.poll(timeout_ms=300).values():
-                    out.extend(batch)
-                break
-        return out
-    finally:
-        consumer.close()
+    """Every record on ``topic`` up to its end offsets, once they hold ``expected`` (or the deadline)."""
+    return read_to_end(settings.client_config(), topic, expected, timeout_s)
 
 
 def read_sources_until(settings, topic, expected: set, timeout_s: float) -> set:
@@ -126,9 +106,7 @@ def start_scorer(kafka_settings, reg, **kw):
 
 
 def wait_consumed(scorer, n, timeout_s=30.0):
-    deadline = time.monotonic() + timeout_s
-    while scorer.stats.consumed < n and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: scorer.stats.consumed >= n, timeout_s, f"{n} events consumed", interval=0.05)
     assert scorer.stats.consumed == n, f"consumed {scorer.stats.consumed} of {n}"
 
 
@@ -137,7 +115,7 @@ def good_rows(start: int, stop: int, spikes: dict):
     for s_i, series in enumerate(SERIES):
         i = np.arange(start, stop)
         values = signal(i, float(s_i))
-        for j, (ii, v) in enumerate(zip(i.tolist(), values.tolist())):
+        for ii, v in zip(i.tolist(), values.tolist()):
             v = v + spikes.get((series, ii), 0.0)
             rows.append((series.encode(), encode_event(series, T0 + 60 * ii, v)))
     return rows
@@ -231,10 +209,7 @@ def test_hot_reload_swaps_version_without_loss_and_refuses_corrupt(kafka_setting
         publish(kafka_settings, first)
         wait_consumed(scorer, len(first))
         reg.promote("m", v2)
-        deadline = time.monotonic() + 10
-        while scorer.detector.model_version != v2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert scorer.detector.model_version == v2
+        wait_for(lambda: scorer.detector.model_version == v2, 10, f"v{v2} serving", interval=0.05)
         # a corrupt champion: promoted, then its weights damaged -> refused, v2 keeps serving
         b3, _ = fit(
             ForecasterConfig(kind="many-to-many", window=16, hidden=16),
@@ -247,12 +222,12 @@ def test_hot_reload_swaps_version_without_loss_and_refuses_corrupt(kafka_setting
         reg.promote("m", v3)
         weights = reg.root / "m" / f"v{v3:04d}" / "weights.pt"
         weights.write_bytes(weights.read_bytes()[:100])
-        deadline = time.monotonic() + 10
-        while (
-            scorer.metrics.registry.get_sample_value("tsad_model_reload_failures_total") < 1
-            and time.monotonic() < deadline
-        ):
-            time.sleep(0.05)
+        wait_for(
+            lambda: scorer.metrics.registry.get_sample_value("tsad_model_reload_failures_total") >= 1,
+            10,
+            "the corrupt version refused",
+            interval=0.05,
+        )
         second = good_rows(200, 400, {("svc-1", 300): 25.0})
         publish(kafka_settings, second)
         wait_consumed(scorer, len(first) + len(second))
@@ -315,9 +290,7 @@ def test_rebalance_mid_stream_loses_nothing_and_dead_letters_nothing(kafka_setti
     a = start(fetch_process=fetch_process)
     b = None
     try:
-        deadline = time.monotonic() + 30
-        while a[0].stats.consumed < 600 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        poll_until(lambda: a[0].stats.consumed >= 600, 30, interval=0.01)
         assert 0 < a[0].stats.consumed < len(rows), "first scorer should be mid-stream"
         b = start(fetch_process=fetch_process)
         # every event has a receipt (duplicates allowed: a moved partition is re-scored from its

@@ -7,9 +7,9 @@ from collections import namedtuple
 import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from record_helpers import decode_batch
 
 from pipeline.events import Event, parse_event
-from pipeline.serve.scorer import decode_batch
 
 Rec = namedtuple("Rec", "key value")
 

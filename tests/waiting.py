@@ -2,11 +2,31 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
-def wait_for(predicate, timeout_s: float, what: str, proc=None, log: Path | None = None, interval: float = 0.1) -> None:
+def poll_until(predicate: Callable[[], object], timeout_s: float, interval: float = 0.1) -> bool:
+    """True as soon as ``predicate()`` is true; False once ``timeout_s`` passed without it."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
+def wait_for(
+    predicate: Callable[[], object],
+    timeout_s: float,
+    what: str,
+    proc: subprocess.Popen[bytes] | subprocess.Popen[str] | None = None,
+    log: Path | None = None,
+    interval: float = 0.1,
+) -> None:
     """Return once ``predicate()`` is true; fail after ``timeout_s`` or when ``proc`` exited, with the
     end of ``log`` in the message."""
     deadline = time.monotonic() + timeout_s

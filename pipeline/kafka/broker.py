@@ -11,6 +11,7 @@ Tansu caveat: memory storage means a restart loses every topic, message and comm
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -19,6 +20,7 @@ import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import BinaryIO
 
 
 class BrokerError(RuntimeError):
@@ -59,7 +61,7 @@ class EmbeddedBroker:
         self.port = port or free_port(host)
         self.log_path = log_path
         self._process: subprocess.Popen[bytes] | None = None
-        self._log_file = None
+        self._log_file: BinaryIO | None = None
 
     @property
     def bootstrap_servers(self) -> str:
@@ -78,7 +80,7 @@ class EmbeddedBroker:
             "memory://tansu/",
         ]
         if self.log_path is not None:
-            self._log_file = open(self.log_path, "ab")
+            self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - held while the broker runs, closed in stop()
         output = self._log_file or subprocess.DEVNULL
         env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
         self._process = subprocess.Popen(command, stdout=output, stderr=output, env=env, start_new_session=True)
@@ -129,10 +131,8 @@ class EmbeddedBroker:
                 os.killpg(process.pid, signal.SIGTERM)
                 process.wait(timeout=timeout_s)
             except (subprocess.TimeoutExpired, ProcessLookupError):
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
                 process.wait(timeout=timeout_s)
         if self._log_file is not None:
             self._log_file.close()

@@ -7,6 +7,7 @@ acknowledged (at-least-once).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -77,11 +78,9 @@ def ensure_topics(settings: KafkaSettings, topics: Iterable[str] | None = None, 
         existing = set(admin.list_topics())
         missing = [name for name in names if name not in existing]
         if missing:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(
                     [NewTopic(name, partitions or settings.partitions, settings.replication_factor) for name in missing]
                 )
-            except TopicAlreadyExistsError:
-                pass
     finally:
         admin.close()

@@ -29,22 +29,29 @@ Partitions kept across a rebalance whose position moved back behind what was alr
 scored twice by one scorer.
 
 This module imports no torch: it is what the fetch process of ``pipeline.kafka.feed_process`` runs.
+
+Long (~520 lines) because warm replay, log-reset detection and commits all read and write the same
+per-partition bookkeeping inside one consumer's poll; the undecodable-batch probing is apart
+(``pipeline.kafka.feed_guard``).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import chain
 from operator import attrgetter
+from typing import Protocol
 
 import numpy as np
-from kafka import ConsumerRebalanceListener
+from kafka import ConsumerRebalanceListener, KafkaConsumer
 from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 from tenacity import retry, retry_if_exception_type, retry_if_not_exception_type, stop_after_attempt, wait_exponential
 
+from models.core.settings import KafkaSettings
 from pipeline.kafka.feed_guard import (
     PartitionReset,
     SkippedRange,
@@ -54,7 +61,7 @@ from pipeline.kafka.feed_guard import (
     topic_id,
 )
 
-__all__ = ["Batch", "EventFeed", "PartitionReset", "Rebalance", "SkippedRange"]
+__all__ = ["Batch", "EventFeed", "Feed", "Notice", "PartitionReset", "Rebalance", "SkippedRange"]
 
 log = logging.getLogger(__name__)
 _LOST_TO_REBALANCE = (CommitFailedError, RebalanceInProgressError)  # the new owner re-reads: not retried
@@ -128,7 +135,7 @@ class Batch:
     def restricted(self, owned: set) -> Batch:
         """The part of this batch on partitions in ``owned`` (the others were lost in a rebalance)."""
         keep = [k for k, tp in enumerate(self.tps) if tp in owned]
-        starts = np.cumsum([0] + self.sizes).tolist()
+        starts = np.cumsum([0, *self.sizes]).tolist()
         parts = [slice(starts[k], starts[k + 1]) for k in keep]
         take = np.concatenate([np.arange(s.start, s.stop) for s in parts]) if parts else np.zeros(0, np.int64)
         return Batch(
@@ -153,14 +160,36 @@ class Rebalance:
     assigned: set = field(default_factory=set)
 
 
+Notice = Rebalance | PartitionReset | SkippedRange
+
+
+class Feed(Protocol):
+    """What the scorer reads through: ``EventFeed`` in-process, or ``FetchProcess`` over a child."""
+
+    commits: int  # commits made so far
+
+    @property
+    def commit_in_flight(self) -> bool: ...
+
+    def poll(self, timeout_ms: int = ...) -> list[Notice | Batch]: ...
+
+    def commit(self, offsets: dict[TopicPartition, int], epoch: int | None = None) -> bool: ...
+
+    def wait_committed(self, timeout_s: float = ...) -> None: ...
+
+    def lag(self) -> dict[TopicPartition, int] | None: ...
+
+    def close(self) -> None: ...
+
+
 class _Listener(ConsumerRebalanceListener):
     def __init__(self, feed: EventFeed):
         self.feed = feed
 
-    def on_partitions_revoked(self, revoked):
+    def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         self.feed._on_revoked(set(revoked))
 
-    def on_partitions_assigned(self, assigned):
+    def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         self.feed._on_assigned(set(assigned))
 
 
@@ -172,8 +201,14 @@ class EventFeed:
     """
 
     def __init__(
-        self, kafka, *, replay_messages: int = 20_000, poll_timeout_ms: int = 200, consumer=None, before_revoke=None
-    ):
+        self,
+        kafka: KafkaSettings,
+        *,
+        replay_messages: int = 20_000,
+        poll_timeout_ms: int = 200,
+        consumer: KafkaConsumer | None = None,
+        before_revoke: Callable[[set[TopicPartition]], None] | None = None,
+    ) -> None:
         from pipeline.kafka.clients import make_consumer
 
         self.kafka = kafka
@@ -187,11 +222,11 @@ class EventFeed:
         self._pending_kept: dict[TopicPartition, int | None] = {}  # kept in a rebalance: check first
         self._epoch = 0
         self._epoch_of: dict[TopicPartition, int] = {}  # epoch of each partition's last reset
-        self._topic_id = None
+        self._topic_id: object = None
         self._async_commits: list = []  # futures of commits sent with commit_async
         self._revoked: set[TopicPartition] = set()
         self._pending_warm: set[TopicPartition] = set()
-        self._notices: list[Rebalance] = []
+        self._notices: list[Notice] = []
         self._next_lag = 0.0
         self.consumer = consumer or make_consumer(kafka, group_id=kafka.group_id, **CONSUMER_OVERRIDES)
         self.consumer.subscribe([kafka.events_topic], listener=_Listener(self))
@@ -249,7 +284,7 @@ class EventFeed:
         return batch
 
     # ------------------------------------------------------------------ batches
-    def poll(self, timeout_ms: int | None = None) -> list:
+    def poll(self, timeout_ms: int | None = None) -> list[Notice | Batch]:
         """Notices (``Rebalance``, ``PartitionReset``, ``SkippedRange``, in order) then at most one ``Batch``."""
         try:
             records = self.consumer.poll(
@@ -267,7 +302,8 @@ class EventFeed:
             self._check_topic_id()
         if self._pending_warm:
             records = self._start_replay(records)
-        out, self._notices = self._notices, []
+        out: list[Notice | Batch] = list(self._notices)
+        self._notices = []
         if records:
             batch = self._columns(records)
             if len(batch):
@@ -391,7 +427,7 @@ class EventFeed:
         wait=wait_exponential(multiplier=0.2, max=2),
         reraise=True,
     )
-    def _commit_sync(self, offsets) -> None:
+    def _commit_sync(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
         self.consumer.commit(offsets)
 
     def current(self, offsets: dict, epoch: int | None) -> dict:
@@ -418,7 +454,7 @@ class EventFeed:
         self.commits += 1
         return True
 
-    def commit_async(self, offsets: dict, epoch: int | None = None, tag=None) -> bool:
+    def commit_async(self, offsets: dict, epoch: int | None = None, tag: dict | None = None) -> bool:
         """Send a commit of ``offsets`` (as ``commit``) without waiting for it; ``settled_commits()``
         tells when it finished (and returns ``tag``, e.g. what to commit again, if it failed).
         False when there was nothing to commit."""
@@ -446,7 +482,12 @@ class EventFeed:
                 failed.update(offsets)
         return len(done), failed
 
-    def wait_commits(self, timeout_s: float = 10.0) -> int:
+    commit_in_flight = False  # ``commit`` is synchronous: never one in flight (cf. ``FetchProcess``)
+
+    def wait_committed(self, timeout_s: float = 60.0) -> None:
+        """Nothing to wait for here (``commit`` is synchronous); the ``Feed`` interface."""
+
+    def wait_commits(self, timeout_s: float = 10.0) -> tuple[int, dict]:
         """Wait (bounded) for the commits in flight (kafka-python's IO thread completes them)."""
         deadline = time.monotonic() + timeout_s
         while any(not f.is_done for f, _ in self._async_commits) and time.monotonic() < deadline:

@@ -17,10 +17,11 @@ import logging
 import time
 from dataclasses import dataclass
 
+from kafka import KafkaConsumer
 from kafka.errors import CorruptRecordError, KafkaError, UnsupportedCodecError
+from kafka.structs import TopicPartition
 
 log = logging.getLogger(__name__)
-UNDECODABLE_BATCH = "undecodable_batch"  # dead-letter marker reason (not an event rejection)
 _PROBE_WAIT_S = 1.0  # a probe that reads nothing in this time is at the log end
 
 
@@ -28,7 +29,7 @@ _PROBE_WAIT_S = 1.0  # a probe that reads nothing in this time is at the log end
 class PartitionReset:
     """Partitions whose log was reset or recreated (``why``: what showed it)."""
 
-    tps: set
+    tps: set[TopicPartition]
     why: str
 
 
@@ -36,14 +37,14 @@ class PartitionReset:
 class SkippedRange:
     """Offsets ``[start, end)`` of ``tp`` skipped as undecodable; ``epoch`` as in ``Batch``."""
 
-    tp: object
+    tp: TopicPartition
     start: int
     end: int
     detail: str
     epoch: int = 0
 
 
-def topic_id(consumer, topic: str):
+def topic_id(consumer: KafkaConsumer, topic: str) -> object:
     """The topic id the consumer's metadata holds for ``topic`` (None if the broker gives none)."""
     try:
         return consumer._client.cluster.topic_id(topic)
@@ -51,7 +52,7 @@ def topic_id(consumer, topic: str):
         return None
 
 
-def refresh_metadata(consumer) -> None:
+def refresh_metadata(consumer: KafkaConsumer) -> None:
     """A blocking metadata round trip (so topic ids are current)."""
     try:
         consumer.topics()
@@ -66,13 +67,13 @@ def is_data_error(error: BaseException) -> bool:
     return not isinstance(error, KafkaError) and isinstance(error, Exception)
 
 
-def _discard_buffered(consumer) -> None:
+def _discard_buffered(consumer: KafkaConsumer) -> None:
     """Drop what kafka-python's fetcher holds: after a decode error its half-read batch keeps a dead
     iterator, and no new fetch is sent for that partition while it is buffered. (kafka-python has
     no public call for this; the attributes are those of kafka-python 3.0.)"""
     fetcher = getattr(consumer, "_fetcher", None)
     part = getattr(fetcher, "_next_partition_records", None)
-    if part is not None:
+    if fetcher is not None and part is not None:
         part.drain()
         fetcher._next_partition_records = None
     completed = getattr(fetcher, "_completed_fetches", None)
@@ -82,7 +83,7 @@ def _discard_buffered(consumer) -> None:
         fetcher._next_in_line_exception_metadata = None
 
 
-def _probe(consumer, tp, offset: int, max_records: int) -> bool:
+def _probe(consumer: KafkaConsumer, tp: TopicPartition, offset: int, max_records: int) -> bool:
     """True when reading ``tp`` from ``offset`` fails (the other partitions are paused)."""
     _discard_buffered(consumer)
     consumer.seek(tp, offset)
@@ -99,7 +100,7 @@ def _probe(consumer, tp, offset: int, max_records: int) -> bool:
     return False  # nothing to read there (end of the log): not a bad batch
 
 
-def skip_undecodable(consumer, error: BaseException, epoch: int = 0) -> list[SkippedRange]:
+def skip_undecodable(consumer: KafkaConsumer, error: BaseException, epoch: int = 0) -> list[SkippedRange]:
     """Find and seek past the undecodable batch behind ``error``; the ranges skipped.
 
     Every assigned partition keeps (or is put back at) its position, except the bad ones, which
@@ -137,7 +138,7 @@ def skip_undecodable(consumer, error: BaseException, epoch: int = 0) -> list[Ski
     return skipped
 
 
-def _first_readable(consumer, tp, bad: int) -> int:
+def _first_readable(consumer: KafkaConsumer, tp: TopicPartition, bad: int) -> int:
     """The smallest offset > ``bad`` from which ``tp`` reads (exponential, then binary search);
     offsets at or past the log end count as readable (a probe there would reset to the start)."""
     try:

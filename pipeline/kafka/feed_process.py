@@ -22,18 +22,28 @@ inside the rebalance are committed right after it, for the partitions kept); on 
 what was acknowledged and closes; batches sent but not acknowledged are left uncommitted. If the
 parent dies (``kill -9``), the child dies with it (``PR_SET_PDEATHSIG``, and a broken pipe) without
 committing anything more; if the child dies, the parent's ``poll`` raises ``FetchProcessDied``.
+
+Long (~370 lines) because it holds both ends of one pipe protocol (the child's loop and the
+parent's ``FetchProcess``): kept side by side so the two halves are read together.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import multiprocessing
 import os
 import signal
 import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
 
-from pipeline.kafka.feed import Batch
+from kafka.structs import TopicPartition
+
+from models.core.settings import KafkaSettings
+from pipeline.kafka.feed import Batch, EventFeed, Notice
 
 log = logging.getLogger(__name__)
 _REVOKE_WAIT_S = 120.0
@@ -45,105 +55,146 @@ class FetchProcessDied(RuntimeError):
 
 
 def _die_with_parent(parent_pid: int) -> None:
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: the broken pipe tells instead
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         os._exit(1)
 
 
-def _child_main(conn, kafka, replay_messages: int, poll_timeout_ms: int, parent_pid: int, log_level: int) -> None:
+def _child_main(
+    conn: Connection, kafka: KafkaSettings, replay_messages: int, poll_timeout_ms: int, parent_pid: int, log_level: int
+) -> None:
     """(child) Poll, send batches, commit what the parent acknowledged."""
     _die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s[fetch]: %(message)s")
     logging.getLogger("kafka").setLevel(max(logging.WARNING, log_level))
-    from pipeline.kafka.feed import EventFeed
+    _Child(conn).run(kafka, replay_messages, poll_timeout_ms)
 
-    acked: dict = {}  # {tp: (offset, epoch)} acknowledged, not committed yet (the latest ack wins)
-    stopping = False
-    confirms = 0  # "committed" answers owed for commits sent with commit_async
 
-    def current_acked() -> dict:
-        """``acked`` less partitions reset since their offsets were read (checked at commit time)."""
-        return {tp: o for tp, (o, epoch) in acked.items() if feed.current({tp: o}, epoch)}
+class _Child:
+    """(child) The fetch loop over one ``EventFeed``: sends what it polls, commits what the parent
+    acknowledged (see the module docstring)."""
 
-    def requeue(failed: dict) -> None:
-        for tp, (offset, epoch) in failed.items():
-            acked.setdefault(tp, (offset, epoch))  # a newer acknowledgement supersedes it
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.feed: EventFeed | None = None
+        self.acked: dict[TopicPartition, tuple[int, int | None]] = {}  # acknowledged, not committed (latest wins)
+        self.stopping = False
+        self.confirms = 0  # "committed" answers owed for commits sent with commit_async
 
-    def read(message, in_rebalance: bool = False) -> str:
-        nonlocal stopping, confirms
-        kind = message[0]
-        if kind == "done":  # commit at once (without blocking the fetch loop) and confirm once done
-            acked.update({tp: (o, message[2]) for tp, o in message[1].items()})
-            # no consumer call inside a rebalance callback: those are committed right after it
-            # (kept partitions only)
-            if not in_rebalance and feed.commit_async(current_acked(), tag=dict(acked)):
-                acked.clear()
-                confirms += 1
-            else:
-                conn.send(("committed",))
-        elif kind == "stop":
-            stopping = True
-        return kind
+    def run(self, kafka: KafkaSettings, replay_messages: int, poll_timeout_ms: int) -> None:
+        """The loop until ``stop``; then commit what was acknowledged, close and say so."""
+        try:
+            self.feed = EventFeed(
+                kafka,
+                replay_messages=replay_messages,
+                poll_timeout_ms=poll_timeout_ms,
+                before_revoke=self.before_revoke,
+            )
+            self._loop(self.feed)
+        except (BrokenPipeError, EOFError, ConnectionResetError):
+            os._exit(1)  # the parent is gone: commit nothing more
+        except BaseException as error:
+            log.exception("fetch process failed")
+            with contextlib.suppress(OSError):
+                self.conn.send(("error", f"{type(error).__name__}: {error}"))
+        finally:
+            if self.feed is not None:
+                try:
+                    self.feed.close()
+                except Exception:
+                    log.exception("closing the consumer")
+        with contextlib.suppress(OSError):
+            self.conn.send(("closed", self.feed.commits if self.feed is not None else 0))
 
-    def before_revoke(_revoked) -> None:
-        conn.send(("revoking",))
-        deadline = time.monotonic() + _REVOKE_WAIT_S
-        while time.monotonic() < deadline and not stopping:
-            if conn.poll(0.1) and read(conn.recv(), in_rebalance=True) == "revoke_ack":
-                break
-
-    def flush() -> None:
-        if acked:
-            feed.commit(current_acked())
-            acked.clear()
-
-    feed = None
-    try:
-        feed = EventFeed(
-            kafka, replay_messages=replay_messages, poll_timeout_ms=poll_timeout_ms, before_revoke=before_revoke
-        )
-        while not stopping:
-            while conn.poll():
-                read(conn.recv())
-            flush()  # what was acknowledged during a rebalance
-            if stopping:
+    def _loop(self, feed: EventFeed) -> None:
+        while not self.stopping:
+            while self.conn.poll():
+                self.read(self.conn.recv())
+            self.flush()  # what was acknowledged during a rebalance
+            if self.stopping:
                 break
             items = feed.poll()
             if items:
-                conn.send(("items", items, None, feed.commits))
-            settled, failed = feed.settled_commits()
-            requeue(failed)  # committed again (synchronously) at the next flush
-            for _ in range(min(settled, confirms)):
-                conn.send(("committed",))
-            confirms -= min(settled, confirms)
-            lag = feed.lag()
-            if lag is not None or settled:
-                conn.send(("items", [], lag, feed.commits))
-        requeue(feed.wait_commits()[1])
-        flush()
-    except (BrokenPipeError, EOFError, ConnectionResetError):
-        os._exit(1)  # the parent is gone: commit nothing more
-    except BaseException as error:
-        log.exception("fetch process failed")
-        try:
-            conn.send(("error", f"{type(error).__name__}: {error}"))
-        except OSError:
-            pass
-    finally:
-        if feed is not None:
-            try:
-                feed.close()
-            except Exception:
-                log.exception("closing the consumer")
-    try:
-        conn.send(("closed", feed.commits if feed is not None else 0))
-    except OSError:
-        pass
+                self.conn.send(("items", items, None, feed.commits))
+            self._settle(feed)
+        self.requeue(feed.wait_commits()[1])
+        self.flush()
+
+    def _settle(self, feed: EventFeed) -> None:
+        """Confirm the asynchronous commits that finished (failed ones are committed again at the
+        next flush); report the lag and the commit count when there is news."""
+        settled, failed = feed.settled_commits()
+        self.requeue(failed)
+        for _ in range(min(settled, self.confirms)):
+            self.conn.send(("committed",))
+        self.confirms -= min(settled, self.confirms)
+        lag = feed.lag()
+        if lag is not None or settled:
+            self.conn.send(("items", [], lag, feed.commits))
+
+    def _feed(self) -> EventFeed:
+        assert self.feed is not None, "the feed is made before any message is read"
+        return self.feed
+
+    def current_acked(self) -> dict[TopicPartition, int]:
+        """``acked`` less partitions reset since their offsets were read (checked at commit time)."""
+        feed = self._feed()
+        return {tp: o for tp, (o, epoch) in self.acked.items() if feed.current({tp: o}, epoch)}
+
+    def requeue(self, failed: dict[TopicPartition, tuple[int, int | None]]) -> None:
+        for tp, (offset, epoch) in failed.items():
+            self.acked.setdefault(tp, (offset, epoch))  # a newer acknowledgement supersedes it
+
+    def read(self, message: tuple[Any, ...], in_rebalance: bool = False) -> str:
+        """Apply one parent message; returns its kind."""
+        kind = str(message[0])
+        if kind == "done":  # commit at once (without blocking the fetch loop) and confirm once done
+            self.acked.update({tp: (o, message[2]) for tp, o in message[1].items()})
+            # no consumer call inside a rebalance callback: those are committed right after it
+            # (kept partitions only)
+            if not in_rebalance and self._feed().commit_async(self.current_acked(), tag=dict(self.acked)):
+                self.acked.clear()
+                self.confirms += 1
+            else:
+                self.conn.send(("committed",))
+        elif kind == "stop":
+            self.stopping = True
+        return kind
+
+    def before_revoke(self, _revoked: set[TopicPartition]) -> None:
+        """(inside the rebalance) Let the parent score and checkpoint every batch sent so far."""
+        self.conn.send(("revoking",))
+        deadline = time.monotonic() + _REVOKE_WAIT_S
+        while time.monotonic() < deadline and not self.stopping:
+            if self.conn.poll(0.1) and self.read(self.conn.recv(), in_rebalance=True) == "revoke_ack":
+                break
+
+    def flush(self) -> None:
+        """Commit (synchronously) what was acknowledged and not committed yet."""
+        if self.acked:
+            self._feed().commit(self.current_acked())
+            self.acked.clear()
+
+
+def take_merged(buffer: list[Notice | Batch], merge_records: int) -> tuple[list[Notice | Batch], list[Notice | Batch]]:
+    """``(items to hand out, the rest of buffer)``: the leading notices, then the run of consecutive
+    batches after them merged into one (``Batch.merged``); the run stops at a notice, or once it
+    holds ``merge_records`` records."""
+    k = next((j for j, item in enumerate(buffer) if isinstance(item, Batch)), len(buffer))
+    out: list[Notice | Batch] = buffer[:k]
+    run: list[Batch] = []
+    n = 0
+    while k < len(buffer) and (not run or n < merge_records):
+        item = buffer[k]
+        if not isinstance(item, Batch):
+            break
+        run.append(item)
+        n += len(item)
+        k += 1
+    return out + ([Batch.merged(run)] if run else []), buffer[k:]
 
 
 class FetchProcess:
@@ -155,13 +206,13 @@ class FetchProcess:
 
     def __init__(
         self,
-        kafka,
+        kafka: KafkaSettings,
         *,
         replay_messages: int = 20_000,
         poll_timeout_ms: int = 200,
         merge_records: int = MERGE_RECORDS,
-        before_revoke_ack=None,
-    ):
+        before_revoke_ack: Callable[[], object] | None = None,
+    ) -> None:
         ctx = multiprocessing.get_context("spawn")
         self._conn, child_conn = ctx.Pipe(duplex=True)
         self._proc = ctx.Process(
@@ -186,10 +237,10 @@ class FetchProcess:
         self._commit_in_flight = False
         self._revoking = False
         self._closed = False
-        self._buffer: list = []  # items read while waiting for a commit, not handed out yet
+        self._buffer: list[Notice | Batch] = []  # items read while waiting for a commit, not handed out yet
         self._revoke_pending = False  # a "revoking" to answer once the buffered batches are scored
 
-    def poll(self, timeout_ms: int = 200) -> list:
+    def poll(self, timeout_ms: int = 200) -> list[Notice | Batch]:
         """Rebalance notices and batches the child sent (in order); the latest lag in ``lag_values``.
 
         Batches already waiting (the scorer fell behind) come back merged into one, up to
@@ -215,18 +266,11 @@ class FetchProcess:
     def _buffered_records(self) -> int:
         return sum(len(item) for item in self._buffer if isinstance(item, Batch))
 
-    def _take(self) -> list:
-        """Leading rebalance notices, then the run of consecutive batches after them merged."""
-        k = next((j for j, item in enumerate(self._buffer) if isinstance(item, Batch)), len(self._buffer))
-        out, run, n = self._buffer[:k], [], 0
-        while k < len(self._buffer) and isinstance(self._buffer[k], Batch) and (not run or n < self.merge_records):
-            run.append(self._buffer[k])
-            n += len(self._buffer[k])
-            k += 1
-        self._buffer = self._buffer[k:]
-        return out + ([Batch.merged(run)] if run else [])
+    def _take(self) -> list[Notice | Batch]:
+        out, self._buffer = take_merged(self._buffer, self.merge_records)
+        return out
 
-    def _recv(self, timeout_s: float):
+    def _recv(self, timeout_s: float) -> tuple[Any, ...] | None:
         """The child's next message, or None after ``timeout_s``; ``FetchProcessDied`` if it is gone."""
         try:
             if self._conn.poll(timeout_s):
@@ -237,7 +281,7 @@ class FetchProcess:
             raise FetchProcessDied(f"fetch process exited (code {self._proc.exitcode})")
         return None
 
-    def _handle(self, message, out: list) -> bool:
+    def _handle(self, message: tuple[Any, ...], out: list[Notice | Batch]) -> bool:
         """Apply one child message; items go to ``out``. True when it carried a batch or a revoke
         request (``poll`` returns then)."""
         kind = message[0]

@@ -31,23 +31,23 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from models.detection.detector import SCORED
+from models.core.settings import Settings
+from models.core.timeutil import iso_utc
+from models.detection.detector import SCORED, BatchResult
 
 log = logging.getLogger(__name__)
 ALERTNAME = "TsadSeriesAnomaly"
 RUNBOOK = "https://github.com/tsad/tsad/blob/main/README.md#alert-tsadseriesanomaly"
 _BATCH = 500
 _MAX_BACKOFF_S = 30.0
-
-
-def _iso(epoch_s: float) -> str:
-    return datetime.fromtimestamp(epoch_s, UTC).isoformat().replace("+00:00", "Z")
+# one anomaly for the sender thread: series, model, group, score, value, predicted, lower, upper, ts
+_Notice = tuple[str, str, str, float, float, float, float, float, float]
 
 
 def _num(x: float) -> str:
@@ -87,8 +87,8 @@ class AlertmanagerSink:
         timeout_s: float = 5.0,
         max_active: int = 10_000,
         severity: str = "warning",
-        clock=time.time,
-    ):
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.url = url.rstrip("/") + "/api/v2/alerts"
         self.resolve_after_s = float(resolve_after_s)
         self.resend_s = float(resend_s)
@@ -97,7 +97,7 @@ class AlertmanagerSink:
         self.max_active = int(max_active)
         self.severity = severity
         self.clock = clock
-        self.queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self.queue: queue.Queue[_Notice] = queue.Queue(maxsize=queue_size)
         self.active: dict[str, _Alert] = {}
         self.pending: dict[str, _Pending] = {}
         self._stop = threading.Event()
@@ -124,7 +124,10 @@ class AlertmanagerSink:
         self.pending_gauge = Gauge("tsad_alertmanager_pending_alerts", "Alert updates waiting for a retry.", registry=r)
 
     @classmethod
-    def from_settings(cls, settings, registry: CollectorRegistry | None = None) -> AlertmanagerSink:
+    def from_settings(cls, settings: Settings, registry: CollectorRegistry | None = None) -> AlertmanagerSink:
+        """The sink of ``settings.alertmanager_url`` (which must be set) and the ``alert_*`` settings."""
+        if settings.alertmanager_url is None:
+            raise ValueError("alertmanager_url is not set")
         return cls(
             settings.alertmanager_url,
             registry,
@@ -135,7 +138,9 @@ class AlertmanagerSink:
         )
 
     # ------------------------------------------------------------------ scorer thread
-    def observe(self, series: list[str], ts: np.ndarray, values: np.ndarray, result, new: np.ndarray) -> None:
+    def observe(
+        self, series: list[str], ts: np.ndarray, values: np.ndarray, result: BatchResult, new: np.ndarray
+    ) -> None:
         """Queue each new anomaly of the batch (never blocks)."""
         flagged = np.flatnonzero(result.is_anomaly & new & (result.status == SCORED))
         for j in flagged.tolist():
@@ -199,7 +204,7 @@ class AlertmanagerSink:
         self.active_gauge.set(len(self.active))
         self.pending_gauge.set(len(self.pending))
 
-    def _take(self, notice, now: float) -> None:
+    def _take(self, notice: _Notice, now: float) -> None:
         sid, model, group, score, value, predicted, lower, upper, ts = notice
         alert = self.active.get(sid)
         annotations = {
@@ -209,7 +214,7 @@ class AlertmanagerSink:
             "expected": _num(predicted),
             "lower": _num(lower),
             "upper": _num(upper),
-            "event_time": _iso(ts) if math.isfinite(ts) else "",
+            "event_time": iso_utc(ts) if math.isfinite(ts) else "",
             "runbook": RUNBOOK,
         }
         if alert is None:
@@ -226,8 +231,8 @@ class AlertmanagerSink:
         payload = {
             "labels": alert.labels,
             "annotations": alert.annotations,
-            "startsAt": _iso(alert.starts),
-            "endsAt": _iso(ends),
+            "startsAt": iso_utc(alert.starts),
+            "endsAt": iso_utc(ends),
         }
         old = self.pending.get(sid)
         self.pending[sid] = _Pending(

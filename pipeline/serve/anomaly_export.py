@@ -32,12 +32,14 @@ import math
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 
-from models.detection.detector import SCORED
+from models.detection.detector import SCORED, BatchResult
 
 DEFAULT_MAX_SERIES = 500
 DEFAULT_TTL_S = 900.0
@@ -82,7 +84,12 @@ class Row:
 class AnomalousSeries:
     """The bounded table; ``observe`` from the scorer thread, ``collect`` from the HTTP server's."""
 
-    def __init__(self, max_series: int = DEFAULT_MAX_SERIES, ttl_s: float = DEFAULT_TTL_S, clock=time.monotonic):
+    def __init__(
+        self,
+        max_series: int = DEFAULT_MAX_SERIES,
+        ttl_s: float = DEFAULT_TTL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if max_series < 1 or ttl_s <= 0:
             raise ValueError("max_series must be >= 1 and ttl_s > 0")
         self.max_series = int(max_series)
@@ -101,7 +108,9 @@ class AnomalousSeries:
             return dict(self._rows)
 
     # ------------------------------------------------------------------ scorer side
-    def observe(self, series: list[str], ts: np.ndarray, values: np.ndarray, result, new: np.ndarray) -> None:
+    def observe(
+        self, series: list[str], ts: np.ndarray, values: np.ndarray, result: BatchResult, new: np.ndarray
+    ) -> None:
         """Take a scored batch: anomalies enter or refresh rows; other scored events of listed series
         update their value, forecast, band and score."""
         flagged = result.is_anomaly & new
@@ -148,10 +157,10 @@ class AnomalousSeries:
             rows.popitem(last=False)
 
     # ------------------------------------------------------------------ collector side
-    def describe(self):
+    def describe(self) -> list[Metric]:
         return []  # families depend on the data; nothing to check at registration
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         now = self.clock()
         rows = self.rows()
         labels = ["series", "model", "group"]

@@ -10,22 +10,19 @@ case (numeric ts and value, plain series id, matching key) is then checked colum
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from itertools import compress
-from operator import attrgetter, itemgetter
+from operator import itemgetter
+from typing import Any
 
 import numpy as np
 import orjson
 
-from pipeline.events import (
-    INTERNAL_ERROR,
-    MAX_MESSAGE_BYTES,
-    MAX_SERIES_ID_LENGTH,
-    Event,
-    Rejection,
-    parse_event,
-    validate_payload,
-)
+from models.core.limits import MAX_ABS_VALUE, MAX_MESSAGE_BYTES, MAX_SERIES_ID_LENGTH
+from pipeline.events import MAX_TS, MILLISECONDS_CUTOFF, MIN_TS, Event, Reason, Rejection, parse_event, validate_payload
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -43,15 +40,14 @@ class DecodedBatch:
     rejections: list = field(default_factory=list)  # (position, Rejection)
 
 
-_MAX_EXACT_INT = 2**53
-_MS_CUTOFF, _MAX_TS = 1e11, 7_258_118_400.0
 _SERIES, _TS, _VALUE = itemgetter("series"), itemgetter("ts"), itemgetter("value")
-_KEY, _VALUE_BYTES = attrgetter("key"), attrgetter("value")
 _NUMBER_TYPES = {int, float}
 _UNPARSED = object()  # per-message marker: this one goes through parse_event
 
 
-def _fast_columns(payloads: list, keys: list, max_series_id_length: int):
+def _fast_columns(
+    payloads: list[Any], keys: list[bytes | None], max_series_id_length: int
+) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray] | None:
     """Column-wise checks of the common case with C-level loops (``map``, numpy).
 
     Returns ``(ok (n,) bool, series list, ts (n,) s, values (n,))`` where ``ok`` marks the events
@@ -85,13 +81,13 @@ def _fast_columns(payloads: list, keys: list, max_series_id_length: int):
         ok = (
             (lengths > 0)
             & (lengths <= max_series_id_length)
-            & (np.abs(v) < _MAX_EXACT_INT)
-            & (np.abs(t) < _MAX_EXACT_INT)
+            & (np.abs(v) < MAX_ABS_VALUE)
+            & (np.abs(t) < MAX_ABS_VALUE)  # 2**53: larger epoch numbers take the per-message path
         )
-        big = np.abs(t) >= _MS_CUTOFF
+        big = np.abs(t) >= MILLISECONDS_CUTOFF
         if big.any():
             t = np.where(big, t / 1000.0, t)
-        ok &= (t >= 0.0) & (t <= _MAX_TS)
+        ok &= (t >= MIN_TS) & (t <= MAX_TS)
     if any(map(str.isspace, sids)):
         ok &= ~np.fromiter(map(str.isspace, sids), dtype=bool, count=n)
     if encoded != keys:  # a key that is given must equal the series id
@@ -120,9 +116,9 @@ def _loads_each(values: list, max_message_bytes: int) -> tuple[list, bool]:
 
 
 def decode_one(
-    raw,
-    key,
-    payload=_UNPARSED,
+    raw: bytes | None,
+    key: bytes | None,
+    payload: object = _UNPARSED,
     max_message_bytes: int = MAX_MESSAGE_BYTES,
     max_series_id_length: int = MAX_SERIES_ID_LENGTH,
 ) -> Event | Rejection:
@@ -130,20 +126,15 @@ def decode_one(
     try:
         if payload is _UNPARSED:
             return parse_event(raw, key, max_message_bytes=max_message_bytes, max_series_id_length=max_series_id_length)
-        return validate_payload(payload, raw, key, max_series_id_length=max_series_id_length)
+        return validate_payload(
+            payload, raw if raw is not None else b"", key, max_series_id_length=max_series_id_length
+        )  # (a parsed payload always has its raw bytes)
     except Exception as error:
         return Rejection(
-            INTERNAL_ERROR, f"while decoding: {type(error).__name__}: {error}", bytes(raw) if raw is not None else b""
+            Reason.INTERNAL_ERROR,
+            f"while decoding: {type(error).__name__}: {error}",
+            bytes(raw) if raw is not None else b"",
         )
-
-
-def decode_batch(
-    records, max_message_bytes: int = MAX_MESSAGE_BYTES, max_series_id_length: int = MAX_SERIES_ID_LENGTH
-) -> DecodedBatch:
-    """``decode_columns`` of records with ``.value`` and ``.key`` (e.g. kafka-python's ConsumerRecord)."""
-    return decode_columns(
-        list(map(_VALUE_BYTES, records)), list(map(_KEY, records)), max_message_bytes, max_series_id_length
-    )
 
 
 def decode_columns(
@@ -188,3 +179,26 @@ def decode_columns(
     out.ts, out.values = np.array(ts, dtype=np.float64), np.array(vals, dtype=np.float64)
     out.valid_pos = np.array(pos, dtype=np.int64)
     return out
+
+
+def decode_isolated(
+    values: list[bytes | None], keys: list[bytes | None], max_message_bytes: int, max_series_id_length: int
+) -> DecodedBatch:
+    """``decode_columns``, or message by message if it raises (a message whose own decoding raises
+    is rejected as ``internal_error``): one message can never fail the batch."""
+    try:
+        return decode_columns(values, keys, max_message_bytes, max_series_id_length)
+    except Exception as error:
+        log.error("batch decode failed (%s: %s); decoding message by message", type(error).__name__, error)
+    items = [
+        decode_one(raw, key, max_message_bytes=max_message_bytes, max_series_id_length=max_series_id_length)
+        for raw, key in zip(values, keys)
+    ]
+    events = [(i, item) for i, item in enumerate(items) if isinstance(item, Event)]
+    return DecodedBatch(
+        [event.series for _, event in events],
+        np.array([event.ts for _, event in events], dtype=np.float64),
+        np.array([event.value for _, event in events], dtype=np.float64),
+        np.array([i for i, _ in events], dtype=np.int64),
+        [(i, item) for i, item in enumerate(items) if isinstance(item, Rejection)],
+    )

@@ -14,14 +14,19 @@ import logging
 
 import numpy as np
 
-from models.detection.detector import BatchResult
+from models.detection.detector import BatchResult, StreamingDetector
+from models.detection.routed import RoutedDetector
 
 log = logging.getLogger(__name__)
 FAILED = -1  # status of an event whose scoring raised
 
 
 def process_isolated(
-    detector, series: list, ts: np.ndarray, values: np.ndarray, alert: np.ndarray
+    detector: StreamingDetector | RoutedDetector,
+    series: list[str],
+    ts: np.ndarray,
+    values: np.ndarray,
+    alert: np.ndarray,
 ) -> tuple[BatchResult, list[tuple[int, BaseException]]]:
     """``detector.process`` of the batch, or of each event alone if the batch fails; ``(result,
     [(index, error)])`` where failed events have status ``FAILED``."""
@@ -34,13 +39,26 @@ def process_isolated(
             type(error).__name__,
             error,
         )
+    return _process_each(detector, series, ts, values, alert)
+
+
+def _process_each(
+    detector: StreamingDetector | RoutedDetector,
+    series: list[str],
+    ts: np.ndarray,
+    values: np.ndarray,
+    alert: np.ndarray,
+) -> tuple[BatchResult, list[tuple[int, BaseException]]]:
+    """``detector.process`` of each event alone, gathered into one ``BatchResult`` (long only because
+    that result is built field by field)."""
     n = len(series)
     status = np.full(n, FAILED, dtype=np.int8)
     predicted, err, score = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
     flags = np.zeros(n, dtype=bool)
     lower, upper = np.full(n, np.nan), np.full(n, np.nan)
     route, routes = np.zeros(n, dtype=np.int64), None  # which model scored each event (routed detectors)
-    failures, evicted, threshold = [], 0, float("nan")
+    failures: list[tuple[int, BaseException]] = []
+    evicted, threshold = 0, float("nan")
     for j in range(n):
         try:
             r = detector.process([series[j]], ts[j : j + 1], values[j : j + 1], alert=alert[j : j + 1])
@@ -54,7 +72,7 @@ def process_isolated(
             r.score[0],
             r.is_anomaly[0],
         )
-        if r.lower is not None:
+        if r.lower is not None and r.upper is not None:
             lower[j], upper[j] = r.lower[0], r.upper[0]
         if r.route is not None:
             route[j], routes = r.route[0], r.routes

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from kafka import KafkaProducer
 from kafka.errors import (
     CorruptRecordError,
     InvalidRecordError,
@@ -31,8 +33,10 @@ from kafka.errors import (
     MessageSizeTooLargeError,
     RecordListTooLargeError,
 )
+from kafka.structs import TopicPartition
 
-from pipeline.events import INTERNAL_ERROR
+from models.core.settings import KafkaSettings
+from pipeline.events import Reason
 from pipeline.serve.records import DETAIL_HEADER, REASON_HEADER, SOURCE_HEADER, dead_letter_headers, dead_letter_value
 
 log = logging.getLogger(__name__)
@@ -62,14 +66,14 @@ class Source:
 class Pending:
     """What was produced since the last checkpoint: offsets to commit once acknowledged."""
 
-    offsets: dict = field(default_factory=dict)
+    offsets: dict[TopicPartition, int] = field(default_factory=dict)
     epoch: int | None = None
     events: int = 0
     sends: list = field(default_factory=list)  # (future, Source | None: a dead-letter record itself)
     since: float = field(default_factory=time.monotonic)
     done_upto: int = 0  # sends[:done_upto] are known to be finished (acknowledged or failed)
 
-    def add(self, offsets: dict, epoch: int, events: int) -> None:
+    def add(self, offsets: dict[TopicPartition, int], epoch: int | None, events: int) -> None:
         self.offsets.update(offsets)
         if epoch is not None:
             self.epoch = epoch if self.epoch is None else min(self.epoch, epoch)
@@ -85,14 +89,14 @@ class Outputs:
 
     def __init__(
         self,
-        producer,
-        kafka,
+        producer: KafkaProducer,
+        kafka: KafkaSettings,
         max_message_bytes: int,
         *,
         commit_interval_ms: int = 1000,
         commit_every_events: int = 20_000,
-        on_internal_error=None,
-    ):
+        on_internal_error: Callable[[Source, str], None] | None = None,
+    ) -> None:
         self.producer = producer
         self.kafka = kafka
         self.max_message_bytes = max_message_bytes
@@ -103,7 +107,14 @@ class Outputs:
         self.sealed: Pending | None = None  # a checkpoint waiting for its acknowledgements
 
     # ------------------------------------------------------------------ sending
-    def send(self, topic: str, key, value: bytes, source: Source | None, headers=None) -> None:
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        source: Source | None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
         """Send one record now; raises ``ProduceFailed`` on an outage, the error of the record otherwise."""
         try:
             future = self.producer.send(topic, key=key, value=value, headers=headers)
@@ -113,7 +124,7 @@ class Outputs:
             raise
         self.pending.sends.append((future, source))
 
-    def dead_letter(self, source: Source, reason: str, detail: str) -> None:
+    def dead_letter(self, source: Source, reason: Reason, detail: str) -> None:
         """Send ``source`` unchanged (cut to the size limit) to the dead-letter topic with ``reason``."""
         value, extra = dead_letter_value(source.raw, self.max_message_bytes)
         headers = dead_letter_headers(reason, detail, self.kafka.events_topic, source.partition, source.offset) + extra
@@ -131,7 +142,7 @@ class Outputs:
             )
             self.send(self.kafka.dead_letter_topic, None, value, None, headers)
 
-    def marker(self, reason: str, detail: str, partition: int, first: int, last: int) -> None:
+    def marker(self, reason: Reason, detail: str, partition: int, first: int, last: int) -> None:
         """A dead-letter record with an empty value standing for offsets ``first..last`` (skipped)."""
         headers = [
             (REASON_HEADER, reason.encode()),
@@ -141,7 +152,7 @@ class Outputs:
         self.send(self.kafka.dead_letter_topic, None, b"", None, headers)
 
     # ------------------------------------------------------------------ checkpoints
-    def add(self, offsets: dict, epoch: int, events: int) -> None:
+    def add(self, offsets: dict[TopicPartition, int], epoch: int | None, events: int) -> None:
         """Offsets of a batch whose records were all sent (committed at a later checkpoint)."""
         self.pending.add(offsets, epoch, events)
 
@@ -207,7 +218,7 @@ class Outputs:
                 "message %s/%d/%d dead-lettered: %s", self.kafka.events_topic, source.partition, source.offset, detail
             )
             mark = len(self.pending.sends)
-            self.dead_letter(source, INTERNAL_ERROR, detail)
+            self.dead_letter(source, Reason.INTERNAL_ERROR, detail)
             retry.extend(self.pending.sends[mark:])
             del self.pending.sends[mark:]
             if self.on_internal_error is not None:

@@ -19,6 +19,8 @@ import math
 
 import orjson
 
+from pipeline.events import Reason
+
 REASON_HEADER = "tsad.reason"
 DETAIL_HEADER = "tsad.detail"
 SOURCE_HEADER = "tsad.source"
@@ -35,7 +37,7 @@ def anomaly_value(
     score: float,
     threshold: float,
     model: str,
-    model_version,
+    model_version: object,
     topic: str,
     partition: int,
     offset: int,
@@ -65,18 +67,15 @@ def _finite(x: float | None) -> float | None:
     return x if x is not None and math.isfinite(x) else None
 
 
-def dead_letter_headers(reason: str, detail: str, topic: str, partition: int, offset: int) -> list[tuple[str, bytes]]:
+def dead_letter_headers(
+    reason: Reason, detail: str, topic: str, partition: int, offset: int
+) -> list[tuple[str, bytes]]:
     """Kafka headers saying why a message was dead-lettered and where it came from."""
     return [
         (REASON_HEADER, reason.encode()),
         (DETAIL_HEADER, detail[:_MAX_DETAIL].encode("utf-8", "replace")),
         (SOURCE_HEADER, f"{topic}/{partition}/{offset}".encode()),
     ]
-
-
-def headers_dict(headers) -> dict[str, str]:
-    """Headers of a consumed message as a str -> str dict (for readers and tests)."""
-    return {k: (v or b"").decode("utf-8", "replace") for k, v in (headers or [])}
 
 
 def dead_letter_value(raw: bytes, limit: int) -> tuple[bytes, list[tuple[str, bytes]]]:

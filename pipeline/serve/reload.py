@@ -18,7 +18,9 @@ import logging
 import time
 from dataclasses import dataclass
 
+from models.forecasting.bundle import ModelBundle
 from models.forecasting.serving import PRECISIONS, apply_precision
+from models.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +29,7 @@ log = logging.getLogger(__name__)
 class ReloadOutcome:
     """What one poll found: a bundle to swap in, or a refused version with the error."""
 
-    bundle: object | None = None
+    bundle: ModelBundle | None = None
     refused_version: int | None = None
     error: str = ""
     pointer_error: bool = False  # the champion pointer could not be read (nothing refused)
@@ -36,7 +38,9 @@ class ReloadOutcome:
 class ChampionWatcher:
     """Follows ``registry.champion(name)``; ``serving`` is the version in use."""
 
-    def __init__(self, registry, name: str, serving: int | None, interval_s: float = 1.0, precision: str = "fp32"):
+    def __init__(
+        self, registry: ModelRegistry, name: str, serving: int | None, interval_s: float = 1.0, precision: str = "fp32"
+    ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.precision = precision
@@ -47,7 +51,7 @@ class ChampionWatcher:
         self.refused: set[int] = set()
         self._next_check = 0.0
 
-    def load_initial(self):
+    def load_initial(self) -> ModelBundle:
         """The current champion bundle (raises when there is none or it cannot be loaded)."""
         bundle = apply_precision(self.registry.load(self.name), self.precision)
         self.serving = bundle.version
@@ -74,8 +78,9 @@ class ChampionWatcher:
             return ReloadOutcome(refused_version=version, error=f"{type(error).__name__}: {error}")
         return ReloadOutcome(bundle=bundle)
 
-    def accepted(self, version: int) -> None:
+    def accepted(self, version: int | None) -> None:
         self.serving = version
 
-    def refuse(self, version: int) -> None:
-        self.refused.add(version)
+    def refuse(self, version: int | None) -> None:
+        if version is not None:
+            self.refused.add(version)

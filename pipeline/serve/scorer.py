@@ -31,70 +31,53 @@ window. Partitions kept across a rebalance keep their state; series of partition
 
 Hot reload: between batches the ``ChampionWatcher`` is polled; a new champion is swapped in
 before the next batch, so no event is lost or scored twice around a swap.
+
+Long (~420 lines) because the loop, its checkpoints, rebalance notices and model reloads share one
+state (assignment, series per partition, outputs in flight); a batch's records are built in
+``pipeline.serve.batch``, decoding and scoring isolation in ``pipeline.serve.decode``/``isolate``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
-import orjson
+from kafka import KafkaProducer
 from kafka.structs import TopicPartition
 
-from models.detection.detector import DUPLICATE, SCORED, WARMUP, StreamingDetector
-from models.detection.detector import OUT_OF_ORDER as ST_OUT_OF_ORDER
-from pipeline.events import DUPLICATE_TIMESTAMP, INTERNAL_ERROR, OUT_OF_ORDER, Event
-from pipeline.kafka.feed import Batch, EventFeed, PartitionReset, Rebalance, SkippedRange
-from pipeline.kafka.feed_guard import UNDECODABLE_BATCH
+from models.core.settings import Settings
+from models.detection.detector import SCORED, WARMUP, BatchResult, StreamingDetector
+from models.detection.routed import RoutedDetector
+from pipeline.events import Reason
+from pipeline.kafka.feed import Batch, EventFeed, Feed, Notice, PartitionReset, Rebalance, SkippedRange
 from pipeline.kafka.feed_process import MERGE_RECORDS, FetchProcess
-from pipeline.metrics import ScorerMetrics
-from pipeline.serve.decode import DecodedBatch, decode_batch, decode_columns, decode_one
+from pipeline.metrics import ScorerMetrics, ScorerStats
+from pipeline.serve.batch import AnomalyCallback, BatchRecords
+from pipeline.serve.decode import DecodedBatch, decode_columns, decode_isolated
 from pipeline.serve.isolate import process_isolated
 from pipeline.serve.outputs import Outputs, ProduceFailed, Source
-from pipeline.serve.records import anomaly_value
+from pipeline.serve.reload import ChampionWatcher
 
 log = logging.getLogger(__name__)
-__all__ = ["DecodedBatch", "ProduceFailed", "Scorer", "ScorerStats", "decode_batch", "decode_columns"]
+__all__ = ["DecodedBatch", "Observer", "ProduceFailed", "Scorer", "ScorerStats", "decode_columns"]
 
 
-@dataclass
-class ScorerStats:
-    """Running totals (the same numbers as the metrics, for the demo and tests)."""
+class Observer(Protocol):
+    """Sees every scored batch, e.g. the per-series export and the Alertmanager sink.
 
-    consumed: int = 0
-    scored: int = 0
-    warmup: int = 0
-    replayed: int = 0
-    rejected: dict = field(default_factory=lambda: defaultdict(int))
-    anomalies: int = 0
-    batches: int = 0
-    commits: int = 0
-    busy_s: float = 0.0
+    ``series`` ``(n_valid,)`` ids; ``ts``, ``values`` float64 ``(n_valid,)``; ``new`` bool
+    ``(n_valid,)``: new events that were not rejected as ``internal_error`` (replayed ones are False).
+    """
 
-    @property
-    def rejected_total(self) -> int:
-        return sum(self.rejected.values())
-
-
-def observe_many(histogram, values: np.ndarray) -> None:
-    """Add many observations to a prometheus_client Histogram in O(buckets) (falls back to a loop)."""
-    if len(values) == 0:
-        return
-    try:
-        bounds = histogram._upper_bounds
-        buckets = histogram._buckets
-        counts = np.bincount(np.searchsorted(np.asarray(bounds[:-1]), values, side="left"), minlength=len(bounds))
-        for bucket, c in zip(buckets, counts.tolist()):
-            if c:
-                bucket.inc(c)
-        histogram._sum.inc(float(np.sum(values)))
-    except AttributeError:
-        for v in values.tolist():
-            histogram.observe(v)
+    def observe(
+        self, series: list[str], ts: np.ndarray, values: np.ndarray, result: BatchResult, new: np.ndarray
+    ) -> None: ...
 
 
 class Scorer:
@@ -108,111 +91,108 @@ class Scorer:
 
     def __init__(
         self,
-        settings,
-        detector: StreamingDetector,
+        settings: Settings,
+        detector: StreamingDetector | RoutedDetector,
         metrics: ScorerMetrics | None = None,
         *,
-        watcher=None,
+        watcher: ChampionWatcher | Sequence[ChampionWatcher] | None = None,
         replay_messages: int = 20_000,
         poll_timeout_ms: int = 200,
-        on_anomaly=None,
-        producer=None,
+        on_anomaly: AnomalyCallback | None = None,
+        producer: KafkaProducer | None = None,
         fetch_process: bool = True,
-    ):
+    ) -> None:
         from pipeline.kafka.clients import make_producer
 
         self.settings = settings
         self.kafka = settings.kafka
         self.detector = detector
-        self.metrics = metrics or ScorerMetrics()
+        self.metrics = metrics if metrics is not None else ScorerMetrics()
         self.watcher = watcher  # a ChampionWatcher, or one per routed model (list)
-        self.watchers = [] if watcher is None else list(watcher) if isinstance(watcher, (list, tuple)) else [watcher]
-        self.observers: list = []  # objects with observe(series, ts, values, result, new): export, alert sinks
+        self.watchers: list[ChampionWatcher] = (
+            [] if watcher is None else [watcher] if isinstance(watcher, ChampionWatcher) else list(watcher)
+        )
+        self.observers: list[Observer] = []  # the per-series export, alert sinks
         self.poll_timeout_ms = poll_timeout_ms
         self.on_anomaly = on_anomaly
-        self.stats = ScorerStats()
+        self.stats: ScorerStats = self.metrics.stats  # the one source of truth of the metrics
         self._series_by_tp: dict[TopicPartition, set[str]] = defaultdict(set)
         self._evictions_since_prune = 0
         self._owned: set[TopicPartition] = set()  # current assignment (from the feed's notices)
-        self._commits_seen = 0
-        self.latency_log: list | None = None
+        self.latency_log: list[tuple[np.ndarray, float]] | None = None
         self.producer = producer or make_producer(self.kafka, linger_ms=5)
-        every = getattr(settings, "commit_every_events", 20_000)
         self.outputs = Outputs(
             self.producer,
             self.kafka,
             settings.max_message_bytes,
-            commit_interval_ms=getattr(settings, "commit_interval_ms", 1000),
-            commit_every_events=every,
+            commit_interval_ms=settings.commit_interval_ms,
+            commit_every_events=settings.commit_every_events,
             on_internal_error=self._late_internal_error,
         )
+        self.feed = self._make_feed(fetch_process, replay_messages, poll_timeout_ms)
+        self._record_model_info()
+
+    def _make_feed(self, fetch_process: bool, replay_messages: int, poll_timeout_ms: int) -> Feed:
         if fetch_process:
-            self.feed = FetchProcess(
+            return FetchProcess(
                 self.kafka,
                 replay_messages=replay_messages,
                 poll_timeout_ms=poll_timeout_ms,
-                merge_records=max(min(MERGE_RECORDS, every), self.kafka.max_poll_records),
+                merge_records=max(min(MERGE_RECORDS, self.settings.commit_every_events), self.kafka.max_poll_records),
                 before_revoke_ack=self.checkpoint,
             )
-        else:  # inside the rebalance callback only the producer may be flushed; the commit follows it
-            self.feed = EventFeed(
-                self.kafka,
-                replay_messages=replay_messages,
-                poll_timeout_ms=poll_timeout_ms,
-                before_revoke=lambda _revoked: self.producer.flush(),
-            )
-        self._publish_model_info()
+        # inside the rebalance callback only the producer may be flushed; the commit follows it
+        return EventFeed(
+            self.kafka,
+            replay_messages=replay_messages,
+            poll_timeout_ms=poll_timeout_ms,
+            before_revoke=lambda _revoked: self.producer.flush(),
+        )
 
     # ------------------------------------------------------------------ model
-    def _publish_model_info(self) -> None:
-        d = self.detector
-        self.metrics.model_info.info(
-            {"name": d.model_name, "kind": str(d.bundle.kind), "version": str(d.model_version)}
-        )
-        try:
-            self.metrics.model_version.set(float(d.model_version))
-        except (TypeError, ValueError):
-            pass
-        self.metrics.last_reload.set(time.time())
-        for det in getattr(d, "detectors", {d.model_name: d}).values():
+    def _record_model_info(self) -> None:
+        d, st = self.detector, self.stats
+        st.model_info = {"name": d.model_name, "kind": str(d.bundle.kind), "version": str(d.model_version)}
+        with contextlib.suppress(TypeError, ValueError):  # a version that is not a number: gauge unchanged
+            st.model_version = float(d.model_version)
+        st.last_reload_s = time.time()
+        for det in d.detectors.values() if isinstance(d, RoutedDetector) else [d]:
             # per-model counters exist from the start (at 0), so rate() sees a model's first anomaly
-            self.metrics.model_events_scored.labels(det.model_name)
-            self.metrics.model_anomalies.labels(det.model_name)
-            try:
-                self.metrics.model_serving_version.labels(det.model_name).set(float(det.model_version))
-            except (TypeError, ValueError):
-                pass
+            st.model_scored[det.model_name] += 0
+            st.model_anomalies[det.model_name] += 0
+            with contextlib.suppress(TypeError, ValueError):
+                st.model_serving_version[det.model_name] = float(det.model_version)
 
     def check_reload(self, force: bool = False) -> None:
         """Swap in newly promoted champions (called between batches); each routed model on its own."""
         for watcher in self.watchers:
             self._reload(watcher, force)
 
-    def _reload(self, watcher, force: bool) -> None:
+    def _reload(self, watcher: ChampionWatcher, force: bool) -> None:
         outcome = watcher.poll(force=force)
         if outcome is None:
             return
-        reloads = self.metrics.model_reloads
+        st = self.stats
         if outcome.bundle is None:
             if outcome.pointer_error:
-                self.metrics.pointer_errors.inc()
-                reloads.labels(watcher.name, "pointer_error").inc()
+                st.pointer_errors += 1
+                st.model_reloads[watcher.name, "pointer_error"] += 1
             else:
-                self.metrics.reload_failures.inc()
-                reloads.labels(watcher.name, "refused").inc()
+                st.reload_failures += 1
+                st.model_reloads[watcher.name, "refused"] += 1
             return
         bundle = outcome.bundle
         try:
             self.detector.swap_model(bundle)
         except Exception as error:
             watcher.refuse(bundle.version)
-            self.metrics.reload_failures.inc()
-            reloads.labels(watcher.name, "refused").inc()
+            st.reload_failures += 1
+            st.model_reloads[watcher.name, "refused"] += 1
             log.error("refusing model %s v%s: %s", bundle.name, bundle.version, error)
             return
         watcher.accepted(bundle.version)
-        reloads.labels(watcher.name, "loaded").inc()
-        self._publish_model_info()
+        st.model_reloads[watcher.name, "loaded"] += 1
+        self._record_model_info()
         log.info("now serving %s v%s (%s)", bundle.name, bundle.version, bundle.kind)
 
     # ------------------------------------------------------------------ loop
@@ -223,7 +203,7 @@ class Scorer:
         commits everything produced; batches fetched but not scored yet are left uncommitted
         (re-read by the next owner). After a ``ProduceFailed`` nothing more is committed.
         """
-        self.metrics.up.set(1)
+        self.stats.up = True
         try:
             last_message = time.monotonic()
             while not stop.is_set():
@@ -236,12 +216,12 @@ class Scorer:
                     else:
                         self._notice(item)
                 self._advance_checkpoint()
-                self._publish_feed_metrics()
+                self._record_feed_state()
                 if not items and idle_exit_s is not None and time.monotonic() - last_message > idle_exit_s:
                     break
             self.checkpoint()
         finally:
-            self.metrics.up.set(0)
+            self.stats.up = False
             self.close()
         return self.stats
 
@@ -251,7 +231,7 @@ class Scorer:
             self.producer.close(timeout=10)
         finally:
             self.feed.close()
-            self._publish_feed_metrics()
+            self._record_feed_state()
 
     def _advance_checkpoint(self) -> None:
         """Commit the sealed checkpoint once all its sends are acknowledged, and seal the current
@@ -268,7 +248,7 @@ class Scorer:
         if done is not None and done[0]:
             self.feed.commit(*done)
         if out.sealed is None and out.due():
-            if getattr(self.feed, "commit_in_flight", False):
+            if self.feed.commit_in_flight:
                 if not full:
                     return
                 self.feed.wait_committed()
@@ -282,7 +262,7 @@ class Scorer:
             return False
         return bool(self.feed.commit(offsets, epoch))
 
-    def _notice(self, item) -> None:
+    def _notice(self, item: Notice) -> None:
         if isinstance(item, Rebalance):
             self.checkpoint()  # (fetch process: done before the revoke was acknowledged; in-process: now)
             self._rebalanced(item)
@@ -293,66 +273,35 @@ class Scorer:
                 item.why,
             )
             for tp in item.tps:
-                self.metrics.partition_resets.labels(tp.topic).inc()
+                self.stats.partition_resets[tp.topic] += 1
         elif isinstance(item, SkippedRange):
             tp = item.tp
-            self.metrics.undecodable_batches.inc()
-            self.metrics.skipped_offsets.inc(item.end - item.start)
+            self.stats.undecodable_batches += 1
+            self.stats.skipped_offsets += item.end - item.start
             if tp in self._owned or not self._owned:
-                self.outputs.marker(UNDECODABLE_BATCH, item.detail, tp.partition, item.start, item.end - 1)
+                self.outputs.marker(Reason.UNDECODABLE_BATCH, item.detail, tp.partition, item.start, item.end - 1)
                 self.outputs.add({tp: item.end}, item.epoch, 0)
 
     def _rebalanced(self, notice: Rebalance) -> None:
         """Drop the state of series on partitions lost to another scorer."""
         for tp in notice.lost:
             self.detector.forget(self._series_by_tp.pop(tp, set()))
-            if self._has_lag(tp):
-                self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
+            self.stats.lag.pop((tp.topic, tp.partition), None)
         self._owned = set(notice.assigned)
 
-    def _has_lag(self, tp) -> bool:
-        try:
-            return (tp.topic, str(tp.partition)) in self.metrics.consumer_lag._metrics
-        except AttributeError:
-            return False
-
-    def _publish_feed_metrics(self) -> None:
+    def _record_feed_state(self) -> None:
+        """Lag of the partitions we own and the commit count, as the feed last reported them."""
         lag = self.feed.lag()
         if lag:
             for tp, behind in lag.items():
                 if tp in self._owned:
-                    self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(behind)
-        commits = self.feed.commits
-        if commits > self._commits_seen:
-            self.metrics.commits.inc(commits - self._commits_seen)
-            self._commits_seen = commits
-        self.stats.commits = commits
+                    self.stats.lag[tp.topic, tp.partition] = behind
+        self.stats.commits = self.feed.commits
 
     def _late_internal_error(self, source: Source, detail: str) -> None:
         """An input message dead-lettered at a checkpoint (its output record was refused); it stays
         counted as scored too (counters only go up)."""
-        self.stats.rejected[INTERNAL_ERROR] += 1
-        self.metrics.events_rejected.labels(INTERNAL_ERROR).inc()
-
-    def _decode(self, batch: Batch) -> DecodedBatch:
-        """``decode_columns``, or message by message (failures as ``internal_error``) if it raises."""
-        limit, id_limit = self.settings.max_message_bytes, self.settings.max_series_id_length
-        try:
-            return decode_columns(batch.values, batch.keys, limit, id_limit)
-        except Exception as error:
-            log.error("batch decode failed (%s: %s); decoding message by message", type(error).__name__, error)
-        items = [
-            decode_one(raw, key, max_message_bytes=limit, max_series_id_length=id_limit)
-            for raw, key in zip(batch.values, batch.keys)
-        ]
-        ok = [i for i, item in enumerate(items) if type(item) is Event]
-        return DecodedBatch(
-            [items[i].series for i in ok],
-            np.array([items[i].ts for i in ok], dtype=np.float64),
-            np.array([items[i].value for i in ok], dtype=np.float64),
-            np.array(ok, dtype=np.int64),
-            [(i, item) for i, item in enumerate(items) if type(item) is not Event],
-        )
+        self.stats.rejected[Reason.INTERNAL_ERROR] += 1
 
     def _score(self, batch: Batch) -> bool:
         """Decode, score and send one batch's records (committed at a later checkpoint).
@@ -364,159 +313,92 @@ class Scorer:
             if not len(batch):
                 return False
         t0 = time.perf_counter()
-        n = len(batch)
-        replay = batch.replay
-        keys, raw_values, offsets = batch.keys, batch.values, batch.offsets
-        partitions = batch.partitions()
-        topic_in = self.kafka.events_topic
-        dec = self._decode(batch)
-        vp = dec.valid_pos
-        new = np.ones(len(vp), dtype=bool) if replay is None else ~replay[vp]
+        settings = self.settings
+        dec = decode_isolated(batch.values, batch.keys, settings.max_message_bytes, settings.max_series_id_length)
+        new = np.ones(len(dec.valid_pos), dtype=bool) if batch.replay is None else ~batch.replay[dec.valid_pos]
         result, failures = process_isolated(self.detector, dec.series, dec.ts, dec.values, new)
         decided_at = time.time()
-        stats, metrics, outputs = self.stats, self.metrics, self.outputs
-        topic_out = self.kafka.anomalies_topic
-        failed = np.zeros(n, dtype=bool)  # became internal_error after decoding
+        records = BatchRecords(
+            batch,
+            dec,
+            result,
+            new,
+            outputs=self.outputs,
+            stats=self.stats,
+            kafka=self.kafka,
+            on_anomaly=self.on_anomaly,
+        )
+        records.send_all(failures)
+        self.outputs.add(batch.commit_offsets, batch.epoch, len(batch))
+        is_new = self._count_events(records)
+        if self.observers:
+            self._notify(dec, result, is_new)
+        self.stats.evicted += int(result.evicted)
+        self._observe_latency(batch, dec, result, is_new, decided_at)
+        self._track_series(batch, dec, result.evicted)
+        self._count_batch(len(batch), t0)
+        return True
 
-        def source(i: int) -> Source:
-            return Source(
-                keys[i], bytes(raw_values[i]) if raw_values[i] is not None else b"", int(partitions[i]), int(offsets[i])
-            )
-
-        def reject(i: int, reason: str, detail: str) -> None:
-            outputs.dead_letter(source(i), reason, detail)
-            stats.rejected[reason] += 1
-            metrics.events_rejected.labels(reason).inc()
-
-        def isolate(i: int, stage: str, error: BaseException) -> None:
-            if isinstance(error, ProduceFailed):
-                raise error
-            detail = f"{stage}: {type(error).__name__}: {error}"
-            log.error(
-                "message %s/%d/%d dead-lettered as %s: %s",
-                topic_in,
-                int(partitions[i]),
-                int(offsets[i]),
-                INTERNAL_ERROR,
-                detail,
-            )
-            failed[i] = True
-            reject(i, INTERNAL_ERROR, detail)
-
-        for j, error in failures:
-            if new[j]:
-                isolate(int(vp[j]), "scoring", error)
-            else:
-                failed[int(vp[j])] = True  # a replayed event: state only, nothing to dead-letter
-        # rejected by validation (not replay)
-        for i, item in dec.rejections:
-            if replay is None or not replay[i]:
-                try:
-                    reject(i, item.reason, item.detail)
-                except Exception as error:
-                    isolate(i, "dead-lettering", error)
-        status = result.status
-        # rejected by the detector: duplicate / out-of-order timestamps
-        for j in np.flatnonzero(new & ((status == DUPLICATE) | (status == ST_OUT_OF_ORDER))).tolist():
-            i = int(vp[j])
-            reason = DUPLICATE_TIMESTAMP if status[j] == DUPLICATE else OUT_OF_ORDER
-            try:
-                detail = f"series {dec.series[j]!r}: timestamp {dec.ts[j]} " + (
-                    "equals the last accepted one"
-                    if reason == DUPLICATE_TIMESTAMP
-                    else "is older than the last accepted one"
-                )
-                reject(i, reason, detail)
-            except Exception as error:
-                isolate(i, "dead-lettering", error)
-        # anomalies
-        n_anom = 0
-        for j in np.flatnonzero(result.is_anomaly & new).tolist():
-            i, sid = int(vp[j]), dec.series[j]
-            try:
-                model, version = result.model_at(j)
-                lower, upper = result.band_at(j)
-                value = anomaly_value(
-                    sid,
-                    float(dec.ts[j]),
-                    float(dec.values[j]),
-                    float(result.predicted[j]),
-                    float(result.error[j]),
-                    float(result.score[j]),
-                    result.threshold,
-                    model,
-                    version,
-                    topic_in,
-                    int(partitions[i]),
-                    int(offsets[i]),
-                    lower,
-                    upper,
-                )
-                outputs.send(topic_out, sid.encode("utf-8"), value, source(i))
-                n_anom += 1
-                metrics.model_anomalies.labels(model).inc()
-                if self.on_anomaly is not None:
-                    self.on_anomaly(orjson.loads(value))
-            except Exception as error:
-                isolate(i, "building or producing its anomaly record", error)
-        outputs.add(batch.commit_offsets, batch.epoch, n)
-
-        ok = ~failed[vp]
+    def _count_events(self, records: BatchRecords) -> np.ndarray:
+        """Add a sent batch to the event accounting; returns ``is_new`` ``(n_valid,)``: new events
+        that did not become ``internal_error`` (scored, warm-up or rejected by the detector)."""
+        stats, status, new, replay = self.stats, records.result.status, records.new, records.batch.replay
+        ok = ~records.failed[records.dec.valid_pos]
         is_new = new & ok
         n_scored = int(np.count_nonzero(status[is_new] == SCORED))
         n_warm_new = int(np.count_nonzero(status[is_new] == WARMUP))
         n_replayed = int(np.count_nonzero(status[~new & ok] == WARMUP)) if replay is not None else 0
-        n_new = n - (int(replay.sum()) if replay is not None else 0)
+        n_new = len(records.batch) - (int(replay.sum()) if replay is not None else 0)
         stats.consumed += n_new
         stats.scored += n_scored
         stats.warmup += n_warm_new + n_replayed
         stats.replayed += n_replayed
-        stats.anomalies += n_anom
-        metrics.events_consumed.inc(n_new)
-        metrics.events_scored.inc(n_scored)
-        metrics.events_warmup.inc(n_warm_new + n_replayed)
-        if n_replayed:
-            metrics.events_replayed.inc(n_replayed)
-        if n_anom:
-            metrics.anomalies.inc(n_anom)
-        self._count_scored_per_model(result, is_new & (status == SCORED))
-        if self.observers:
-            self._notify(dec, result, is_new)
-        if result.evicted:
-            metrics.series_evicted.inc(result.evicted)
-        decided = is_new & ((status == SCORED) | (status == WARMUP))
-        if decided.any():
-            ts_ms = batch.timestamps[vp[decided]].astype(np.float64)
-            latency = np.maximum(decided_at - ts_ms / 1000.0, 0.0)
-            observe_many(metrics.end_to_end_latency, latency)
-            if self.latency_log is not None:  # benchmarks: (end-to-end, poll returned -> decided) per event
-                self.latency_log.append((latency, decided_at - batch.polled_at))
+        stats.anomalies += records.anomalies
+        self._count_scored_per_model(records.result, is_new & (status == SCORED))
+        return is_new
 
-        # remember which series live on which partition (to drop them if the partition goes)
-        bounds = np.searchsorted(vp, np.cumsum([0] + batch.sizes))
+    def _observe_latency(
+        self, batch: Batch, dec: DecodedBatch, result: BatchResult, is_new: np.ndarray, decided_at: float
+    ) -> None:
+        """End-to-end latency (record timestamp -> decision) of the new events scored or warmed up."""
+        status = result.status
+        decided = is_new & ((status == SCORED) | (status == WARMUP))
+        if not decided.any():
+            return
+        ts_ms = batch.timestamps[dec.valid_pos[decided]].astype(np.float64)
+        latency = np.maximum(decided_at - ts_ms / 1000.0, 0.0)
+        self.stats.latency.observe_many(latency)
+        if self.latency_log is not None:  # benchmarks: (end-to-end, poll returned -> decided) per event
+            self.latency_log.append((latency, decided_at - batch.polled_at))
+
+    def _track_series(self, batch: Batch, dec: DecodedBatch, evicted: int) -> None:
+        """Remember which series live on which partition (to drop them if the partition goes)."""
+        bounds = np.searchsorted(dec.valid_pos, np.cumsum([0, *batch.sizes]))
         series = dec.series
         for k, tp in enumerate(batch.tps):
             a, b = int(bounds[k]), int(bounds[k + 1])
             if b > a:
                 self._series_by_tp[tp].update(series[a:b])
-        if result.evicted:
-            self._evictions_since_prune += int(result.evicted)
+        if evicted:
+            self._evictions_since_prune += int(evicted)
             if self._evictions_since_prune > max(self.detector.tracked_series, 1024):
                 self._prune_series_by_tp()
+
+    def _count_batch(self, n: int, t0: float) -> None:
+        stats = self.stats
         stats.batches += 1
-        metrics.tracked_series.set(self.detector.tracked_series)
-        metrics.batch_size.observe(n)
+        stats.tracked_series = self.detector.tracked_series
+        stats.batch_size.observe(n)
         elapsed = time.perf_counter() - t0
         stats.busy_s += elapsed
-        metrics.batch_duration.observe(elapsed)
-        return True
+        stats.batch_duration.observe(elapsed)
 
-    def _count_scored_per_model(self, result, scored: np.ndarray) -> None:
+    def _count_scored_per_model(self, result: BatchResult, scored: np.ndarray) -> None:
         """``tsad_model_events_scored_total{model}`` from a batch's routes."""
         if result.route is None:
             n = int(np.count_nonzero(scored))
             if n:
-                self.metrics.model_events_scored.labels(result.model).inc(n)
+                self.stats.model_scored[result.model] += n
             return
         counts = np.bincount(result.route[scored], minlength=len(result.routes))
         per_model: dict[str, int] = {}
@@ -524,9 +406,9 @@ class Scorer:
             per_model[model] = per_model.get(model, 0) + c
         for model, c in per_model.items():
             if c:
-                self.metrics.model_events_scored.labels(model).inc(c)
+                self.stats.model_scored[model] += c
 
-    def _notify(self, dec: DecodedBatch, result, is_new: np.ndarray) -> None:
+    def _notify(self, dec: DecodedBatch, result: BatchResult, is_new: np.ndarray) -> None:
         """Hand the batch to the observers (per-series export, alert sinks); one failing never stops scoring."""
         for observer in self.observers:
             try:
@@ -537,6 +419,6 @@ class Scorer:
     def _prune_series_by_tp(self) -> None:
         """Drop evicted series from the partition -> series map (bounded memory under series churn)."""
         tracked = self.detector.store.ids.keys()
-        for tp, ids in self._series_by_tp.items():
+        for ids in self._series_by_tp.values():
             ids.intersection_update(tracked)
         self._evictions_since_prune = 0

@@ -8,7 +8,11 @@ A model whose champion cannot be loaded raises ``ModelLoadError`` naming it.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from models.detection.detector import DetectorConfig, StreamingDetector
+from models.detection.routed import RoutedDetector
+from models.registry import ModelRegistry
 from models.routing import Routing
 from pipeline.serve.reload import ChampionWatcher
 
@@ -18,13 +22,16 @@ class ModelLoadError(RuntimeError):
 
 
 def build_detector(
-    registry_dir, routing: Routing, config: DetectorConfig, reload_interval: float = 1.0, precision: str = "fp32"
-):
+    registry_dir: str | Path,
+    routing: Routing,
+    config: DetectorConfig,
+    reload_interval: float = 1.0,
+    precision: str = "fp32",
+) -> tuple[StreamingDetector | RoutedDetector, list[ChampionWatcher]]:
     """``(detector, [ChampionWatcher])`` for ``routing`` (see the module docstring)."""
-    from models.registry import ModelRegistry
-
     registry = ModelRegistry(registry_dir)
-    detectors, watchers = {}, []
+    detectors: dict[str, StreamingDetector] = {}
+    watchers: list[ChampionWatcher] = []
     for name in routing.models:
         watcher = ChampionWatcher(registry, name, None, interval_s=reload_interval, precision=precision)
         try:
@@ -35,6 +42,4 @@ def build_detector(
         watchers.append(watcher)
     if len(detectors) == 1 and not routing.routes:
         return next(iter(detectors.values())), watchers
-    from models.detection.routed import RoutedDetector
-
     return RoutedDetector(routing, detectors), watchers
