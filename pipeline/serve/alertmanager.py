@@ -43,7 +43,7 @@ from models.detection.detector import SCORED, BatchResult
 
 log = logging.getLogger(__name__)
 ALERTNAME = "TsadSeriesAnomaly"
-RUNBOOK = "https://github.com/tsad/tsad/blob/main/README.md#alert-tsadseriesanomaly"
+RUNBOOK = "https://github.com/tsad/tsad/blob/main/docs/operations.md#alert-tsadseriesanomaly"
 _BATCH = 500
 _MAX_BACKOFF_S = 30.0
 # one anomaly for the sender thread: series, model, group, score, value, predicted, lower, upper, ts

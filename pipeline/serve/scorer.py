@@ -7,7 +7,7 @@ its own bytes (``pipeline.serve.decode``) -> ``StreamingDetector.process`` on al
 partitions are given up and on stop, the producer is flushed, every send is checked, and only
 then are the offsets of the batches produced so far committed. A send that fails for an outage
 stops the scorer WITHOUT committing, so a restart re-reads what followed the last checkpoint
-(duplicates after a crash: bounded by the checkpoint, see README "Delivery guarantees").
+(duplicates after a crash: bounded by the checkpoint, see docs/architecture.md "Delivery guarantees").
 
 Isolation: no single message can stop the scorer. An exception while decoding, scoring, or
 building or producing the records of one message dead-letters that message unchanged with reason
