@@ -2,21 +2,36 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
 from models.detection.detector import DUPLICATE, OUT_OF_ORDER, SCORED, WARMUP, DetectorConfig, StreamingDetector
+from models.detection.policies import LikelihoodPolicy
 from models.forecasting.forecasters import ForecasterConfig, build_forecaster
+
+
+@dataclass
+class FakeBundle:
+    """The ``models.detection.contracts.ServedBundle`` attributes, without a registry behind them."""
+
+    name: str
+    kind: str
+    version: int | None
+    config: Any
+    forecaster: Any
+    normalizers: dict[str, tuple[float, float]] = field(default_factory=dict)
+    calibration: dict[str, float] = field(default_factory=dict)
 
 
 def make_bundle(kind: str, window: int = 16, hidden: int = 16, version: int = 1, normalizers=None, seed: int = 0):
     torch.manual_seed(seed)
     config = ForecasterConfig(kind=kind, window=window, hidden=hidden)
     model = build_forecaster(config).eval()
-    return SimpleNamespace(
+    return FakeBundle(
         name="test",
         kind=kind,
         version=version,
@@ -240,7 +255,7 @@ def test_swap_model_rebuilds_state_from_ring_buffer():
 
 def test_swap_refuses_unservable_bundle():
     det = StreamingDetector(make_bundle("many-to-many"))
-    bad = SimpleNamespace(name="x", kind="weird", version=9, config=None, forecaster=None)
+    bad = FakeBundle(name="x", kind="weird", version=9, config=None, forecaster=None)
     with pytest.raises(ValueError):
         det.swap_model(bad)
     assert det.model_version == 1
@@ -299,13 +314,16 @@ def test_likelihood_state_is_small_and_reset_for_a_reused_slot():
     )
     assert det.state_bytes_per_series() < 1024
     det.process(["a"] * 60, np.arange(60.0), np.arange(60.0))
+    assert isinstance(det.policy, LikelihoodPolicy)
+    lik = det.policy.likelihood
     slot_a = det.store.ids["a"]
-    assert det.likelihood.count[slot_a] == 60
+    assert lik.count[slot_a] == 60
     det.process(["b", "c"], [1.0, 1.0], [1.0, 1.0])  # "a" evicted, its slot reused
     slot = det.store.ids.get("b") if det.store.ids.get("b") == slot_a else det.store.ids["c"]
-    assert slot == slot_a and det.likelihood.count[slot] == 1 and det.likelihood.hi[slot] == 1.0
+    assert slot == slot_a and lik.count[slot] == 1 and lik.hi[slot] == 1.0
     # the time-of-day context starts afresh too: one bin seen (this value), no residual yet
-    assert det.likelihood.ccount[slot] == 0 and (det.likelihood.profile.level[slot] != 65535).sum() == 1
+    assert lik.profile is not None
+    assert lik.ccount[slot] == 0 and (lik.profile.level[slot] != 65535).sum() == 1
 
 
 def test_likelihood_config_errors_are_clear():
@@ -323,7 +341,7 @@ def make_calendar_bundle(kind: str, window: int = 16, hidden: int = 16, seed: in
     torch.manual_seed(seed)
     config = ForecasterConfig(kind=kind, window=window, hidden=hidden, calendar_features=True)
     model = build_forecaster(config).eval()
-    return SimpleNamespace(
+    return FakeBundle(
         name="cal",
         kind=kind,
         version=1,
