@@ -58,6 +58,7 @@ import math
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from statistics import NormalDist
+from typing import Any
 
 import numpy as np
 import torch
@@ -188,6 +189,49 @@ def tail_inverse(target: float) -> float:
     return -NormalDist().inv_cdf(q)
 
 
+@dataclass(slots=True)
+class _Range:
+    """``step_unique``'s value-range step: spatial flags (None: none), finite values, the grown range,
+    and with the time-of-day context the value's bin, residual and its bin's level."""
+
+    spatial: np.ndarray | None
+    fin: np.ndarray
+    new_lo: np.ndarray
+    new_hi: np.ndarray
+    tbin: Any = None
+    resid: Any = None
+    level: Any = None
+
+
+@dataclass(slots=True)
+class _Channels:
+    """The error channels after this error: finite mask, counts, short EWMA and long-run statistics
+    (float64), and the slow time scale when on."""
+
+    ok: np.ndarray
+    all_ok: bool
+    count: np.ndarray
+    short: np.ndarray
+    mu: np.ndarray
+    var: np.ndarray
+    std: np.ndarray
+    slow: np.ndarray | None = None
+    svar: np.ndarray | None = None
+    sstd: np.ndarray | None = None
+
+
+@dataclass(slots=True)
+class _Context:
+    """The time-of-day channel after this residual (``rok``: finite residual)."""
+
+    rok: np.ndarray
+    ccount: np.ndarray
+    cslow: np.ndarray
+    cmu: np.ndarray
+    cvar: np.ndarray
+    cstd: np.ndarray
+
+
 class ErrorLikelihood(StreamingState):
     """Streaming anomaly likelihood + spatial check over many series; see the module docstring."""
 
@@ -288,42 +332,93 @@ class ErrorLikelihood(StreamingState):
                 )
         return scores, flags
 
-    def step_unique(self, i, e, v=None, alert=True, t=None, dt=None) -> tuple[np.ndarray, np.ndarray]:
+    def step_unique(
+        self,
+        i: np.ndarray,
+        e: np.ndarray,
+        v: np.ndarray | None = None,
+        alert: Any = True,
+        t: np.ndarray | None = None,
+        dt: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`step` for distinct ``i (n,)`` already allocated (the scorer's per-round call).
 
         Hot path (once per scorer round): the common case (finite errors and values, series past
         warm-up, no refractory period running) skips the masks it does not need; same arithmetic.
+        Steps: value range (spatial check, time-of-day residual), error channels, context channel,
+        score, flag, then the state learns.
         """
         cfg = self.config
         n = len(i)
         if not (type(alert) is np.ndarray and alert.dtype == np.bool_ and alert.shape == (n,)):
             alert = np.broadcast_to(np.asarray(alert, dtype=bool), (n,))
-        spatial = None
         context = self.profile is not None and v is not None and t is not None
         if t is not None and dt is None:
             raise ValueError("times need dt (each series' step to this value)")
-        if v is not None and (cfg.spatial_tolerance is not None or context):
-            lo, hi = self.lo[i], self.hi[i]
-            fin = np.isfinite(v)
-            all_fin = np.count_nonzero(fin) == len(fin)
-            if cfg.spatial_tolerance is not None:
-                tol = cfg.spatial_tolerance * (hi - lo)
-                spatial = v > hi + tol
-                spatial |= v < lo - tol
-                spatial &= hi > lo
-                if not all_fin:
-                    spatial &= fin
-                if not np.count_nonzero(spatial):
-                    spatial = None
-            if all_fin:
-                new_lo, new_hi = np.minimum(lo, v), np.maximum(hi, v)
-            else:
-                new_lo, new_hi = np.where(fin, np.minimum(lo, v), lo), np.where(fin, np.maximum(hi, v), hi)
-            self.lo[i], self.hi[i] = new_lo, new_hi
-            if context:  # the value against its time of day, in the (possibly grown) range
-                self.profile.requantise(i, lo, hi, new_lo, new_hi)
-                tbin = bin_of(t, self.profile.bins)
-                resid, level = self.profile.residual(i, tbin, v, new_lo, new_hi)
+        rng = self._range(i, v, t, context) if v is not None else None
+        ch = self._error_channels(i, e)
+        zs = [(ch.short - ch.mu) / ch.std]
+        if ch.slow is not None:
+            zs.append((ch.slow - ch.mu) / ch.sstd)
+        ctx = self._context_channel(i, rng.resid) if context and rng is not None else None
+        if ctx is not None:
+            zs.append((ctx.cslow - ctx.cmu) / ctx.cstd)
+        spatial = None if rng is None else rng.spatial
+        s = self._score(i, zs, ch, ctx, t, spatial, n)
+        since = self.since[i] + 1
+        in_ref = since <= cfg.refractory
+        any_ref = np.count_nonzero(in_ref) > 0
+        if any_ref:
+            s = np.where(in_ref, 0.0, s)
+        young = ch.count < cfg.warmup
+        flag = s >= cfg.threshold
+        flag &= alert
+        flag &= ~young
+        if any_ref:
+            flag &= ~in_ref
+        if not ch.all_ok:
+            flag &= ch.ok if spatial is None else (ch.ok | spatial)
+        self._learn(i, ch, young)
+        if ctx is not None and rng is not None:
+            self._learn_context(i, ctx, rng, v, dt, flag, n)
+        since = np.minimum(since, _NEVER)
+        self.since[i] = np.where(flag, 0, since) if np.count_nonzero(flag) else since
+        return s, flag
+
+    def _range(self, i: np.ndarray, v: np.ndarray, t: np.ndarray | None, context: bool) -> _Range | None:
+        """Spatial check against the range seen before, grow the range, and (with the context) the
+        value's residual from the usual level of its time of day, in the (possibly grown) range."""
+        cfg = self.config
+        if not (cfg.spatial_tolerance is not None or context):
+            return None
+        spatial = None
+        lo, hi = self.lo[i], self.hi[i]
+        fin = np.isfinite(v)
+        all_fin = np.count_nonzero(fin) == len(fin)
+        if cfg.spatial_tolerance is not None:
+            tol = cfg.spatial_tolerance * (hi - lo)
+            spatial = v > hi + tol
+            spatial |= v < lo - tol
+            spatial &= hi > lo
+            if not all_fin:
+                spatial &= fin
+            if not np.count_nonzero(spatial):
+                spatial = None
+        if all_fin:
+            new_lo, new_hi = np.minimum(lo, v), np.maximum(hi, v)
+        else:
+            new_lo, new_hi = np.where(fin, np.minimum(lo, v), lo), np.where(fin, np.maximum(hi, v), hi)
+        self.lo[i], self.hi[i] = new_lo, new_hi
+        out = _Range(spatial, fin, new_lo, new_hi)
+        if context and self.profile is not None and t is not None:
+            self.profile.requantise(i, lo, hi, new_lo, new_hi)
+            out.tbin = bin_of(t, self.profile.bins)
+            out.resid, out.level = self.profile.residual(i, out.tbin, v, new_lo, new_hi)
+        return out
+
+    def _error_channels(self, i: np.ndarray, e: np.ndarray) -> _Channels:
+        """The short EWMA (and the slow one) after this error, with the long-run statistics before it."""
+        cfg = self.config
         ok = np.isfinite(e)
         all_ok = np.count_nonzero(ok) == len(ok)
         count = self.count[i]
@@ -336,38 +431,52 @@ class ErrorLikelihood(StreamingState):
             short = np.where(first, e0, short)
             mu = np.where(first, short, mu)
             var = np.where(first, 0.0, var)
-        std = _floor_std(var, mu, cfg)
-        zs = [(short - mu) / std]
-        slow_on = cfg.slow_alpha is not None
-        if slow_on:  # second time scale: float32 state, float64 arithmetic
+        ch = _Channels(ok, all_ok, count, short, mu, var, _floor_std(var, mu, cfg))
+        if cfg.slow_alpha is not None:  # second time scale: float32 state, float64 arithmetic
             sprev = self.slow[i].astype(np.float64)
             slow = sprev + cfg.slow_alpha * (e0 - sprev)
             svar = self.svar[i].astype(np.float64)
             if np.count_nonzero(first):
                 slow = np.where(first, e0, slow)
                 svar = np.where(first, 0.0, svar)
-            sstd = _floor_std(svar, mu, cfg)
-            zs.append((slow - mu) / sstd)
-        if context:  # time-of-day channel: its own slow EWMA and long-run statistics
-            rok = np.isfinite(resid)
-            r0 = np.where(rok, resid, 0.0)
-            ccount = self.ccount[i]
-            cfirst = ccount == 0
-            cprev = self.cslow[i].astype(np.float64)
-            cslow = np.where(cfirst, r0, cprev + cfg.context_alpha * (r0 - cprev))
-            cmu = np.where(cfirst, cslow, self.cmu[i].astype(np.float64))
-            cvar = np.where(cfirst, 0.0, self.cvar[i].astype(np.float64))
-            cstd = _floor_std(cvar, cmu, cfg)
-            zs.append((cslow - cmu) / cstd)
+            ch.slow, ch.svar, ch.sstd = slow, svar, _floor_std(svar, mu, cfg)
+        return ch
+
+    def _context_channel(self, i: np.ndarray, resid: np.ndarray) -> _Context:
+        """Time-of-day channel: its own slow EWMA of the residuals and long-run statistics."""
+        cfg = self.config
+        rok = np.isfinite(resid)
+        r0 = np.where(rok, resid, 0.0)
+        ccount = self.ccount[i]
+        cfirst = ccount == 0
+        cprev = self.cslow[i].astype(np.float64)
+        cslow = np.where(cfirst, r0, cprev + cfg.context_alpha * (r0 - cprev))
+        cmu = np.where(cfirst, cslow, self.cmu[i].astype(np.float64))
+        cvar = np.where(cfirst, 0.0, self.cvar[i].astype(np.float64))
+        return _Context(rok, ccount, cslow, cmu, cvar, _floor_std(cvar, cmu, cfg))
+
+    def _score(
+        self,
+        i: np.ndarray,
+        zs: list[np.ndarray],
+        ch: _Channels,
+        ctx: _Context | None,
+        t: np.ndarray | None,
+        spatial: np.ndarray | None,
+        n: int,
+    ) -> np.ndarray:
+        """Tail scores of the channels' z-scores ``zs`` combined, daily repeats and the spatial check
+        applied (the refractory period comes after)."""
+        cfg = self.config
         tails = tail_score(np.concatenate(zs)) if len(zs) > 1 else tail_score(zs[0])
         s = tails[:n]
-        if slow_on:
+        if ch.slow is not None:
             s = np.maximum(cfg.short_weight * s, tails[n : 2 * n])
-        if not all_ok:
-            s = np.where(ok, s, 0.0)
-        if context:
+        if not ch.all_ok:
+            s = np.where(ch.ok, s, 0.0)
+        if ctx is not None:
             cs = tails[-n:]
-            cs = np.where(rok & (ccount >= cfg.warmup), cs, 0.0)
+            cs = np.where(ctx.rok & (ctx.ccount >= cfg.warmup), cs, 0.0)
             s = np.maximum(s, cs)
         if self.repeats is not None and t is not None:
             rep = self.repeats.step(i, t, s >= cfg.threshold)
@@ -375,51 +484,51 @@ class ErrorLikelihood(StreamingState):
                 s = np.where(rep, 0.0, s)
         if spatial is not None:
             s = np.where(spatial, 1.0, s)
-        since = self.since[i] + 1
-        in_ref = since <= cfg.refractory
-        any_ref = np.count_nonzero(in_ref) > 0
-        if any_ref:
-            s = np.where(in_ref, 0.0, s)
-        young = count < cfg.warmup
-        flag = s >= cfg.threshold
-        flag &= alert
-        flag &= ~young
-        if any_ref:
-            flag &= ~in_ref
-        if not all_ok:
-            flag &= ok if spatial is None else (ok | spatial)
-        # long statistics: plain running mean/var during warm-up, then EWMA; learn the clipped value
-        a = _learning_rate(count, young, cfg)
-        mu_new, var_new = _learn_clipped(short, mu, var, std, a, cfg.clip_z)
+        return np.asarray(s)
+
+    def _learn(self, i: np.ndarray, ch: _Channels, young: np.ndarray) -> None:
+        """Long statistics: plain running mean/var during warm-up, then EWMA; learn the clipped value."""
+        cfg = self.config
+        a = _learning_rate(ch.count, young, cfg)
+        mu_new, var_new = _learn_clipped(ch.short, ch.mu, ch.var, ch.std, a, cfg.clip_z)
         _store(
             i,
-            ok,
-            all_ok,
+            ch.ok,
+            ch.all_ok,
             (self.mu, mu_new),
             (self.var, var_new),
-            (self.short, short),
-            (self.count, np.minimum(count + 1, _NEVER)),
+            (self.short, ch.short),
+            (self.count, np.minimum(ch.count + 1, _NEVER)),
         )
-        if slow_on:  # the slow average's spread around the same mu
-            _store(
-                i, ok, all_ok, (self.slow, slow), (self.svar, _learn_clipped(slow, mu, svar, sstd, a, cfg.clip_z)[1])
-            )
-        if context:
-            ca = _learning_rate(ccount, ccount < cfg.warmup, cfg)
-            cmu_new, cvar_new = _learn_clipped(cslow, cmu, cvar, cstd, ca, cfg.clip_z)
-            _store(
-                i,
-                rok,
-                np.count_nonzero(rok) == n,
-                (self.cslow, cslow),
-                (self.cmu, cmu_new),
-                (self.cvar, cvar_new),
-                (self.ccount, np.minimum(ccount.astype(np.int64) + 1, _CCOUNT_MAX)),
-            )
-            self.profile.learn(i, tbin, v, level, dt, new_lo, new_hi, fin & ~flag)
-        since = np.minimum(since, _NEVER)
-        self.since[i] = np.where(flag, 0, since) if np.count_nonzero(flag) else since
-        return s, flag
+        if ch.slow is not None and ch.svar is not None and ch.sstd is not None:  # the slow average's spread
+            svar_new = _learn_clipped(ch.slow, ch.mu, ch.svar, ch.sstd, a, cfg.clip_z)[1]
+            _store(i, ch.ok, ch.all_ok, (self.slow, ch.slow), (self.svar, svar_new))
+
+    def _learn_context(
+        self,
+        i: np.ndarray,
+        ctx: _Context,
+        rng: _Range,
+        v: np.ndarray | None,
+        dt: np.ndarray | None,
+        flag: np.ndarray,
+        n: int,
+    ) -> None:
+        """The context channel's statistics learn the residual; the profile the value unless flagged."""
+        cfg = self.config
+        ca = _learning_rate(ctx.ccount, ctx.ccount < cfg.warmup, cfg)
+        cmu_new, cvar_new = _learn_clipped(ctx.cslow, ctx.cmu, ctx.cvar, ctx.cstd, ca, cfg.clip_z)
+        _store(
+            i,
+            ctx.rok,
+            np.count_nonzero(ctx.rok) == n,
+            (self.cslow, ctx.cslow),
+            (self.cmu, cmu_new),
+            (self.cvar, cvar_new),
+            (self.ccount, np.minimum(ctx.ccount.astype(np.int64) + 1, _CCOUNT_MAX)),
+        )
+        assert self.profile is not None
+        self.profile.learn(i, rng.tbin, v, rng.level, dt, rng.new_lo, rng.new_hi, rng.fin & ~flag)
 
     # StreamingState protocol (errors only, every event alerting)
     def _update_unique(self, idx, e):
