@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+from likelihood_oracle import score_series
 
 from models.detection.thresholds import (
     ErrorLikelihood,
@@ -98,9 +99,9 @@ def test_likelihood_does_not_learn_from_flagged_points():
     e = np.r_[np.abs(np.random.default_rng(0).normal(0, 0.1, 400)), np.full(300, 2.0)]
     strict = ErrorLikelihood(warmup=50, refractory=0, clip_z=8.0, spatial_tolerance=None)
     lenient = ErrorLikelihood(warmup=50, refractory=0, clip_z=1e9, spatial_tolerance=None)
-    s, l = strict.score_batch(e), lenient.score_batch(e)
+    s, loose = strict.score_batch(e), lenient.score_batch(e)
     assert strict.is_anomaly(s[400:455]).all()  # a persistent shift stays anomalous for a while
-    assert lenient.is_anomaly(l[400:]).sum() < strict.is_anomaly(s[400:]).sum()
+    assert lenient.is_anomaly(loose[400:]).sum() < strict.is_anomaly(s[400:]).sum()
 
 
 def test_static_threshold_from_calibration():
@@ -130,8 +131,6 @@ SLOW = dict(slow_alpha=0.04, short_weight=0.6)
 
 
 def test_slow_time_scale_streaming_equals_the_scalar_path():
-    from models.detection.thresholds.error_likelihood import score_series
-
     e = _errors()
     v = np.random.default_rng(3).normal(size=e.shape)
     cfg = LikelihoodConfig(warmup=50, **SLOW)

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from likelihood_oracle import score_series
 
 from models.detection.detector import DUPLICATE, OUT_OF_ORDER, SCORED, WARMUP, DetectorConfig, StreamingDetector
 from models.detection.policies import LikelihoodPolicy
@@ -286,8 +287,6 @@ LIK = dict(threshold_method="likelihood", warmup_events=32, likelihood={"warmup"
 
 
 def test_likelihood_flags_a_spike_once_and_matches_the_module_on_the_detectors_errors():
-    from models.detection.thresholds.error_likelihood import score_series
-
     det = StreamingDetector(make_bundle("many-to-many", normalizers={"s": (0.0, 1.0)}), DetectorConfig(**LIK))
     t = np.arange(400, dtype=float)
     vals = np.sin(t / 5.0) + 0.05 * np.random.default_rng(2).normal(size=400)

@@ -10,7 +10,7 @@ Its time-of-day parts live in their own modules: ``time_of_day.TimeOfDayProfile`
 of each hour) and ``daily_repeat.DailyRepeats`` (an alarm in the same hour as yesterday's).
 """
 
-from models.detection.thresholds.error_likelihood import ErrorLikelihood, LikelihoodConfig, score_series, tail_score
+from models.detection.thresholds.error_likelihood import ErrorLikelihood, LikelihoodConfig, tail_score
 from models.detection.thresholds.static import StaticThreshold
 from models.detection.thresholds.telemanom import TelemanomThreshold, find_anomalies, find_epsilon, prune_sequences
 
@@ -22,6 +22,5 @@ __all__ = [
     "find_anomalies",
     "find_epsilon",
     "prune_sequences",
-    "score_series",
     "tail_score",
 ]

@@ -19,11 +19,9 @@ Vectorised over distinct series ``i (n,)`` with epoch-second times ``t (n,)``.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from models.detection.thresholds.time_of_day import DAY_SECONDS, bin_of, bin_one
+from models.detection.thresholds.time_of_day import DAY_SECONDS, bin_of
 
 _REPEAT = 128
 _DAYS = 127
@@ -68,14 +66,3 @@ class DailyRepeats:
         out = np.zeros(len(hot), dtype=bool)
         out[np.flatnonzero(hot)] = repeat
         return out
-
-
-def repeat_one(codes: list[int], t: float, bins: int) -> bool:
-    """Scalar twin of :meth:`DailyRepeats.step` for one hot value (``codes``: the series' bins, updated)."""
-    b = bin_one(t, bins)
-    today = int(math.floor(t / DAY_SECONDS)) % _DAYS + 1
-    yesterday = _DAYS if today == 1 else today - 1
-    last = codes[b] & (_REPEAT - 1)
-    repeat = last == yesterday or (last == today and codes[b] >= _REPEAT)
-    codes[b] = today + (_REPEAT if repeat else 0)
-    return repeat

@@ -22,8 +22,6 @@ are the rows' current range.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 UNSEEN = np.uint16(65535)
@@ -108,24 +106,3 @@ class TimeOfDayProfile:
         beta = np.minimum(np.asarray(dt, dtype=np.float64) / (self.memory_days * self.bin_seconds), 1.0)
         new = np.where(np.isnan(level), v, level + beta * (v - level))
         self.level[i, b] = encode(new, lo, hi)
-
-
-# Scalar twins of decode/encode/bin_of (same arithmetic), for the one-series reference path
-# ``models.detection.thresholds.error_likelihood.score_series``.
-def decode_one(q: int, lo: float, hi: float) -> float:
-    if q == UNSEEN:
-        return math.nan
-    width = hi - lo if hi > lo else 0.0
-    return (lo if math.isfinite(lo) else 0.0) + (q / _SCALE) * width
-
-
-def encode_one(p: float, lo: float, hi: float) -> int:
-    if math.isnan(p):
-        return int(UNSEEN)
-    width = hi - lo if hi > lo else 0.0
-    u = (p - (lo if math.isfinite(lo) else 0.0)) / width if width > 0 else 0.0
-    return round(min(max(u, 0.0), 1.0) * _SCALE)
-
-
-def bin_one(t: float, bins: int) -> int:
-    return min(int((t % DAY_SECONDS) * (bins / DAY_SECONDS)), bins - 1)
