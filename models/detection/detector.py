@@ -60,19 +60,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from models.core.limits import MAX_ABS_VALUE
+from models.core.streaming import clip as _clip
 from models.core.streaming import rounds
 from models.detection.contracts import ServedBundle
 from models.detection.forecast_step import ForecasterStep, RecurrentStep, WindowStep
 from models.detection.policies import policy_spec
 from models.detection.policy import PolicyStep, RoundErrors, ThresholdPolicy
-from models.detection.series_state import VALUE_LIMIT, SeriesStateStore, has_scale
+from models.detection.series_state import SeriesStateStore, has_scale
 from models.detection.thresholds.error_likelihood import LikelihoodConfig
 from models.forecasting.calendar import calendar_dim, calendar_features
 
-# Hot path helpers: the ufunc behind np.clip without its Python wrapper (same results), and
+# Hot path: models.core.streaming.clip (np.clip without its Python wrapper), and
 # np.count_nonzero(mask) as the cheap any()/all() test of a mask.
-_clip = (np._core if hasattr(np, "_core") else np.core).umath.clip
-
 SCORED, WARMUP, DUPLICATE, OUT_OF_ORDER = 0, 1, 2, 3
 STATUS_NAMES = {SCORED: "scored", WARMUP: "warmup", DUPLICATE: "duplicate_timestamp", OUT_OF_ORDER: "out_of_order"}
 _REBUILD_CHUNK = 4096
@@ -500,7 +500,7 @@ class StreamingDetector:
         if r is None:
             return
         store, cfg = self.store, self.config
-        x = _clip(values[r.p], -VALUE_LIMIT, VALUE_LIMIT)  # the event bound, for Kafka-free callers too
+        x = _clip(values[r.p], -MAX_ABS_VALUE, MAX_ABS_VALUE)  # the event bound, for Kafka-free callers too
         fixed = store.fixed[r.s]
         mean, std, z = self._normalise(r, x, fixed)
         fz = self._forecaster.forecast(r.s, mean, std)  # forecast of this value from the history before it

@@ -27,7 +27,7 @@ Eviction never takes a series of the batch being processed. A batch that alone h
 series than ``max_series`` is still served whole: capacity grows past the cap for that batch (memory
 is bounded by the batch size) and later batches evict back down to ``max_series``.
 
-Values fed to ``push`` are clamped to +-``VALUE_LIMIT`` (the events' own bound), so Welford's float64
+Values fed to ``push`` are clamped to +-``models.core.limits.MAX_ABS_VALUE`` (the events' own bound), so Welford's float64
 sums stay finite; the detector also bounds each fed value to +-``clip_z`` normalised units once a
 series' scale is known, so one huge value cannot inflate the online std for good.
 
@@ -41,14 +41,13 @@ import math
 
 import numpy as np
 
+from models.core.limits import MAX_ABS_VALUE
+from models.core.streaming import clip as _clip
+
 _INITIAL_CAPACITY = 1024
 # Up to this many slots are allocated at once with np.zeros (calloc: pages become resident only
 # when a slot is first used, so memory follows the series actually tracked); beyond, arrays double.
 _PREALLOCATE_UP_TO = 1_000_000
-# Hot path helpers: the ufunc behind np.clip without its Python wrapper (same results), and
-# np.count_nonzero(mask) as the cheap any()/all() test of a mask.
-_clip = (np._core if hasattr(np, "_core") else np.core).umath.clip
-VALUE_LIMIT = 1e15  # |value| bound (same as pipeline.events); squares stay far below float64 overflow
 FLAT_STD = 1e-6  # a training std at or below FLAT_STD * max(|mean|, 1) is a flat series (float rounding at most)
 
 
@@ -268,7 +267,7 @@ class SeriesStateStore:
         ``count``, ``last_ts``, ``fixed`` ``(n,)``: the slots' current values when the caller already
         gathered them (saves the gathers; must be current).
         """
-        fed = _clip(fed, -VALUE_LIMIT, VALUE_LIMIT)
+        fed = _clip(fed, -MAX_ABS_VALUE, MAX_ABS_VALUE)
         if count is None:
             count = self.count[idx]
         if last_ts is None:

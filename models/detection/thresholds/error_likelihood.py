@@ -64,12 +64,12 @@ import numpy as np
 import torch
 
 from models.core.streaming import StreamingState, grow, rounds
+from models.core.streaming import clip as _clip
 from models.detection.thresholds.daily_repeat import DailyRepeats
 from models.detection.thresholds.time_of_day import TimeOfDayProfile, bin_of
 
-# Hot path helpers: the ufunc behind np.clip without its Python wrapper (same results), and
+# Hot path: models.core.streaming.clip (np.clip without its Python wrapper), and
 # np.count_nonzero(mask) as the cheap any()/all() test of a mask.
-_clip = (np._core if hasattr(np, "_core") else np.core).umath.clip
 _LOG_EPS = math.log(1e-10)
 _SQRT2 = math.sqrt(2.0)
 _NEVER = 1 << 30  # 'never flagged' (int32 counters saturate here)
