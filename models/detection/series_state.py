@@ -38,8 +38,10 @@ many-to-many LSTM with hidden 64 (ring 32: ``models.detection.detector.REBUILD_S
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from models.core.limits import MAX_ABS_VALUE
 from models.core.streaming import clip as _clip
@@ -90,7 +92,9 @@ class SeriesStateStore:
         old = self.capacity
         L = self.ring_length
 
-        def grown(arr, shape_tail, dtype, fill, axis=0):
+        def grown(
+            arr: np.ndarray | None, shape_tail: tuple[int, ...], dtype: npt.DTypeLike, fill: float, axis: int = 0
+        ) -> np.ndarray:
             del fill  # every slot is initialised by _init_slot when it is handed out
             new_shape = list(shape_tail)
             new_shape.insert(axis, capacity)
@@ -148,7 +152,9 @@ class SeriesStateStore:
         return len(self.ids)
 
     # ------------------------------------------------------------------ slots
-    def slots(self, series_ids: list[str], fixed_normalizers: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def slots(
+        self, series_ids: list[str], fixed_normalizers: Mapping[str, Sequence[float]] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Slots ``(n,)`` for ``series_ids`` (allocating new ones) and a bool mask of new series.
 
         New series take their normaliser from ``fixed_normalizers[series] -> (mean, std)`` when
@@ -206,7 +212,7 @@ class SeriesStateStore:
                 target = self.capacity + needed - self._available()
             self._alloc(target)
 
-    def _init_slot(self, slot: int, normalizer) -> None:
+    def _init_slot(self, slot: int, normalizer: Sequence[float] | None) -> None:
         self.ring[slot] = 0.0
         self.count[slot] = 0
         self.last_ts[slot] = 0.0
@@ -236,7 +242,7 @@ class SeriesStateStore:
         self.evicted_total += dropped
         return dropped
 
-    def forget(self, series_ids) -> int:
+    def forget(self, series_ids: Iterable[str]) -> int:
         """Drop the named series (e.g. partitions revoked); not counted as evictions."""
         slots = [self.ids[s] for s in series_ids if s in self.ids]
         before = self.evicted_total

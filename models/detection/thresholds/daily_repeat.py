@@ -20,6 +20,7 @@ Vectorised over distinct series ``i (n,)`` with epoch-second times ``t (n,)``.
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 from models.detection.thresholds.time_of_day import DAY_SECONDS, bin_of
 
@@ -27,7 +28,7 @@ _REPEAT = 128
 _DAYS = 127
 
 
-def day_code(t) -> np.ndarray:
+def day_code(t: npt.ArrayLike) -> np.ndarray:
     """Epoch seconds ``t (n,)`` -> the day's code 1..127 (``(day mod 127) + 1``), int64."""
     return np.mod(np.floor(np.asarray(t, dtype=np.float64) / DAY_SECONDS).astype(np.int64), _DAYS) + 1
 
@@ -51,7 +52,7 @@ class DailyRepeats:
     def reset(self, idx: np.ndarray) -> None:
         self.code[idx] = 0
 
-    def step(self, i, t, hot) -> np.ndarray:
+    def step(self, i: np.ndarray, t: np.ndarray, hot: np.ndarray) -> np.ndarray:
         """Record the hot values ``hot (n,)`` of rows ``i`` at ``t``; returns which of them are repeats."""
         if not np.count_nonzero(hot):
             return np.zeros(len(i), dtype=bool)

@@ -61,6 +61,7 @@ from statistics import NormalDist
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from models.core.streaming import StreamingState, grow, rounds
@@ -134,25 +135,27 @@ class LikelihoodConfig:
         return asdict(self)
 
 
-def _floor_std(var, mu, cfg: LikelihoodConfig) -> np.ndarray:
+def _floor_std(var: np.ndarray, mu: np.ndarray, cfg: LikelihoodConfig) -> np.ndarray:
     """``max(sqrt(var), min_std_frac * |mu|, min_std)``: the spread a z-score divides by."""
     return np.maximum(np.maximum(np.sqrt(var), cfg.min_std_frac * np.abs(mu)), cfg.min_std)
 
 
-def _learning_rate(count, young, cfg: LikelihoodConfig):
+def _learning_rate(count: np.ndarray, young: np.ndarray, cfg: LikelihoodConfig) -> float | np.ndarray:
     """Long-run EWMA weight: a plain running mean (``1 / (count + 1)``) while ``young``, then ``long_alpha``."""
     if not np.count_nonzero(young):
         return cfg.long_alpha
     return np.where(young, np.maximum(cfg.long_alpha, 1.0 / (count + 1.0)), cfg.long_alpha)
 
 
-def _learn_clipped(x, mu, var, std, a, clip_z) -> tuple[np.ndarray, np.ndarray]:
+def _learn_clipped(
+    x: np.ndarray, mu: np.ndarray, var: np.ndarray, std: np.ndarray, a: float | np.ndarray, clip_z: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Long-run mean / variance after learning ``x`` clipped at ``mu + clip_z * std`` with weight ``a``."""
     d = np.minimum(x, mu + clip_z * std) - mu
     return mu + a * d, (1 - a) * (var + a * d * d)
 
 
-def _store(i, mask, all_set: bool, *pairs) -> None:
+def _store(i: np.ndarray, mask: np.ndarray, all_set: bool, *pairs: tuple[np.ndarray, np.ndarray]) -> None:
     """``array[i] = values`` for each ``(array, values)`` pair, only the rows where ``mask`` holds."""
     if all_set:
         for array, values in pairs:
@@ -163,7 +166,7 @@ def _store(i, mask, all_set: bool, *pairs) -> None:
             array[rows] = values[mask]
 
 
-def tail_score(z) -> np.ndarray:
+def tail_score(z: npt.ArrayLike) -> np.ndarray:
     """``log(Q(z) + 1e-10) / log(1e-10)`` in [0, 1]; ``Q`` the standard normal tail."""
     z = np.ascontiguousarray(z, dtype=np.float64)
     q = 0.5 * torch.special.erfc(torch.from_numpy(z / _SQRT2)).numpy()  # vectorised, float64, no Python per element
@@ -227,7 +230,7 @@ class _Context:
 class ErrorLikelihood(StreamingState):
     """Streaming anomaly likelihood + spatial check over many series; see the module docstring."""
 
-    def __init__(self, config: LikelihoodConfig | None = None, **overrides):
+    def __init__(self, config: LikelihoodConfig | None = None, **overrides: Any) -> None:
         self.config = config or LikelihoodConfig(**overrides)
         self.n_series = 0
         self.count = np.zeros(0, dtype=np.int32)
@@ -274,7 +277,7 @@ class ErrorLikelihood(StreamingState):
         if self.repeats is not None:
             self.repeats.resize(n)
 
-    def reset(self, series_idx) -> None:
+    def reset(self, series_idx: npt.ArrayLike) -> None:
         """Return ``series_idx`` to the fresh state (e.g. a reused slot)."""
         idx = np.atleast_1d(np.asarray(series_idx, dtype=np.int64))
         if not len(idx):
@@ -297,7 +300,15 @@ class ErrorLikelihood(StreamingState):
         rep = self.repeats.bytes_per_series() if self.repeats is not None else 0
         return STATE_BYTES + (SLOW_BYTES if self.config.slow_alpha is not None else 0) + ctx + rep
 
-    def step(self, series_idx, errors, values=None, alert=True, times=None, dt=None) -> tuple[np.ndarray, np.ndarray]:
+    def step(
+        self,
+        series_idx: npt.ArrayLike,
+        errors: npt.ArrayLike,
+        values: npt.ArrayLike | None = None,
+        alert: npt.ArrayLike = True,
+        times: npt.ArrayLike | None = None,
+        dt: npt.ArrayLike | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Fold ``errors (n,)`` (and raw ``values (n,)``, epoch-second ``times (n,)`` with each series' step
         ``dt (n,)`` to them) of ``series_idx (n,)`` in -> ``(scores, flags)``."""
         idx = np.atleast_1d(np.asarray(series_idx, dtype=np.int64))
@@ -371,7 +382,7 @@ class ErrorLikelihood(StreamingState):
         if not ch.all_ok:
             flag &= ch.ok if spatial is None else (ch.ok | spatial)
         self._learn(i, ch, young)
-        if ctx is not None and rng is not None:
+        if ctx is not None and rng is not None and v is not None and dt is not None:  # (all set with the context)
             self._learn_context(i, ctx, rng, v, dt, flag, n)
         since = np.minimum(since, _NEVER)
         self.since[i] = np.where(flag, 0, since) if np.count_nonzero(flag) else since
@@ -501,8 +512,8 @@ class ErrorLikelihood(StreamingState):
         i: np.ndarray,
         ctx: _Context,
         rng: _Range,
-        v: np.ndarray | None,
-        dt: np.ndarray | None,
+        v: np.ndarray,
+        dt: np.ndarray,
         flag: np.ndarray,
         n: int,
     ) -> None:
@@ -523,8 +534,8 @@ class ErrorLikelihood(StreamingState):
         self.profile.learn(i, rng.tbin, v, rng.level, dt, rng.new_lo, rng.new_hi, rng.fin & ~flag)
 
     # StreamingState protocol (errors only, every event alerting)
-    def _update_unique(self, idx, e):
+    def _update_unique(self, idx: np.ndarray, e: np.ndarray) -> np.ndarray:
         return self.step_unique(idx, e)[0]
 
-    def is_anomaly(self, scores) -> np.ndarray:
+    def is_anomaly(self, scores: npt.ArrayLike) -> np.ndarray:
         return np.asarray(scores) >= self.config.threshold

@@ -23,19 +23,20 @@ are the rows' current range.
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 UNSEEN = np.uint16(65535)
 _SCALE = 65534.0
 DAY_SECONDS = 86400.0
 
 
-def bin_of(t, bins: int) -> np.ndarray:
+def bin_of(t: npt.ArrayLike, bins: int) -> np.ndarray:
     """Epoch seconds ``t (n,)`` -> time-of-day bin ``(n,)`` int64 in ``[0, bins)`` (UTC)."""
     sod = np.mod(np.asarray(t, dtype=np.float64), DAY_SECONDS)
     return np.minimum((sod * (bins / DAY_SECONDS)).astype(np.int64), bins - 1)
 
 
-def _frame(lo, hi) -> tuple[np.ndarray, np.ndarray]:
+def _frame(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(base, width)`` of the range codes are relative to: ``(lo, hi - lo)``; ``(0, 0)`` for a range
     not known yet, width 0 for a single value."""
     return np.where(np.isfinite(lo), lo, 0.0), np.where(hi > lo, hi - lo, 0.0)
@@ -83,7 +84,9 @@ class TimeOfDayProfile:
     def reset(self, idx: np.ndarray) -> None:
         self.level[idx] = UNSEEN
 
-    def requantise(self, i, lo_old, hi_old, lo_new, hi_new) -> None:
+    def requantise(
+        self, i: np.ndarray, lo_old: np.ndarray, hi_old: np.ndarray, lo_new: np.ndarray, hi_new: np.ndarray
+    ) -> None:
         """Re-encode the rows ``i`` whose range changed from ``[lo_old, hi_old]`` to ``[lo_new, hi_new]``."""
         moved = (lo_new != lo_old) | (hi_new != hi_old)
         if not np.count_nonzero(moved):
@@ -92,13 +95,25 @@ class TimeOfDayProfile:
         raw = decode(self.level[r], lo_old[moved, None], hi_old[moved, None])
         self.level[r] = encode(raw, lo_new[moved, None], hi_new[moved, None])
 
-    def residual(self, i, b, v, lo, hi) -> tuple[np.ndarray, np.ndarray]:
+    def residual(
+        self, i: np.ndarray, b: np.ndarray, v: np.ndarray, lo: np.ndarray, hi: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``(|v - level|, level)`` for values ``v (n,)`` in bins ``b (n,)``; NaN where the bin is unseen
         (or ``v`` is not finite)."""
         level = decode(self.level[i, b], lo, hi)
         return np.abs(v - level), level
 
-    def learn(self, i, b, v, level, dt, lo, hi, mask) -> None:
+    def learn(
+        self,
+        i: np.ndarray,
+        b: np.ndarray,
+        v: np.ndarray,
+        level: np.ndarray,
+        dt: np.ndarray,
+        lo: np.ndarray,
+        hi: np.ndarray,
+        mask: np.ndarray,
+    ) -> None:
         """Move the bins of the rows where ``mask`` holds toward ``v``; ``level`` from :meth:`residual`."""
         if not np.count_nonzero(mask):
             return
