@@ -97,7 +97,8 @@ def spot_scores(
 def main(paths: list[str]) -> None:
     base = {"slow_alpha": None, "seasonal_bins": None, "repeat_bins": None}
     for path in paths:
-        results = pickle.loads(open(path, "rb").read())
+        with open(path, "rb") as fh:
+            results = pickle.load(fh)
         tables = {r.name: point_table(len(r.values), r.windows, r.probation) for r in results}
         lik, spot = Scored({}, base), Scored({}, base)
         for r in results:

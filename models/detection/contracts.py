@@ -13,22 +13,47 @@ from typing import Any, Protocol
 class ServedConfig(Protocol):
     """The forecaster settings the detector needs (``models.forecasting.forecasters.ForecasterConfig``)."""
 
-    window: int
-    layers: int
-    hidden: int
-    features: int
-    calendar_features: bool
-    calendar_week: bool
+    @property
+    def window(self) -> int: ...
+    @property
+    def layers(self) -> int: ...
+    @property
+    def hidden(self) -> int: ...
+    @property
+    def features(self) -> int: ...
+    @property
+    def calendar_features(self) -> bool: ...
+    @property
+    def calendar_week(self) -> bool: ...
 
 
 class ServedBundle(Protocol):
-    """A model as the detector serves it: identity, forecaster, per-series normalisers, calibration."""
+    """A model as the detector serves it: identity, forecaster, per-series normalisers, calibration
+    (read-only here: the detector never writes to a bundle)."""
 
-    name: str
-    kind: str  # "many-to-one" | "many-to-many" (models.core.kinds)
-    version: int | None
-    config: ServedConfig
-    forecaster: Any  # nn.Module: many-to-one ``(batch, window, features) -> (batch, horizon)``;
-    # many-to-many ``(batch, time, features), state -> (batch, time, 1), state`` and ``step``
-    normalizers: Mapping[str, Sequence[float]]  # series id -> (mean, std)
-    calibration: Any  # validation error statistics (read by ``detector._calibration_error_stats``)
+    @property
+    def name(self) -> str: ...
+    @property
+    def kind(self) -> str:
+        """``"many-to-one"`` | ``"many-to-many"`` (``models.core.kinds``)."""
+        ...
+
+    @property
+    def version(self) -> int | None: ...
+    @property
+    def config(self) -> ServedConfig: ...
+    @property
+    def forecaster(self) -> Any:
+        """``nn.Module``: many-to-one ``(batch, window, features) -> (batch, horizon)``; many-to-many
+        ``(batch, time, features), state -> (batch, time, 1), state`` and ``step``."""
+        ...
+
+    @property
+    def normalizers(self) -> Mapping[str, Sequence[float]]:
+        """Series id -> ``(mean, std)`` fitted in training."""
+        ...
+
+    @property
+    def calibration(self) -> Any:
+        """Validation error statistics (read by ``detector._calibration_error_stats``)."""
+        ...

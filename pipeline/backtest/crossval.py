@@ -61,7 +61,7 @@ class Candidate:
 # Each step of the likelihood that was added on the development corpus is a switch here, written
 # out both ways so the grid does not depend on the current defaults; the simplest candidate (all
 # added steps off) is first, so ties go to fewer steps.
-_STEPS = {
+_STEPS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "slow": ({"slow_alpha": 0.04, "short_weight": 0.5}, {"slow_alpha": None}),
     "tod": ({"seasonal_bins": 24}, {"seasonal_bins": None}),
     "rep": ({"repeat_bins": 24}, {"repeat_bins": None}),
@@ -212,7 +212,7 @@ def _rescore_job(args: tuple[Sequence[SeriesResult], dict[str, Any], str]) -> li
 class Scored:
     """One seed's results under one candidate: per file ``(score (n,), flags (n,), table)``."""
 
-    files: dict[str, tuple[np.ndarray, np.ndarray, PointTable]]
+    files: dict[str, tuple[np.ndarray, np.ndarray, PointTable]]  # (Files)
     post: dict | None = None  # the candidate's LikelihoodConfig overrides (None: not a likelihood candidate)
 
 
@@ -330,6 +330,53 @@ def _groups(names: Sequence[str]) -> dict[str, list[str]]:
     return out
 
 
+Files = dict[str, tuple[np.ndarray, np.ndarray, PointTable]]  # file -> (score (n,), flags (n,), table)
+
+
+@dataclass
+class _HeldOut:
+    """Held-out figures over the folds: per group (threshold from the other groups, and the detector's
+    own flags) and pooled (raw scores and windows summed over the folds, in fold order)."""
+
+    held: dict[str, float] = field(default_factory=dict)
+    held_own: dict[str, float] = field(default_factory=dict)
+    raw: float = 0.0
+    raw_own: float = 0.0
+    wins: int = 0
+
+    def add(self, g: str, f: Files, test: list[str], profile: Profile, thr: float) -> None:
+        raw, wins = _raw(f, test, profile, thr)
+        raw_o, _ = _raw(f, test, profile, None)
+        self.held[g], self.held_own[g] = normalised(raw, wins, profile), normalised(raw_o, wins, profile)
+        self.raw, self.raw_own, self.wins = self.raw + raw, self.raw_own + raw_o, self.wins + wins
+
+    def scores(self, profile: Profile, in_sample: float, **extra: Any) -> FoldScores:
+        pooled = normalised(self.raw, self.wins, profile)
+        pooled_own = normalised(self.raw_own, self.wins, profile)
+        return FoldScores(self.held, self.held_own, pooled, pooled_own, in_sample, **extra)
+
+
+def _candidate_scores(
+    f: Files,
+    names: list[str],
+    fold_of: dict[str, list[str]],
+    profile: Profile,
+    train_contrib: dict[str, dict[str, float]],
+) -> FoldScores:
+    """One candidate's held-out figures (threshold swept on each fold's training groups); fills
+    ``train_contrib`` (fold -> training group -> points) for the nested selection."""
+    out, thrs = _HeldOut(), {}
+    for g, test in fold_of.items():
+        train = [n for n in names if n not in set(test)]
+        thr = _sweep(f, train, profile)
+        train_contrib[g] = _contrib(f, _groups(train), profile, thr)
+        out.add(g, f, test, profile, thr)
+        thrs[g] = thr
+    thr_all = _sweep(f, names, profile)
+    ins_raw, ins_w = _raw(f, names, profile, thr_all)
+    return out.scores(profile, normalised(ins_raw, ins_w, profile), thresholds=thrs)
+
+
 def evaluate(
     by_cand: dict[str, Scored], profile: Profile = PROFILES["standard"], rule: str = "one-se"
 ) -> tuple[dict[str, FoldScores], FoldScores]:
@@ -348,55 +395,17 @@ def evaluate(
     per: dict[str, FoldScores] = {}
     train_contrib: dict[str, dict[str, dict[str, float]]] = {g: {} for g in fold_of}  # fold -> cand -> group
     for cname, sc in by_cand.items():
-        f = sc.files
-        held, held_own, thrs = {}, {}, {}
-        pooled, pooled_own = [0.0, 0], [0.0, 0]
-        for g, test in fold_of.items():
-            train = [n for n in names if n not in set(test)]
-            thr = _sweep(f, train, profile)
-            train_contrib[g][cname] = _contrib(f, _groups(train), profile, thr)
-            raw, wins = _raw(f, test, profile, thr)
-            raw_o, _ = _raw(f, test, profile, None)
-            held[g], held_own[g], thrs[g] = normalised(raw, wins, profile), normalised(raw_o, wins, profile), thr
-            pooled = [pooled[0] + raw, pooled[1] + wins]
-            pooled_own = [pooled_own[0] + raw_o, pooled_own[1] + wins]
-        thr_all = _sweep(f, names, profile)
-        ins_raw, ins_w = _raw(f, names, profile, thr_all)
-        per[cname] = FoldScores(
-            held,
-            held_own,
-            normalised(*pooled, profile),
-            normalised(*pooled_own, profile),
-            normalised(ins_raw, ins_w, profile),
-            thresholds=thrs,
-        )
-    held, held_own, chosen, thrs = {}, {}, {}, {}
-    pooled, pooled_own = [0.0, 0], [0.0, 0]
+        contrib: dict[str, dict[str, float]] = {}
+        per[cname] = _candidate_scores(sc.files, names, fold_of, profile, contrib)
+        for g in fold_of:
+            train_contrib[g][cname] = contrib[g]
+    nested, chosen, thrs = _HeldOut(), {}, {}
     for g, test in fold_of.items():
         pick = select(train_contrib[g], cx, rule)
-        thr = per[pick].thresholds[g]
-        f = by_cand[pick].files
-        raw, wins = _raw(f, test, profile, thr)
-        raw_o, _ = _raw(f, test, profile, None)
-        held[g], held_own[g], chosen[g], thrs[g] = (
-            normalised(raw, wins, profile),
-            normalised(raw_o, wins, profile),
-            pick,
-            thr,
-        )
-        pooled = [pooled[0] + raw, pooled[1] + wins]
-        pooled_own = [pooled_own[0] + raw_o, pooled_own[1] + wins]
+        chosen[g], thrs[g] = pick, per[pick].thresholds[g]
+        nested.add(g, by_cand[pick].files, test, profile, thrs[g])
     in_best = max(by_cand, key=lambda c: (round(per[c].in_sample, 9), -list(by_cand).index(c)))
-    nested = FoldScores(
-        held,
-        held_own,
-        normalised(*pooled, profile),
-        normalised(*pooled_own, profile),
-        per[in_best].in_sample,
-        chosen=chosen,
-        thresholds=thrs,
-    )
-    return per, nested
+    return per, nested.scores(profile, per[in_best].in_sample, chosen=chosen, thresholds=thrs)
 
 
 def held_out_contrib(

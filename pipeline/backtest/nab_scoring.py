@@ -31,6 +31,7 @@ NAB's scorer/sweeper):
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -90,7 +91,7 @@ def window_indices(timestamps, windows) -> list[tuple[int, int]]:
         if hi >= lo:
             out.append((lo, hi))
     out.sort()
-    for (_, a_hi), (b_lo, _) in zip(out, out[1:]):
+    for (_, a_hi), (b_lo, _) in itertools.pairwise(out):
         if b_lo <= a_hi:
             raise ValueError(f"overlapping label windows at rows {a_hi} / {b_lo}")
     return out
