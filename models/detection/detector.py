@@ -1,5 +1,12 @@
 """Kafka-free streaming anomaly detector: per-series state, one batched model call per round.
 
+Composition: a forecaster step of the served model's kind (``models.detection.forecast_step``) and
+a threshold policy (``models.detection.policy.ThresholdPolicy``; the shipped ones and their registry
+in ``models.detection.policies``), both chosen when the detector (or model) is set, never per round.
+The detector owns the series state (``models.detection.series_state``) and the error statistics.
+Long (about 600 lines) because it also holds the public result and config types (``BatchResult``,
+``DetectorConfig``, the status codes) and the model swap with its state rebuild.
+
 ``StreamingDetector.process(series_ids, ts, values, alert=True) -> BatchResult`` takes a batch of
 events (any mix of series, in arrival order) and, for every event, decides one status:
 
@@ -14,12 +21,13 @@ How an event is scored (all in the series' normalised units ``z = (value - mean)
 1. Events are grouped into *rounds*: round k holds the k-th event of each series in the batch
    (stable argsort), so repeated events of one series are stepped in order; each round is one
    gather -> model call -> scatter over slot indices.
-2. Forecast of this value, made from the history before it. Many-to-many: the forecast the model
+2. Forecast of this value, made from the history before it (``ForecasterStep.forecast``). Many-to-many: the forecast the model
    emitted when it stepped the previous value (kept per series; stepping costs O(1) per event).
    Many-to-one: the model re-runs the last ``window`` values (zero = mean before the series has
    that many).
 3. ``error = |z - forecast|`` (normalised units) with per-series EWMA error statistics ``err_mean``,
-   ``err_std`` (O(1) state, seeded from the bundle's calibration). The score, by ``threshold_method``:
+   ``err_std`` (O(1) state, seeded from the bundle's calibration). The score, by the policy that
+   ``threshold_method`` names (``ThresholdPolicy.step``: score, flag, outlier, band):
 
    * ``"likelihood"`` (default; what the NAB backtest measures): ``models.detection.thresholds.error_likelihood.ErrorLikelihood`` over the raw
      error ``|value - predicted|`` and the value: anomaly likelihood of the recent errors (Numenta

@@ -1,5 +1,8 @@
 """Per-series state for the streaming detector, in preallocated numpy arrays indexed by slot.
 
+Just over 300 lines: slot allocation, eviction, the ring buffer and the online normaliser share
+the same arrays.
+
 One slot per tracked series. ``SeriesStateStore`` maps series ids to slots, grows its arrays by
 doubling (up to ``max_series``), and evicts the least recently seen series when the cap is hit.
 Everything the detector needs per series lives here so it can be gathered and scattered with a

@@ -1,5 +1,8 @@
 """Leave-one-group-out cross-validation of detector choices: scores on data the choice never saw.
 
+Long (about 430 lines) because candidates, their re-scoring, the per-fold figures and the
+selection rule are one procedure; ``cv_run`` runs it and renders the report.
+
 A backtest on one corpus rewards whatever was tuned on that corpus. This module measures the
 *procedure* instead: every choice made from labelled data (a candidate post-processing config,
 the corpus-wide threshold) is made on all groups but one and scored on the held-out group.

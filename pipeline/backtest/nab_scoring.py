@@ -1,5 +1,8 @@
 """NAB scoring (Numenta Anomaly Benchmark, Lavin & Ahmad 2015), implemented from the published definitions.
 
+Just over 300 lines: the window table, the scoring rule, the threshold sweep and the profiles are
+one definition, kept together.
+
 Pure functions over arrays; no I/O. Interpretation (matches the NAB paper and the behaviour of
 NAB's scorer/sweeper):
 

@@ -1,5 +1,8 @@
 """Replay labelled series through the live scorer's ``StreamingDetector``, NAB rules.
 
+Long (about 470 lines) because it holds the replay's config and result types, the per-file replay
+(split into model, rows and result steps) and the parallel corpus runner.
+
 Per file (one series, rows in time order):
 
 * rows ``[0, P)`` with ``P = min(floor(0.15 n), 750)`` are NAB's probationary period: the first

@@ -1,5 +1,9 @@
 """Error -> anomaly score in [0, 1] + flag: anomaly likelihood, spatial check, refractory period.
 
+Long (about 540 lines) because the five steps below share one per-series state and one hot path
+(``step_unique``, split into one method per step); the time-of-day and daily-repeat state live in
+``time_of_day`` and ``daily_repeat``.
+
 The live scorer's final detection step (``models.detection.detector.StreamingDetector`` with
 ``threshold_method="likelihood"``), also what the NAB backtest measures. After Numenta's "anomaly
 likelihood" (Ahmad et al. 2017) and the "spatial anomaly" of NAB's detectors, in O(1) state per
