@@ -355,7 +355,6 @@ class ErrorLikelihood(StreamingState):
         Steps: value range (spatial check, time-of-day residual), error channels, context channel,
         score, flag, then the state learns.
         """
-        cfg = self.config
         n = len(i)
         if not (type(alert) is np.ndarray and alert.dtype == np.bool_ and alert.shape == (n,)):
             alert = np.broadcast_to(np.asarray(alert, dtype=bool), (n,))
@@ -372,19 +371,7 @@ class ErrorLikelihood(StreamingState):
             zs.append((ctx.cslow - ctx.cmu) / ctx.cstd)
         spatial = None if rng is None else rng.spatial
         s = self._score(i, zs, ch, ctx, t, spatial, n)
-        since = self.since[i] + 1
-        in_ref = since <= cfg.refractory
-        any_ref = np.count_nonzero(in_ref) > 0
-        if any_ref:
-            s = np.where(in_ref, 0.0, s)
-        young = ch.count < cfg.warmup
-        flag = s >= cfg.threshold
-        flag &= alert
-        flag &= ~young
-        if any_ref:
-            flag &= ~in_ref
-        if not ch.all_ok:
-            flag &= ch.ok if spatial is None else (ch.ok | spatial)
+        s, flag, since, young = self._flag(i, s, ch, alert, spatial)
         self._learn(i, ch, young)
         if ctx is not None and rng is not None and v is not None and dt is not None:  # (all set with the context)
             self._learn_context(i, ctx, rng, v, dt, flag, n)
@@ -492,6 +479,27 @@ class ErrorLikelihood(StreamingState):
         if spatial is not None:
             s = np.where(spatial, 1.0, s)
         return np.asarray(s)
+
+    def _flag(
+        self, i: np.ndarray, s: np.ndarray, ch: _Channels, alert: np.ndarray, spatial: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Refractory period (score 0) and the flag of an alerting, warmed-up series:
+        ``(score, flag, events since the last flag, young)``."""
+        cfg = self.config
+        since = self.since[i] + 1
+        in_ref = since <= cfg.refractory
+        any_ref = np.count_nonzero(in_ref) > 0
+        if any_ref:
+            s = np.where(in_ref, 0.0, s)
+        young = ch.count < cfg.warmup
+        flag = s >= cfg.threshold
+        flag &= alert
+        flag &= ~young
+        if any_ref:
+            flag &= ~in_ref
+        if not ch.all_ok:
+            flag &= ch.ok if spatial is None else (ch.ok | spatial)
+        return s, flag, since, young
 
     def _learn(self, i: np.ndarray, ch: _Channels, young: np.ndarray) -> None:
         """Long statistics: plain running mean/var during warm-up, then EWMA; learn the clipped value."""
