@@ -11,7 +11,8 @@ import torch
 from likelihood_oracle import score_series
 
 from models.detection.detector import DUPLICATE, OUT_OF_ORDER, SCORED, WARMUP, DetectorConfig, StreamingDetector
-from models.detection.policies import LikelihoodPolicy
+from models.detection.policies import POLICIES, LikelihoodPolicy, PolicySpec, register_policy
+from models.detection.policy import PolicyStep, RoundErrors
 from models.forecasting.forecasters import ForecasterConfig, build_forecaster
 
 
@@ -421,3 +422,51 @@ def test_online_normaliser_of_unseen_series_matches_numpy():
     for k, sid in enumerate(ids):
         assert store.mean[idx[k]] == pytest.approx(values[sid].mean())
         assert store.std[idx[k]] == pytest.approx(values[sid].std(), rel=1e-5)
+
+
+# ---------------------------------------------------------------- threshold policies (models/detection/policies.py)
+class _EveryOther:
+    """A policy the detector has never heard of: flags every second live event, band = forecast +- 1."""
+
+    threshold = 0.5
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def ensure(self, capacity: int) -> None:
+        pass
+
+    def reset(self, slots: np.ndarray) -> None:
+        pass
+
+    def step(self, r: RoundErrors) -> PolicyStep:
+        self.calls += 1
+        score = np.full(len(r.slots), float(self.calls % 2))
+        flag = r.live & (score > self.threshold)
+        return PolicyStep(
+            score, flag, np.zeros_like(flag), np.full(len(r.slots), np.inf), r.predicted - 1, r.predicted + 1
+        )
+
+    def bytes_per_series(self) -> int:
+        return 0
+
+
+def test_a_new_policy_plugs_in_by_registry_or_by_argument():
+    register_policy("every-other", PolicySpec(0.5, lambda config: _EveryOther()))
+    try:
+        det = StreamingDetector(
+            make_bundle("many-to-many", normalizers={"s": (0.0, 1.0)}),
+            DetectorConfig(threshold_method="every-other", warmup_events=2),
+        )
+        assert isinstance(det.policy, _EveryOther) and det.config.threshold == 0.5
+        r = det.process(["s"] * 6, np.arange(6.0), np.zeros(6))
+        assert r.is_anomaly.tolist() == [False, False, True, False, True, False]  # live from the third event
+        np.testing.assert_array_equal(r.upper - r.lower, 2.0)
+    finally:
+        POLICIES.pop("every-other")
+    with pytest.raises(ValueError, match="threshold_method"):
+        DetectorConfig(threshold_method="every-other")
+    own = _EveryOther()
+    det = StreamingDetector(make_bundle("many-to-one"), DetectorConfig(threshold_method="zscore"), policy=own)
+    det.process(["a", "b"], [0.0, 0.0], [1.0, 2.0])
+    assert own.calls == 1 and det.policy is own
