@@ -19,7 +19,9 @@ def _errors(seed=0, S=3, T=3000):
 
 
 def test_streaming_equals_batch():
-    make = lambda: ErrorLikelihood(warmup=100)  # noqa: E731 - a fresh detector per path
+    def make() -> ErrorLikelihood:  # a fresh detector per path
+        return ErrorLikelihood(warmup=100)
+
     e = _errors()
     batch = make().score_batch(e)
     det, rng = make(), np.random.default_rng(5)

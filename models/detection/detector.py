@@ -247,8 +247,8 @@ class _Outputs:
 
     @classmethod
     def empty(cls, n: int) -> _Outputs:
-        nan = lambda: np.full(n, np.nan)  # noqa: E731 - five NaN columns
-        return cls(np.full(n, WARMUP, dtype=np.int8), nan(), nan(), nan(), np.zeros(n, dtype=bool), nan(), nan())
+        predicted, error, score, lower, upper = (np.full(n, np.nan) for _ in range(5))
+        return cls(np.full(n, WARMUP, dtype=np.int8), predicted, error, score, np.zeros(n, dtype=bool), lower, upper)
 
     def record(self, p: np.ndarray, warm: np.ndarray, errors: RoundErrors, step: PolicyStep) -> None:
         self.status[p] = warm  # WARMUP (1) where warm, else SCORED (0)

@@ -108,7 +108,9 @@ class SeriesStateStore:
                 out[tuple(index)] = arr
             return out
 
-        g = lambda name: getattr(self, name, None)  # noqa: E731
+        def g(name: str) -> np.ndarray | None:  # the array allocated so far (None on the first call)
+            return getattr(self, name, None)
+
         self.ring = grown(g("ring"), (L,), np.float32, 0.0)
         self.count = grown(g("count"), (), np.int64, 0)  # 0: no value yet (last_ts meaningless)
         self.last_ts = grown(g("last_ts"), (), np.float64, -np.inf)
