@@ -16,11 +16,15 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipeline.backtest.replay import ReplayConfig, SeriesResult
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
         "--data",
@@ -64,18 +68,13 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--plot", type=Path, default=None)
     ap.add_argument("--save-arrays", type=Path, default=None, help="pickle the SeriesResults (for tuning)")
-    args = ap.parse_args(argv)
+    return ap
 
-    from pipeline.backtest.output import write_nab_csv, write_scores
-    from pipeline.backtest.replay import ReplayConfig, find_csvs, run_corpus
-    from pipeline.backtest.report import corpus_report, render
 
-    data = args.data
-    if not (data / "labels" / "combined_windows.json").is_file():
-        ap.error(f"{data}: no labels/combined_windows.json (pass --data with a NAB directory)")
-    labels = json.loads((data / "labels" / "combined_windows.json").read_text())
-    files = find_csvs([data / "data"])
-    cfg = ReplayConfig(
+def _replay_config(args: argparse.Namespace) -> ReplayConfig:
+    from pipeline.backtest.replay import ReplayConfig
+
+    return ReplayConfig(
         kind=args.kind,
         window=args.window,
         hidden=args.hidden,
@@ -91,6 +90,56 @@ def main(argv=None) -> int:
         model_source=args.model_source,
         warmup=args.warmup,
     )
+
+
+def _write_outputs(args: argparse.Namespace, results: list[SeriesResult], rep: dict[str, Any]) -> None:
+    """``--out`` (NAB CSVs and scores), ``--plot`` (one figure per file), ``--save-arrays`` (pickle)."""
+    from pipeline.backtest.output import write_nab_csv, write_scores
+
+    if args.out:
+        for r in results:
+            write_nab_csv(r, args.out, "tsad")
+        write_scores(rep, args.out, "tsad")
+    if args.plot:
+        from pipeline.backtest.plots import plot_series
+
+        for r in results:
+            plot_series(r, args.plot, rep["nab"]["standard"]["optimised"]["threshold"])
+    if args.save_arrays:
+        import pickle
+
+        args.save_arrays.write_bytes(pickle.dumps(results))
+
+
+def _headline(rep: dict[str, Any], wall: float) -> dict[str, Any]:
+    """The one line of JSON: files, rows, times, NAB scores (own and optimised threshold), F1."""
+    head = {
+        p: {"own": round(d["own"]["score"], 1), "optimised": round(d["optimised"]["score"], 1)}
+        for p, d in rep["nab"].items()
+    }
+    return {
+        "files": rep["files"],
+        "rows": rep["rows"],
+        "wall_seconds": round(wall, 1),
+        "fit_seconds": round(rep["timing"]["fit_seconds"], 1),
+        "nab": head,
+        "f1_own": round(rep["prf"]["own"]["f1"], 3),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = _parser()
+    args = ap.parse_args(argv)
+
+    from pipeline.backtest.replay import find_csvs, run_corpus
+    from pipeline.backtest.report import corpus_report, render
+
+    data = args.data
+    if not (data / "labels" / "combined_windows.json").is_file():
+        ap.error(f"{data}: no labels/combined_windows.json (pass --data with a NAB directory)")
+    labels = json.loads((data / "labels" / "combined_windows.json").read_text())
+    files = find_csvs([data / "data"])
+    cfg = _replay_config(args)
     t0 = time.perf_counter()
     fleet = None
     if cfg.model_source != "per-file":
@@ -105,35 +154,8 @@ def main(argv=None) -> int:
     rep["timing"]["wall_seconds"] = wall
     rep["config"] = cfg.to_dict()
     render(rep)
-    if args.out:
-        for r in results:
-            write_nab_csv(r, args.out, "tsad")
-        write_scores(rep, args.out, "tsad")
-    if args.plot:
-        from pipeline.backtest.plots import plot_series
-
-        for r in results:
-            plot_series(r, args.plot, rep["nab"]["standard"]["optimised"]["threshold"])
-    if args.save_arrays:
-        import pickle
-
-        args.save_arrays.write_bytes(pickle.dumps(results))
-    head = {
-        p: {"own": round(d["own"]["score"], 1), "optimised": round(d["optimised"]["score"], 1)}
-        for p, d in rep["nab"].items()
-    }
-    print(
-        json.dumps(
-            {
-                "files": rep["files"],
-                "rows": rep["rows"],
-                "wall_seconds": round(wall, 1),
-                "fit_seconds": round(rep["timing"]["fit_seconds"], 1),
-                "nab": head,
-                "f1_own": round(rep["prf"]["own"]["f1"], 3),
-            }
-        )
-    )
+    _write_outputs(args, results, rep)
+    print(json.dumps(_headline(rep, wall)))
     return 1 if errors else 0
 
 

@@ -11,15 +11,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from likelihood_oracle import score_series
 from typer.testing import CliRunner
 
+from models.detection.thresholds import LikelihoodConfig
 from pipeline.backtest.crossval import (
     Scored,
+    StoredRows,
     candidates_from_json,
     complexity,
     evaluate,
     folds,
     group_of,
+    likelihood_scores,
     rescore,
     select,
     switch_grid,
@@ -116,7 +120,7 @@ def nab_small():
 
 
 def test_rescore_reproduces_the_live_detector(nab_small):
-    """Re-scoring stored errors with the scalar path gives the live StreamingDetector's scores and flags."""
+    """Re-scoring stored errors gives the live StreamingDetector's scores and flags."""
     labels = json.loads((nab_small / "labels" / "combined_windows.json").read_text())
     r = replay_file(
         nab_small / "data" / "realTraffic" / "speed_7578.csv",
@@ -125,7 +129,7 @@ def test_rescore_reproduces_the_live_detector(nab_small):
         threads=1,
     )
     score, flag = rescore(r, {})
-    np.testing.assert_allclose(score, r.anomaly_score, atol=1e-12)
+    np.testing.assert_array_equal(score, r.anomaly_score)  # the live arithmetic: bit-identical
     assert (flag == r.flag).all() and flag.any()
     off, _ = rescore(r, {"spatial_tolerance": None, "slow_alpha": None})
     assert not np.allclose(off, score)  # a candidate really changes the scores
@@ -237,3 +241,23 @@ def test_cli_default_scores_a_100_row_series(tmp_path, nab_small):
     assert res.exit_code == 0, res.output
     scored = pd.read_csv(tmp_path / "out" / "tsad" / "realTraffic" / "tsad_speed_7578.csv")
     assert len(scored) == 100 and scored["anomaly_score"].between(0, 1).all()
+
+
+def test_likelihood_scores_side_by_side_equal_the_scalar_oracle():
+    """Series of different lengths scored side by side == each one through the scalar oracle."""
+    rng = np.random.default_rng(4)
+    cfg = LikelihoodConfig(warmup=30, refractory=10, slow_alpha=0.04)
+    series = []
+    for k, n in enumerate((700, 250, 700, 40)):
+        e = np.abs(rng.normal(0.0, 1.0 + k, n))
+        e[n // 2] += 30.0
+        e[5] = np.nan  # a NaN error leaves the likelihood state unchanged
+        times = 1.7e9 + np.cumsum(rng.integers(300, 900, n)).astype(np.float64)  # uneven steps: dt matters
+        v = 10.0 * np.sin(times / 86400.0 * 2 * np.pi) + rng.normal(0.0, 0.5, n)
+        series.append(StoredRows(e, v, np.arange(n) >= 20, times))
+    got = likelihood_scores(cfg, series)
+    for rows, (s, f) in zip(series, got, strict=True):
+        ref_s, ref_f = score_series(rows.errors, cfg, values=rows.values, alert=rows.alert, times=rows.times)
+        np.testing.assert_allclose(s, ref_s, rtol=0, atol=1e-12)
+        np.testing.assert_array_equal(f, ref_f)
+    assert any(f.any() for _, f in got)

@@ -7,8 +7,9 @@ import math
 
 import numpy as np
 import pytest
+from likelihood_oracle import score_series
 
-from models.detection.thresholds import ErrorLikelihood, LikelihoodConfig, score_series, tail_score
+from models.detection.thresholds import ErrorLikelihood, LikelihoodConfig, tail_score
 
 
 def test_tail_score_scale():

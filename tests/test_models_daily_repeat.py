@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from likelihood_oracle import repeat_one, score_series
 
-from models.detection.thresholds import ErrorLikelihood, LikelihoodConfig, score_series
-from models.detection.thresholds.daily_repeat import DailyRepeats, day_code, repeat_one
+from models.detection.thresholds import ErrorLikelihood, LikelihoodConfig
+from models.detection.thresholds.daily_repeat import DailyRepeats, day_code
 
 DAY = 86400.0
 T0 = 1.7e9 - (1.7e9 % DAY)  # a UTC midnight

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from likelihood_oracle import score_series
 
-from models.detection.thresholds import ErrorLikelihood, LikelihoodConfig, score_series
+from models.detection.thresholds import ErrorLikelihood, LikelihoodConfig
 from models.detection.thresholds.time_of_day import UNSEEN, TimeOfDayProfile, bin_of, decode, encode
 
 DAY = 86400.0

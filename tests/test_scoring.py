@@ -2,21 +2,38 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from likelihood_oracle import score_series
 
 from models.detection.detector import DUPLICATE, OUT_OF_ORDER, SCORED, WARMUP, DetectorConfig, StreamingDetector
+from models.detection.policies import POLICIES, LikelihoodPolicy, PolicySpec, register_policy
+from models.detection.policy import PolicyStep, RoundErrors
 from models.forecasting.forecasters import ForecasterConfig, build_forecaster
+
+
+@dataclass
+class FakeBundle:
+    """The ``models.detection.contracts.ServedBundle`` attributes, without a registry behind them."""
+
+    name: str
+    kind: str
+    version: int | None
+    config: Any
+    forecaster: Any
+    normalizers: dict[str, tuple[float, float]] = field(default_factory=dict)
+    calibration: dict[str, float] = field(default_factory=dict)
 
 
 def make_bundle(kind: str, window: int = 16, hidden: int = 16, version: int = 1, normalizers=None, seed: int = 0):
     torch.manual_seed(seed)
     config = ForecasterConfig(kind=kind, window=window, hidden=hidden)
     model = build_forecaster(config).eval()
-    return SimpleNamespace(
+    return FakeBundle(
         name="test",
         kind=kind,
         version=version,
@@ -240,7 +257,7 @@ def test_swap_model_rebuilds_state_from_ring_buffer():
 
 def test_swap_refuses_unservable_bundle():
     det = StreamingDetector(make_bundle("many-to-many"))
-    bad = SimpleNamespace(name="x", kind="weird", version=9, config=None, forecaster=None)
+    bad = FakeBundle(name="x", kind="weird", version=9, config=None, forecaster=None)
     with pytest.raises(ValueError):
         det.swap_model(bad)
     assert det.model_version == 1
@@ -271,8 +288,6 @@ LIK = dict(threshold_method="likelihood", warmup_events=32, likelihood={"warmup"
 
 
 def test_likelihood_flags_a_spike_once_and_matches_the_module_on_the_detectors_errors():
-    from models.detection.thresholds.error_likelihood import score_series
-
     det = StreamingDetector(make_bundle("many-to-many", normalizers={"s": (0.0, 1.0)}), DetectorConfig(**LIK))
     t = np.arange(400, dtype=float)
     vals = np.sin(t / 5.0) + 0.05 * np.random.default_rng(2).normal(size=400)
@@ -299,13 +314,16 @@ def test_likelihood_state_is_small_and_reset_for_a_reused_slot():
     )
     assert det.state_bytes_per_series() < 1024
     det.process(["a"] * 60, np.arange(60.0), np.arange(60.0))
+    assert isinstance(det.policy, LikelihoodPolicy)
+    lik = det.policy.likelihood
     slot_a = det.store.ids["a"]
-    assert det.likelihood.count[slot_a] == 60
+    assert lik.count[slot_a] == 60
     det.process(["b", "c"], [1.0, 1.0], [1.0, 1.0])  # "a" evicted, its slot reused
     slot = det.store.ids.get("b") if det.store.ids.get("b") == slot_a else det.store.ids["c"]
-    assert slot == slot_a and det.likelihood.count[slot] == 1 and det.likelihood.hi[slot] == 1.0
+    assert slot == slot_a and lik.count[slot] == 1 and lik.hi[slot] == 1.0
     # the time-of-day context starts afresh too: one bin seen (this value), no residual yet
-    assert det.likelihood.ccount[slot] == 0 and (det.likelihood.profile.level[slot] != 65535).sum() == 1
+    assert lik.profile is not None
+    assert lik.ccount[slot] == 0 and (lik.profile.level[slot] != 65535).sum() == 1
 
 
 def test_likelihood_config_errors_are_clear():
@@ -323,7 +341,7 @@ def make_calendar_bundle(kind: str, window: int = 16, hidden: int = 16, seed: in
     torch.manual_seed(seed)
     config = ForecasterConfig(kind=kind, window=window, hidden=hidden, calendar_features=True)
     model = build_forecaster(config).eval()
-    return SimpleNamespace(
+    return FakeBundle(
         name="cal",
         kind=kind,
         version=1,
@@ -404,3 +422,51 @@ def test_online_normaliser_of_unseen_series_matches_numpy():
     for k, sid in enumerate(ids):
         assert store.mean[idx[k]] == pytest.approx(values[sid].mean())
         assert store.std[idx[k]] == pytest.approx(values[sid].std(), rel=1e-5)
+
+
+# ---------------------------------------------------------------- threshold policies (models/detection/policies.py)
+class _EveryOther:
+    """A policy the detector has never heard of: flags every second live event, band = forecast +- 1."""
+
+    threshold = 0.5
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def ensure(self, capacity: int) -> None:
+        pass
+
+    def reset(self, slots: np.ndarray) -> None:
+        pass
+
+    def step(self, r: RoundErrors) -> PolicyStep:
+        self.calls += 1
+        score = np.full(len(r.slots), float(self.calls % 2))
+        flag = r.live & (score > self.threshold)
+        return PolicyStep(
+            score, flag, np.zeros_like(flag), np.full(len(r.slots), np.inf), r.predicted - 1, r.predicted + 1
+        )
+
+    def bytes_per_series(self) -> int:
+        return 0
+
+
+def test_a_new_policy_plugs_in_by_registry_or_by_argument():
+    register_policy("every-other", PolicySpec(0.5, lambda config: _EveryOther()))
+    try:
+        det = StreamingDetector(
+            make_bundle("many-to-many", normalizers={"s": (0.0, 1.0)}),
+            DetectorConfig(threshold_method="every-other", warmup_events=2),
+        )
+        assert isinstance(det.policy, _EveryOther) and det.config.threshold == 0.5
+        r = det.process(["s"] * 6, np.arange(6.0), np.zeros(6))
+        assert r.is_anomaly.tolist() == [False, False, True, False, True, False]  # live from the third event
+        np.testing.assert_array_equal(r.upper - r.lower, 2.0)
+    finally:
+        POLICIES.pop("every-other")
+    with pytest.raises(ValueError, match="threshold_method"):
+        DetectorConfig(threshold_method="every-other")
+    own = _EveryOther()
+    det = StreamingDetector(make_bundle("many-to-one"), DetectorConfig(threshold_method="zscore"), policy=own)
+    det.process(["a", "b"], [0.0, 0.0], [1.0, 2.0])
+    assert own.calls == 1 and det.policy is own

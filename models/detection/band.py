@@ -28,10 +28,10 @@ import math
 
 import numpy as np
 
-from models.detection.thresholds.error_likelihood import tail_inverse
+from models.detection.thresholds.error_likelihood import ErrorLikelihood, tail_inverse
 
 
-def likelihood_error_limit(likelihood, slots: np.ndarray) -> np.ndarray:
+def likelihood_error_limit(likelihood: ErrorLikelihood, slots: np.ndarray) -> np.ndarray:
     """Raw error at which ``likelihood`` (an ``ErrorLikelihood``, state before the event) would flag
     the next event of each slot ``(m,)``; NaN for a series without an error yet."""
     cfg = likelihood.config
@@ -57,7 +57,9 @@ def likelihood_error_limit(likelihood, slots: np.ndarray) -> np.ndarray:
     return np.where(likelihood.count[slots] > 0, limit, np.nan)
 
 
-def likelihood_band(likelihood, slots: np.ndarray, predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def likelihood_band(
+    likelihood: ErrorLikelihood, slots: np.ndarray, predicted: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """``(lower, upper)`` raw units for the next event of each slot: ``predicted +- error limit``,
     narrowed by the spatial range check when it applies (see the module docstring)."""
     limit = likelihood_error_limit(likelihood, slots)

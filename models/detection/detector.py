@@ -1,5 +1,12 @@
 """Kafka-free streaming anomaly detector: per-series state, one batched model call per round.
 
+Composition: a forecaster step of the served model's kind (``models.detection.forecast_step``) and
+a threshold policy (``models.detection.policy.ThresholdPolicy``; the shipped ones and their registry
+in ``models.detection.policies``), both chosen when the detector (or model) is set, never per round.
+The detector owns the series state (``models.detection.series_state``) and the error statistics.
+Long (about 600 lines) because it also holds the public result and config types (``BatchResult``,
+``DetectorConfig``, the status codes) and the model swap with its state rebuild.
+
 ``StreamingDetector.process(series_ids, ts, values, alert=True) -> BatchResult`` takes a batch of
 events (any mix of series, in arrival order) and, for every event, decides one status:
 
@@ -14,12 +21,13 @@ How an event is scored (all in the series' normalised units ``z = (value - mean)
 1. Events are grouped into *rounds*: round k holds the k-th event of each series in the batch
    (stable argsort), so repeated events of one series are stepped in order; each round is one
    gather -> model call -> scatter over slot indices.
-2. Forecast of this value, made from the history before it. Many-to-many: the forecast the model
+2. Forecast of this value, made from the history before it (``ForecasterStep.forecast``). Many-to-many: the forecast the model
    emitted when it stepped the previous value (kept per series; stepping costs O(1) per event).
    Many-to-one: the model re-runs the last ``window`` values (zero = mean before the series has
    that many).
 3. ``error = |z - forecast|`` (normalised units) with per-series EWMA error statistics ``err_mean``,
-   ``err_std`` (O(1) state, seeded from the bundle's calibration). The score, by ``threshold_method``:
+   ``err_std`` (O(1) state, seeded from the bundle's calibration). The score, by the policy that
+   ``threshold_method`` names (``ThresholdPolicy.step``: score, flag, outlier, band):
 
    * ``"likelihood"`` (default; what the NAB backtest measures): ``models.detection.thresholds.error_likelihood.ErrorLikelihood`` over the raw
      error ``|value - predicted|`` and the value: anomaly likelihood of the recent errors (Numenta
@@ -53,21 +61,26 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
+from models.core.limits import MAX_ABS_VALUE
+from models.core.streaming import clip as _clip
 from models.core.streaming import rounds
-from models.detection.band import likelihood_band
-from models.detection.series_state import VALUE_LIMIT, SeriesStateStore, has_scale
-from models.detection.thresholds.error_likelihood import ErrorLikelihood, LikelihoodConfig
+from models.detection.contracts import ServedBundle
+from models.detection.forecast_step import ForecasterStep, RecurrentStep, WindowStep
+from models.detection.policies import policy_spec
+from models.detection.policy import PolicyStep, RoundErrors, ThresholdPolicy
+from models.detection.series_state import SeriesStateStore, has_scale
+from models.detection.thresholds.error_likelihood import LikelihoodConfig
 from models.forecasting.calendar import calendar_dim, calendar_features
 
-# Hot path helpers: the ufunc behind np.clip without its Python wrapper (same results), and
+# Hot path: models.core.streaming.clip (np.clip without its Python wrapper), and
 # np.count_nonzero(mask) as the cheap any()/all() test of a mask.
-_clip = (np._core if hasattr(np, "_core") else np.core).umath.clip
-
 SCORED, WARMUP, DUPLICATE, OUT_OF_ORDER = 0, 1, 2, 3
 STATUS_NAMES = {SCORED: "scored", WARMUP: "warmup", DUPLICATE: "duplicate_timestamp", OUT_OF_ORDER: "out_of_order"}
 _REBUILD_CHUNK = 4096
@@ -75,8 +88,6 @@ _REBUILD_CHUNK = 4096
 # trained with a loss at every step from a zero state on, so 32 steps of warm-up are within what it
 # learnt; keeping a whole window (64 at the served size) would cost 128 B more per series.
 REBUILD_STEPS = 32
-THRESHOLD_METHODS = ("likelihood", "zscore", "static")
-DEFAULT_THRESHOLDS = {"likelihood": 0.5, "zscore": 6.0, "static": 6.0}
 
 
 @dataclass
@@ -84,11 +95,11 @@ class DetectorConfig:
     """Tunables of ``StreamingDetector`` (stable; the backtest sets these too)."""
 
     warmup_events: int | None = None  # values a series needs before it may alert (None: model window)
-    threshold_method: str = "likelihood"  # "likelihood": ErrorLikelihood score in [0, 1] | "zscore": EWMA z-score
-    # of the error | "static": raw normalised error
+    threshold_method: str = "likelihood"  # a models.detection.policies name: "likelihood": ErrorLikelihood score
+    # in [0, 1] | "zscore": EWMA z-score of the error | "static": raw normalised error
     threshold: float | None = None  # anomaly threshold (None: 0.5 likelihood, 6.0 zscore/static)
     outlier_z: float = 6.0  # likelihood: error z-score above which a value is fed clipped
-    likelihood: dict = field(default_factory=dict)  # LikelihoodConfig overrides (likelihood method)
+    likelihood: dict[str, Any] = field(default_factory=dict)  # LikelihoodConfig overrides (likelihood method)
     error_alpha: float = 0.02  # EWMA weight of the per-series error statistics
     min_error_std: float = 0.05  # floor of the per-series error std (normalised units)
     flagged_update: str = "clip"  # what a flagged value feeds into state: "clip" | "predict" | "raw"
@@ -99,12 +110,10 @@ class DetectorConfig:
     initial_error_std: float | None = None
 
     def __post_init__(self) -> None:
-        if self.threshold_method not in THRESHOLD_METHODS:
-            raise ValueError(f"threshold_method must be one of {THRESHOLD_METHODS}, got {self.threshold_method!r}")
+        spec = policy_spec(self.threshold_method)
         if self.threshold is None:
-            self.threshold = DEFAULT_THRESHOLDS[self.threshold_method]
-        if self.threshold_method == "likelihood":
-            self.likelihood_config()  # fail fast on bad overrides / a threshold outside [0, 1]
+            self.threshold = spec.default_threshold
+        self.policy()  # fail fast on bad policy settings (e.g. likelihood overrides, a threshold outside [0, 1])
         if self.flagged_update not in ("clip", "predict", "raw"):
             raise ValueError(f"flagged_update must be 'clip', 'predict' or 'raw', got {self.flagged_update!r}")
         if not 0 < self.error_alpha <= 1:
@@ -126,11 +135,20 @@ class DetectorConfig:
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0 or None, got {value!r}")
 
+    @property
+    def threshold_value(self) -> float:
+        """``threshold`` as a float (set by ``__post_init__``)."""
+        return float(self.threshold if self.threshold is not None else math.nan)
+
+    def policy(self) -> ThresholdPolicy:
+        """A fresh threshold policy of ``threshold_method`` (``models.detection.policies``)."""
+        return policy_spec(self.threshold_method).build(self)
+
     def likelihood_config(self) -> LikelihoodConfig:
         """The ``ErrorLikelihood`` settings: ``likelihood`` overrides, threshold from ``threshold``."""
         extra = {k: v for k, v in self.likelihood.items() if k != "threshold"}
         try:
-            return LikelihoodConfig(threshold=float(self.threshold), **extra)
+            return LikelihoodConfig(threshold=self.threshold_value, **extra)
         except TypeError as exc:
             raise ValueError(f"bad likelihood settings: {exc}") from exc
 
@@ -188,17 +206,84 @@ def _calibration_error_stats(calibration: object) -> tuple[float, float]:
     return mean, std
 
 
-def ring_needed(bundle) -> int:
+def ring_needed(bundle: ServedBundle) -> int:
     """Raw values per series a bundle needs: a many-to-one model its input window; a many-to-many model
     at most :data:`REBUILD_STEPS` (only to rebuild its recurrent state after a model swap)."""
     window = int(bundle.config.window)
     return window if bundle.kind == "many-to-one" else min(window, REBUILD_STEPS)
 
 
-class StreamingDetector:
-    """Scores events of many series against one forecaster; see the module docstring."""
+def _feed_raw(step: PolicyStep, z: np.ndarray, fz: np.ndarray, err: np.ndarray, clip_z: float) -> np.ndarray:
+    return z  # already within +-clip_z
 
-    def __init__(self, bundle, config: DetectorConfig | None = None):
+
+def _feed_predict(step: PolicyStep, z: np.ndarray, fz: np.ndarray, err: np.ndarray, clip_z: float) -> np.ndarray:
+    return np.asarray(_clip(np.where(step.outlier, fz, z), -clip_z, clip_z))
+
+
+def _feed_clip(step: PolicyStep, z: np.ndarray, fz: np.ndarray, err: np.ndarray, clip_z: float) -> np.ndarray:
+    reach = np.minimum(err, np.maximum(step.bound, 0.0))
+    return np.asarray(_clip(np.where(step.outlier, fz + np.sign(z - fz) * reach, z), -clip_z, clip_z))
+
+
+# ``flagged_update`` -> what an outlier feeds (normalised): the value, the forecast, or the forecast
+# moved toward the value by the outlier bound
+_FEED_OUTLIER: dict[str, Callable[[PolicyStep, np.ndarray, np.ndarray, np.ndarray, float], np.ndarray]] = {
+    "raw": _feed_raw,
+    "predict": _feed_predict,
+    "clip": _feed_clip,
+}
+
+
+@dataclass(slots=True)
+class _Outputs:
+    """The per-event output arrays of one ``process`` call, all ``(n,)``; rounds write their rows."""
+
+    status: np.ndarray
+    predicted: np.ndarray
+    error: np.ndarray
+    score: np.ndarray
+    flags: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+
+    @classmethod
+    def empty(cls, n: int) -> _Outputs:
+        predicted, error, score, lower, upper = (np.full(n, np.nan) for _ in range(5))
+        return cls(np.full(n, WARMUP, dtype=np.int8), predicted, error, score, np.zeros(n, dtype=bool), lower, upper)
+
+    def record(self, p: np.ndarray, warm: np.ndarray, errors: RoundErrors, step: PolicyStep) -> None:
+        self.status[p] = warm  # WARMUP (1) where warm, else SCORED (0)
+        self.predicted[p] = errors.predicted
+        self.error[p] = errors.error
+        self.score[p] = step.score
+        self.lower[p], self.upper[p] = step.lower, step.upper
+        self.flags[p] = step.flag
+
+
+@dataclass(slots=True)
+class _Round:
+    """The events of one round that were admitted: batch positions ``p``, slots ``s`` and their
+    times, value counts and previous times, all ``(m,)``."""
+
+    p: np.ndarray
+    s: np.ndarray
+    t: np.ndarray
+    count: np.ndarray
+    last: np.ndarray
+
+
+class StreamingDetector:
+    """Scores events of many series against one forecaster; see the module docstring.
+
+    Composition: a ``ForecasterStep`` of the served model's kind (``models.detection.forecast_step``)
+    and a ``ThresholdPolicy`` (``models.detection.policies``; ``policy`` overrides the one
+    ``config.threshold_method`` names), both chosen here, not per round.
+    """
+
+    def __init__(
+        self, bundle: ServedBundle, config: DetectorConfig | None = None, policy: ThresholdPolicy | None = None
+    ):
         self.config = config or DetectorConfig()
         self._check_bundle(bundle)
         self.bundle = bundle
@@ -206,21 +291,22 @@ class StreamingDetector:
         ring = max(self.config.ring_length or needed, needed)
         mean, std = self._seed(bundle)
         self.store = SeriesStateStore(ring, self.config.max_series, self._rnn_shapes(bundle), mean, std * std)
-        self.likelihood = (
-            ErrorLikelihood(self.config.likelihood_config()) if self.config.threshold_method == "likelihood" else None
-        )
+        self.policy = policy if policy is not None else self.config.policy()
+        self._feed_outlier = _FEED_OUTLIER[self.config.flagged_update]
+        self._forecaster = self._forecaster_step(bundle)
 
     # ------------------------------------------------------------------ model
     @staticmethod
-    def _check_bundle(bundle) -> None:
+    def _check_bundle(bundle: ServedBundle) -> None:
         for attr in ("kind", "config", "forecaster"):
             if not hasattr(bundle, attr):
                 raise ValueError(f"model bundle has no '{attr}'")
         if bundle.kind not in ("many-to-one", "many-to-many"):
             raise ValueError(f"unknown model kind {bundle.kind!r}")
-        features = int(getattr(bundle.config, "features", 1))
-        calendar = bool(getattr(bundle.config, "calendar_features", False))
-        need = 1 + calendar_dim(bool(getattr(bundle.config, "calendar_week", True))) if calendar else 1
+        config = bundle.config
+        features = int(config.features)
+        calendar = bool(config.calendar_features)
+        need = 1 + calendar_dim(bool(config.calendar_week)) if calendar else 1
         if features != need:
             raise ValueError(
                 "the streaming detector serves univariate models (features=1, or value + "
@@ -229,15 +315,22 @@ class StreamingDetector:
         if bundle.kind == "many-to-many" and not hasattr(bundle.forecaster, "step"):
             raise ValueError("a many-to-many forecaster must have step()")
 
+    def _forecaster_step(self, bundle: ServedBundle) -> ForecasterStep:
+        if bundle.kind == "many-to-many":
+            return RecurrentStep(self.store, bundle.forecaster, self._inputs)
+        window = int(bundle.config.window)
+        calendar = bool(bundle.config.calendar_features)
+        return WindowStep(self.store, bundle.forecaster, window, self.config.clip_z, calendar, self._inputs)
+
     @staticmethod
-    def _rnn_shapes(bundle) -> tuple:
+    def _rnn_shapes(bundle: ServedBundle) -> tuple[tuple[int, int], ...]:
         if bundle.kind != "many-to-many":
             return ()
         shape = (int(bundle.config.layers), int(bundle.config.hidden))
         return (shape, shape)  # (h, c)
 
-    def _seed(self, bundle) -> tuple[float, float]:
-        mean, std = _calibration_error_stats(getattr(bundle, "calibration", None))
+    def _seed(self, bundle: ServedBundle) -> tuple[float, float]:
+        mean, std = _calibration_error_stats(bundle.calibration)
         if self.config.initial_error_mean is not None:
             mean = self.config.initial_error_mean
         if self.config.initial_error_std is not None:
@@ -247,15 +340,15 @@ class StreamingDetector:
     @property
     def calendar(self) -> bool:
         """The serving model takes ``models.forecasting.calendar`` features of each event's ``ts`` after its value."""
-        return bool(getattr(self.bundle.config, "calendar_features", False))
+        return bool(self.bundle.config.calendar_features)
 
     def _inputs(self, z: np.ndarray, times: np.ndarray) -> torch.Tensor:
         """Model input from normalised values ``(n,)`` or ``(n, w)`` and their epoch-s times (same shape):
         ``(n, features)`` / ``(n, w, features)`` float32, calendar columns appended when the model asks."""
         x = z.astype(np.float32)[..., None]
         if self.calendar:
-            week = bool(getattr(self.bundle.config, "calendar_week", True))
-            cal = calendar_features(times.reshape(-1), week).reshape(times.shape + (calendar_dim(week),))
+            week = bool(self.bundle.config.calendar_week)
+            cal = calendar_features(times.reshape(-1), week).reshape((*times.shape, calendar_dim(week)))
             x = np.concatenate([x, cal], axis=-1)
         return torch.from_numpy(x)
 
@@ -269,17 +362,17 @@ class StreamingDetector:
 
     @property
     def model_name(self) -> str:
-        return str(getattr(self.bundle, "name", "") or "")
+        return str(self.bundle.name or "")
 
     @property
-    def model_version(self):
-        return getattr(self.bundle, "version", None)
+    def model_version(self) -> int | None:
+        return self.bundle.version
 
     @property
-    def normalizers(self) -> dict:
-        return getattr(self.bundle, "normalizers", None) or {}
+    def normalizers(self) -> Mapping[str, Sequence[float]]:
+        return self.bundle.normalizers or {}
 
-    def swap_model(self, bundle) -> None:
+    def swap_model(self, bundle: ServedBundle) -> None:
         """Serve ``bundle`` from the next batch on; rebuild recurrent state from the ring buffers.
 
         Raises ``ValueError`` (and keeps the old model) when the bundle cannot be served.
@@ -290,9 +383,10 @@ class StreamingDetector:
         if needed > store.ring_length:
             self._resize_ring(needed)
         mean, std = self._seed(bundle)
-        old_bundle, old_seed = self.bundle, (store.init_err_mean, store.init_err_var)
+        old_bundle, old_seed, old_step = self.bundle, (store.init_err_mean, store.init_err_var), self._forecaster
         self.bundle = bundle
         try:
+            self._forecaster = self._forecaster_step(bundle)
             store.init_err_mean, store.init_err_var = mean, std * std
             slots = np.array(sorted(store.ids.values()), dtype=np.int64)
             self._refresh_normalizers(slots)
@@ -301,7 +395,7 @@ class StreamingDetector:
             if bundle.kind == "many-to-many" and len(slots):
                 self._rebuild_state(slots)
         except Exception:
-            self.bundle = old_bundle
+            self.bundle, self._forecaster = old_bundle, old_step
             store.init_err_mean, store.init_err_var = old_seed
             store.reset_rnn(self._rnn_shapes(old_bundle))
             self._refresh_normalizers(np.array(sorted(store.ids.values()), dtype=np.int64))
@@ -359,7 +453,7 @@ class StreamingDetector:
                 store.pred[s] = pred[:, -1, 0].numpy()
 
     # ------------------------------------------------------------------ scoring
-    def process(self, series_ids: list[str], ts, values, alert=True) -> BatchResult:
+    def process(self, series_ids: list[str], ts: Any, values: Any, alert: Any = True) -> BatchResult:
         """Score one batch of events in arrival order; see the module docstring.
 
         ``series_ids`` list of n str; ``ts (n,)`` epoch seconds; ``values (n,)`` finite floats;
@@ -370,74 +464,78 @@ class StreamingDetector:
         values = np.asarray(values, dtype=np.float64).reshape(n)
         alert_arr = np.broadcast_to(np.asarray(alert, dtype=bool), (n,))
         noalert = None if alert_arr.all() else ~alert_arr
-        status = np.full(n, WARMUP, dtype=np.int8)
-        predicted = np.full(n, np.nan)
-        error = np.full(n, np.nan)
-        score = np.full(n, np.nan)
-        flags = np.zeros(n, dtype=bool)
-        band = (np.full(n, np.nan), np.full(n, np.nan))
+        out = _Outputs.empty(n)
         evicted_before = self.store.evicted_total
         if n:
             idx, new = self.store.slots(list(series_ids), self.normalizers)
-            if self.likelihood is not None:
-                self.likelihood.ensure(self.store.capacity)
-                if new.any():  # a new series (maybe in an evicted series' slot) starts fresh
-                    self.likelihood.reset(np.unique(idx[new]))
+            self.policy.ensure(self.store.capacity)
+            if new.any():  # a new series (maybe in an evicted series' slot) starts fresh
+                self.policy.reset(np.unique(idx[new]))
             with torch.inference_mode():
-                carry = None
                 try:
                     for positions in rounds(idx):
-                        carry = self._round(
-                            positions,
-                            idx[positions],
-                            ts,
-                            values,
-                            noalert,
-                            status,
-                            predicted,
-                            error,
-                            score,
-                            flags,
-                            carry,
-                            band,
-                        )
+                        self._round(positions, idx[positions], ts, values, noalert, out)
                 finally:
-                    self._write_back(carry)
-        counts = {name: int((status == code).sum()) for code, name in STATUS_NAMES.items()}
-        counts["anomalies"] = int(flags.sum())
+                    self._forecaster.flush()
+        counts = {name: int((out.status == code).sum()) for code, name in STATUS_NAMES.items()}
+        counts["anomalies"] = int(out.flags.sum())
         return BatchResult(
-            status,
-            predicted,
-            error,
-            score,
-            float(self.config.threshold),
-            flags,
+            out.status,
+            out.predicted,
+            out.error,
+            out.score,
+            float(self.config.threshold_value),
+            out.flags,
             self.model_name,
             self.model_version,
             self.store.evicted_total - evicted_before,
             counts,
-            band[0],
-            band[1],
+            out.lower,
+            out.upper,
         )
 
-    def _write_back(self, carry) -> None:
-        """Scatter a round's model outputs kept in ``carry`` ``(slots, h, c, pred)`` into the store."""
-        if carry is not None:
-            s, h, c, pred = carry
-            self.store.rnn[0][:, s] = h.numpy()
-            self.store.rnn[1][:, s] = c.numpy()
-            self.store.pred[s] = pred
-
-    def _round(self, p, s, ts, values, noalert, status, predicted, error, score, flags, carry=None, band=None):
+    def _round(
+        self,
+        p: np.ndarray,
+        s: np.ndarray,
+        ts: np.ndarray,
+        values: np.ndarray,
+        noalert: np.ndarray | None,
+        out: _Outputs,
+    ) -> None:
         """One round: distinct slots ``s (m,)`` at batch positions ``p (m,)``; ``noalert`` bool ``(n,)`` or
-        None (every event may alert). Hot path: masks are applied only when some row needs them.
-
-        Many-to-many: the model outputs of a round (``carry``: slots, h, c, pred) are kept out of the
-        store while the next round steps the very same slots (the usual case: every series once per
-        round), and scattered back otherwise; returns what to carry on (``process`` writes it back).
-        """
+        None (every event may alert). Forecast, policy, outputs, then what goes into state.
+        Hot path: masks are applied only when some row needs them."""
+        r = self._admit(p, s, ts[p], out.status)
+        if r is None:
+            return
         store, cfg = self.store, self.config
-        t = ts[p]
+        x = _clip(values[r.p], -MAX_ABS_VALUE, MAX_ABS_VALUE)  # the event bound, for Kafka-free callers too
+        fixed = store.fixed[r.s]
+        mean, std, z = self._normalise(r, x, fixed)
+        fz = self._forecaster.forecast(r.s, mean, std)  # forecast of this value from the history before it
+        err = np.abs(z - fz)
+        e_mean = store.err_mean[r.s].astype(np.float64)
+        e_var32 = store.err_var[r.s]
+        e_std = np.maximum(np.sqrt(e_var32.astype(np.float64)), cfg.min_error_std)
+        warm = r.count < self.warmup_events
+        if noalert is not None:
+            warm |= noalert[r.p]
+        pred_raw = fz * std + mean
+        errors = RoundErrors(r.s, r.t, r.last, x, pred_raw, np.abs(x - pred_raw), err, e_mean, e_std, std, ~warm)
+        step = self.policy.step(errors)
+        out.record(r.p, warm, errors, step)
+        # what goes into state
+        fed_z = self._fed_z(step, z, fz, err)
+        over = step.outlier | (err > step.bound)
+        e_in = np.where(over, np.maximum(step.bound, e_mean + e_std), err) if np.count_nonzero(over) else err
+        self._learn_errors(r, e_in, e_mean, e_var32)
+        self._forecaster.feed(r.s, fed_z, r.t)
+        self._push(r, x, mean, std, fixed, step.outlier, fed_z)
+
+    def _admit(self, p: np.ndarray, s: np.ndarray, t: np.ndarray, status: np.ndarray) -> _Round | None:
+        """Drop (and mark) duplicate and out-of-order events; None when none is left."""
+        store = self.store
         count = store.count[s]
         last = store.last_ts[s]
         late = t <= last
@@ -451,121 +549,66 @@ class StreamingDetector:
                 keep = ~(dup | ooo)
                 p, s, t, count, last = p[keep], s[keep], t[keep], count[keep], last[keep]
                 if not len(p):
-                    return carry
-        x = _clip(values[p], -VALUE_LIMIT, VALUE_LIMIT)  # the event bound, for Kafka-free callers too
-        fixed = store.fixed[s]
-        zero = count == 0
+                    return None
+        return _Round(p, s, t, count, last)
+
+    def _normalise(self, r: _Round, x: np.ndarray, fixed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(mean, std, z)`` ``(m,)`` float64 of the round's values; an online normaliser starts at the
+        series' first value."""
+        store = self.store
+        zero = r.count == 0
         if np.count_nonzero(zero):
             first = zero & ~fixed
-            if np.count_nonzero(first):  # an online normaliser starts at the series' first value
-                store.mean[s[first]] = x[first]
-        mean, std = store.mean[s], store.std[s].astype(np.float64)
-        z = _clip((x - mean) / std, -cfg.clip_z, cfg.clip_z)
-        kind = self.bundle.kind
+            if np.count_nonzero(first):
+                store.mean[r.s[first]] = x[first]
+        mean, std = store.mean[r.s], store.std[r.s].astype(np.float64)
+        clip_z = self.config.clip_z
+        return mean, std, _clip((x - mean) / std, -clip_z, clip_z)
 
-        # forecast of this value from the history before it
-        if kind == "many-to-many":
-            if carry is not None and carry[0].tobytes() != s.tobytes():
-                self._write_back(carry)
-                carry = None
-            fz = (store.pred[s] if carry is None else carry[3]).astype(np.float64)
-        else:
-            w = self.window
-            win, valid = store.windows(s, w)
-            zw = np.where(valid, (win - mean[:, None]) / std[:, None], 0.0)
-            np.clip(zw, -cfg.clip_z, cfg.clip_z, out=zw)
-            times = store.window_times(s, w) if self.calendar else zw
-            out = self.bundle.forecaster(self._inputs(zw, times))
-            fz = out[:, 0].numpy().astype(np.float64)
+    def _fed_z(self, step: PolicyStep, z: np.ndarray, fz: np.ndarray, err: np.ndarray) -> np.ndarray:
+        """The normalised value the forecaster takes: ``z``, or for an outlier what ``flagged_update`` says."""
+        if not np.count_nonzero(step.outlier):
+            return z  # already within +-clip_z
+        return self._feed_outlier(step, z, fz, err, self.config.clip_z)
 
-        err = np.abs(z - fz)
-        e_mean = store.err_mean[s].astype(np.float64)
-        e_var32 = store.err_var[s]
-        e_std = np.maximum(np.sqrt(e_var32.astype(np.float64)), cfg.min_error_std)
-        warm = count < self.warmup_events
-        if noalert is not None:
-            warm |= noalert[p]
-        live = ~warm
-        pred_raw = fz * std + mean
-        err_raw = np.abs(x - pred_raw)
-        if cfg.threshold_method == "likelihood":
-            bound = e_mean + cfg.outlier_z * e_std  # error of an outlier
-            if band is not None:  # from the state before this event
-                band[0][p], band[1][p] = likelihood_band(self.likelihood, s, pred_raw)
-            sc, flag = self.likelihood.step_unique(s, err_raw, x, live, t, t - last)
-            flag &= live
-            over = err > bound
-            outlier = live & over  # fed clipped, like a zscore flag
-        else:
-            if cfg.threshold_method == "zscore":
-                sc = (err - e_mean) / e_std
-                bound = e_mean + cfg.threshold * e_std  # error at the threshold
-            else:
-                sc = err
-                bound = np.full_like(err, cfg.threshold)
-            flag = live & (sc > cfg.threshold)
-            outlier = flag
-            over = outlier | (err > bound)
-
-        # outputs
-        status[p] = warm  # WARMUP (1) where warm, else SCORED (0)
-        predicted[p] = pred_raw
-        error[p] = err_raw
-        score[p] = sc
-        if band is not None and cfg.threshold_method != "likelihood":
-            band[0][p], band[1][p] = pred_raw - bound * std, pred_raw + bound * std
-        flags[p] = flag
-
-        # what goes into state
-        any_outlier = np.count_nonzero(outlier) > 0
-        if cfg.flagged_update == "raw" or not any_outlier:
-            fed_z = z  # already within +-clip_z
-        elif cfg.flagged_update == "predict":
-            fed_z = _clip(np.where(outlier, fz, z), -cfg.clip_z, cfg.clip_z)
-        else:
-            reach = np.minimum(err, np.maximum(bound, 0.0))
-            fed_z = _clip(np.where(outlier, fz + np.sign(z - fz) * reach, z), -cfg.clip_z, cfg.clip_z)
-        e_in = np.where(over, np.maximum(bound, e_mean + e_std), err) if np.count_nonzero(over) else err
-        learn = count >= max(self.warmup_events // 2, 1)
+    def _learn_errors(self, r: _Round, e_in: np.ndarray, e_mean: np.ndarray, e_var32: np.ndarray) -> None:
+        """EWMA of the (clipped) normalised errors, for series past half their warm-up."""
+        store, a = self.store, self.config.error_alpha
+        learn = r.count >= max(self.warmup_events // 2, 1)
         if np.count_nonzero(learn) == len(learn):
-            a = cfg.error_alpha
             d = e_in - e_mean
-            store.err_mean[s] = e_mean + a * d
-            store.err_var[s] = (1 - a) * (e_var32 + a * d * d)
+            store.err_mean[r.s] = e_mean + a * d
+            store.err_var[r.s] = (1 - a) * (e_var32 + a * d * d)
         elif np.count_nonzero(learn):
-            a = cfg.error_alpha
-            ls = s[learn]
+            ls = r.s[learn]
             d = e_in[learn] - e_mean[learn]
             store.err_mean[ls] = e_mean[learn] + a * d
             store.err_var[ls] = (1 - a) * (e_var32[learn] + a * d * d)
-        if kind == "many-to-many":
-            model = self.bundle.forecaster
-            if carry is None:
-                state = (torch.from_numpy(store.rnn[0][:, s]), torch.from_numpy(store.rnn[1][:, s]))
-            else:
-                state = (carry[1], carry[2])
-            pred, (h, c) = model.step(self._inputs(fed_z, t), state)
-            carry = (s, h, c, pred[:, 0].numpy())
-        # Unflagged values go into the ring as they are, but bounded to +-clip_z normalised units once
-        # the series' scale is known (fixed normaliser, or >= 2 values online), warm-up included: one
-        # huge value must not inflate the online std (and blind the series) for good.
-        reach = cfg.clip_z * std
+
+    def _push(
+        self,
+        r: _Round,
+        x: np.ndarray,
+        mean: np.ndarray,
+        std: np.ndarray,
+        fixed: np.ndarray,
+        outlier: np.ndarray,
+        fed_z: np.ndarray,
+    ) -> None:
+        """Ring buffer and normaliser take the fed value (raw units). Unflagged values go in as they are,
+        but bounded to +-clip_z normalised units once the series' scale is known (fixed normaliser, or
+        >= 2 values online), warm-up included: one huge value must not inflate the online std (and
+        blind the series) for good."""
+        reach = self.config.clip_z * std
         kept = _clip(x, mean - reach, mean + reach)
-        bounded = fixed | (count >= 2)
+        bounded = fixed | (r.count >= 2)
         if np.count_nonzero(bounded) < len(bounded):
             kept = np.where(bounded, kept, x)
-        store.push(
-            s,
-            t,
-            np.where(outlier, fed_z * std + mean, kept) if any_outlier else kept,
-            count=count,
-            last_ts=last,
-            fixed=fixed,
-        )
-        return carry
+        fed = np.where(outlier, fed_z * std + mean, kept) if np.count_nonzero(outlier) else kept
+        self.store.push(r.s, r.t, fed, count=r.count, last_ts=r.last, fixed=fixed)
 
     # ------------------------------------------------------------------ housekeeping
-    def forget(self, series_ids) -> int:
+    def forget(self, series_ids: Iterable[str]) -> int:
         """Drop the state of ``series_ids`` (e.g. their partitions were revoked)."""
         return self.store.forget(series_ids)
 
@@ -574,5 +617,4 @@ class StreamingDetector:
         return len(self.store)
 
     def state_bytes_per_series(self) -> int:
-        extra = self.likelihood.bytes_per_series() if self.likelihood is not None else 0
-        return self.store.bytes_per_series() + extra
+        return self.store.bytes_per_series() + self.policy.bytes_per_series()

@@ -16,31 +16,41 @@ every other model serving.
 from __future__ import annotations
 
 from collections import ChainMap
-from types import SimpleNamespace
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from models.detection.detector import STATUS_NAMES, WARMUP, BatchResult, StreamingDetector
+from models.detection.contracts import ServedBundle
+from models.detection.detector import STATUS_NAMES, WARMUP, BatchResult, DetectorConfig, StreamingDetector
 from models.routing import Routing
+
+
+@dataclass(frozen=True)
+class RoutedStore:
+    """The part of ``SeriesStateStore`` the scorer reads of a routed detector."""
+
+    ids: ChainMap[str, int]  # series id -> slot in its own model's store
 
 
 class RoutedDetector:
     """``StreamingDetector`` per model of ``routing``; see the module docstring."""
 
-    def __init__(self, routing: Routing, detectors: dict[str, StreamingDetector]):
+    def __init__(self, routing: Routing, detectors: dict[str, StreamingDetector]) -> None:
         missing = [m for m in routing.models if m not in detectors]
         if missing:
             raise ValueError(f"no detector for routed models {missing}")
         self.routing = routing
         self.detectors = detectors
         self.default = detectors[routing.default.model]
-        self.config = self.default.config
+        self.config: DetectorConfig = self.default.config
         self._route_model = np.array([routing.models.index(r.model) for r in routing.all_routes], dtype=np.int64)
         self._model_names = routing.models
 
     # the default route's model stands for the scorer's unlabelled model metrics
     @property
-    def bundle(self):
+    def bundle(self) -> ServedBundle:
         return self.default.bundle
 
     @property
@@ -48,13 +58,13 @@ class RoutedDetector:
         return self.default.model_name
 
     @property
-    def model_version(self):
+    def model_version(self) -> int | None:
         return self.default.model_version
 
     @property
-    def store(self):
+    def store(self) -> RoutedStore:
         """The union of the models' series (``store.ids``: series id -> slot in its own model)."""
-        return SimpleNamespace(ids=ChainMap(*(d.store.ids for d in self.detectors.values())))
+        return RoutedStore(ChainMap(*(d.store.ids for d in self.detectors.values())))
 
     @property
     def tracked_series(self) -> int:
@@ -63,13 +73,13 @@ class RoutedDetector:
     def state_bytes_per_series(self) -> int:
         return max(d.state_bytes_per_series() for d in self.detectors.values())
 
-    def forget(self, series_ids) -> int:
+    def forget(self, series_ids: Iterable[str]) -> int:
         ids = list(series_ids)
         return sum(d.forget(ids) for d in self.detectors.values())
 
-    def swap_model(self, bundle) -> None:
+    def swap_model(self, bundle: ServedBundle) -> None:
         """Serve ``bundle`` for its model (``bundle.name``) from the next batch on; others unchanged."""
-        name = str(getattr(bundle, "name", ""))
+        name = str(bundle.name)
         if name not in self.detectors:
             raise ValueError(f"model {name!r} is not routed (routed: {self._model_names})")
         self.detectors[name].swap_model(bundle)
@@ -78,7 +88,7 @@ class RoutedDetector:
         """``(model, version, group)`` per route (``BatchResult.routes``)."""
         return [(r.model, self.detectors[r.model].model_version, r.group) for r in self.routing.all_routes]
 
-    def process(self, series_ids: list[str], ts, values, alert=True) -> BatchResult:
+    def process(self, series_ids: list[str], ts: Any, values: Any, alert: Any = True) -> BatchResult:
         """Score a batch, each event with its route's model; results in batch order."""
         n = len(series_ids)
         ts = np.asarray(ts, dtype=np.float64).reshape(n)
@@ -91,7 +101,7 @@ class RoutedDetector:
         predicted, error, score = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
         lower, upper = np.full(n, np.nan), np.full(n, np.nan)
         flags = np.zeros(n, dtype=bool)
-        evicted, threshold = 0, float(self.config.threshold)
+        evicted, threshold = 0, self.config.threshold_value
         present = np.unique(model).tolist() if n else []
         for m in present:
             sel = np.flatnonzero(model == m) if len(present) > 1 else np.arange(n)

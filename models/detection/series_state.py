@@ -1,5 +1,8 @@
 """Per-series state for the streaming detector, in preallocated numpy arrays indexed by slot.
 
+Just over 300 lines: slot allocation, eviction, the ring buffer and the online normaliser share
+the same arrays.
+
 One slot per tracked series. ``SeriesStateStore`` maps series ids to slots, grows its arrays by
 doubling (up to ``max_series``), and evicts the least recently seen series when the cap is hit.
 Everything the detector needs per series lives here so it can be gathered and scattered with a
@@ -27,7 +30,7 @@ Eviction never takes a series of the batch being processed. A batch that alone h
 series than ``max_series`` is still served whole: capacity grows past the cap for that batch (memory
 is bounded by the batch size) and later batches evict back down to ``max_series``.
 
-Values fed to ``push`` are clamped to +-``VALUE_LIMIT`` (the events' own bound), so Welford's float64
+Values fed to ``push`` are clamped to +-``models.core.limits.MAX_ABS_VALUE`` (the events' own bound), so Welford's float64
 sums stay finite; the detector also bounds each fed value to +-``clip_z`` normalised units once a
 series' scale is known, so one huge value cannot inflate the online std for good.
 
@@ -38,17 +41,18 @@ many-to-many LSTM with hidden 64 (ring 32: ``models.detection.detector.REBUILD_S
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
+import numpy.typing as npt
+
+from models.core.limits import MAX_ABS_VALUE
+from models.core.streaming import clip as _clip
 
 _INITIAL_CAPACITY = 1024
 # Up to this many slots are allocated at once with np.zeros (calloc: pages become resident only
 # when a slot is first used, so memory follows the series actually tracked); beyond, arrays double.
 _PREALLOCATE_UP_TO = 1_000_000
-# Hot path helpers: the ufunc behind np.clip without its Python wrapper (same results), and
-# np.count_nonzero(mask) as the cheap any()/all() test of a mask.
-_clip = (np._core if hasattr(np, "_core") else np.core).umath.clip
-VALUE_LIMIT = 1e15  # |value| bound (same as pipeline.events); squares stay far below float64 overflow
 FLAT_STD = 1e-6  # a training std at or below FLAT_STD * max(|mean|, 1) is a flat series (float rounding at most)
 
 
@@ -91,7 +95,9 @@ class SeriesStateStore:
         old = self.capacity
         L = self.ring_length
 
-        def grown(arr, shape_tail, dtype, fill, axis=0):
+        def grown(
+            arr: np.ndarray | None, shape_tail: tuple[int, ...], dtype: npt.DTypeLike, fill: float, axis: int = 0
+        ) -> np.ndarray:
             del fill  # every slot is initialised by _init_slot when it is handed out
             new_shape = list(shape_tail)
             new_shape.insert(axis, capacity)
@@ -102,7 +108,9 @@ class SeriesStateStore:
                 out[tuple(index)] = arr
             return out
 
-        g = lambda name: getattr(self, name, None)  # noqa: E731
+        def g(name: str) -> np.ndarray | None:  # the array allocated so far (None on the first call)
+            return getattr(self, name, None)
+
         self.ring = grown(g("ring"), (L,), np.float32, 0.0)
         self.count = grown(g("count"), (), np.int64, 0)  # 0: no value yet (last_ts meaningless)
         self.last_ts = grown(g("last_ts"), (), np.float64, -np.inf)
@@ -149,7 +157,9 @@ class SeriesStateStore:
         return len(self.ids)
 
     # ------------------------------------------------------------------ slots
-    def slots(self, series_ids: list[str], fixed_normalizers: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def slots(
+        self, series_ids: list[str], fixed_normalizers: Mapping[str, Sequence[float]] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Slots ``(n,)`` for ``series_ids`` (allocating new ones) and a bool mask of new series.
 
         New series take their normaliser from ``fixed_normalizers[series] -> (mean, std)`` when
@@ -207,7 +217,7 @@ class SeriesStateStore:
                 target = self.capacity + needed - self._available()
             self._alloc(target)
 
-    def _init_slot(self, slot: int, normalizer) -> None:
+    def _init_slot(self, slot: int, normalizer: Sequence[float] | None) -> None:
         self.ring[slot] = 0.0
         self.count[slot] = 0
         self.last_ts[slot] = 0.0
@@ -237,7 +247,7 @@ class SeriesStateStore:
         self.evicted_total += dropped
         return dropped
 
-    def forget(self, series_ids) -> int:
+    def forget(self, series_ids: Iterable[str]) -> int:
         """Drop the named series (e.g. partitions revoked); not counted as evictions."""
         slots = [self.ids[s] for s in series_ids if s in self.ids]
         before = self.evicted_total
@@ -268,7 +278,7 @@ class SeriesStateStore:
         ``count``, ``last_ts``, ``fixed`` ``(n,)``: the slots' current values when the caller already
         gathered them (saves the gathers; must be current).
         """
-        fed = _clip(fed, -VALUE_LIMIT, VALUE_LIMIT)
+        fed = _clip(fed, -MAX_ABS_VALUE, MAX_ABS_VALUE)
         if count is None:
             count = self.count[idx]
         if last_ts is None:

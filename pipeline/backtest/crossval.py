@@ -1,5 +1,8 @@
 """Leave-one-group-out cross-validation of detector choices: scores on data the choice never saw.
 
+Long (about 430 lines) because candidates, their re-scoring, the per-fold figures and the
+selection rule are one procedure; ``cv_run`` runs it and renders the report.
+
 A backtest on one corpus rewards whatever was tuned on that corpus. This module measures the
 *procedure* instead: every choice made from labelled data (a candidate post-processing config,
 the corpus-wide threshold) is made on all groups but one and scored on the held-out group.
@@ -10,9 +13,10 @@ the corpus-wide threshold) is made on all groups but one and scored on the held-
   in every training fold and is not a held-out fold.
 * **Candidates** are named ``LikelihoodConfig`` overrides. The forecast errors of one replay do not
   depend on them (the detector's state update uses the error z-score, not the likelihood), so a
-  candidate is applied by re-scoring the stored errors with the scalar reference path
-  ``models.detection.thresholds.error_likelihood.score_series`` (checked equal to the live scores for the
-  default config by :func:`rescore` and its test).
+  candidate is applied by re-scoring the stored errors, values and times with the live
+  ``models.detection.thresholds.error_likelihood.ErrorLikelihood`` (:func:`likelihood_scores`: the
+  files of one config side by side, one ``step_unique`` per row index; checked equal to the live
+  scores for the default config by :func:`rescore` and its test).
 * **Per candidate** (``candidate_table``): the threshold is chosen on the training groups (NAB's
   label-optimised sweep), applied to the held-out group; also the detector's own threshold. The
   pooled held-out score sums the held-out raw scores of all folds (one NAB score over the corpus);
@@ -29,10 +33,11 @@ import math
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from models.detection.thresholds.error_likelihood import LikelihoodConfig, score_series
+from models.detection.thresholds.error_likelihood import ErrorLikelihood, LikelihoodConfig
 from pipeline.backtest.nab_scoring import (
     PROFILES,
     PointTable,
@@ -42,6 +47,9 @@ from pipeline.backtest.nab_scoring import (
     score_detections,
     sweep_threshold,
 )
+
+if TYPE_CHECKING:
+    from pipeline.backtest.replay import SeriesResult
 
 
 @dataclass(frozen=True)
@@ -56,7 +64,7 @@ class Candidate:
 # Each step of the likelihood that was added on the development corpus is a switch here, written
 # out both ways so the grid does not depend on the current defaults; the simplest candidate (all
 # added steps off) is first, so ties go to fewer steps.
-_STEPS = {
+_STEPS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "slow": ({"slow_alpha": 0.04, "short_weight": 0.5}, {"slow_alpha": None}),
     "tod": ({"seasonal_bins": 24}, {"seasonal_bins": None}),
     "rep": ({"repeat_bins": 24}, {"repeat_bins": None}),
@@ -102,7 +110,92 @@ def group_of(name: str) -> str:
     return name.split("/", 1)[0] if "/" in name else ""
 
 
-def rescore(result, post: dict, warmup: str = "default") -> tuple[np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class StoredRows:
+    """One series' rows as the likelihood saw them, all ``(n,)``: raw error, value, may-alert, epoch s."""
+
+    errors: np.ndarray
+    values: np.ndarray
+    alert: np.ndarray
+    times: np.ndarray
+
+
+def likelihood_scores(cfg: LikelihoodConfig, series: Sequence[StoredRows]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(scores (n,), flags (n,))`` of each series under one ``ErrorLikelihood(cfg)``, the series side by
+    side (slot k = k-th longest series): row ``t`` of every series still running is one ``step_unique``
+    call, so the arithmetic is the live detector's. Each row's ``dt`` is the step from the row before."""
+    order = sorted(range(len(series)), key=lambda k: -len(series[k].errors))
+    lengths = np.array([len(series[k].errors) for k in order], dtype=np.int64)
+    steps = int(lengths[0]) if len(lengths) else 0
+    cols = {name: np.full((steps, len(order)), np.nan) for name in ("errors", "values", "times", "dt")}
+    alert = np.zeros((steps, len(order)), dtype=bool)  # (time, series): row t contiguous
+    for slot, k in enumerate(order):
+        rows, n = series[k], int(lengths[slot])
+        cols["errors"][:n, slot], cols["values"][:n, slot], cols["times"][:n, slot] = (
+            rows.errors,
+            rows.values,
+            rows.times,
+        )
+        cols["dt"][:n, slot] = np.diff(rows.times, prepend=-np.inf)
+        alert[:n, slot] = rows.alert
+    scores, flags = np.zeros((steps, len(order))), np.zeros((steps, len(order)), dtype=bool)
+    lik = ErrorLikelihood(cfg)
+    lik.ensure(len(order))
+    slots = np.arange(len(order), dtype=np.int64)
+    running = np.searchsorted(-lengths, -np.arange(steps), side="left")  # series with more than t rows
+    for t in range(steps):
+        m = int(running[t])
+        e, v, ts, dt = (cols[c][t, :m] for c in ("errors", "values", "times", "dt"))
+        scores[t, :m], flags[t, :m] = lik.step_unique(slots[:m], e, v, alert[t, :m], ts, dt)
+    out: list[tuple[np.ndarray, np.ndarray]] = [(np.zeros(0), np.zeros(0, dtype=bool))] * len(series)
+    for slot, k in enumerate(order):
+        n = int(lengths[slot])
+        out[k] = (scores[:n, slot].copy(), flags[:n, slot].copy())
+    return out
+
+
+def _config(result: SeriesResult, post: dict[str, Any], warmup: str) -> LikelihoodConfig:
+    """``LikelihoodConfig(**post)``; with ``warmup="probation"`` its warm-up capped at the file's probation."""
+    if warmup == "probation":
+        post = {**post, "warmup": min(int(post.get("warmup", LikelihoodConfig.warmup)), result.probation)}
+    return LikelihoodConfig(**post)
+
+
+def _stored_rows(result: SeriesResult) -> StoredRows:
+    """The rows of ``result`` that reached the likelihood (refused rows never did)."""
+    kept = np.isfinite(result.detector_score)
+    times = result.timestamps.astype("datetime64[ns]").astype(np.int64)[kept] / 1e9
+    alert = (np.arange(len(result.values)) >= result.probation)[kept]
+    return StoredRows(result.error[kept], result.values[kept], alert, times)
+
+
+def _as_reported(result: SeriesResult, s: np.ndarray, f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scores and flags of the kept rows -> ``(n,)`` as the backtest reports them (0 in probation / refused)."""
+    n = len(result.values)
+    kept = np.isfinite(result.detector_score)
+    score, flag = np.zeros(n), np.zeros(n, dtype=bool)
+    score[kept], flag[kept] = s, f
+    score[: result.probation] = 0.0
+    return score, flag
+
+
+def rescore_many(
+    results: Sequence[SeriesResult], post: dict[str, Any], warmup: str = "default"
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """:func:`rescore` of every result, those with the same config scored side by side."""
+    cfgs = [_config(r, post, warmup) for r in results]
+    groups: dict[str, list[int]] = {}
+    for k, cfg in enumerate(cfgs):
+        groups.setdefault(repr(cfg), []).append(k)
+    out: list[tuple[np.ndarray, np.ndarray]] = [(np.zeros(0), np.zeros(0, dtype=bool))] * len(results)
+    for ks in groups.values():
+        scored = likelihood_scores(cfgs[ks[0]], [_stored_rows(results[k]) for k in ks])
+        for k, (s, f) in zip(ks, scored, strict=True):
+            out[k] = _as_reported(results[k], s, f)
+    return out
+
+
+def rescore(result: SeriesResult, post: dict[str, Any], warmup: str = "default") -> tuple[np.ndarray, np.ndarray]:
     """Re-score one ``SeriesResult``'s stored errors with ``LikelihoodConfig(**post)``.
 
     ``warmup``: the replay's ``ReplayConfig.warmup``; with ``"probation"`` the likelihood warm-up is
@@ -111,29 +204,18 @@ def rescore(result, post: dict, warmup: str = "default") -> tuple[np.ndarray, np
     Returns ``(anomaly_score (n,), flags (n,))`` as the backtest reports them: 0 during probation
     and on rows the detector refused (duplicate / out-of-order timestamps, left out of the stream).
     """
-    if warmup == "probation":
-        post = {**post, "warmup": min(int(post.get("warmup", LikelihoodConfig.warmup)), result.probation)}
-    cfg = LikelihoodConfig(**post)
-    n = len(result.values)
-    kept = np.isfinite(result.detector_score)  # refused rows never reached the likelihood
-    times = result.timestamps.astype("datetime64[ns]").astype(np.int64)[kept] / 1e9
-    alert = (np.arange(n) >= result.probation)[kept]
-    s, f = score_series(result.error[kept], cfg, values=result.values[kept], alert=alert, times=times)
-    score, flag = np.zeros(n), np.zeros(n, dtype=bool)
-    score[kept], flag[kept] = s, f
-    score[: result.probation] = 0.0
-    return score, flag
+    return rescore_many([result], post, warmup)[0]
 
 
-def _rescore_job(args) -> tuple[np.ndarray, np.ndarray]:
-    return rescore(*args)
+def _rescore_job(args: tuple[Sequence[SeriesResult], dict[str, Any], str]) -> list[tuple[np.ndarray, np.ndarray]]:
+    return rescore_many(*args)
 
 
 @dataclass
 class Scored:
     """One seed's results under one candidate: per file ``(score (n,), flags (n,), table)``."""
 
-    files: dict[str, tuple[np.ndarray, np.ndarray, PointTable]]
+    files: dict[str, tuple[np.ndarray, np.ndarray, PointTable]]  # (Files)
     post: dict | None = None  # the candidate's LikelihoodConfig overrides (None: not a likelihood candidate)
 
 
@@ -142,15 +224,16 @@ def score_candidates(
 ) -> dict[str, Scored]:
     """Re-score every result under every candidate (``workers`` processes); ``warmup`` as in :func:`rescore`."""
     tables = {r.name: point_table(len(r.values), r.windows, r.probation) for r in results}
-    jobs = [(r, c.post, warmup) for c in candidates for r in results]
+    jobs = [(results, c.post, warmup) for c in candidates]  # one job per candidate: its files side by side
     if workers > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            outs = list(pool.map(_rescore_job, jobs, chunksize=4))
+            outs = list(pool.map(_rescore_job, jobs))
     else:
         outs = [_rescore_job(j) for j in jobs]
     by_cand: dict[str, Scored] = {c.name: Scored({}, c.post) for c in candidates}
-    for (r, _, _), c, (s, f) in zip(jobs, (c for c in candidates for _ in results), outs):
-        by_cand[c.name].files[r.name] = (s, f, tables[r.name])
+    for c, scored in zip(candidates, outs, strict=True):
+        for r, (s, f) in zip(results, scored, strict=True):
+            by_cand[c.name].files[r.name] = (s, f, tables[r.name])
     return by_cand
 
 
@@ -250,6 +333,53 @@ def _groups(names: Sequence[str]) -> dict[str, list[str]]:
     return out
 
 
+Files = dict[str, tuple[np.ndarray, np.ndarray, PointTable]]  # file -> (score (n,), flags (n,), table)
+
+
+@dataclass
+class _HeldOut:
+    """Held-out figures over the folds: per group (threshold from the other groups, and the detector's
+    own flags) and pooled (raw scores and windows summed over the folds, in fold order)."""
+
+    held: dict[str, float] = field(default_factory=dict)
+    held_own: dict[str, float] = field(default_factory=dict)
+    raw: float = 0.0
+    raw_own: float = 0.0
+    wins: int = 0
+
+    def add(self, g: str, f: Files, test: list[str], profile: Profile, thr: float) -> None:
+        raw, wins = _raw(f, test, profile, thr)
+        raw_o, _ = _raw(f, test, profile, None)
+        self.held[g], self.held_own[g] = normalised(raw, wins, profile), normalised(raw_o, wins, profile)
+        self.raw, self.raw_own, self.wins = self.raw + raw, self.raw_own + raw_o, self.wins + wins
+
+    def scores(self, profile: Profile, in_sample: float, **extra: Any) -> FoldScores:
+        pooled = normalised(self.raw, self.wins, profile)
+        pooled_own = normalised(self.raw_own, self.wins, profile)
+        return FoldScores(self.held, self.held_own, pooled, pooled_own, in_sample, **extra)
+
+
+def _candidate_scores(
+    f: Files,
+    names: list[str],
+    fold_of: dict[str, list[str]],
+    profile: Profile,
+    train_contrib: dict[str, dict[str, float]],
+) -> FoldScores:
+    """One candidate's held-out figures (threshold swept on each fold's training groups); fills
+    ``train_contrib`` (fold -> training group -> points) for the nested selection."""
+    out, thrs = _HeldOut(), {}
+    for g, test in fold_of.items():
+        train = [n for n in names if n not in set(test)]
+        thr = _sweep(f, train, profile)
+        train_contrib[g] = _contrib(f, _groups(train), profile, thr)
+        out.add(g, f, test, profile, thr)
+        thrs[g] = thr
+    thr_all = _sweep(f, names, profile)
+    ins_raw, ins_w = _raw(f, names, profile, thr_all)
+    return out.scores(profile, normalised(ins_raw, ins_w, profile), thresholds=thrs)
+
+
 def evaluate(
     by_cand: dict[str, Scored], profile: Profile = PROFILES["standard"], rule: str = "one-se"
 ) -> tuple[dict[str, FoldScores], FoldScores]:
@@ -268,55 +398,17 @@ def evaluate(
     per: dict[str, FoldScores] = {}
     train_contrib: dict[str, dict[str, dict[str, float]]] = {g: {} for g in fold_of}  # fold -> cand -> group
     for cname, sc in by_cand.items():
-        f = sc.files
-        held, held_own, thrs = {}, {}, {}
-        pooled, pooled_own = [0.0, 0], [0.0, 0]
-        for g, test in fold_of.items():
-            train = [n for n in names if n not in set(test)]
-            thr = _sweep(f, train, profile)
-            train_contrib[g][cname] = _contrib(f, _groups(train), profile, thr)
-            raw, wins = _raw(f, test, profile, thr)
-            raw_o, _ = _raw(f, test, profile, None)
-            held[g], held_own[g], thrs[g] = normalised(raw, wins, profile), normalised(raw_o, wins, profile), thr
-            pooled = [pooled[0] + raw, pooled[1] + wins]
-            pooled_own = [pooled_own[0] + raw_o, pooled_own[1] + wins]
-        thr_all = _sweep(f, names, profile)
-        ins_raw, ins_w = _raw(f, names, profile, thr_all)
-        per[cname] = FoldScores(
-            held,
-            held_own,
-            normalised(*pooled, profile),
-            normalised(*pooled_own, profile),
-            normalised(ins_raw, ins_w, profile),
-            thresholds=thrs,
-        )
-    held, held_own, chosen, thrs = {}, {}, {}, {}
-    pooled, pooled_own = [0.0, 0], [0.0, 0]
+        contrib: dict[str, dict[str, float]] = {}
+        per[cname] = _candidate_scores(sc.files, names, fold_of, profile, contrib)
+        for g in fold_of:
+            train_contrib[g][cname] = contrib[g]
+    nested, chosen, thrs = _HeldOut(), {}, {}
     for g, test in fold_of.items():
         pick = select(train_contrib[g], cx, rule)
-        thr = per[pick].thresholds[g]
-        f = by_cand[pick].files
-        raw, wins = _raw(f, test, profile, thr)
-        raw_o, _ = _raw(f, test, profile, None)
-        held[g], held_own[g], chosen[g], thrs[g] = (
-            normalised(raw, wins, profile),
-            normalised(raw_o, wins, profile),
-            pick,
-            thr,
-        )
-        pooled = [pooled[0] + raw, pooled[1] + wins]
-        pooled_own = [pooled_own[0] + raw_o, pooled_own[1] + wins]
+        chosen[g], thrs[g] = pick, per[pick].thresholds[g]
+        nested.add(g, by_cand[pick].files, test, profile, thrs[g])
     in_best = max(by_cand, key=lambda c: (round(per[c].in_sample, 9), -list(by_cand).index(c)))
-    nested = FoldScores(
-        held,
-        held_own,
-        normalised(*pooled, profile),
-        normalised(*pooled_own, profile),
-        per[in_best].in_sample,
-        chosen=chosen,
-        thresholds=thrs,
-    )
-    return per, nested
+    return per, nested.scores(profile, per[in_best].in_sample, chosen=chosen, thresholds=thrs)
 
 
 def held_out_contrib(

@@ -13,6 +13,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,6 +29,9 @@ from pipeline.backtest.crossval import (
     select,
 )
 from pipeline.backtest.replay import ReplayConfig, SeriesResult, nab_key, run_corpus
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def replay_for_cv(
@@ -123,8 +127,8 @@ def run_cv(
             sc.files = {n: sc.files[n] for n in sorted(common)}
         rep.files = len(common)
         per, nested = evaluate(scored, rule=rule)
-        for c, fs in per.items():
-            rep.per[c].append(fs)
+        for cname, fs in per.items():
+            rep.per[cname].append(fs)
         rep.nested.append(nested)
         rep.contrib.append(held_out_contrib(per, scored))
     return rep
@@ -160,7 +164,7 @@ def cv_summary(rep: CVReport) -> dict:
     return out
 
 
-def render_cv(rep: CVReport, console=None) -> None:
+def render_cv(rep: CVReport, console: Console | None = None) -> None:
     """Print per-candidate held-out scores (mean ± sd over seeds), the nested selection and the pick."""
     from rich.console import Console
     from rich.table import Table

@@ -40,6 +40,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from models.forecasting.bundle import ModelBundle
+    from pipeline.backtest.replay import ReplayConfig
 
 MODEL_SOURCES = ("per-file", "fleet", "fleet-finetune")
 FLEET_NORMALIZERS = ("probation", "online")
@@ -50,7 +51,9 @@ def min_train_rows(window: int) -> int:
     return window + 8
 
 
-def train_fleet(paths: list[Path], cfg, *, seed: int | None = None, threads: int | None = 1) -> ModelBundle:
+def train_fleet(
+    paths: list[Path], cfg: ReplayConfig, *, seed: int | None = None, threads: int | None = 1
+) -> ModelBundle:
     """One model (``cfg``'s kind / window / hidden / calendar / model extras) fitted on the probationary
     rows of ``paths`` (each file one series, named by its NAB key), ``cfg.epochs`` epochs.
 
@@ -92,7 +95,7 @@ def train_fleet(paths: list[Path], cfg, *, seed: int | None = None, threads: int
     return bundle
 
 
-def resolve_fleet(cfg, fleet: ModelBundle | None) -> ModelBundle | None:
+def resolve_fleet(cfg: ReplayConfig, fleet: ModelBundle | None) -> ModelBundle | None:
     """The fleet model a replay uses: ``fleet`` if given, else the registry champion named by
     ``cfg.fleet_registry`` / ``cfg.fleet_model``; None for ``model_source="per-file"``.
 

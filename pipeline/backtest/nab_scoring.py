@@ -1,5 +1,8 @@
 """NAB scoring (Numenta Anomaly Benchmark, Lavin & Ahmad 2015), implemented from the published definitions.
 
+Just over 300 lines: the window table, the scoring rule, the threshold sweep and the profiles are
+one definition, kept together.
+
 Pure functions over arrays; no I/O. Interpretation (matches the NAB paper and the behaviour of
 NAB's scorer/sweeper):
 
@@ -31,10 +34,14 @@ NAB's scorer/sweeper):
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from models.forecasting.evaluation import WindowPRF
 from models.forecasting.evaluation import window_prf as _window_prf
@@ -65,7 +72,7 @@ def probation_length(n: int) -> int:
     return int(min(math.floor(PROBATION_FRACTION * n), PROBATION_CAP))
 
 
-def scaled_sigmoid(y) -> np.ndarray:
+def scaled_sigmoid(y: npt.ArrayLike) -> np.ndarray:
     """``2/(1+exp(5y)) - 1``, and exactly ``-1`` for ``y > 3`` (NAB's cut-off); vectorised."""
     y = np.asarray(y, dtype=np.float64)
     with np.errstate(over="ignore"):
@@ -76,7 +83,7 @@ def scaled_sigmoid(y) -> np.ndarray:
 MAX_TP = float(scaled_sigmoid(-1.0))  # sigma at a window's first row, ~0.98661
 
 
-def window_indices(timestamps, windows) -> list[tuple[int, int]]:
+def window_indices(timestamps: np.ndarray, windows: Sequence[Sequence[Any]]) -> list[tuple[int, int]]:
     """Snap ``windows`` (pairs of anything ``np.datetime64`` accepts) to inclusive row ranges.
 
     ``timestamps (n,)`` must be sorted. Windows that contain no row are dropped. Raises
@@ -90,13 +97,13 @@ def window_indices(timestamps, windows) -> list[tuple[int, int]]:
         if hi >= lo:
             out.append((lo, hi))
     out.sort()
-    for (_, a_hi), (b_lo, _) in zip(out, out[1:]):
+    for (_, a_hi), (b_lo, _) in itertools.pairwise(out):
         if b_lo <= a_hi:
             raise ValueError(f"overlapping label windows at rows {a_hi} / {b_lo}")
     return out
 
 
-def _ts(value):
+def _ts(value: Any) -> Any:
     """Accept NAB's 'YYYY-MM-DD HH:MM:SS.ffffff' strings, datetimes and datetime64."""
     if isinstance(value, str):
         return value.replace(" ", "T")
@@ -143,7 +150,8 @@ def point_table(n: int, windows_idx: list[tuple[int, int]], probation: int | Non
     sigma = np.empty(n)
     window = np.full(n, -1, dtype=np.int64)
     rows = np.arange(n)
-    prev_end, prev_width = None, None
+    prev_end: int | None = None
+    prev_width: int | None = None
     cursor = 0
     for k, (lo, hi) in enumerate(sorted(windows_idx)):
         _fill_fp(sigma, rows, cursor, lo, prev_end, prev_width)
@@ -155,10 +163,12 @@ def point_table(n: int, windows_idx: list[tuple[int, int]], probation: int | Non
     return PointTable(sigma, window, probation, sorted(windows_idx))
 
 
-def _fill_fp(sigma, rows, a, b, prev_end, prev_width) -> None:
+def _fill_fp(sigma: np.ndarray, rows: np.ndarray, a: int, b: int, prev_end: int | None, prev_width: int | None) -> None:
+    """Rows ``[a, b)`` outside any window: -1 before the first window, else the sigmoid of the
+    distance from the previous window's end (scaled by its width)."""
     if b <= a:
         return
-    if prev_end is None:
+    if prev_end is None or prev_width is None:
         sigma[a:b] = -1.0
     else:
         sigma[a:b] = scaled_sigmoid(np.abs(rows[a:b] - prev_end) / float(max(prev_width - 1, 1)))
@@ -181,7 +191,7 @@ class FileScore:
         return profile.a_tp * self.n_windows
 
 
-def score_detections(detections, table: PointTable, profile: Profile) -> FileScore:
+def score_detections(detections: npt.ArrayLike, table: PointTable, profile: Profile) -> FileScore:
     """Raw NAB score of boolean ``detections (n,)`` on one file."""
     det = np.asarray(detections, dtype=bool).copy()
     if det.shape != (table.n,):
@@ -268,7 +278,7 @@ def _group_cummax(x: np.ndarray, grp: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- window P/R/F1
 
 
-def window_prf(flags, table: PointTable) -> WindowPRF:
+def window_prf(flags: npt.ArrayLike, table: PointTable) -> WindowPRF:
     """Window precision/recall counts of boolean ``flags (n,)`` after probation (``models.forecasting.evaluation``)."""
     f = np.asarray(flags, dtype=bool).copy()
     f[: table.probation] = False

@@ -10,8 +10,12 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from pipeline.backtest.replay import SeriesResult
 
 
 def result_path(out_dir: Path, detector: str, name: str) -> Path:
@@ -20,7 +24,7 @@ def result_path(out_dir: Path, detector: str, name: str) -> Path:
     return Path(out_dir) / detector / group / f"{detector}_{file}"
 
 
-def write_nab_csv(result, out_dir: Path, detector: str) -> Path:
+def write_nab_csv(result: SeriesResult, out_dir: Path, detector: str) -> Path:
     """Write one ``SeriesResult`` as a NAB result CSV; returns the path."""
     import pandas as pd
 
@@ -46,7 +50,7 @@ def write_scores(report: dict, out_dir: Path, detector: str) -> Path:
     return path
 
 
-def _clean(obj):
+def _clean(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {str(k): _clean(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

@@ -8,11 +8,15 @@ greyed, the detector's flags as red markers. Bottom panel: the post-processed an
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from pipeline.backtest.replay import SeriesResult
 
-def plot_series(result, out_dir: Path, optimised_threshold: float | None = None) -> Path:
+
+def plot_series(result: SeriesResult, out_dir: Path, optimised_threshold: float | None = None) -> Path:
     """Write ``out_dir/<group>/<file>.png`` for one ``SeriesResult``; returns the path."""
     import matplotlib
 

@@ -1,5 +1,8 @@
 """Replay labelled series through the live scorer's ``StreamingDetector``, NAB rules.
 
+Long (about 470 lines) because it holds the replay's config and result types, the per-file replay
+(split into model, rows and result steps) and the parallel corpus runner.
+
 Per file (one series, rows in time order):
 
 * rows ``[0, P)`` with ``P = min(floor(0.15 n), 750)`` are NAB's probationary period: the first
@@ -36,17 +39,26 @@ NAB's probation (the likelihood statistics then rest on P errors only: 15 on a 1
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pipeline.backtest import fleet as fleet_mod
 from pipeline.backtest.nab_scoring import probation_length, window_indices
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from models.detection.detector import DetectorConfig, StreamingDetector
+    from models.forecasting.bundle import ModelBundle
+    from models.forecasting.forecasters import ForecasterConfig
 
 WARMUPS = ("default", "probation")
 
@@ -144,7 +156,7 @@ def nab_key(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def _torch_threads(n: int):
+def _torch_threads(n: int) -> Iterator[None]:
     """Run the block (training and scoring) with torch at ``n`` threads, then restore the count.
     ``fit`` is told the same count (``num_threads``) and restores what it found on return."""
     import torch
@@ -157,7 +169,7 @@ def _torch_threads(n: int):
         torch.set_num_threads(before)
 
 
-def forecaster_config(cfg: ReplayConfig):
+def forecaster_config(cfg: ReplayConfig) -> ForecasterConfig:
     """The ``ForecasterConfig`` a replay trains (per-file model, fleet model)."""
     from models.forecasting.forecasters import ForecasterConfig
 
@@ -171,14 +183,104 @@ def forecaster_config(cfg: ReplayConfig):
     )
 
 
-def replay_file(path: Path, windows: list, cfg: ReplayConfig, threads: int | None = None, fleet=None) -> SeriesResult:
+@dataclass
+class _Series:
+    """One file as the replay feeds it: the series id, values ``(n,)`` and their epoch seconds ``(n,)``."""
+
+    name: str
+    values: np.ndarray
+    epoch_s: np.ndarray
+    probation: int
+
+
+@dataclass
+class _Replayed:
+    """What the detector emitted over a file's rows, all ``(n,)``, and what the replay counted."""
+
+    predicted: np.ndarray
+    error: np.ndarray
+    score: np.ndarray
+    flag: np.ndarray
+    refused: int = 0
+    retrains: int = 0
+    retrain_seconds: float = 0.0
+
+
+def _fit(
+    config: ForecasterConfig,
+    data: _Series,
+    rows: int,
+    epochs: int,
+    cfg: ReplayConfig,
+    fit_kwargs: dict[str, Any],
+    warm_start: ModelBundle | None = None,
+) -> ModelBundle:
+    """``models.forecasting.training.fit`` on the first ``rows`` values of the file (quiet, CPU)."""
+    from models.forecasting.training import fit
+
+    bundle, _ = fit(
+        config,
+        {data.name: data.values[:rows]},
+        epochs=epochs,
+        seed=cfg.seed,
+        warm_start=warm_start,
+        progress=False,
+        device="cpu",
+        name="backtest",
+        timestamps={data.name: data.epoch_s[:rows]},
+        **fit_kwargs,
+    )
+    return bundle
+
+
+def _first_model(
+    cfg: ReplayConfig, fleet: ModelBundle | None, data: _Series, fit_kwargs: dict[str, Any]
+) -> tuple[ModelBundle, str]:
+    """The model serving the file from its first row, and its source (``SeriesResult.model``)."""
+    p = data.probation
+    if fleet is None:
+        return _fit(forecaster_config(cfg), data, p, cfg.epochs, cfg, fit_kwargs), "per-file"
+    if cfg.model_source == "fleet-finetune" and p >= fleet_mod.min_train_rows(fleet.config.window):
+        return _fit(fleet.config, data, p, cfg.retrain_epochs, cfg, fit_kwargs, warm_start=fleet), "fleet-finetune"
+    return fleet_mod.for_series(fleet, data.name, data.values[:p], cfg.fleet_normalizer), "fleet"
+
+
+def _replay_rows(
+    det: StreamingDetector, bundle: ModelBundle, cfg: ReplayConfig, data: _Series, fit_kwargs: dict[str, Any]
+) -> _Replayed:
+    """Feed the file's rows in chunks (probation with ``alert=False``), re-fitting every
+    ``retrain_every`` rows after probation and swapping the model in between two chunks."""
+    n, probation = len(data.values), data.probation
+    out = _Replayed(np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan), np.zeros(n, dtype=bool))
+    retrain_at = set(range(probation + cfg.retrain_every, n, cfg.retrain_every)) if cfg.retrain_every > 0 else set()
+    cuts = sorted({0, probation, n} | retrain_at | set(range(0, n, cfg.chunk)))
+    for a, b in itertools.pairwise(cuts):
+        if a in retrain_at and a >= fleet_mod.min_train_rows(int(bundle.config.window)):
+            t2 = time.perf_counter()
+            bundle = _fit(bundle.config, data, a, cfg.retrain_epochs, cfg, fit_kwargs, warm_start=bundle)
+            det.swap_model(bundle)
+            out.retrain_seconds += time.perf_counter() - t2
+            out.retrains += 1
+        res = det.process([data.name] * (b - a), data.epoch_s[a:b], data.values[a:b], alert=a >= probation)
+        out.predicted[a:b], out.error[a:b] = res.predicted, res.error
+        out.score[a:b], out.flag[a:b] = res.score, res.is_anomaly
+        out.refused += int(np.sum(res.status >= 2))
+    return out
+
+
+def replay_file(
+    path: Path,
+    windows: list[Any],
+    cfg: ReplayConfig,
+    threads: int | None = None,
+    fleet: ModelBundle | None = None,
+) -> SeriesResult:
     """Replay one file; ``windows`` are the file's label windows (timestamp pairs).
 
     ``fleet``: the ``ModelBundle`` of ``model_source="fleet"`` / ``"fleet-finetune"`` (else the registry
     model named in ``cfg``); ignored for ``"per-file"``.
     """
     from models.detection.detector import StreamingDetector
-    from models.forecasting.training import fit
 
     name = nab_key(path)
     fleet = fleet_mod.resolve_fleet(cfg, fleet)
@@ -191,115 +293,73 @@ def replay_file(path: Path, windows: list, cfg: ReplayConfig, threads: int | Non
             f"too short to train a window-{cfg.window} model; model_source='fleet' scores it "
             "with a model trained on other series"
         )
-    epoch_s = ts.astype("datetime64[ns]").astype(np.int64) / 1e9
-    series = name
-
+    data = _Series(name, values, ts.astype("datetime64[ns]").astype(np.int64) / 1e9, probation)
     fit_kwargs = {**cfg.fit, **({"num_threads": threads} if threads else {})}
     ctx = _torch_threads(threads) if threads else contextlib.nullcontext()
     with ctx:
         t0 = time.perf_counter()
-        if fleet is None:
-            bundle, _ = fit(
-                forecaster_config(cfg),
-                {series: values[:probation]},
-                epochs=cfg.epochs,
-                seed=cfg.seed,
-                progress=False,
-                device="cpu",
-                name="backtest",
-                timestamps={series: epoch_s[:probation]},
-                **fit_kwargs,
-            )
-            source = "per-file"
-        elif cfg.model_source == "fleet-finetune" and probation >= fleet_mod.min_train_rows(fleet.config.window):
-            bundle, _ = fit(
-                fleet.config,
-                {series: values[:probation]},
-                epochs=cfg.retrain_epochs,
-                seed=cfg.seed,
-                warm_start=fleet,
-                progress=False,
-                device="cpu",
-                name="backtest",
-                timestamps={series: epoch_s[:probation]},
-                **fit_kwargs,
-            )
-            source = "fleet-finetune"
-        else:
-            bundle = fleet_mod.for_series(fleet, series, values[:probation], cfg.fleet_normalizer)
-            source = "fleet"
+        bundle, source = _first_model(cfg, fleet, data, fit_kwargs)
         fit_s = time.perf_counter() - t0
         det = StreamingDetector(bundle, detector_config(cfg, probation=probation, window=int(bundle.config.window)))
-
-        predicted, error = np.full(n, np.nan), np.full(n, np.nan)
-        dscore, dflag = np.full(n, np.nan), np.zeros(n, dtype=bool)
-        refused = retrains = 0
-        retrain_at = set(range(probation + cfg.retrain_every, n, cfg.retrain_every)) if cfg.retrain_every > 0 else set()
-        cuts = sorted({0, probation, n} | retrain_at | set(range(0, n, cfg.chunk)))
         t1 = time.perf_counter()
-        for a, b in zip(cuts[:-1], cuts[1:]):
-            if a in retrain_at and a >= fleet_mod.min_train_rows(int(bundle.config.window)):
-                t2 = time.perf_counter()
-                bundle, _ = fit(
-                    bundle.config,
-                    {series: values[:a]},
-                    epochs=cfg.retrain_epochs,
-                    seed=cfg.seed,
-                    warm_start=bundle,
-                    progress=False,
-                    device="cpu",
-                    name="backtest",
-                    timestamps={series: epoch_s[:a]},
-                    **fit_kwargs,
-                )
-                det.swap_model(bundle)
-                fit_s += time.perf_counter() - t2
-                retrains += 1
-            res = det.process([series] * (b - a), epoch_s[a:b], values[a:b], alert=a >= probation)
-            predicted[a:b], error[a:b] = res.predicted, res.error
-            dscore[a:b], dflag[a:b] = res.score, res.is_anomaly
-            refused += int(np.sum(res.status >= 2))
+        out = _replay_rows(det, bundle, cfg, data, fit_kwargs)
+        fit_s += out.retrain_seconds
         replay_s = time.perf_counter() - t1 - (fit_s - (t1 - t0))
+    return _series_result(data, ts, windows, det, out, dropped, fit_s, replay_s, source)
 
-    score = np.nan_to_num(dscore, nan=0.0)
+
+def _series_result(
+    data: _Series,
+    ts: np.ndarray,
+    windows: list[Any],
+    det: StreamingDetector,
+    out: _Replayed,
+    dropped: int,
+    fit_s: float,
+    replay_s: float,
+    source: str,
+) -> SeriesResult:
+    """The ``SeriesResult`` of a replayed file: NAB's score (0 in probation / refused rows) and labels."""
+    n, probation = len(data.values), data.probation
+    score = np.nan_to_num(out.score, nan=0.0)
     score[:probation] = 0.0
-    flag = dflag.copy()
     win_idx = window_indices(ts, windows)
     label = np.zeros(n, dtype=bool)
     for lo, hi in win_idx:
         label[lo : hi + 1] = True
+    threshold = float(det.config.threshold_value)
     return SeriesResult(
-        name=name,
+        name=data.name,
         timestamps=ts,
-        values=values,
-        predicted=predicted,
-        error=error,
-        detector_score=dscore,
-        detector_flag=dflag,
-        detector_threshold=float(det.config.threshold),
+        values=data.values,
+        predicted=out.predicted,
+        error=out.error,
+        detector_score=out.score,
+        detector_flag=out.flag,
+        detector_threshold=threshold,
         anomaly_score=score,
-        flag=flag,
-        threshold=float(det.config.threshold),
+        flag=out.flag.copy(),
+        threshold=threshold,
         label=label,
         windows=win_idx,
         probation=probation,
         dropped=dropped,
-        refused=refused,
-        retrains=retrains,
+        refused=out.refused,
+        retrains=out.retrains,
         fit_seconds=fit_s,
         replay_seconds=replay_s,
         model=source,
     )
 
 
-def detector_config(cfg: ReplayConfig, probation: int | None = None, window: int | None = None):
+def detector_config(cfg: ReplayConfig, probation: int | None = None, window: int | None = None) -> DetectorConfig:
     """``DetectorConfig`` of a replay: likelihood method, ``cfg.detector`` overrides, ``cfg.post`` merged
     into ``likelihood``. With ``cfg.warmup="probation"`` and a ``probation`` length, the detector's
     ``warmup_events`` (as set, else ``window``) and the likelihood ``warmup`` are capped at it."""
     from models.detection.detector import DetectorConfig
     from models.detection.thresholds.error_likelihood import LikelihoodConfig
 
-    over = {"threshold_method": "likelihood", **cfg.detector}
+    over: dict[str, Any] = {"threshold_method": "likelihood", **cfg.detector}
     post = dict(cfg.post)
     if "threshold" in post:  # the likelihood threshold is the detector's threshold
         over["threshold"] = post.pop("threshold")
@@ -316,7 +376,7 @@ def detector_config(cfg: ReplayConfig, probation: int | None = None, window: int
     return DetectorConfig(**over)
 
 
-_WORKER_FLEET = None  # the fleet bundle of this worker process (unpickled once, by _worker_init)
+_WORKER_FLEET: ModelBundle | None = None  # the fleet bundle of this worker process (unpickled once, by _worker_init)
 
 
 def _worker_init(fleet_blob: bytes | None = None) -> None:
@@ -328,7 +388,9 @@ def _worker_init(fleet_blob: bytes | None = None) -> None:
     _WORKER_FLEET = fleet_mod.unpack(fleet_blob)
 
 
-def _replay_job(path: str, windows: list, cfg: ReplayConfig, fleet=None):
+def _replay_job(
+    path: str, windows: list[Any], cfg: ReplayConfig, fleet: ModelBundle | None = None
+) -> tuple[SeriesResult | None, str | None]:
     try:
         fleet = fleet if fleet is not None else _WORKER_FLEET
         return replay_file(Path(path), windows, cfg, threads=1, fleet=fleet), None
@@ -343,7 +405,7 @@ def run_corpus(
     *,
     workers: int = 2,
     progress: bool = True,
-    fleet=None,
+    fleet: ModelBundle | None = None,
 ) -> tuple[list[SeriesResult], list[str]]:
     """Replay ``paths`` (largest first, ``workers`` processes); returns ``(results, errors)``.
 
@@ -392,10 +454,10 @@ def run_corpus(
     return results, errors
 
 
-def _collect(r, err, results, errors) -> None:
+def _collect(r: SeriesResult | None, err: str | None, results: list[SeriesResult], errors: list[str]) -> None:
     if err is not None:
         errors.append(err)
-    else:
+    elif r is not None:
         results.append(r)
 
 

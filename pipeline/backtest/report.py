@@ -10,12 +10,21 @@ the live scorer's output, no separate post-processing.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 
-from pipeline.backtest.nab_scoring import PROFILES, WindowPRF, point_table, score_corpus, window_prf
+from models.forecasting.evaluation import WindowPRF
+from pipeline.backtest.nab_scoring import PROFILES, point_table, score_corpus, window_prf
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from pipeline.backtest.replay import SeriesResult
 
 
-def corpus_report(results) -> dict:
+def corpus_report(results: Sequence[SeriesResult]) -> dict[str, Any]:
     """Scores of a list of ``SeriesResult``; a plain dict (JSON-able after NaN cleaning)."""
     tables = {r.name: point_table(len(r.values), r.windows, r.probation) for r in results}
     own = {r.name: (r.anomaly_score, r.flag, tables[r.name]) for r in results}
@@ -44,7 +53,7 @@ def corpus_report(results) -> dict:
         }
     thr = opt_thr["standard"]
 
-    def prf(flag_of):
+    def prf(flag_of: Callable[[SeriesResult], np.ndarray]) -> dict[str, float]:
         total = WindowPRF()
         for r in results:
             total = total + window_prf(flag_of(r), tables[r.name])
@@ -69,7 +78,7 @@ def corpus_report(results) -> dict:
     return out
 
 
-def render(report: dict, console=None) -> None:
+def render(report: dict[str, Any], console: Console | None = None) -> None:
     """Print the report as rich tables."""
     from rich.console import Console
     from rich.table import Table

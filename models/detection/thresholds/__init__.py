@@ -1,27 +1,17 @@
-"""Error -> anomaly detectors, one algorithm per module; higher score = more anomalous.
+"""Error -> anomaly score: the anomaly likelihood the detector's ``"likelihood"`` policy steps.
 
-Every detector is vectorised streaming state over many series (``update(series_idx (n,), errors (n,))
--> scores (n,)``), with ``score_one`` and a batch path ``score_batch(errors (series, time))`` giving
-the same numbers, and ``is_anomaly(scores)`` comparing against its ``threshold`` (in score units).
-``error_likelihood.ErrorLikelihood`` (likelihood + spatial check + refractory period) is the live
-scorer's final step (``threshold_method="likelihood"``); its ``step`` also returns the flags. It is
-the one anomaly-likelihood implementation (errors-only ``update`` scores NaN errors 0, not NaN).
+``error_likelihood.ErrorLikelihood`` (likelihood + spatial check + refractory period) is vectorised
+streaming state over many series: ``step(series_idx (n,), errors (n,), ...) -> (scores, flags)``,
+with ``update``/``score_one``/``score_batch`` (``models.core.streaming.StreamingState``) giving the
+same numbers, and ``is_anomaly(scores)`` comparing against its ``threshold``. NaN errors score 0.
 Its time-of-day parts live in their own modules: ``time_of_day.TimeOfDayProfile`` (the usual level
 of each hour) and ``daily_repeat.DailyRepeats`` (an alarm in the same hour as yesterday's).
 """
 
-from models.detection.thresholds.error_likelihood import ErrorLikelihood, LikelihoodConfig, score_series, tail_score
-from models.detection.thresholds.static import StaticThreshold
-from models.detection.thresholds.telemanom import TelemanomThreshold, find_anomalies, find_epsilon, prune_sequences
+from models.detection.thresholds.error_likelihood import ErrorLikelihood, LikelihoodConfig, tail_score
 
 __all__ = [
     "ErrorLikelihood",
     "LikelihoodConfig",
-    "StaticThreshold",
-    "TelemanomThreshold",
-    "find_anomalies",
-    "find_epsilon",
-    "prune_sequences",
-    "score_series",
     "tail_score",
 ]

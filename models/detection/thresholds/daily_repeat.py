@@ -19,17 +19,16 @@ Vectorised over distinct series ``i (n,)`` with epoch-second times ``t (n,)``.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
+import numpy.typing as npt
 
-from models.detection.thresholds.time_of_day import DAY_SECONDS, bin_of, bin_one
+from models.detection.thresholds.time_of_day import DAY_SECONDS, bin_of
 
 _REPEAT = 128
 _DAYS = 127
 
 
-def day_code(t) -> np.ndarray:
+def day_code(t: npt.ArrayLike) -> np.ndarray:
     """Epoch seconds ``t (n,)`` -> the day's code 1..127 (``(day mod 127) + 1``), int64."""
     return np.mod(np.floor(np.asarray(t, dtype=np.float64) / DAY_SECONDS).astype(np.int64), _DAYS) + 1
 
@@ -53,7 +52,7 @@ class DailyRepeats:
     def reset(self, idx: np.ndarray) -> None:
         self.code[idx] = 0
 
-    def step(self, i, t, hot) -> np.ndarray:
+    def step(self, i: np.ndarray, t: np.ndarray, hot: np.ndarray) -> np.ndarray:
         """Record the hot values ``hot (n,)`` of rows ``i`` at ``t``; returns which of them are repeats."""
         if not np.count_nonzero(hot):
             return np.zeros(len(i), dtype=bool)
@@ -68,14 +67,3 @@ class DailyRepeats:
         out = np.zeros(len(hot), dtype=bool)
         out[np.flatnonzero(hot)] = repeat
         return out
-
-
-def repeat_one(codes: list[int], t: float, bins: int) -> bool:
-    """Scalar twin of :meth:`DailyRepeats.step` for one hot value (``codes``: the series' bins, updated)."""
-    b = bin_one(t, bins)
-    today = int(math.floor(t / DAY_SECONDS)) % _DAYS + 1
-    yesterday = _DAYS if today == 1 else today - 1
-    last = codes[b] & (_REPEAT - 1)
-    repeat = last == yesterday or (last == today and codes[b] >= _REPEAT)
-    codes[b] = today + (_REPEAT if repeat else 0)
-    return repeat

@@ -1,5 +1,9 @@
 """Error -> anomaly score in [0, 1] + flag: anomaly likelihood, spatial check, refractory period.
 
+Long (about 540 lines) because the five steps below share one per-series state and one hot path
+(``step_unique``, split into one method per step); the time-of-day and daily-repeat state live in
+``time_of_day`` and ``daily_repeat``.
+
 The live scorer's final detection step (``models.detection.detector.StreamingDetector`` with
 ``threshold_method="likelihood"``), also what the NAB backtest measures. After Numenta's "anomaly
 likelihood" (Ahmad et al. 2017) and the "spatial anomaly" of NAB's detectors, in O(1) state per
@@ -47,9 +51,9 @@ Vectorised over series: ``step(series_idx (n,), errors (n,), values=None, alert=
 dt=None) -> (scores (n,), flags (n,))`` (``times`` epoch seconds, ``dt`` each series' step to this
 value: the context check's inputs), repeated series in one call applied in order; ``update`` (scores only),
 ``score_one`` and ``score_batch`` as for the other detectors in this package; ``reset(idx)``
-returns slots to the fresh state (the scorer reuses slots of evicted series). ``score_series`` is
-the one-series scalar path (same arithmetic, tested equal, ~50x faster per event). NaN errors
-leave the likelihood state unchanged and score 0 (the spatial check still applies to a finite value).
+returns slots to the fresh state (the scorer reuses slots of evicted series). NaN errors leave the
+likelihood state unchanged and score 0 (the spatial check still applies to a finite value). The
+tests check this against a scalar one-series oracle (``tests/likelihood_oracle.py``).
 """
 
 from __future__ import annotations
@@ -58,25 +62,19 @@ import math
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from statistics import NormalDist
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from models.core.streaming import StreamingState, grow, rounds
-from models.detection.thresholds.daily_repeat import DailyRepeats, repeat_one
-from models.detection.thresholds.time_of_day import (
-    DAY_SECONDS,
-    UNSEEN,
-    TimeOfDayProfile,
-    bin_of,
-    bin_one,
-    decode_one,
-    encode_one,
-)
+from models.core.streaming import clip as _clip
+from models.detection.thresholds.daily_repeat import DailyRepeats
+from models.detection.thresholds.time_of_day import TimeOfDayProfile, bin_of
 
-# Hot path helpers: the ufunc behind np.clip without its Python wrapper (same results), and
+# Hot path: models.core.streaming.clip (np.clip without its Python wrapper), and
 # np.count_nonzero(mask) as the cheap any()/all() test of a mask.
-_clip = (np._core if hasattr(np, "_core") else np.core).umath.clip
 _LOG_EPS = math.log(1e-10)
 _SQRT2 = math.sqrt(2.0)
 _NEVER = 1 << 30  # 'never flagged' (int32 counters saturate here)
@@ -141,25 +139,27 @@ class LikelihoodConfig:
         return asdict(self)
 
 
-def _floor_std(var, mu, cfg: LikelihoodConfig) -> np.ndarray:
+def _floor_std(var: np.ndarray, mu: np.ndarray, cfg: LikelihoodConfig) -> np.ndarray:
     """``max(sqrt(var), min_std_frac * |mu|, min_std)``: the spread a z-score divides by."""
     return np.maximum(np.maximum(np.sqrt(var), cfg.min_std_frac * np.abs(mu)), cfg.min_std)
 
 
-def _learning_rate(count, young, cfg: LikelihoodConfig):
+def _learning_rate(count: np.ndarray, young: np.ndarray, cfg: LikelihoodConfig) -> float | np.ndarray:
     """Long-run EWMA weight: a plain running mean (``1 / (count + 1)``) while ``young``, then ``long_alpha``."""
     if not np.count_nonzero(young):
         return cfg.long_alpha
     return np.where(young, np.maximum(cfg.long_alpha, 1.0 / (count + 1.0)), cfg.long_alpha)
 
 
-def _learn_clipped(x, mu, var, std, a, clip_z) -> tuple[np.ndarray, np.ndarray]:
+def _learn_clipped(
+    x: np.ndarray, mu: np.ndarray, var: np.ndarray, std: np.ndarray, a: float | np.ndarray, clip_z: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Long-run mean / variance after learning ``x`` clipped at ``mu + clip_z * std`` with weight ``a``."""
     d = np.minimum(x, mu + clip_z * std) - mu
     return mu + a * d, (1 - a) * (var + a * d * d)
 
 
-def _store(i, mask, all_set: bool, *pairs) -> None:
+def _store(i: np.ndarray, mask: np.ndarray, all_set: bool, *pairs: tuple[np.ndarray, np.ndarray]) -> None:
     """``array[i] = values`` for each ``(array, values)`` pair, only the rows where ``mask`` holds."""
     if all_set:
         for array, values in pairs:
@@ -170,7 +170,7 @@ def _store(i, mask, all_set: bool, *pairs) -> None:
             array[rows] = values[mask]
 
 
-def tail_score(z) -> np.ndarray:
+def tail_score(z: npt.ArrayLike) -> np.ndarray:
     """``log(Q(z) + 1e-10) / log(1e-10)`` in [0, 1]; ``Q`` the standard normal tail."""
     z = np.ascontiguousarray(z, dtype=np.float64)
     q = 0.5 * torch.special.erfc(torch.from_numpy(z / _SQRT2)).numpy()  # vectorised, float64, no Python per element
@@ -188,10 +188,53 @@ def tail_inverse(target: float) -> float:
     return -NormalDist().inv_cdf(q)
 
 
+@dataclass(slots=True)
+class _Range:
+    """``step_unique``'s value-range step: spatial flags (None: none), finite values, the grown range,
+    and with the time-of-day context the value's bin, residual and its bin's level."""
+
+    spatial: np.ndarray | None
+    fin: np.ndarray
+    new_lo: np.ndarray
+    new_hi: np.ndarray
+    tbin: Any = None
+    resid: Any = None
+    level: Any = None
+
+
+@dataclass(slots=True)
+class _Channels:
+    """The error channels after this error: finite mask, counts, short EWMA and long-run statistics
+    (float64), and the slow time scale when on."""
+
+    ok: np.ndarray
+    all_ok: bool
+    count: np.ndarray
+    short: np.ndarray
+    mu: np.ndarray
+    var: np.ndarray
+    std: np.ndarray
+    slow: np.ndarray | None = None
+    svar: np.ndarray | None = None
+    sstd: np.ndarray | None = None
+
+
+@dataclass(slots=True)
+class _Context:
+    """The time-of-day channel after this residual (``rok``: finite residual)."""
+
+    rok: np.ndarray
+    ccount: np.ndarray
+    cslow: np.ndarray
+    cmu: np.ndarray
+    cvar: np.ndarray
+    cstd: np.ndarray
+
+
 class ErrorLikelihood(StreamingState):
     """Streaming anomaly likelihood + spatial check over many series; see the module docstring."""
 
-    def __init__(self, config: LikelihoodConfig | None = None, **overrides):
+    def __init__(self, config: LikelihoodConfig | None = None, **overrides: Any) -> None:
         self.config = config or LikelihoodConfig(**overrides)
         self.n_series = 0
         self.count = np.zeros(0, dtype=np.int32)
@@ -238,7 +281,7 @@ class ErrorLikelihood(StreamingState):
         if self.repeats is not None:
             self.repeats.resize(n)
 
-    def reset(self, series_idx) -> None:
+    def reset(self, series_idx: npt.ArrayLike) -> None:
         """Return ``series_idx`` to the fresh state (e.g. a reused slot)."""
         idx = np.atleast_1d(np.asarray(series_idx, dtype=np.int64))
         if not len(idx):
@@ -261,7 +304,15 @@ class ErrorLikelihood(StreamingState):
         rep = self.repeats.bytes_per_series() if self.repeats is not None else 0
         return STATE_BYTES + (SLOW_BYTES if self.config.slow_alpha is not None else 0) + ctx + rep
 
-    def step(self, series_idx, errors, values=None, alert=True, times=None, dt=None) -> tuple[np.ndarray, np.ndarray]:
+    def step(
+        self,
+        series_idx: npt.ArrayLike,
+        errors: npt.ArrayLike,
+        values: npt.ArrayLike | None = None,
+        alert: npt.ArrayLike = True,
+        times: npt.ArrayLike | None = None,
+        dt: npt.ArrayLike | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Fold ``errors (n,)`` (and raw ``values (n,)``, epoch-second ``times (n,)`` with each series' step
         ``dt (n,)`` to them) of ``series_idx (n,)`` in -> ``(scores, flags)``."""
         idx = np.atleast_1d(np.asarray(series_idx, dtype=np.int64))
@@ -288,42 +339,80 @@ class ErrorLikelihood(StreamingState):
                 )
         return scores, flags
 
-    def step_unique(self, i, e, v=None, alert=True, t=None, dt=None) -> tuple[np.ndarray, np.ndarray]:
+    def step_unique(
+        self,
+        i: np.ndarray,
+        e: np.ndarray,
+        v: np.ndarray | None = None,
+        alert: Any = True,
+        t: np.ndarray | None = None,
+        dt: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`step` for distinct ``i (n,)`` already allocated (the scorer's per-round call).
 
         Hot path (once per scorer round): the common case (finite errors and values, series past
         warm-up, no refractory period running) skips the masks it does not need; same arithmetic.
+        Steps: value range (spatial check, time-of-day residual), error channels, context channel,
+        score, flag, then the state learns.
         """
-        cfg = self.config
         n = len(i)
         if not (type(alert) is np.ndarray and alert.dtype == np.bool_ and alert.shape == (n,)):
             alert = np.broadcast_to(np.asarray(alert, dtype=bool), (n,))
-        spatial = None
         context = self.profile is not None and v is not None and t is not None
         if t is not None and dt is None:
             raise ValueError("times need dt (each series' step to this value)")
-        if v is not None and (cfg.spatial_tolerance is not None or context):
-            lo, hi = self.lo[i], self.hi[i]
-            fin = np.isfinite(v)
-            all_fin = np.count_nonzero(fin) == len(fin)
-            if cfg.spatial_tolerance is not None:
-                tol = cfg.spatial_tolerance * (hi - lo)
-                spatial = v > hi + tol
-                spatial |= v < lo - tol
-                spatial &= hi > lo
-                if not all_fin:
-                    spatial &= fin
-                if not np.count_nonzero(spatial):
-                    spatial = None
-            if all_fin:
-                new_lo, new_hi = np.minimum(lo, v), np.maximum(hi, v)
-            else:
-                new_lo, new_hi = np.where(fin, np.minimum(lo, v), lo), np.where(fin, np.maximum(hi, v), hi)
-            self.lo[i], self.hi[i] = new_lo, new_hi
-            if context:  # the value against its time of day, in the (possibly grown) range
-                self.profile.requantise(i, lo, hi, new_lo, new_hi)
-                tbin = bin_of(t, self.profile.bins)
-                resid, level = self.profile.residual(i, tbin, v, new_lo, new_hi)
+        rng = self._range(i, v, t, context) if v is not None else None
+        ch = self._error_channels(i, e)
+        zs = [(ch.short - ch.mu) / ch.std]
+        if ch.slow is not None:
+            zs.append((ch.slow - ch.mu) / ch.sstd)
+        ctx = self._context_channel(i, rng.resid) if context and rng is not None else None
+        if ctx is not None:
+            zs.append((ctx.cslow - ctx.cmu) / ctx.cstd)
+        spatial = None if rng is None else rng.spatial
+        s = self._score(i, zs, ch, ctx, t, spatial, n)
+        s, flag, since, young = self._flag(i, s, ch, alert, spatial)
+        self._learn(i, ch, young)
+        if ctx is not None and rng is not None and v is not None and dt is not None:  # (all set with the context)
+            self._learn_context(i, ctx, rng, v, dt, flag, n)
+        since = np.minimum(since, _NEVER)
+        self.since[i] = np.where(flag, 0, since) if np.count_nonzero(flag) else since
+        return s, flag
+
+    def _range(self, i: np.ndarray, v: np.ndarray, t: np.ndarray | None, context: bool) -> _Range | None:
+        """Spatial check against the range seen before, grow the range, and (with the context) the
+        value's residual from the usual level of its time of day, in the (possibly grown) range."""
+        cfg = self.config
+        if not (cfg.spatial_tolerance is not None or context):
+            return None
+        spatial = None
+        lo, hi = self.lo[i], self.hi[i]
+        fin = np.isfinite(v)
+        all_fin = np.count_nonzero(fin) == len(fin)
+        if cfg.spatial_tolerance is not None:
+            tol = cfg.spatial_tolerance * (hi - lo)
+            spatial = v > hi + tol
+            spatial |= v < lo - tol
+            spatial &= hi > lo
+            if not all_fin:
+                spatial &= fin
+            if not np.count_nonzero(spatial):
+                spatial = None
+        if all_fin:
+            new_lo, new_hi = np.minimum(lo, v), np.maximum(hi, v)
+        else:
+            new_lo, new_hi = np.where(fin, np.minimum(lo, v), lo), np.where(fin, np.maximum(hi, v), hi)
+        self.lo[i], self.hi[i] = new_lo, new_hi
+        out = _Range(spatial, fin, new_lo, new_hi)
+        if context and self.profile is not None and t is not None:
+            self.profile.requantise(i, lo, hi, new_lo, new_hi)
+            out.tbin = bin_of(t, self.profile.bins)
+            out.resid, out.level = self.profile.residual(i, out.tbin, v, new_lo, new_hi)
+        return out
+
+    def _error_channels(self, i: np.ndarray, e: np.ndarray) -> _Channels:
+        """The short EWMA (and the slow one) after this error, with the long-run statistics before it."""
+        cfg = self.config
         ok = np.isfinite(e)
         all_ok = np.count_nonzero(ok) == len(ok)
         count = self.count[i]
@@ -336,38 +425,52 @@ class ErrorLikelihood(StreamingState):
             short = np.where(first, e0, short)
             mu = np.where(first, short, mu)
             var = np.where(first, 0.0, var)
-        std = _floor_std(var, mu, cfg)
-        zs = [(short - mu) / std]
-        slow_on = cfg.slow_alpha is not None
-        if slow_on:  # second time scale: float32 state, float64 arithmetic
+        ch = _Channels(ok, all_ok, count, short, mu, var, _floor_std(var, mu, cfg))
+        if cfg.slow_alpha is not None:  # second time scale: float32 state, float64 arithmetic
             sprev = self.slow[i].astype(np.float64)
             slow = sprev + cfg.slow_alpha * (e0 - sprev)
             svar = self.svar[i].astype(np.float64)
             if np.count_nonzero(first):
                 slow = np.where(first, e0, slow)
                 svar = np.where(first, 0.0, svar)
-            sstd = _floor_std(svar, mu, cfg)
-            zs.append((slow - mu) / sstd)
-        if context:  # time-of-day channel: its own slow EWMA and long-run statistics
-            rok = np.isfinite(resid)
-            r0 = np.where(rok, resid, 0.0)
-            ccount = self.ccount[i]
-            cfirst = ccount == 0
-            cprev = self.cslow[i].astype(np.float64)
-            cslow = np.where(cfirst, r0, cprev + cfg.context_alpha * (r0 - cprev))
-            cmu = np.where(cfirst, cslow, self.cmu[i].astype(np.float64))
-            cvar = np.where(cfirst, 0.0, self.cvar[i].astype(np.float64))
-            cstd = _floor_std(cvar, cmu, cfg)
-            zs.append((cslow - cmu) / cstd)
+            ch.slow, ch.svar, ch.sstd = slow, svar, _floor_std(svar, mu, cfg)
+        return ch
+
+    def _context_channel(self, i: np.ndarray, resid: np.ndarray) -> _Context:
+        """Time-of-day channel: its own slow EWMA of the residuals and long-run statistics."""
+        cfg = self.config
+        rok = np.isfinite(resid)
+        r0 = np.where(rok, resid, 0.0)
+        ccount = self.ccount[i]
+        cfirst = ccount == 0
+        cprev = self.cslow[i].astype(np.float64)
+        cslow = np.where(cfirst, r0, cprev + cfg.context_alpha * (r0 - cprev))
+        cmu = np.where(cfirst, cslow, self.cmu[i].astype(np.float64))
+        cvar = np.where(cfirst, 0.0, self.cvar[i].astype(np.float64))
+        return _Context(rok, ccount, cslow, cmu, cvar, _floor_std(cvar, cmu, cfg))
+
+    def _score(
+        self,
+        i: np.ndarray,
+        zs: list[np.ndarray],
+        ch: _Channels,
+        ctx: _Context | None,
+        t: np.ndarray | None,
+        spatial: np.ndarray | None,
+        n: int,
+    ) -> np.ndarray:
+        """Tail scores of the channels' z-scores ``zs`` combined, daily repeats and the spatial check
+        applied (the refractory period comes after)."""
+        cfg = self.config
         tails = tail_score(np.concatenate(zs)) if len(zs) > 1 else tail_score(zs[0])
         s = tails[:n]
-        if slow_on:
+        if ch.slow is not None:
             s = np.maximum(cfg.short_weight * s, tails[n : 2 * n])
-        if not all_ok:
-            s = np.where(ok, s, 0.0)
-        if context:
+        if not ch.all_ok:
+            s = np.where(ch.ok, s, 0.0)
+        if ctx is not None:
             cs = tails[-n:]
-            cs = np.where(rok & (ccount >= cfg.warmup), cs, 0.0)
+            cs = np.where(ctx.rok & (ctx.ccount >= cfg.warmup), cs, 0.0)
             s = np.maximum(s, cs)
         if self.repeats is not None and t is not None:
             rep = self.repeats.step(i, t, s >= cfg.threshold)
@@ -375,171 +478,76 @@ class ErrorLikelihood(StreamingState):
                 s = np.where(rep, 0.0, s)
         if spatial is not None:
             s = np.where(spatial, 1.0, s)
+        return np.asarray(s)
+
+    def _flag(
+        self, i: np.ndarray, s: np.ndarray, ch: _Channels, alert: np.ndarray, spatial: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Refractory period (score 0) and the flag of an alerting, warmed-up series:
+        ``(score, flag, events since the last flag, young)``."""
+        cfg = self.config
         since = self.since[i] + 1
         in_ref = since <= cfg.refractory
         any_ref = np.count_nonzero(in_ref) > 0
         if any_ref:
             s = np.where(in_ref, 0.0, s)
-        young = count < cfg.warmup
+        young = ch.count < cfg.warmup
         flag = s >= cfg.threshold
         flag &= alert
         flag &= ~young
         if any_ref:
             flag &= ~in_ref
-        if not all_ok:
-            flag &= ok if spatial is None else (ok | spatial)
-        # long statistics: plain running mean/var during warm-up, then EWMA; learn the clipped value
-        a = _learning_rate(count, young, cfg)
-        mu_new, var_new = _learn_clipped(short, mu, var, std, a, cfg.clip_z)
+        if not ch.all_ok:
+            flag &= ch.ok if spatial is None else (ch.ok | spatial)
+        return s, flag, since, young
+
+    def _learn(self, i: np.ndarray, ch: _Channels, young: np.ndarray) -> None:
+        """Long statistics: plain running mean/var during warm-up, then EWMA; learn the clipped value."""
+        cfg = self.config
+        a = _learning_rate(ch.count, young, cfg)
+        mu_new, var_new = _learn_clipped(ch.short, ch.mu, ch.var, ch.std, a, cfg.clip_z)
         _store(
             i,
-            ok,
-            all_ok,
+            ch.ok,
+            ch.all_ok,
             (self.mu, mu_new),
             (self.var, var_new),
-            (self.short, short),
-            (self.count, np.minimum(count + 1, _NEVER)),
+            (self.short, ch.short),
+            (self.count, np.minimum(ch.count + 1, _NEVER)),
         )
-        if slow_on:  # the slow average's spread around the same mu
-            _store(
-                i, ok, all_ok, (self.slow, slow), (self.svar, _learn_clipped(slow, mu, svar, sstd, a, cfg.clip_z)[1])
-            )
-        if context:
-            ca = _learning_rate(ccount, ccount < cfg.warmup, cfg)
-            cmu_new, cvar_new = _learn_clipped(cslow, cmu, cvar, cstd, ca, cfg.clip_z)
-            _store(
-                i,
-                rok,
-                np.count_nonzero(rok) == n,
-                (self.cslow, cslow),
-                (self.cmu, cmu_new),
-                (self.cvar, cvar_new),
-                (self.ccount, np.minimum(ccount.astype(np.int64) + 1, _CCOUNT_MAX)),
-            )
-            self.profile.learn(i, tbin, v, level, dt, new_lo, new_hi, fin & ~flag)
-        since = np.minimum(since, _NEVER)
-        self.since[i] = np.where(flag, 0, since) if np.count_nonzero(flag) else since
-        return s, flag
+        if ch.slow is not None and ch.svar is not None and ch.sstd is not None:  # the slow average's spread
+            svar_new = _learn_clipped(ch.slow, ch.mu, ch.svar, ch.sstd, a, cfg.clip_z)[1]
+            _store(i, ch.ok, ch.all_ok, (self.slow, ch.slow), (self.svar, svar_new))
+
+    def _learn_context(
+        self,
+        i: np.ndarray,
+        ctx: _Context,
+        rng: _Range,
+        v: np.ndarray,
+        dt: np.ndarray,
+        flag: np.ndarray,
+        n: int,
+    ) -> None:
+        """The context channel's statistics learn the residual; the profile the value unless flagged."""
+        cfg = self.config
+        ca = _learning_rate(ctx.ccount, ctx.ccount < cfg.warmup, cfg)
+        cmu_new, cvar_new = _learn_clipped(ctx.cslow, ctx.cmu, ctx.cvar, ctx.cstd, ca, cfg.clip_z)
+        _store(
+            i,
+            ctx.rok,
+            np.count_nonzero(ctx.rok) == n,
+            (self.cslow, ctx.cslow),
+            (self.cmu, cmu_new),
+            (self.cvar, cvar_new),
+            (self.ccount, np.minimum(ctx.ccount.astype(np.int64) + 1, _CCOUNT_MAX)),
+        )
+        assert self.profile is not None
+        self.profile.learn(i, rng.tbin, v, rng.level, dt, rng.new_lo, rng.new_hi, rng.fin & ~flag)
 
     # StreamingState protocol (errors only, every event alerting)
-    def _update_unique(self, idx, e):
+    def _update_unique(self, idx: np.ndarray, e: np.ndarray) -> np.ndarray:
         return self.step_unique(idx, e)[0]
 
-    def is_anomaly(self, scores) -> np.ndarray:
+    def is_anomaly(self, scores: npt.ArrayLike) -> np.ndarray:
         return np.asarray(scores) >= self.config.threshold
-
-
-def score_series(
-    errors, config: LikelihoodConfig | None = None, values=None, alert=None, times=None
-) -> tuple[np.ndarray, np.ndarray]:
-    """One series' ``errors (time,)`` (+ ``values``, ``alert``, epoch-second ``times``) -> ``(scores (time,),
-    flags (time,))``. The time-of-day context needs ``values`` and ``times`` (each row's ``dt`` is the
-    step from the row before), the daily repeats ``times``.
-
-    Scalar loop with the same arithmetic as :class:`ErrorLikelihood` (tested equal).
-    """
-    cfg = config or LikelihoodConfig()
-    errors = np.asarray(errors, dtype=np.float64)
-    n = len(errors)
-    vals = None if values is None else np.asarray(values, dtype=np.float64)
-    times = None if times is None else np.asarray(times, dtype=np.float64)
-    al = np.ones(n, dtype=bool) if alert is None else np.broadcast_to(np.asarray(alert, dtype=bool), (n,))
-    scores = np.zeros(n)
-    flags = np.zeros(n, dtype=bool)
-    count, short, mu, var, since = 0, 0.0, 0.0, 0.0, _NEVER
-    slow, svar, f32 = 0.0, 0.0, np.float32  # state stored as float32 like the vector path
-    sla, sw = cfg.slow_alpha, cfg.short_weight
-    lo, hi = math.inf, -math.inf
-    sa, la, warmup, ref = cfg.short_alpha, cfg.long_alpha, cfg.warmup, cfg.refractory
-    thr, clip_z, msf, ms, tol = cfg.threshold, cfg.clip_z, cfg.min_std_frac, cfg.min_std, cfg.spatial_tolerance
-    erfc, log, sqrt, isfinite = math.erfc, math.log, math.sqrt, math.isfinite
-    context = cfg.seasonal_bins is not None and vals is not None and times is not None
-    if context:
-        bins, ca_alpha = cfg.seasonal_bins, cfg.context_alpha
-        horizon = cfg.seasonal_days * (DAY_SECONDS / bins)
-        prof = [int(UNSEEN)] * bins
-        cslow, cmu, cvar, ccount, t_prev = 0.0, 0.0, 0.0, 0, -math.inf
-    track = vals is not None and (tol is not None or context)
-    repeat_codes = [0] * cfg.repeat_bins if cfg.repeat_bins is not None and times is not None else None
-
-    def tail(z: float) -> float:
-        q = 0.5 * erfc(z / _SQRT2)
-        return min(max(log(q + 1e-10) / _LOG_EPS, 0.0), 1.0)
-
-    for t in range(n):
-        e = errors[t]
-        spatial = False
-        resid = math.nan
-        if track:
-            v = vals[t]
-            if isfinite(v):
-                if tol is not None:
-                    spatial = hi > lo and (v > hi + tol * (hi - lo) or v < lo - tol * (hi - lo))
-                lo_old, hi_old = lo, hi
-                lo, hi = min(lo, v), max(hi, v)
-                if context:
-                    if lo != lo_old or hi != hi_old:
-                        prof = [encode_one(decode_one(q, lo_old, hi_old), lo, hi) for q in prof]
-                    tbin = bin_one(times[t], bins)
-                    level = decode_one(prof[tbin], lo, hi)
-                    resid = abs(v - level)
-        ok = isfinite(e)
-        if ok:
-            if count == 0:
-                short, mu, var = e, e, 0.0
-                slow, svar = e, 0.0
-            elif sla is not None:
-                short = short + sa * (e - short)
-                slow = slow + sla * (e - slow)
-            else:
-                short = short + sa * (e - short)
-            std = max(sqrt(var), msf * abs(mu), ms)
-            s = tail((short - mu) / std)
-            if sla is not None:
-                sstd = max(sqrt(svar), msf * abs(mu), ms)
-                s = max(sw * s, tail((slow - mu) / sstd))
-        else:
-            s = 0.0
-        rok = context and isfinite(resid)
-        if rok:
-            if ccount == 0:
-                cslow, cmu, cvar = resid, resid, 0.0
-            else:
-                cslow = cslow + ca_alpha * (resid - cslow)
-            cstd = max(sqrt(cvar), msf * abs(cmu), ms)
-            if ccount >= warmup:
-                s = max(s, tail((cslow - cmu) / cstd))
-        if repeat_codes is not None and s >= thr and repeat_one(repeat_codes, times[t], cfg.repeat_bins):
-            s = 0.0
-        if spatial:
-            s = 1.0
-        since += 1
-        in_ref = since <= ref
-        if in_ref:
-            s = 0.0
-        fl = bool(al[t]) and (ok or spatial) and count >= warmup and not in_ref and s >= thr
-        if rok:
-            ca = max(la, 1.0 / (ccount + 1.0)) if ccount < warmup else la
-            dc = min(cslow, cmu + clip_z * cstd) - cmu
-            cslow = float(f32(cslow))
-            cmu, cvar = float(f32(cmu + ca * dc)), float(f32((1 - ca) * (cvar + ca * dc * dc)))
-            ccount = min(ccount + 1, _CCOUNT_MAX)
-        if context:  # the profile learns the value unless it was flagged
-            if isfinite(vals[t]) and not fl:
-                beta = min((times[t] - t_prev) / horizon, 1.0)
-                prof[tbin] = encode_one(vals[t] if math.isnan(level) else level + beta * (vals[t] - level), lo, hi)
-            t_prev = times[t]
-        if ok:
-            a = max(la, 1.0 / (count + 1.0)) if count < warmup else la
-            d = min(short, mu + clip_z * std) - mu
-            if sla is not None:
-                ds = min(slow, mu + clip_z * sstd) - mu
-                slow, svar = float(f32(slow)), float(f32((1 - a) * (svar + a * ds * ds)))
-            mu = float(f32(mu + a * d))
-            var = float(f32((1 - a) * (var + a * d * d)))
-            short = float(f32(short))
-            count += 1
-        if fl:
-            since = 0
-        scores[t], flags[t] = s, fl
-    return scores, flags

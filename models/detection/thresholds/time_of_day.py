@@ -22,22 +22,21 @@ are the rows' current range.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
+import numpy.typing as npt
 
 UNSEEN = np.uint16(65535)
 _SCALE = 65534.0
 DAY_SECONDS = 86400.0
 
 
-def bin_of(t, bins: int) -> np.ndarray:
+def bin_of(t: npt.ArrayLike, bins: int) -> np.ndarray:
     """Epoch seconds ``t (n,)`` -> time-of-day bin ``(n,)`` int64 in ``[0, bins)`` (UTC)."""
     sod = np.mod(np.asarray(t, dtype=np.float64), DAY_SECONDS)
     return np.minimum((sod * (bins / DAY_SECONDS)).astype(np.int64), bins - 1)
 
 
-def _frame(lo, hi) -> tuple[np.ndarray, np.ndarray]:
+def _frame(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(base, width)`` of the range codes are relative to: ``(lo, hi - lo)``; ``(0, 0)`` for a range
     not known yet, width 0 for a single value."""
     return np.where(np.isfinite(lo), lo, 0.0), np.where(hi > lo, hi - lo, 0.0)
@@ -85,7 +84,9 @@ class TimeOfDayProfile:
     def reset(self, idx: np.ndarray) -> None:
         self.level[idx] = UNSEEN
 
-    def requantise(self, i, lo_old, hi_old, lo_new, hi_new) -> None:
+    def requantise(
+        self, i: np.ndarray, lo_old: np.ndarray, hi_old: np.ndarray, lo_new: np.ndarray, hi_new: np.ndarray
+    ) -> None:
         """Re-encode the rows ``i`` whose range changed from ``[lo_old, hi_old]`` to ``[lo_new, hi_new]``."""
         moved = (lo_new != lo_old) | (hi_new != hi_old)
         if not np.count_nonzero(moved):
@@ -94,13 +95,25 @@ class TimeOfDayProfile:
         raw = decode(self.level[r], lo_old[moved, None], hi_old[moved, None])
         self.level[r] = encode(raw, lo_new[moved, None], hi_new[moved, None])
 
-    def residual(self, i, b, v, lo, hi) -> tuple[np.ndarray, np.ndarray]:
+    def residual(
+        self, i: np.ndarray, b: np.ndarray, v: np.ndarray, lo: np.ndarray, hi: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``(|v - level|, level)`` for values ``v (n,)`` in bins ``b (n,)``; NaN where the bin is unseen
         (or ``v`` is not finite)."""
         level = decode(self.level[i, b], lo, hi)
         return np.abs(v - level), level
 
-    def learn(self, i, b, v, level, dt, lo, hi, mask) -> None:
+    def learn(
+        self,
+        i: np.ndarray,
+        b: np.ndarray,
+        v: np.ndarray,
+        level: np.ndarray,
+        dt: np.ndarray,
+        lo: np.ndarray,
+        hi: np.ndarray,
+        mask: np.ndarray,
+    ) -> None:
         """Move the bins of the rows where ``mask`` holds toward ``v``; ``level`` from :meth:`residual`."""
         if not np.count_nonzero(mask):
             return
@@ -108,24 +121,3 @@ class TimeOfDayProfile:
         beta = np.minimum(np.asarray(dt, dtype=np.float64) / (self.memory_days * self.bin_seconds), 1.0)
         new = np.where(np.isnan(level), v, level + beta * (v - level))
         self.level[i, b] = encode(new, lo, hi)
-
-
-# Scalar twins of decode/encode/bin_of (same arithmetic), for the one-series reference path
-# ``models.detection.thresholds.error_likelihood.score_series``.
-def decode_one(q: int, lo: float, hi: float) -> float:
-    if q == UNSEEN:
-        return math.nan
-    width = hi - lo if hi > lo else 0.0
-    return (lo if math.isfinite(lo) else 0.0) + (q / _SCALE) * width
-
-
-def encode_one(p: float, lo: float, hi: float) -> int:
-    if math.isnan(p):
-        return int(UNSEEN)
-    width = hi - lo if hi > lo else 0.0
-    u = (p - (lo if math.isfinite(lo) else 0.0)) / width if width > 0 else 0.0
-    return round(min(max(u, 0.0), 1.0) * _SCALE)
-
-
-def bin_one(t: float, bins: int) -> int:
-    return min(int((t % DAY_SECONDS) * (bins / DAY_SECONDS)), bins - 1)
