@@ -26,8 +26,10 @@ For each data interval (default daily, ``TSAD_RETRAIN_SCHEDULE``; no catch-up):
 Idempotent per interval: a re-run finds the versions registered under
 ``idempotency_key = "<kind>:<interval start>:<interval end>"`` and neither trains nor writes a
 model file again. Hyperparameters (epochs, hidden, window, ...) come from ``TSAD_RETRAIN_*`` and
-can be overridden per run through the DAG params. The logic lives in ``pipeline/retrain/`` (task bodies: ``pipeline/retrain/tasks.py``);
-this file only wires tasks (heavy imports happen inside them, so parsing stays fast).
+can be overridden per run through the DAG params. The logic lives in ``pipeline/retrain/`` (the
+task bodies in ``pipeline/retrain/tasks.py``, settings in ``models/core/settings.py``
+``settings.retrain``); this file only wires tasks (heavy imports happen inside them, so parsing
+stays fast).
 """
 
 from __future__ import annotations
@@ -84,6 +86,33 @@ def _settings(context: dict[str, Any]) -> Settings:
     return run_settings(context["params"])
 
 
+def _promote_and_publish(name: str, candidates: Any, the_plan: Any) -> Any:
+    """The ``promote__<name>`` and ``publish__<name>`` tasks of one model; returns the decision (XComArg)."""
+
+    # none_failed_min_one_success: runs when some group trained (others may have been skipped),
+    # is skipped with everything else when ``plan`` skipped the run.
+    @task(task_id=f"promote__{name}", trigger_rule="none_failed_min_one_success")
+    def promote(candidates: list[dict[str, Any]], the_plan: dict[str, Any], **context: Any) -> dict[str, Any]:
+        """Promote this model's candidate when it beats the champion (atomic registry pointer);
+        skipped when this model's training was skipped."""
+        from pipeline.retrain.tasks import promote_task
+
+        return promote_task(_settings(context), the_plan, candidate_for(candidates, name))
+
+    @task(task_id=f"publish__{name}", outlets=[model_asset(name)])
+    def publish(decision: dict[str, Any]) -> str:
+        """Emit the model's Asset only when it has a new champion (skipped otherwise)."""
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        if not decision["promoted"]:
+            raise AirflowSkipException(f"{decision['name']}: no new champion ({decision['reason']})")
+        return f"{decision['name']} v{decision['candidate']}"
+
+    decision = promote(candidates, the_plan)
+    publish(decision)
+    return decision
+
+
 @dag(
     dag_id="retrain_forecasters",
     schedule=SETTINGS.retrain.schedule,
@@ -132,32 +161,7 @@ def retrain_forecasters() -> None:
     the_plan = plan()
     candidates = train.partial(the_plan=the_plan).expand(job=JOBS)
 
-    decisions = []
-    for name in MODEL_NAMES:
-        # none_failed_min_one_success: runs when some group trained (others may have been skipped),
-        # is skipped with everything else when ``plan`` skipped the run.
-        @task(task_id=f"promote__{name}", trigger_rule="none_failed_min_one_success")
-        def promote(
-            candidates: list[dict[str, Any]], the_plan: dict[str, Any], name: str = name, **context: Any
-        ) -> dict[str, Any]:
-            """Promote this model's candidate when it beats the champion (atomic registry pointer);
-            skipped when this model's training was skipped."""
-            from pipeline.retrain.tasks import promote_task
-
-            return promote_task(_settings(context), the_plan, candidate_for(candidates, name))
-
-        @task(task_id=f"publish__{name}", outlets=[model_asset(name)])
-        def publish(decision: dict[str, Any]) -> str:
-            """Emit the model's Asset only when it has a new champion (skipped otherwise)."""
-            from airflow.sdk.exceptions import AirflowSkipException
-
-            if not decision["promoted"]:
-                raise AirflowSkipException(f"{decision['name']}: no new champion ({decision['reason']})")
-            return f"{decision['name']} v{decision['candidate']}"
-
-        decision = promote(candidates, the_plan)
-        publish(decision)
-        decisions.append(decision)
+    decisions = [_promote_and_publish(name, candidates, the_plan) for name in MODEL_NAMES]
 
     @task(trigger_rule="none_failed_min_one_success")
     def record(decisions: list[dict[str, Any]], **context: Any) -> str:

@@ -20,6 +20,7 @@ def register(app: typer.Typer) -> None:
     app.command("backtest")(backtest)
 
 
+# Long only in its signature (one typer option per flag); the body: flags -> ReplayConfig -> replay or --cv.
 def backtest(
     paths: list[Path] = typer.Argument(..., exists=True, help="NAB CSV files or directories holding them."),
     labels: Path = typer.Option(..., "--labels", exists=True, dir_okay=False, help="NAB combined_windows.json."),

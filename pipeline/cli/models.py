@@ -51,6 +51,7 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
+# Long only in its signature (one typer option per flag).
 def train(
     data: Path = typer.Argument(..., exists=True, help="NAB CSV, directory of CSVs, or Parquet (series, ts, value)."),
     kind: Kind = typer.Option(Kind.many_to_one, "--kind", help="Forecaster kind."),

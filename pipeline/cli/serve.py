@@ -25,6 +25,7 @@ def register(app: typer.Typer) -> None:
     app.command("demo")(demo)
 
 
+# Long only in its signature (one typer option per flag); the body: options -> settings -> detector -> run.
 def serve(
     bootstrap_servers: str = typer.Option(None, help="Kafka bootstrap servers (default: settings)."),
     registry: str = typer.Option(None, help="Model registry directory (default: TSAD_REGISTRY_DIR)."),
