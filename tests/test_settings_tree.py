@@ -58,6 +58,13 @@ def test_the_tree_is_frozen_and_limits_come_from_one_place():
     assert settings.max_series_id_length == MAX_SERIES_ID_LENGTH
 
 
+def test_the_cli_kind_choices_are_the_kinds():
+    from models.core.kinds import KINDS
+    from pipeline.cli.models import Kind
+
+    assert tuple(k.value for k in Kind) == KINDS
+
+
 def test_an_unknown_kind_or_bad_json_is_refused(monkeypatch):
     with pytest.raises(ValidationError, match="many-to-one"):
         load_settings(retrain={"kinds": ["lstm"]})

@@ -49,7 +49,7 @@ class KafkaSettings(BaseModel):
     partitions: int = 4
     # Replicas of each topic ``ensure_topics`` creates (1 for the embedded broker / a single node;
     # 3 on a production cluster). Existing topics are not changed.
-    replication_factor: int = Field(1, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
     # Security passthrough for real clusters (PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL).
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: str | None = None
@@ -91,7 +91,7 @@ class RetrainSettings(BaseModel):
     textfile: str = "var/metrics/tsad_retrain.prom"
     # group -> fnmatch glob(s) over series ids (JSON in env); a routing file (settings.routing)
     # replaces these: each of its groups trains on exactly the series routed to it
-    groups: dict[str, str | list[str]] = Field(default_factory=lambda: {"default": "*"})
+    groups: dict[str, str | list[str]] = {"default": "*"}
     kinds: tuple[Kind, ...] = KINDS  # JSON list in env
     schedule: str = "@daily"  # the DAG's schedule (read when the DAG file is parsed)
     lookback_hours: float = 24 * 7
@@ -149,22 +149,22 @@ class Settings(BaseSettings):
     max_series_id_length: int = MAX_SERIES_ID_LENGTH
     # Checkpoints: offsets are committed every commit_interval_ms or commit_every_events events
     # (whichever comes first), once every output produced up to them is acknowledged.
-    commit_interval_ms: int = Field(1000, ge=0)
-    commit_every_events: int = Field(20_000, ge=1)
+    commit_interval_ms: int = Field(default=1000, ge=0)
+    commit_every_events: int = Field(default=20_000, ge=1)
     # tsad publish / publish_events: retry with backoff until this many seconds have passed.
-    publish_timeout_s: float = Field(60.0, gt=0)
+    publish_timeout_s: float = Field(default=60.0, gt=0)
     # Model routing file (models.routing; tsad serve --routing, and the retraining DAG).
     routing: str | None = None
     # Per-series export (pipeline.serve.anomaly_export): the K most recently anomalous series, each kept
     # this long after its last anomaly.
-    anomalous_series_max: int = Field(500, ge=1)
-    anomalous_series_ttl_s: float = Field(900.0, gt=0)
+    anomalous_series_max: int = Field(default=500, ge=1)
+    anomalous_series_ttl_s: float = Field(default=900.0, gt=0)
     # Alertmanager sink (pipeline.serve.alertmanager; off when unset): base URL, e.g. http://127.0.0.1:9093
     alertmanager_url: str | None = None
-    alert_resolve_after_s: float = Field(300.0, gt=0)  # resolved after this long without an anomaly
-    alert_resend_s: float = Field(60.0, gt=0)  # firing alerts are re-posted this often
-    alert_queue_size: int = Field(10_000, ge=1)  # anomalies waiting for the sender thread, at most
-    alert_max_attempts: int = Field(5, ge=1)  # posts of one alert update before it is dropped
+    alert_resolve_after_s: float = Field(default=300.0, gt=0)  # resolved after this long without an anomaly
+    alert_resend_s: float = Field(default=60.0, gt=0)  # firing alerts are re-posted this often
+    alert_queue_size: int = Field(default=10_000, ge=1)  # anomalies waiting for the sender thread, at most
+    alert_max_attempts: int = Field(default=5, ge=1)  # posts of one alert update before it is dropped
     # The retraining DAG's knobs (TSAD_RETRAIN_<KNOB>, see _RetrainEnvSource).
     retrain: RetrainSettings = Field(default_factory=RetrainSettings)
 

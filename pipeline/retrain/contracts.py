@@ -8,7 +8,7 @@ This module is light (no numpy, pandas or torch): the DAG file imports it when i
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, cast
+from typing import Any
 
 from models.core.kinds import KINDS, Kind
 from models.core.settings import Settings
@@ -24,9 +24,10 @@ def model_name(group: str, kind: str) -> str:
 
 
 def _kind(value: object) -> Kind:
-    if value not in KINDS:
-        raise ValueError(f"unknown kind {value!r}; expected one of {KINDS}")
-    return cast(Kind, value)
+    for kind in KINDS:
+        if value == kind:
+            return kind
+    raise ValueError(f"unknown kind {value!r}; expected one of {KINDS}")
 
 
 @dataclass(frozen=True)
