@@ -108,7 +108,7 @@ def _promote_and_publish(name: str, candidates: Any, the_plan: Any) -> Any:
             raise AirflowSkipException(f"{decision['name']}: no new champion ({decision['reason']})")
         return f"{decision['name']} v{decision['candidate']}"
 
-    decision = promote(candidates, the_plan)
+    decision: Any = promote(candidates, the_plan)  # an XComArg: the dict once the task ran
     publish(decision)
     return decision
 
