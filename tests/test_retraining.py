@@ -77,6 +77,10 @@ def test_plan_extends_a_point_interval_back_by_the_lookback_and_holds_out_the_la
     assert type(the_plan).from_dict(the_plan.to_dict()) == the_plan  # the XCom round trip
     wide = plan(_settings(tmp_path, lookback_hours=1), "2014-02-01T00:00:00+00:00", END)
     assert wide.start == "2014-02-01T00:00:00+00:00"  # a long interval is used as it is
+    import pendulum  # what Airflow passes as data_interval_start/end
+
+    end = pendulum.datetime(2014, 3, 1, tz="UTC")
+    assert plan(_settings(tmp_path), end, end) == the_plan
 
 
 def test_decide_rules():
