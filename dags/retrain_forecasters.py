@@ -26,24 +26,27 @@ For each data interval (default daily, ``TSAD_RETRAIN_SCHEDULE``; no catch-up):
 Idempotent per interval: a re-run finds the versions registered under
 ``idempotency_key = "<kind>:<interval start>:<interval end>"`` and neither trains nor writes a
 model file again. Hyperparameters (epochs, hidden, window, ...) come from ``TSAD_RETRAIN_*`` and
-can be overridden per run through the DAG params. The logic lives in ``pipeline/retrain/retraining.py``;
-this file only wires tasks (heavy imports happen inside them, so parsing stays fast).
+can be overridden per run through the DAG params. The logic lives in ``pipeline/retrain/`` (the
+task bodies in ``pipeline/retrain/tasks.py``, settings in ``models/core/settings.py``
+``settings.retrain``); this file only wires tasks (heavy imports happen inside them, so parsing
+stays fast).
 """
 
 from __future__ import annotations
 
-import json
-import os
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from airflow.sdk import Asset, Param, dag, task
 
-from models.routing import retrain_groups_from_env
+from models.core.settings import Settings, load_settings
+from pipeline.retrain.contracts import plan_jobs
 
-KINDS = json.loads(os.environ.get("TSAD_RETRAIN_KINDS", '["many-to-one", "many-to-many"]'))
-# group -> globs: from the routing file (TSAD_ROUTING, the one tsad serve reads) or TSAD_RETRAIN_GROUPS
-GROUPS = retrain_groups_from_env()
-MODEL_NAMES = [f"{group}-{kind}" for group in sorted(GROUPS) for kind in KINDS]  # = RetrainSettings.jobs()
+# Read when the file is parsed: the jobs (group x kind; the routing file in TSAD_ROUTING, the one tsad
+# serve reads, or TSAD_RETRAIN_GROUPS) and the schedule. Light imports only (no torch, pandas).
+SETTINGS = load_settings()
+JOBS = [job.to_dict() for job in plan_jobs(SETTINGS)]
+MODEL_NAMES = [job["name"] for job in JOBS]
 
 
 def model_asset(name: str) -> Asset:
@@ -51,40 +54,68 @@ def model_asset(name: str) -> Asset:
     return Asset(f"tsad://registry/{name}")
 
 
-def train_or_skip(settings, the_plan: dict, job: dict) -> dict:
-    """``train_candidate``, with a group that has no eligible series turned into a skip (not a failure),
+def train_or_skip(settings: Settings, the_plan: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
+    """``train_task``, with a group that has no eligible series turned into a skip (not a failure),
     so the other groups still get promoted and ``record`` still runs."""
     from airflow.sdk.exceptions import AirflowSkipException
 
-    from pipeline.retrain.retraining import NotEnoughDataError, train_candidate
+    from pipeline.retrain.contracts import NotEnoughDataError
+    from pipeline.retrain.tasks import train_task
 
     try:
-        return train_candidate(settings, the_plan, job)
+        return train_task(settings, the_plan, job)
     except NotEnoughDataError as error:
         raise AirflowSkipException(f"{job['name']}: not training: {error}") from error
 
 
-def candidate_for(candidates, name: str) -> dict:
+def candidate_for(candidates: list[dict[str, Any]] | None, name: str) -> dict[str, Any]:
     """This model's candidate among the mapped ``train`` results; skip when its training was skipped."""
     from airflow.sdk.exceptions import AirflowSkipException
 
-    found = [c for c in (candidates or []) if c and c.get("name") == name]
-    if not found:
-        raise AirflowSkipException(f"{name}: no candidate this run (training skipped)")
-    if len(found) > 1:
-        raise ValueError(f"{name}: {len(found)} candidates, expected one")
-    return found[0]
+    from pipeline.retrain import tasks
+
+    try:
+        return tasks.candidate_for(candidates, name)
+    except tasks.NoCandidateError as error:
+        raise AirflowSkipException(str(error)) from error
 
 
-def _settings(context):
-    from pipeline.retrain.retraining import load_settings
+def _settings(context: dict[str, Any]) -> Settings:
+    from pipeline.retrain.tasks import run_settings
 
-    return load_settings({k: v for k, v in context["params"].items() if v is not None})
+    return run_settings(context["params"])
+
+
+def _promote_and_publish(name: str, candidates: Any, the_plan: Any) -> Any:
+    """The ``promote__<name>`` and ``publish__<name>`` tasks of one model; returns the decision (XComArg)."""
+
+    # none_failed_min_one_success: runs when some group trained (others may have been skipped),
+    # is skipped with everything else when ``plan`` skipped the run.
+    @task(task_id=f"promote__{name}", trigger_rule="none_failed_min_one_success")
+    def promote(candidates: list[dict[str, Any]], the_plan: dict[str, Any], **context: Any) -> dict[str, Any]:
+        """Promote this model's candidate when it beats the champion (atomic registry pointer);
+        skipped when this model's training was skipped."""
+        from pipeline.retrain.tasks import promote_task
+
+        return promote_task(_settings(context), the_plan, candidate_for(candidates, name))
+
+    @task(task_id=f"publish__{name}", outlets=[model_asset(name)])
+    def publish(decision: dict[str, Any]) -> str:
+        """Emit the model's Asset only when it has a new champion (skipped otherwise)."""
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        if not decision["promoted"]:
+            raise AirflowSkipException(f"{decision['name']}: no new champion ({decision['reason']})")
+        return f"{decision['name']} v{decision['candidate']}"
+
+    decision: Any = promote(candidates, the_plan)  # an XComArg: the dict once the task ran
+    publish(decision)
+    return decision
 
 
 @dag(
     dag_id="retrain_forecasters",
-    schedule=os.environ.get("TSAD_RETRAIN_SCHEDULE", "@daily"),
+    schedule=SETTINGS.retrain.schedule,
     start_date=datetime(2024, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
@@ -107,63 +138,38 @@ def _settings(context):
         "device": Param(None, type=["null", "string"], description="auto | cpu | cuda."),
     },
 )
-def retrain_forecasters():
+def retrain_forecasters() -> None:
     @task
-    def plan(**context) -> dict:
+    def plan(**context: Any) -> dict[str, Any]:
         """Training range and held-out cut for this data interval; skips when there is too little data."""
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from pipeline.retrain.retraining import NotEnoughDataError
-        from pipeline.retrain.retraining import plan as make_plan
+        from pipeline.retrain.contracts import NotEnoughDataError
+        from pipeline.retrain.tasks import plan_task
 
         try:
-            return make_plan(_settings(context), context["data_interval_start"], context["data_interval_end"])
+            return plan_task(_settings(context), context["data_interval_start"], context["data_interval_end"])
         except NotEnoughDataError as error:
             raise AirflowSkipException(f"not retraining: {error}") from error
 
     @task(map_index_template="{{ task.op_kwargs['job']['name'] }}")
-    def train(job: dict, the_plan: dict, **context) -> dict:
+    def train(job: dict[str, Any], the_plan: dict[str, Any], **context: Any) -> dict[str, Any]:
         """Fit one (group, kind) candidate, evaluate it and the champion, register it unpromoted.
         Skipped (not failed) when the group has no eligible series."""
         return train_or_skip(_settings(context), the_plan, job)
 
-    jobs = [{"group": g, "pattern": GROUPS[g], "kind": k, "name": f"{g}-{k}"} for g in sorted(GROUPS) for k in KINDS]
     the_plan = plan()
-    candidates = train.partial(the_plan=the_plan).expand(job=jobs)
+    candidates = train.partial(the_plan=the_plan).expand(job=JOBS)
 
-    decisions = []
-    for name in MODEL_NAMES:
-        # none_failed_min_one_success: runs when some group trained (others may have been skipped),
-        # is skipped with everything else when ``plan`` skipped the run.
-        @task(task_id=f"promote__{name}", trigger_rule="none_failed_min_one_success")
-        def promote(candidates: list[dict], the_plan: dict, name: str = name, **context) -> dict:
-            """Promote this model's candidate when it beats the champion (atomic registry pointer);
-            skipped when this model's training was skipped."""
-            from pipeline.retrain.retraining import promote_if_better
-
-            candidate = candidate_for(candidates, name)
-            return promote_if_better(_settings(context), the_plan, candidate).to_dict()
-
-        @task(task_id=f"publish__{name}", outlets=[model_asset(name)])
-        def publish(decision: dict) -> str:
-            """Emit the model's Asset only when it has a new champion (skipped otherwise)."""
-            from airflow.sdk.exceptions import AirflowSkipException
-
-            if not decision["promoted"]:
-                raise AirflowSkipException(f"{decision['name']}: no new champion ({decision['reason']})")
-            return f"{decision['name']} v{decision['candidate']}"
-
-        decision = promote(candidates, the_plan)
-        publish(decision)
-        decisions.append(decision)
+    decisions = [_promote_and_publish(name, candidates, the_plan) for name in MODEL_NAMES]
 
     @task(trigger_rule="none_failed_min_one_success")
-    def record(decisions: list[dict], **context) -> str:
+    def record(decisions: list[dict[str, Any]], **context: Any) -> str:
         """Last success + candidate/champion errors to the Pushgateway or the textfile collector
         (models whose promote task was skipped have no decision and are left out)."""
-        from pipeline.retrain.retraining import record_figures
+        from pipeline.retrain.tasks import record_task
 
-        return record_figures(_settings(context), [d for d in decisions if d])
+        return record_task(_settings(context), decisions)
 
     record(decisions)
 

@@ -14,8 +14,8 @@ The routing file (YAML or JSON; ``TSAD_ROUTING`` or ``tsad serve --routing PATH`
 A series goes to the first route with a matching glob, else to the default. ``tsad serve`` serves
 ``model`` (default ``<group>-<serve_kind>``) of each route; the retraining DAG trains every group
 on exactly the series routed to it (the same first-match rule). Without a routing file the DAG
-falls back to ``TSAD_RETRAIN_GROUPS`` (``{"group": "glob"}``, groups may overlap) and ``tsad
-serve`` to one ``--model`` for every series. Routing is read at start: changing it needs a restart
+falls back to ``TSAD_RETRAIN_GROUPS`` (``{"group": "glob"}``, groups may overlap;
+``pipeline.retrain.contracts.retrain_groups``) and ``tsad serve`` to one ``--model`` for every series. Routing is read at start: changing it needs a restart
 of the scorers (the models themselves are hot-reloaded).
 """
 
@@ -27,9 +27,10 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
-DEFAULT_KIND = "many-to-many"
-KINDS = ("many-to-one", "many-to-many")
+from models.core.kinds import DEFAULT_KIND, KINDS, Kind
+
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _CACHE_LIMIT = 200_000
 
@@ -47,7 +48,7 @@ class Route:
     patterns: tuple[str, ...]
 
 
-def _name(value, what: str) -> str:
+def _name(value: object, what: str) -> str:
     if not isinstance(value, str) or not _NAME.match(value):
         raise RoutingError(
             f"{what} must be a name of letters, digits, '_', '.', '-' (not starting with '.' or '-'), got {value!r}"
@@ -58,7 +59,7 @@ def _name(value, what: str) -> str:
 class Routing:
     """Routes in order plus the default; ``route_of(series)`` is cached (bounded)."""
 
-    def __init__(self, routes: list[Route], default: Route, serve_kind: str = DEFAULT_KIND, source: str = ""):
+    def __init__(self, routes: list[Route], default: Route, serve_kind: Kind = DEFAULT_KIND, source: str = ""):
         self.routes = list(routes)
         self.default = default
         self.serve_kind = serve_kind
@@ -72,15 +73,16 @@ class Routing:
         return cls([], Route(model, model, ("*",)))
 
     @classmethod
-    def from_dict(cls, data, source: str = "routing") -> Routing:
+    def from_dict(cls, data: Any, source: str = "routing") -> Routing:
         if not isinstance(data, dict):
             raise RoutingError(f"{source}: expected a mapping with 'routes' and 'default', got {type(data).__name__}")
         unknown = set(data) - {"routes", "default", "serve_kind"}
         if unknown:
             raise RoutingError(f"{source}: unknown keys {sorted(unknown)} (expected routes, default, serve_kind)")
-        kind = data.get("serve_kind", DEFAULT_KIND)
-        if kind not in KINDS:
-            raise RoutingError(f"{source}: serve_kind must be one of {KINDS}, got {kind!r}")
+        serve_kind = data.get("serve_kind", DEFAULT_KIND)
+        if serve_kind not in KINDS:
+            raise RoutingError(f"{source}: serve_kind must be one of {KINDS}, got {serve_kind!r}")
+        kind = cast(Kind, serve_kind)
         raw_routes = data.get("routes") or []
         if not isinstance(raw_routes, list):
             raise RoutingError(f"{source}: 'routes' must be a list")
@@ -113,7 +115,7 @@ class Routing:
         group = _name(default.get("group", default.get("model")), f"{source}: default group")
         model = _name(default.get("model", f"{group}-{kind}"), f"{source}: default model")
         models_of: dict[str, str] = {}
-        for r in routes + [Route(group, model, ("*",))]:
+        for r in [*routes, Route(group, model, ("*",))]:
             if models_of.setdefault(r.group, r.model) != r.model:
                 raise RoutingError(
                     f"{source}: group {r.group!r} is routed to two models ({models_of[r.group]!r}, {r.model!r})"
@@ -121,9 +123,9 @@ class Routing:
         return cls(routes, Route(group, model, ("*",)), kind, source)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> Routing:
+    def load(cls, where: str | os.PathLike[str]) -> Routing:
         """Read a routing file (``.json``: JSON; anything else: YAML, of which JSON is a subset)."""
-        path = Path(path)
+        path = Path(where)
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as error:
@@ -144,7 +146,7 @@ class Routing:
     @property
     def all_routes(self) -> list[Route]:
         """The routes, then the default (index ``len(routes)``)."""
-        return self.routes + [self.default]
+        return [*self.routes, self.default]
 
     def route_of(self, series: str) -> int:
         """Index in ``all_routes`` of the route scoring ``series`` (first match; the default last)."""
@@ -177,13 +179,3 @@ class Routing:
         for route in self.all_routes:
             out.setdefault(route.group, []).extend(route.patterns)
         return out
-
-
-def retrain_groups_from_env(environ=None) -> dict[str, list[str]]:
-    """DAG groups: from the routing file in ``TSAD_ROUTING`` if set, else ``TSAD_RETRAIN_GROUPS``
-    (JSON ``{"group": "glob"}``, default ``{"default": "*"}``)."""
-    env = os.environ if environ is None else environ
-    if env.get("TSAD_ROUTING"):
-        return Routing.load(env["TSAD_ROUTING"]).retrain_groups()
-    groups = json.loads(env.get("TSAD_RETRAIN_GROUPS", '{"default": "*"}'))
-    return {g: [p] if isinstance(p, str) else list(p) for g, p in groups.items()}

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from kafka.structs import TopicPartition
+from waiting import wait_for
 
 from models.core.settings import Settings
 from pipeline.archive.consumer import Archiver
@@ -105,7 +106,7 @@ def test_temporary_files_are_ignored_and_corrupt_files_raise_clearly(tmp_path):
     (path.parent / ".tmp-123-part-0-1-1.parquet").write_bytes(b"half written")
     assert len(read_archive(tmp_path)) == 1
     (path.parent / "part-0-1-1.parquet").write_bytes(b"not parquet")
-    with pytest.raises(ArchiveError, match="part-0-1-1.parquet"):
+    with pytest.raises(ArchiveError, match=r"part-0-1-1\.parquet"):
         read_archive(tmp_path)
 
 
@@ -256,12 +257,16 @@ def test_cli_serves_metrics_and_sigterm_flushes_and_commits_before_exit(kafka_se
     reader.start()
     try:
         deadline = time.monotonic() + 30
-        while not any("partitions assigned: [0, 1, 2, 3]" in line for line in lines):
-            assert time.monotonic() < deadline and proc.poll() is None, "".join(lines)
-            time.sleep(0.1)
-        while not any("buffering events" in line for line in lines):  # it has fetched valid events
-            assert time.monotonic() < deadline and proc.poll() is None, "".join(lines)
-            time.sleep(0.1)
+        for needle, what in (
+            ("partitions assigned: [0, 1, 2, 3]", "every partition assigned"),
+            ("buffering events", "valid events fetched"),
+        ):
+            try:
+                wait_for(
+                    lambda n=needle: any(n in line for line in lines), deadline - time.monotonic(), what, proc=proc
+                )
+            except AssertionError as error:
+                raise AssertionError(f"{error}\n{''.join(lines)}") from None
         # nothing may be flushed yet (size and time limits are far)
         assert not list_files(tmp_path)
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()

@@ -1,7 +1,8 @@
 """The DAG folder parses cleanly (DagBag, fresh interpreter, temporary AIRFLOW_HOME) and quickly.
 
-Parse time is measured in a fresh interpreter: ``import airflow.sdk`` first (reported, not
-asserted), then the DAG file alone, which must take under 2 s (excluding the airflow import).
+Parsing happens in a fresh interpreter: ``import airflow.sdk`` first, then the DAG file alone, which
+must not import the heavy modules (torch, pandas, the training code). The times of both are
+printed, not asserted (timings belong in benchmarks).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)
 t2 = time.perf_counter()
 import sys
-heavy = sorted(m for m in ("torch", "pandas", "models.forecasting.training", "pipeline.retrain.retraining", "pyarrow") if m in sys.modules)
+heavy = sorted(m for m in ("torch", "pandas", "models.forecasting.training", "pipeline.retrain.train", "pipeline.retrain.plan", "pipeline.retrain.tasks", "pyarrow") if m in sys.modules)
 
 from airflow.dag_processing.dagbag import DagBag
 bag = DagBag(dag_folder=DAGS)
@@ -54,14 +55,13 @@ def _inspect(tmp_path, extra=None) -> dict:
     return json.loads(lines[-1][7:])
 
 
-def test_dag_folder_imports_without_errors_and_parses_fast(tmp_path):
+def test_dag_folder_imports_without_errors_and_without_heavy_imports(tmp_path):
     out = _inspect(tmp_path)
     print(
         f"import airflow.sdk: {out['airflow_import_s']:.2f}s; dag file (excl. airflow import): {out['dag_file_s']:.3f}s"
     )
     assert out["import_errors"] == {}
     assert out["dag_ids"] == ["retrain_forecasters"]
-    assert out["dag_file_s"] < 2.0
     assert out["heavy_imports"] == []  # torch, pandas, models.* load inside the tasks only
 
 
@@ -96,13 +96,13 @@ spec = importlib.util.spec_from_file_location("retrain_dag_probe", DAG_FILE)
 module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)
 from airflow.sdk.exceptions import AirflowSkipException
-from pipeline.retrain.retraining import load_settings
+from models.core.settings import load_settings
 out = {}
-settings = load_settings({"archive_dir": ARCHIVE, "registry_dir": REGISTRY})
+settings = load_settings(archive_dir=ARCHIVE, registry_dir=REGISTRY)
 plan = {"interval_start": "2024-01-01T00:00:00+00:00", "interval_end": "2024-01-02T00:00:00+00:00",
         "start": "2023-12-25T00:00:00+00:00", "end": "2024-01-02T00:00:00+00:00", "cut": 1704067200.0,
         "cut_iso": "2024-01-01T00:00:00+00:00", "series": ["ec2_a"], "counts": {}}
-job = {"group": "web", "pattern": "speed_*", "kind": "many-to-one", "name": "web-many-to-one"}
+job = {"group": "web", "pattern": ["speed_*"], "kind": "many-to-one", "name": "web-many-to-one"}
 try:
     module.train_or_skip(settings, plan, job)
     out["train"] = "returned"

@@ -21,6 +21,7 @@ import orjson
 import pandas as pd
 import pytest
 from airflow_env import airflow_env, migrate, run_dag
+from waiting import wait_for
 
 from pipeline.kafka.broker import free_port
 from pipeline.kafka.clients import make_consumer, make_producer
@@ -132,25 +133,25 @@ def test_archive_retrain_promote_hot_reload_and_idempotent_rerun(airflow_home, k
     # 3. a scorer serving the (untrained) champion v1
     assert _seed_untrained_champion(registry_dir) == 1
     port = free_port()
-    serve_log = open(tmp_path / "serve.log", "w")
-    serve = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pipeline.cli",
-            "serve",
-            "--model",
-            M2O,
-            "--metrics-port",
-            str(port),
-            "--reload-interval",
-            "0.5",
-        ],
-        env=env,
-        stdout=serve_log,
-        stderr=subprocess.STDOUT,
-        cwd=REPO,
-    )
+    with open(tmp_path / "serve.log", "w") as serve_log:  # the child writes to its own copy of the descriptor
+        serve = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pipeline.cli",
+                "serve",
+                "--model",
+                M2O,
+                "--metrics-port",
+                str(port),
+                "--reload-interval",
+                "0.5",
+            ],
+            env=env,
+            stdout=serve_log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
     try:
         _wait(lambda: _metric(port, "tsad_model_version") == 1.0, 60, serve, tmp_path)
 
@@ -219,7 +220,6 @@ def test_archive_retrain_promote_hot_reload_and_idempotent_rerun(airflow_home, k
         except subprocess.TimeoutExpired:
             serve.kill()
             serve.wait()
-        serve_log.close()
 
     # 6. the same interval again: no new versions, no changed files, no asset events
     before = _snapshot(registry_dir)
@@ -251,11 +251,7 @@ def test_archive_retrain_promote_hot_reload_and_idempotent_rerun(airflow_home, k
 
 
 def _wait(condition, timeout_s: float, proc, tmp_path) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"timed out; serve log:\n{(tmp_path / 'serve.log').read_text()[-5000:]}")
-        time.sleep(0.25)
+    wait_for(condition, timeout_s, "the scorer's model version", proc=proc, log=tmp_path / "serve.log", interval=0.25)
 
 
 def _find_anomaly(kafka_settings, ts: float, timeout_s: float) -> dict:

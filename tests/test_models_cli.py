@@ -61,10 +61,10 @@ def test_train_and_manage(tmp_path, app):
         "--threads",
         "1",
     ]
-    r = runner.invoke(app, common + ["--kind", "many-to-many"])
+    r = runner.invoke(app, [*common, "--kind", "many-to-many"])
     assert r.exit_code == 0, r.output
     assert "default v1" in r.output and "windows/s" in r.output
-    r = runner.invoke(app, common + ["--kind", "many-to-one", "--no-promote"])
+    r = runner.invoke(app, [*common, "--kind", "many-to-one", "--no-promote"])
     assert r.exit_code == 0, r.output
     reg = ModelRegistry(reg_dir)
     assert reg.champion("default") == 1 and reg.versions("default") == [1, 2]

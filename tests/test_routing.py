@@ -21,16 +21,17 @@ from test_scorer import T0, publish, read_topic, signal
 from test_scoring import make_bundle
 from waiting import wait_for
 
-from models.core.settings import Settings
+from models.core.settings import Settings, load_settings
 from models.detection.detector import DetectorConfig, StreamingDetector
 from models.detection.routed import RoutedDetector
 from models.forecasting.forecasters import ForecasterConfig
 from models.forecasting.training import fit
 from models.registry import ModelRegistry
-from models.routing import Routing, RoutingError, retrain_groups_from_env
+from models.routing import Routing, RoutingError
 from pipeline.events import encode_event
 from pipeline.metrics import ScorerMetrics
-from pipeline.retrain.retraining import RetrainSettings, SeriesSet, select_job_series
+from pipeline.retrain.contracts import plan_jobs, retrain_groups
+from pipeline.retrain.series import SeriesSet, select_job_series
 from pipeline.serve.scorer import Scorer
 from pipeline.serve.serving_models import build_detector
 
@@ -112,16 +113,17 @@ def test_serve_with_a_bad_routing_file_exits_2_with_one_line(tmp_path):
 
 def test_the_dag_trains_each_group_on_the_series_routed_to_it(tmp_path):
     path = write(tmp_path, CONFIG)
-    settings = RetrainSettings(routing=str(path), kinds=["many-to-many"])
-    jobs = {job["group"]: job for job in settings.jobs()}
-    assert set(jobs) == {"cpu", "web", "cpu2"} and jobs["web"]["name"] == "web-many-to-many"
+    settings = load_settings(routing=str(path), retrain={"kinds": ["many-to-many"], "groups": {"ignored": "*"}})
+    jobs = {job.group: job for job in plan_jobs(settings)}
+    assert set(jobs) == {"cpu", "web", "cpu2"} and jobs["web"].name == "web-many-to-many"
     data = SeriesSet({s: (np.zeros(1), np.zeros(1)) for s in ("cpu-1", "cpuX", "web-1", "disk")})
     assert set(select_job_series(settings, data, jobs["cpu"]).series) == {"cpu-1", "disk"}
     assert set(select_job_series(settings, data, jobs["cpu2"]).series) == {"cpuX"}
-    assert retrain_groups_from_env({"TSAD_ROUTING": str(path)}) == Routing.load(path).retrain_groups()
-    assert retrain_groups_from_env({"TSAD_RETRAIN_GROUPS": '{"a": "x*"}'}) == {"a": ["x*"]}  # the fallback
-    legacy = RetrainSettings(groups={"a": "cpu*"}, kinds=["many-to-one"])
-    assert set(select_job_series(legacy, data, legacy.jobs()[0]).series) == {"cpu-1", "cpuX"}
+    groups = {g: list(p) for g, p in retrain_groups(settings).items()}
+    assert groups == Routing.load(path).retrain_groups()
+    legacy = load_settings(retrain={"groups": {"a": "cpu*"}, "kinds": ["many-to-one"]})
+    assert retrain_groups(legacy) == {"a": ("cpu*",)}  # the fallback without a routing file
+    assert set(select_job_series(legacy, data, plan_jobs(legacy)[0]).series) == {"cpu-1", "cpuX"}
 
 
 # ---------------------------------------------------------------- detector

@@ -14,9 +14,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -25,6 +26,11 @@ from models.core.settings import Settings
 from pipeline.archive.format import write_files
 from pipeline.events import Event, parse_event
 from pipeline.metrics import ArchiverMetrics
+
+if TYPE_CHECKING:
+    from kafka import KafkaConsumer
+    from kafka.consumer.fetcher import ConsumerRecord
+    from kafka.structs import TopicPartition
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +100,7 @@ class Archiver:
         self.poll_timeout_ms = poll_timeout_ms
         self._stop = threading.Event()
         self._buffer = _Buffer()
-        self._consumer = None
+        self._consumer: KafkaConsumer | None = None
         self._last_activity = time.monotonic()
         self.files: list[Path] = []  # every file this archiver renamed into place
 
@@ -104,7 +110,7 @@ class Archiver:
 
     # -- Kafka ---------------------------------------------------------------------------------
 
-    def _make_consumer(self):
+    def _make_consumer(self) -> KafkaConsumer:
         from kafka import ConsumerRebalanceListener
 
         from pipeline.kafka.clients import make_consumer
@@ -112,13 +118,13 @@ class Archiver:
         archiver = self
 
         class _FlushOnRevoke(ConsumerRebalanceListener):
-            def on_partitions_revoked(self, revoked):
+            def on_partitions_revoked(self, revoked: Collection[TopicPartition]) -> None:
                 # Our offsets for these partitions must be on disk + committed before another
                 # member takes them over, or it would archive them again.
                 if revoked:
                     archiver.flush()
 
-            def on_partitions_assigned(self, assigned):
+            def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
                 archiver._last_activity = time.monotonic()
                 log.info("partitions assigned: %s", sorted(tp.partition for tp in assigned))
 
@@ -142,7 +148,7 @@ class Archiver:
 
     # -- loop ----------------------------------------------------------------------------------
 
-    def handle(self, records: Iterable) -> None:
+    def handle(self, records: Iterable[ConsumerRecord]) -> None:
         """Parse a batch of ConsumerRecords into the buffer (invalid ones are counted only)."""
         limits = {
             "max_message_bytes": self.settings.max_message_bytes,
@@ -185,11 +191,11 @@ class Archiver:
 
     def run(self) -> None:
         """Poll, buffer, flush on size/time; on stop or idle timeout flush, commit and close."""
-        self._consumer = self._make_consumer()
+        consumer = self._consumer = self._make_consumer()
         self._last_activity = time.monotonic()
         try:
             while not self._stop.is_set():
-                batch = self._consumer.poll(timeout_ms=self.poll_timeout_ms)
+                batch = consumer.poll(timeout_ms=self.poll_timeout_ms)
                 for records in batch.values():
                     if records:
                         self._last_activity = time.monotonic()
@@ -204,5 +210,5 @@ class Archiver:
                     break
             self.flush()
         finally:
-            consumer, self._consumer = self._consumer, None
+            self._consumer = None
             consumer.close(autocommit=False)

@@ -28,6 +28,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from models.core.timeutil import to_epoch
+
 log = logging.getLogger(__name__)
 
 SCHEMA = pa.schema(
@@ -61,6 +63,7 @@ def content_digest(frame: pd.DataFrame) -> str:
 
 
 def file_name(partition: int, first_offset: int, last_offset: int, digest: str) -> str:
+    """``part-<partition>-<first offset>-<last offset>-<digest>.parquet``."""
     return f"part-{partition}-{first_offset}-{last_offset}-{digest}.parquet"
 
 
@@ -108,15 +111,11 @@ def write_files(archive_dir: Path, frame: pd.DataFrame) -> list[Path]:
 # -- reading -------------------------------------------------------------------------------------
 
 
-def _to_epoch(moment: datetime | float | int | str | None) -> float | None:
-    if moment is None:
-        return None
-    if isinstance(moment, (int, float)):
-        return float(moment)
-    stamp = pd.Timestamp(moment)
-    if stamp.tzinfo is None:
-        stamp = stamp.tz_localize("UTC")
-    return stamp.timestamp()
+Moment = datetime | str | float | int | None  # a range bound: None = open; naive and offset-less = UTC
+
+
+def _to_epoch(moment: Moment) -> float | None:
+    return None if moment is None else to_epoch(moment)
 
 
 def _hour_dirs(archive_dir: Path, start: float | None, end: float | None) -> list[Path]:
@@ -136,16 +135,15 @@ def _hour_dirs(archive_dir: Path, start: float | None, end: float | None) -> lis
     return out
 
 
-def list_files(archive_dir: Path | str, start=None, end=None) -> list[Path]:
+def list_files(archive_dir: Path | str, start: Moment = None, end: Moment = None) -> list[Path]:
     """Archive files (temporary ones excluded) whose hour overlaps [start, end)."""
-    archive_dir = Path(archive_dir)
-    files = []
-    for hour_dir in _hour_dirs(archive_dir, _to_epoch(start), _to_epoch(end)):
+    files: list[Path] = []
+    for hour_dir in _hour_dirs(Path(archive_dir), _to_epoch(start), _to_epoch(end)):
         files.extend(p for p in sorted(hour_dir.glob("part-*.parquet")))
     return files
 
 
-def read_archive(archive_dir: Path | str, start=None, end=None) -> pd.DataFrame:
+def read_archive(archive_dir: Path | str, start: Moment = None, end: Moment = None) -> pd.DataFrame:
     """Archived events with ``start <= ts < end`` (datetimes, ISO strings or epoch seconds; None = open).
 
     Duplicates from at-least-once delivery are removed by ``(partition, offset, series, ts)`` (rows

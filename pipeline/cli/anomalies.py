@@ -16,9 +16,16 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from kafka import KafkaConsumer
+
+    from models.core.settings import Settings
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -57,7 +64,7 @@ def parse_since(text: str, now: float | None = None) -> float | None:
     return moment.timestamp()
 
 
-def matches(record: dict, series: str | None, model: str | None, min_score: float | None) -> bool:
+def matches(record: dict[str, Any], series: str | None, model: str | None, min_score: float | None) -> bool:
     """Whether an anomaly record passes the filters."""
     if series is not None and not fnmatch.fnmatchcase(str(record.get("series", "")), series):
         return False
@@ -70,11 +77,11 @@ def matches(record: dict, series: str | None, model: str | None, min_score: floa
     return True
 
 
-def _num(x) -> str:
+def _num(x: object) -> str:
     return f"{x:.4g}" if isinstance(x, (int, float)) and math.isfinite(x) else "-"
 
 
-def table_row(record: dict) -> str:
+def table_row(record: dict[str, Any]) -> str:
     """One anomaly as a fixed-width line (see ``COLUMNS``)."""
     ts = record.get("ts")
     when = (
@@ -99,6 +106,7 @@ def table_row(record: dict) -> str:
 
 
 def header() -> str:
+    """The table's column names, aligned with ``table_row``."""
     return "  ".join(name.ljust(width) for name, width in COLUMNS).rstrip()
 
 
@@ -122,11 +130,40 @@ def anomalies(
     """Tail the anomalies topic: a live table (or --json lines) of anomalies, filtered."""
     import logging
 
-    import orjson
-
     from models.core.settings import load_settings
 
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    start = _check_flags(since, max_records, exit_when_idle)
+    settings = load_settings(kafka={"bootstrap_servers": bootstrap_servers, "anomalies_topic": anomalies_topic})
+    topic = settings.kafka.anomalies_topic
+    consumer = _assign(settings, topic, start)
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if not json_lines:
+        sys.stdout.write(header() + "\n")
+        sys.stdout.flush()
+    show = Filters(series, model, min_score)
+    try:
+        _follow(consumer, topic, start, show, json_lines, max_records, exit_when_idle, stop)
+    finally:
+        consumer.close()
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Which anomaly records are shown (None: any)."""
+
+    series: str | None
+    model: str | None
+    min_score: float | None
+
+    def __call__(self, record: Any) -> bool:
+        return isinstance(record, dict) and matches(record, self.series, self.model, self.min_score)
+
+
+def _check_flags(since: str, max_records: int | None, exit_when_idle: float | None) -> float | None:
+    """The start time (epoch s, None: the beginning); bad flags are a one-line error and exit code 2."""
     try:
         start = parse_since(since)
     except ValueError as error:
@@ -135,49 +172,51 @@ def anomalies(
     if (max_records is not None and max_records < 1) or (exit_when_idle is not None and exit_when_idle <= 0):
         typer.echo("error: --max must be >= 1 and --exit-when-idle > 0", err=True)
         raise typer.Exit(2)
-    settings = load_settings(kafka={"bootstrap_servers": bootstrap_servers, "anomalies_topic": anomalies_topic})
-    topic = settings.kafka.anomalies_topic
-    consumer = _assign(settings, topic, start)
-    stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    return start
+
+
+def _follow(
+    consumer: KafkaConsumer,
+    topic: str,
+    start: float | None,
+    show: Filters,
+    json_lines: bool,
+    max_records: int | None,
+    exit_when_idle: float | None,
+    stop: threading.Event,
+) -> None:
+    """Print matching records in Kafka-time order until ``stop``, ``max_records`` or ``exit_when_idle``."""
+    import orjson
+
     out = sys.stdout
-    if not json_lines:
-        out.write(header() + "\n")
-        out.flush()
     shown, last_record = 0, time.monotonic()
     start_ms = None if start is None else int(start * 1000)
-    try:
-        while not stop.is_set():
-            polled = consumer.poll(timeout_ms=200)
-            rows = sorted((r for batch in polled.values() for r in batch), key=lambda r: (r.timestamp, r.offset))
-            if rows:
-                last_record = time.monotonic()
-            for record in rows:
-                if start_ms is not None and record.timestamp < start_ms:
-                    continue  # brokers' time lookups can land early (Tansu): the record time decides
-                try:
-                    value = orjson.loads(record.value)
-                except (orjson.JSONDecodeError, TypeError):
-                    typer.echo(
-                        f"skipping an undecodable record at {topic}/{record.partition}/{record.offset}", err=True
-                    )
-                    continue
-                if not isinstance(value, dict) or not matches(value, series, model, min_score):
-                    continue
-                out.write((orjson.dumps(value).decode() if json_lines else table_row(value)) + "\n")
-                shown += 1
-                if max_records is not None and shown >= max_records:
-                    out.flush()
-                    return
-            out.flush()
-            if exit_when_idle is not None and time.monotonic() - last_record >= exit_when_idle:
+    while not stop.is_set():
+        polled = consumer.poll(timeout_ms=200)
+        rows = sorted((r for batch in polled.values() for r in batch), key=lambda r: (r.timestamp, r.offset))
+        if rows:
+            last_record = time.monotonic()
+        for record in rows:
+            if start_ms is not None and record.timestamp < start_ms:
+                continue  # brokers' time lookups can land early (Tansu): the record time decides
+            try:
+                value = orjson.loads(record.value)
+            except (orjson.JSONDecodeError, TypeError):
+                typer.echo(f"skipping an undecodable record at {topic}/{record.partition}/{record.offset}", err=True)
+                continue
+            if not show(value):
+                continue
+            out.write((orjson.dumps(value).decode() if json_lines else table_row(value)) + "\n")
+            shown += 1
+            if max_records is not None and shown >= max_records:
+                out.flush()
                 return
-    finally:
-        consumer.close()
+        out.flush()
+        if exit_when_idle is not None and time.monotonic() - last_record >= exit_when_idle:
+            return
 
 
-def _assign(settings, topic: str, start: float | None):
+def _assign(settings: Settings, topic: str, start: float | None) -> KafkaConsumer:
     """A group-less consumer on every partition of ``topic``, positioned at ``start`` (epoch s)."""
     from kafka import KafkaConsumer
     from kafka.errors import KafkaError

@@ -5,14 +5,22 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from pipeline.backtest.crossval import Candidate
+    from pipeline.backtest.replay import ReplayConfig
 
 
 def register(app: typer.Typer) -> None:
     app.command("backtest")(backtest)
 
 
+# Long only in its signature (one typer option per flag); the body: flags -> ReplayConfig -> replay or --cv.
 def backtest(
     paths: list[Path] = typer.Argument(..., exists=True, help="NAB CSV files or directories holding them."),
     labels: Path = typer.Option(..., "--labels", exists=True, dir_okay=False, help="NAB combined_windows.json."),
@@ -83,18 +91,14 @@ def backtest(
     ),
 ) -> None:
     """Replay each series in time order through StreamingDetector (NAB rules) and print NAB scores."""
-    import time
-
     from rich.console import Console
 
-    from pipeline.backtest.output import write_nab_csv, write_scores
-    from pipeline.backtest.replay import ReplayConfig, find_csvs, run_corpus
-    from pipeline.backtest.report import corpus_report, render
+    from pipeline.backtest.replay import find_csvs
 
     console = Console()
     try:
         windows = json.loads(labels.read_text())
-        cfg = ReplayConfig(
+        cfg = _replay_config(
             kind=kind,
             window=window,
             hidden=hidden,
@@ -104,36 +108,97 @@ def backtest(
             seed=seed,
             model_source=model_source,
             warmup=warmup,
-            fleet_registry=str(fleet_registry) if fleet_registry else None,
+            fleet_registry=fleet_registry,
             fleet_model=fleet_model,
-            detector=json.loads(detector_json),
-            post=json.loads(post_json),
+            detector_json=detector_json,
+            post_json=post_json,
         )
-        from pipeline.backtest.replay import detector_config
-
-        detector_config(cfg)  # fail fast on bad overrides
-        if cv:
-            from pipeline.backtest.crossval import candidates_from_json
-
-            seed_list = [int(s) for s in seeds.split(",") if s.strip()]
-            if rule not in ("one-se", "max"):
-                raise ValueError(f"--rule must be one-se or max, got {rule!r}")
-            from pipeline.backtest.cv_run import with_variants
-
-            variants = json.loads(variants_json) if variants_json.strip() else {}
-            if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
-                raise ValueError("--variants must be a JSON object of {name: {ReplayConfig overrides}}")
-            for over in variants.values():
-                replace(cfg, **over)  # unknown fields or bad values fail here
-            cands = with_variants(candidates_from_json(candidates_json, base=cfg.post), variants)
+        cv_plan = _cv_plan(cfg, seeds, rule, variants_json, candidates_json) if cv else None
     except (ValueError, TypeError) as exc:
         raise typer.BadParameter(str(exc)) from exc
     files = find_csvs(paths)
     if not files:
         raise typer.BadParameter("no CSV files found")
-    if cv:
+    if cv_plan is not None:
+        seed_list, cands = cv_plan
         _cross_validate(files, windows, cfg, seed_list, cands, workers, out, console, rule)
         return
+    _replay(files, windows, cfg, workers, out, detector, plot, console)
+
+
+def _replay_config(
+    *,
+    kind: str,
+    window: int,
+    hidden: int,
+    epochs: int,
+    retrain_every: int,
+    retrain_epochs: int,
+    seed: int,
+    model_source: str,
+    warmup: str,
+    fleet_registry: Path | None,
+    fleet_model: str | None,
+    detector_json: str,
+    post_json: str,
+) -> ReplayConfig:
+    """The replay configuration from the flags; ValueError/TypeError on bad overrides (checked here)."""
+    from pipeline.backtest.replay import ReplayConfig, detector_config
+
+    cfg = ReplayConfig(
+        kind=kind,
+        window=window,
+        hidden=hidden,
+        epochs=epochs,
+        retrain_every=retrain_every,
+        retrain_epochs=retrain_epochs,
+        seed=seed,
+        model_source=model_source,
+        warmup=warmup,
+        fleet_registry=str(fleet_registry) if fleet_registry else None,
+        fleet_model=fleet_model,
+        detector=json.loads(detector_json),
+        post=json.loads(post_json),
+    )
+    detector_config(cfg)  # fail fast on bad overrides
+    return cfg
+
+
+def _cv_plan(
+    cfg: ReplayConfig, seeds: str, rule: str, variants_json: str, candidates_json: str
+) -> tuple[list[int], list[Candidate]]:
+    """``--cv``: the training seeds and the candidates (each under each variant); ValueError on bad flags."""
+    from pipeline.backtest.crossval import candidates_from_json
+    from pipeline.backtest.cv_run import with_variants
+
+    seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    if rule not in ("one-se", "max"):
+        raise ValueError(f"--rule must be one-se or max, got {rule!r}")
+    variants = json.loads(variants_json) if variants_json.strip() else {}
+    if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
+        raise ValueError("--variants must be a JSON object of {name: {ReplayConfig overrides}}")
+    for over in variants.values():
+        replace(cfg, **over)  # unknown fields or bad values fail here
+    return seed_list, with_variants(candidates_from_json(candidates_json, base=cfg.post), variants)
+
+
+def _replay(
+    files: list[Path],
+    windows: dict[str, Any],
+    cfg: ReplayConfig,
+    workers: int,
+    out: Path | None,
+    detector: str,
+    plot: Path | None,
+    console: Console,
+) -> None:
+    """Replay the corpus (fleet model first unless per-file), print the report, write results and plots."""
+    import time
+
+    from pipeline.backtest.output import write_nab_csv, write_scores
+    from pipeline.backtest.replay import run_corpus
+    from pipeline.backtest.report import corpus_report, render
+
     t0 = time.perf_counter()
     fleet = None
     if cfg.model_source != "per-file" and not cfg.fleet_registry:
@@ -170,7 +235,17 @@ def backtest(
         raise typer.Exit(2)
 
 
-def _cross_validate(files, windows, cfg, seeds, cands, workers, out, console, rule) -> None:
+def _cross_validate(
+    files: list[Path],
+    windows: dict[str, Any],
+    cfg: ReplayConfig,
+    seeds: list[int],
+    cands: list[Candidate],
+    workers: int,
+    out: Path | None,
+    console: Console,
+    rule: str,
+) -> None:
     """``--cv``: replay per seed, cross-validate the candidates by group, print and save the figures."""
     from rich.console import Console
 

@@ -2,16 +2,20 @@
 
 ``--registry`` defaults to the ``registry_dir`` setting (``TSAD_REGISTRY_DIR``, see ``models.core.settings``).
 
-Wired into the main app by ``pipeline/cli.py`` through ``register(app)``. torch, pandas and the
+Wired into the main app by ``pipeline/cli/__init__.py`` through ``register(app)``. torch, pandas and the
 training code are imported inside the commands so ``tsad --help`` stays fast.
 """
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from models.registry import ModelRegistry
 
 models_app = typer.Typer(help="Inspect and manage registered models.", no_args_is_help=True)
 
@@ -29,7 +33,7 @@ def _check_name(name: str | None) -> None:
         raise typer.Exit(2) from exc
 
 
-def _registry(path: Path | None):
+def _registry(path: Path | None) -> ModelRegistry:
     """``ModelRegistry`` at ``--registry``, else at the ``registry_dir`` setting (``TSAD_REGISTRY_DIR``)."""
     from models.registry import ModelRegistry
 
@@ -40,17 +44,20 @@ def _registry(path: Path | None):
     return ModelRegistry(path)
 
 
-class Kind(str, Enum):
+class Kind(StrEnum):
+    """``--kind`` choices: the forecaster kinds of ``models.core.kinds.KINDS``."""
+
     many_to_one = "many-to-one"
     many_to_many = "many-to-many"
 
 
-class Device(str, Enum):
+class Device(StrEnum):
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
 
 
+# Long only in its signature (one typer option per flag).
 def train(
     data: Path = typer.Argument(..., exists=True, help="NAB CSV, directory of CSVs, or Parquet (series, ts, value)."),
     kind: Kind = typer.Option(Kind.many_to_one, "--kind", help="Forecaster kind."),

@@ -7,8 +7,17 @@ import logging
 import signal
 import sys
 import threading
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
+
+if TYPE_CHECKING:
+    from models.core.settings import Settings
+    from models.detection.detector import DetectorConfig
+    from models.routing import Routing
+    from pipeline.metrics import ScorerMetrics
+
+log = logging.getLogger("tsad.serve")
 
 
 def register(app: typer.Typer) -> None:
@@ -16,6 +25,7 @@ def register(app: typer.Typer) -> None:
     app.command("demo")(demo)
 
 
+# Long only in its signature (one typer option per flag); the body: options -> settings -> detector -> run.
 def serve(
     bootstrap_servers: str = typer.Option(None, help="Kafka bootstrap servers (default: settings)."),
     registry: str = typer.Option(None, help="Model registry directory (default: TSAD_REGISTRY_DIR)."),
@@ -83,20 +93,10 @@ def serve(
     log_level: str = typer.Option("INFO", help="Logging level."),
 ) -> None:
     """Score the events topic continuously; SIGTERM/SIGINT finish the batch, commit and exit."""
-    logging.basicConfig(
-        level=log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLogger().level))
+    _configure_logging(log_level)
     import torch
 
     from models.core.settings import load_settings
-    from models.detection.detector import DetectorConfig
-    from models.routing import Routing, RoutingError
-    from pipeline.kafka.clients import ensure_topics
-    from pipeline.metrics import ScorerMetrics, serve_metrics
-    from pipeline.serve.anomaly_export import AnomalousSeries
-    from pipeline.serve.scorer import Scorer
-    from pipeline.serve.serving_models import ModelLoadError, build_detector
 
     torch.set_num_threads(max(torch_threads, 1))
     settings = load_settings(
@@ -118,49 +118,118 @@ def serve(
             "dead_letter_topic": dead_letter_topic,
         },
     )
-    log = logging.getLogger("tsad.serve")
     if precision not in ("fp32", "bf16"):
-        typer.echo(f"--precision must be fp32 or bf16, got {precision!r}", err=True)
-        raise typer.Exit(2)
+        _fail(f"--precision must be fp32 or bf16, got {precision!r}")
+    plan = _routing(settings, model)
+    config = _detector_config(settings, warmup_events, threshold_method, threshold, likelihood_config)
+    detector, watchers = _build_detector(settings, plan, config, reload_interval, precision)
+    _run(settings, plan, detector, watchers, replay_messages=replay_messages, fetch_process=fetch_process)
+
+
+def _configure_logging(log_level: str) -> None:
+    logging.basicConfig(
+        level=log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def _fail(message: str, cause: BaseException | None = None) -> NoReturn:
+    """One line on stderr, exit code 2 (bad flags, settings or models: refused before any work)."""
+    typer.echo(message, err=True)
+    raise typer.Exit(2) from cause
+
+
+def _routing(settings: Settings, model: str | None) -> Routing:
+    """The routing file (``--routing``/``TSAD_ROUTING``), else every series to ``--model`` (default 'default')."""
+    from models.routing import Routing, RoutingError
+
     if settings.routing and model:
-        typer.echo("set either --routing (TSAD_ROUTING) or --model (TSAD_MODEL), not both", err=True)
-        raise typer.Exit(2)
+        _fail("set either --routing (TSAD_ROUTING) or --model (TSAD_MODEL), not both")
     try:
-        plan = Routing.load(settings.routing) if settings.routing else Routing.single(model or "default")
+        return Routing.load(settings.routing) if settings.routing else Routing.single(model or "default")
     except RoutingError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from error
-    overrides = {"threshold_method": threshold_method, "threshold": threshold}
+        _fail(f"error: {error}", error)
+
+
+def _detector_config(
+    settings: Settings,
+    warmup_events: int | None,
+    threshold_method: str | None,
+    threshold: float | None,
+    likelihood_config: str | None,
+) -> DetectorConfig:
+    from models.detection.detector import DetectorConfig
+
+    overrides: dict[str, Any] = {"threshold_method": threshold_method, "threshold": threshold}
     try:
         if likelihood_config:
             overrides["likelihood"] = json.loads(likelihood_config)
-        config = DetectorConfig(
+        return DetectorConfig(
             max_series=settings.max_series,
             warmup_events=warmup_events,
             **{k: v for k, v in overrides.items() if v is not None},
         )
     except (ValueError, TypeError) as error:  # json.JSONDecodeError is a ValueError
-        typer.echo(f"invalid detector settings: {error}", err=True)
-        raise typer.Exit(2) from error
+        _fail(f"invalid detector settings: {error}", error)
+
+
+def _build_detector(
+    settings: Settings, plan: Routing, config: DetectorConfig, reload_interval: float, precision: str
+) -> tuple[Any, Any]:
+    """The (routed) detector over each served model's champion, and the watchers that hot-reload them."""
+    from pipeline.serve.serving_models import ModelLoadError, build_detector
+
     try:
-        detector, watchers = build_detector(settings.registry_dir, plan, config, reload_interval, precision)
+        return build_detector(settings.registry_dir, plan, config, reload_interval, precision)
     except ModelLoadError as error:
-        typer.echo(str(error), err=True)
-        raise typer.Exit(2) from error
+        _fail(str(error), error)
+
+
+def _serve_metrics(settings: Settings, metrics: ScorerMetrics) -> None:
+    """Serve ``/metrics`` unless the port is 0; a busy port is a one-line error naming the flag."""
+    from pipeline.metrics import serve_metrics
+
+    if not settings.metrics_port:
+        return
+    try:
+        server, _ = serve_metrics(metrics.registry, settings.metrics_host, settings.metrics_port)
+    except OSError as error:
+        _fail(
+            f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}: "
+            f"{error.strerror or error}; pick a free port with --metrics-port (0 disables)",
+            error,
+        )
+    log.info("metrics on http://%s:%s/metrics", settings.metrics_host, server.server_port)
+
+
+def _log_serving(settings: Settings, plan: Routing, detector: Any) -> None:
+    for det in getattr(detector, "detectors", {detector.model_name: detector}).values():
+        log.info(
+            "serving %s v%s (%s) on %s group=%s",
+            det.model_name,
+            det.model_version,
+            det.bundle.kind,
+            settings.kafka.events_topic,
+            settings.kafka.group_id,
+        )
+    if settings.routing:
+        for route in plan.all_routes:
+            log.info("route %s: %s -> %s", route.group, ", ".join(route.patterns), route.model)
+
+
+def _run(
+    settings: Settings, plan: Routing, detector: Any, watchers: Any, *, replay_messages: int, fetch_process: bool
+) -> None:
+    """Metrics, topics, signals, the scorer with its observers (per-series export, Alertmanager) until stopped."""
+    from pipeline.kafka.clients import ensure_topics
+    from pipeline.metrics import ScorerMetrics
+    from pipeline.serve.anomaly_export import AnomalousSeries
+    from pipeline.serve.scorer import Scorer
+
     metrics = ScorerMetrics()
     export = AnomalousSeries(settings.anomalous_series_max, settings.anomalous_series_ttl_s)
     metrics.registry.register(export)
-    if settings.metrics_port:
-        try:
-            server, _ = serve_metrics(metrics.registry, settings.metrics_host, settings.metrics_port)
-        except OSError as error:
-            typer.echo(
-                f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}: "
-                f"{error.strerror or error}; pick a free port with --metrics-port (0 disables)",
-                err=True,
-            )
-            raise typer.Exit(2) from error
-        log.info("metrics on http://%s:%s/metrics", settings.metrics_host, server.server_port)
+    _serve_metrics(settings, metrics)
     ensure_topics(settings.kafka)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -176,18 +245,7 @@ def serve(
         sink = AlertmanagerSink.from_settings(settings, metrics.registry)
         scorer.observers.append(sink)
         sink.start()
-    for det in getattr(detector, "detectors", {detector.model_name: detector}).values():
-        log.info(
-            "serving %s v%s (%s) on %s group=%s",
-            det.model_name,
-            det.model_version,
-            det.bundle.kind,
-            settings.kafka.events_topic,
-            settings.kafka.group_id,
-        )
-    if settings.routing:
-        for route in plan.all_routes:
-            log.info("route %s: %s -> %s", route.group, ", ".join(route.patterns), route.model)
+    _log_serving(settings, plan, detector)
     try:
         stats = scorer.run(stop)
     finally:
