@@ -65,7 +65,7 @@ def make_bundle(kind: str, hidden: int = 64, window: int = 64, precision: str = 
             config=cfg,
             forecaster=build_forecaster(cfg).eval(),
             normalizers={},
-            calibration={},
+            calibration=None,
         ),
         precision,
     )
@@ -322,13 +322,14 @@ def export_memory(k: int) -> str:
 
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from models.detection.detector import SCORED, BatchResult
+    from models.detection.detector import BatchResult
+    from models.detection.status import Status
     from pipeline.serve.anomaly_export import AnomalousSeries
 
     ids = [f"series-{i:05d}-{'x' * 20}" for i in range(k)]  # 33-character ids
     n = len(ids)
     result = BatchResult(
-        np.full(n, SCORED, dtype=np.int8),
+        np.full(n, Status.SCORED, dtype=np.int8),
         np.ones(n),
         np.ones(n),
         np.full(n, 0.9),

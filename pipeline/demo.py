@@ -243,6 +243,7 @@ def _score_live(
     """Start the routed scorer (thread) and its metrics endpoint, publish, wait until every event is consumed."""
     from models.core.settings import Settings
     from models.detection.detector import DetectorConfig
+    from models.detection.routed import RoutedDetector
     from pipeline.kafka.broker import free_port
     from pipeline.metrics import ScorerMetrics, serve_metrics
     from pipeline.serve.anomaly_export import AnomalousSeries
@@ -250,6 +251,8 @@ def _score_live(
     from pipeline.serve.serving_models import build_detector
 
     detector, watchers = build_detector(registry.root, routing, DetectorConfig())
+    if not isinstance(detector, RoutedDetector):  # the demo's routing file always names two models
+        raise RuntimeError("the demo needs a routed detector")
     metrics = ScorerMetrics()
     export = AnomalousSeries()
     metrics.registry.register(export)

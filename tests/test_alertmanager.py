@@ -19,7 +19,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 from waiting import wait_for
 
-from models.detection.detector import SCORED, BatchResult
+from models.detection.detector import BatchResult
+from models.detection.status import Status
 from pipeline.kafka.broker import free_port
 from pipeline.serve.alertmanager import ALERTNAME, AlertmanagerSink
 
@@ -84,7 +85,7 @@ def alerts_for(port: int, series: str) -> list[dict]:
 def anomaly(series: str) -> tuple:
     """A one-event batch flagged by route 0 (model cpu-m, group cpu)."""
     result = BatchResult(
-        np.array([SCORED], dtype=np.int8),
+        np.array([Status.SCORED], dtype=np.int8),
         np.array([1.0]),
         np.array([4.0]),
         np.array([0.97]),

@@ -6,7 +6,8 @@ import numpy as np
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from models.detection.detector import SCORED, BatchResult
+from models.detection.detector import BatchResult
+from models.detection.status import Status
 from pipeline.serve.anomaly_export import AnomalousSeries
 
 
@@ -15,7 +16,7 @@ def batch(series: list[str], flagged, value=5.0, routes=None, route=None) -> Bat
     flags = np.zeros(n, dtype=bool)
     flags[list(flagged)] = True
     return BatchResult(
-        np.full(n, SCORED, dtype=np.int8),
+        np.full(n, Status.SCORED, dtype=np.int8),
         np.full(n, 1.0),
         np.full(n, value - 1.0),
         np.where(flags, 0.9, 0.1),

@@ -14,7 +14,8 @@ import orjson
 import pytest
 from test_scoring import make_bundle
 
-from models.detection.detector import SCORED, DetectorConfig, StreamingDetector
+from models.detection.detector import DetectorConfig, StreamingDetector
+from models.detection.status import Status
 from models.detection.thresholds.error_likelihood import tail_inverse, tail_score
 from pipeline.serve.records import anomaly_value
 
@@ -61,7 +62,7 @@ def test_flagged_exactly_when_the_value_leaves_the_band(kind, spatial, slow):
         assert r.lower is not None and r.upper is not None
         for j, sid in enumerate(ids):
             since_flag[sid] += 1
-            if r.status[j] != SCORED or step < 60 or since_flag[sid] <= 5:
+            if r.status[j] != Status.SCORED or step < 60 or since_flag[sid] <= 5:
                 continue
             v, lo, hi = values[step, j], r.lower[j], r.upper[j]
             assert lo <= r.predicted[j] <= hi or spatial is not None
@@ -87,7 +88,7 @@ def test_zscore_band_is_the_error_at_the_threshold():
         if step == 150:
             v[0] += 30
         r = det.process(["a", "b", "c"], np.full(3, float(step)), v)
-        scored = r.status == SCORED
+        scored = r.status == Status.SCORED
         assert np.all(r.lower[scored] < r.predicted[scored]) and np.all(r.upper[scored] > r.predicted[scored])
         for j in np.flatnonzero(r.is_anomaly):
             assert not r.lower[j] <= v[j] <= r.upper[j]

@@ -66,6 +66,7 @@ def _seed_untrained_champion(registry_dir: Path) -> int:
     import torch
 
     from models.forecasting.bundle import ModelBundle
+    from models.forecasting.calibration import Calibration
     from models.forecasting.forecasters import ForecasterConfig, build_forecaster
     from models.registry import ModelRegistry
 
@@ -76,7 +77,7 @@ def _seed_untrained_champion(registry_dir: Path) -> int:
         kind=config.kind,
         config=config,
         forecaster=build_forecaster(config).eval(),
-        calibration={"metric": "abs", "mean": 0.5, "std": 0.5, "threshold": 3.0},
+        calibration=Calibration(error_mean=0.5, error_std=0.5, threshold=3.0),
     )
     registry = ModelRegistry(registry_dir)
     version = registry.register(bundle, {"note": "seed"})

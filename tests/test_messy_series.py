@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.detection.detector import DUPLICATE, SCORED, WARMUP, StreamingDetector
+from models.detection.detector import StreamingDetector
+from models.detection.status import Status
 from models.forecasting.windows import SeriesNormalizer
 from pipeline.backtest.fleet import train_fleet
 from pipeline.backtest.nab_scoring import probation_length
@@ -71,7 +72,7 @@ def _stream(bundle, ts: np.ndarray, values: np.ndarray, chunk: int = 50) -> tupl
         res = d.process(ids, np.r_[ts[a:b], T0 + HOUR * np.arange(a, b)], np.r_[values[a:b], clean[a:b]])
         m = slice(0, b - a)
         status[a:b], score[a:b], pred[a:b] = res.status[m], res.score[m], res.predicted[m]
-        took = res.status <= WARMUP
+        took = res.status <= Status.WARMUP
         assert np.all((res.score[took] >= 0) & (res.score[took] <= 1)) and np.isfinite(res.predicted[took]).all()
         assert np.isnan(res.score[~took]).all()
     return status, score, pred, d
@@ -89,7 +90,7 @@ def test_gaps_of_hours_and_days(tmp_path, fleet):
     assert rs["per-file"].retrains == 3 and rs["fleet"].refused == 0
     _replay_all(path, fleet, sources=("per-file",), calendar=True)  # calendar columns across the gaps
     status, *_ = _stream(fleet, ts, v)
-    assert np.all(status <= WARMUP)
+    assert np.all(status <= Status.WARMUP)
 
 
 def test_irregular_steps(tmp_path, fleet):
@@ -101,7 +102,7 @@ def test_irregular_steps(tmp_path, fleet):
     _replay_all(path, fleet)
     _replay_all(path, fleet, sources=("per-file",), calendar=True)
     status, *_ = _stream(fleet, ts, v)
-    assert np.all(status <= WARMUP)
+    assert np.all(status <= Status.WARMUP)
 
 
 def test_duplicate_timestamps_are_refused_and_leave_state_unchanged(tmp_path, fleet):
@@ -120,7 +121,7 @@ def test_duplicate_timestamps_are_refused_and_leave_state_unchanged(tmp_path, fl
         assert np.isnan(r.detector_score[is_dup]).all() and np.all(r.anomaly_score[is_dup] == 0)
         assert not r.flag[is_dup].any()
     status, score, pred, _ = _stream(fleet, ts_d, v_d)
-    assert np.array_equal(status == DUPLICATE, is_dup)
+    assert np.array_equal(status == Status.DUPLICATE, is_dup)
     # the refused rows changed nothing: the other rows score exactly as without them
     _, score0, pred0, _ = _stream(fleet, ts, v, chunk=10_000)
     _, score1, pred1, _ = _stream(fleet, ts_d, v_d, chunk=10_000)
@@ -164,7 +165,7 @@ def test_counts_mostly_zero_or_one(tmp_path, fleet):
     crashes = (rng.random(n) < 0.03).astype(float)  # a crash rate: 0, sometimes 1
     _replay_all(_write(tmp_path / "g" / "crashes.csv", ts, crashes), fleet)
     status, *_ = _stream(fleet, ts, crashes)
-    assert np.all(status <= WARMUP)
+    assert np.all(status <= Status.WARMUP)
     quiet = np.zeros(n)
     quiet[900] = 1.0  # all zero, then one crash
     for r in _replay_all(_write(tmp_path / "g" / "quiet.csv", ts, quiet), fleet).values():
@@ -185,4 +186,4 @@ def test_a_100_row_series(tmp_path, fleet):
     with pytest.raises(ValueError, match="too short"):
         _replay_all(path, fleet, sources=("per-file",))
     status, *_ = _stream(fleet, ts, v, chunk=7)
-    assert np.count_nonzero(status == SCORED) == 100 - 12  # warm-up: the model window
+    assert np.count_nonzero(status == Status.SCORED) == 100 - 12  # warm-up: the model window

@@ -10,9 +10,11 @@ import pytest
 import torch
 from likelihood_oracle import score_series
 
-from models.detection.detector import DUPLICATE, OUT_OF_ORDER, SCORED, WARMUP, DetectorConfig, StreamingDetector
+from models.detection.detector import DetectorConfig, StreamingDetector
 from models.detection.policies import POLICIES, LikelihoodPolicy, PolicySpec, register_policy
 from models.detection.policy import PolicyStep, RoundErrors
+from models.detection.status import Status
+from models.forecasting.calibration import Calibration
 from models.forecasting.forecasters import ForecasterConfig, build_forecaster
 
 
@@ -40,7 +42,7 @@ def make_bundle(kind: str, window: int = 16, hidden: int = 16, version: int = 1,
         config=config,
         forecaster=model,
         normalizers=normalizers or {},
-        calibration={"error_mean": 0.3, "error_std": 0.2},
+        calibration=Calibration(error_mean=0.3, error_std=0.2),
     )
 
 
@@ -110,7 +112,15 @@ def test_rounds_match_the_naive_definition():
 def test_duplicate_and_out_of_order_are_dropped_and_counts_add_up():
     det = StreamingDetector(make_bundle("many-to-many"), DetectorConfig(warmup_events=3))
     res = det.process(["s"] * 7, [1, 2, 2, 3, 1, 4, 5], [1.0, 2, 9, 3, 4, 5, 6])
-    assert res.status.tolist() == [WARMUP, WARMUP, DUPLICATE, WARMUP, OUT_OF_ORDER, SCORED, SCORED]
+    assert res.status.tolist() == [
+        Status.WARMUP,
+        Status.WARMUP,
+        Status.DUPLICATE,
+        Status.WARMUP,
+        Status.OUT_OF_ORDER,
+        Status.SCORED,
+        Status.SCORED,
+    ]
     assert (
         res.counts["scored"] + res.counts["warmup"] + res.counts["duplicate_timestamp"] + res.counts["out_of_order"]
         == 7
@@ -128,7 +138,7 @@ def test_spike_flagged_after_warmup_and_not_before():
     res = det.process(["s"] * 300, t, vals)
     assert not res.is_anomaly[:32].any()
     assert res.is_anomaly[250]
-    assert res.status[250] == SCORED and res.score[250] > res.threshold
+    assert res.status[250] == Status.SCORED and res.score[250] > res.threshold
     # the flagged spike is not fed raw: the next forecasts stay close to the signal
     assert res.error[251] < 5
 
@@ -137,7 +147,7 @@ def test_alert_false_is_warmup_only():
     det = StreamingDetector(make_bundle("many-to-one"), DetectorConfig(warmup_events=1))
     vals = np.r_[np.zeros(50), 100.0]
     res = det.process(["s"] * 51, np.arange(51.0), vals, alert=False)
-    assert (res.status == WARMUP).all() and not res.is_anomaly.any()
+    assert (res.status == Status.WARMUP).all() and not res.is_anomaly.any()
 
 
 def test_unseen_series_normalised_online():
@@ -177,10 +187,10 @@ def test_batch_with_more_new_series_than_max_series_is_scored_not_raised():
     det = StreamingDetector(make_bundle("many-to-one"), DetectorConfig(max_series=2))
     ids = [f"s{i}" for i in range(5)]
     res = det.process(ids, np.ones(5), np.arange(5.0))
-    assert (res.status == WARMUP).all()
+    assert (res.status == Status.WARMUP).all()
     assert len({det.store.ids[s] for s in ids}) == 5  # each its own state
     res = det.process(ids, np.full(5, 2.0), np.arange(5.0))  # re-read after a crash-loop would be fine too
-    assert (res.status == WARMUP).all() and len(det.store) == 5
+    assert (res.status == Status.WARMUP).all() and len(det.store) == 5
     det.process(["x"], [1.0], [0.0])
     assert len(det.store) == 2
 
@@ -218,7 +228,7 @@ def test_huge_value_during_warmup_does_not_blind_the_series(kind):
     slot = det.store.ids["s"]
     assert np.isfinite([det.store.mean[slot], det.store.m2[slot], det.store.std[slot]]).all()
     assert det.store.std[slot] < 100
-    assert np.isfinite(res.score[res.status == SCORED]).all()
+    assert np.isfinite(res.score[res.status == Status.SCORED]).all()
     assert not res.is_anomaly[:32].any()
     assert res.is_anomaly[350]
 
@@ -301,7 +311,9 @@ def test_likelihood_flags_a_spike_once_and_matches_the_module_on_the_detectors_e
     assert parts[0].threshold == 0.5 and np.all((score >= 0) & (score <= 1))
     assert np.flatnonzero(flag).tolist() == [300] and score[310] == 0.0
     # the detector's score is exactly the likelihood module run on its raw errors and values
-    ref_s, ref_f = score_series(error, det.config.likelihood_config(), values=vals, alert=status == SCORED, times=t)
+    ref_s, ref_f = score_series(
+        error, det.config.likelihood_config(), values=vals, alert=status == Status.SCORED, times=t
+    )
     np.testing.assert_allclose(score, ref_s, rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(flag, ref_f)
     # the outlier is fed clipped, not raw: the next forecasts stay near the signal
@@ -348,7 +360,7 @@ def make_calendar_bundle(kind: str, window: int = 16, hidden: int = 16, seed: in
         config=config,
         forecaster=model,
         normalizers={"a": (0.0, 1.0)},
-        calibration={"error_mean": 0.3, "error_std": 0.2},
+        calibration=Calibration(error_mean=0.3, error_std=0.2),
     )
 
 

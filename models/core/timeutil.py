@@ -17,7 +17,9 @@ def utc(moment: datetime | str) -> datetime:
         moment = datetime.fromisoformat(moment)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
+    m = moment.astimezone(UTC)
+    # A plain datetime, also for subclasses such as Airflow's pendulum DateTime (which compare oddly).
+    return datetime(m.year, m.month, m.day, m.hour, m.minute, m.second, m.microsecond, tzinfo=UTC)
 
 
 def to_epoch(moment: datetime | str | float | int) -> float:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+from models.forecasting.calibration import Calibration
+
 
 class ServedConfig(Protocol):
     """The forecaster settings the detector needs (``models.forecasting.forecasters.ForecasterConfig``)."""
@@ -54,6 +56,6 @@ class ServedBundle(Protocol):
         ...
 
     @property
-    def calibration(self) -> Any:
+    def calibration(self) -> Calibration | None:
         """Validation error statistics (read by ``detector._calibration_error_stats``)."""
         ...

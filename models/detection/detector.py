@@ -76,13 +76,13 @@ from models.detection.forecast_step import ForecasterStep, RecurrentStep, Window
 from models.detection.policies import policy_spec
 from models.detection.policy import PolicyStep, RoundErrors, ThresholdPolicy
 from models.detection.series_state import SeriesStateStore, has_scale
+from models.detection.status import STATUS_NAMES, Status
 from models.detection.thresholds.error_likelihood import LikelihoodConfig
 from models.forecasting.calendar import calendar_dim, calendar_features
+from models.forecasting.calibration import Calibration
 
 # Hot path: models.core.streaming.clip (np.clip without its Python wrapper), and
 # np.count_nonzero(mask) as the cheap any()/all() test of a mask.
-SCORED, WARMUP, DUPLICATE, OUT_OF_ORDER = 0, 1, 2, 3
-STATUS_NAMES = {SCORED: "scored", WARMUP: "warmup", DUPLICATE: "duplicate_timestamp", OUT_OF_ORDER: "out_of_order"}
 _REBUILD_CHUNK = 4096
 # Values a many-to-many series keeps to rebuild its recurrent state after a model swap: the model is
 # trained with a loss at every step from a zero state on, so 32 steps of warm-up are within what it
@@ -157,7 +157,7 @@ class DetectorConfig:
 class BatchResult:
     """Per-event outcome arrays, all ``(n,)`` in input order. NaN where not scored."""
 
-    status: np.ndarray  # int8: SCORED / WARMUP / DUPLICATE / OUT_OF_ORDER
+    status: np.ndarray  # int8: Status.SCORED / Status.WARMUP / Status.DUPLICATE / Status.OUT_OF_ORDER
     predicted: np.ndarray  # float64, raw units
     error: np.ndarray  # float64, |value - predicted| in raw units
     score: np.ndarray  # float64
@@ -189,18 +189,12 @@ class BatchResult:
         return len(self.status)
 
 
-def _calibration_error_stats(calibration: object) -> tuple[float, float]:
+def _calibration_error_stats(cal: Calibration | None) -> tuple[float, float]:
     """(mean, std) of the normalised validation error from a bundle's ``Calibration``; (0.3, 0.3) when
     the bundle has none or its figures are unusable (not finite, std <= 0)."""
-    from models.forecasting.calibration import Calibration  # belongs with the module's imports (moved on merge)
-
-    try:  # coerce also reads the calibration dicts of bundles built by hand (transitional)
-        cal = Calibration.coerce(calibration)
-    except (TypeError, ValueError):
-        cal = None
     if cal is None:
         return 0.3, 0.3
-    mean, std = cal.error_mean, cal.error_std
+    mean, std = float(cal.error_mean), float(cal.error_std)
     if not (math.isfinite(mean) and math.isfinite(std)) or std <= 0:
         return 0.3, 0.3
     return mean, std
@@ -250,10 +244,12 @@ class _Outputs:
     @classmethod
     def empty(cls, n: int) -> _Outputs:
         predicted, error, score, lower, upper = (np.full(n, np.nan) for _ in range(5))
-        return cls(np.full(n, WARMUP, dtype=np.int8), predicted, error, score, np.zeros(n, dtype=bool), lower, upper)
+        return cls(
+            np.full(n, Status.WARMUP, dtype=np.int8), predicted, error, score, np.zeros(n, dtype=bool), lower, upper
+        )
 
     def record(self, p: np.ndarray, warm: np.ndarray, errors: RoundErrors, step: PolicyStep) -> None:
-        self.status[p] = warm  # WARMUP (1) where warm, else SCORED (0)
+        self.status[p] = warm  # Status.WARMUP (1) where warm, else Status.SCORED (0)
         self.predicted[p] = errors.predicted
         self.error[p] = errors.error
         self.score[p] = step.score
@@ -544,8 +540,8 @@ class StreamingDetector:
             dup = seen & (t == last)
             ooo = seen & (t < last)
             if np.count_nonzero(dup) or np.count_nonzero(ooo):
-                status[p[dup]] = DUPLICATE
-                status[p[ooo]] = OUT_OF_ORDER
+                status[p[dup]] = Status.DUPLICATE
+                status[p[ooo]] = Status.OUT_OF_ORDER
                 keep = ~(dup | ooo)
                 p, s, t, count, last = p[keep], s[keep], t[keep], count[keep], last[keep]
                 if not len(p):

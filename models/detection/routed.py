@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from models.detection.contracts import ServedBundle
-from models.detection.detector import STATUS_NAMES, WARMUP, BatchResult, DetectorConfig, StreamingDetector
+from models.detection.detector import BatchResult, DetectorConfig, StreamingDetector
+from models.detection.status import STATUS_NAMES, Status
 from models.routing import Routing
 
 
@@ -97,7 +98,7 @@ class RoutedDetector:
         route_of = self.routing.route_of
         route = np.fromiter((route_of(s) for s in series_ids), dtype=np.int64, count=n)
         model = self._route_model[route] if n else np.zeros(0, dtype=np.int64)
-        status = np.full(n, WARMUP, dtype=np.int8)
+        status = np.full(n, Status.WARMUP, dtype=np.int8)
         predicted, error, score = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
         lower, upper = np.full(n, np.nan), np.full(n, np.nan)
         flags = np.zeros(n, dtype=bool)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,11 +29,6 @@ class ModelBundle:
     metrics: dict[str, Any] = field(default_factory=dict)
     version: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        # Transitional: some callers (tests/test_dags_e2e.py, benchmarks/bench_e2e.py) still pass a dict.
-        if isinstance(self.calibration, Mapping):
-            self.calibration = Calibration.from_dict(self.calibration)
 
     def normalizer(self, series_id: str) -> SeriesNormalizer | None:
         """Saved normaliser for ``series_id``, or None for a series unseen in training."""

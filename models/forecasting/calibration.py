@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -80,37 +80,6 @@ class Calibration:
             smoothed_mean=_float_or_none(data.get("smoothed_mean")),
             smoothed_std=_float_or_none(data.get("smoothed_std")),
         )
-
-    @classmethod
-    def coerce(cls, value: object) -> Calibration | None:
-        """``value`` as a ``Calibration``: itself, ``None``, or read from a dict with ``from_dict``.
-
-        Transitional: bundles are still built with calibration dicts in tests/test_scoring.py,
-        tests/test_dags_e2e.py and benchmarks/bench_e2e.py.
-        """
-        if value is None or isinstance(value, Calibration):
-            return value
-        if isinstance(value, Mapping):
-            return cls.from_dict(value)
-        raise TypeError(f"calibration must be a Calibration or a mapping, got {type(value).__name__}")
-
-    # Transitional, until pipeline/cli/models.py (cal["mean"], "threshold" in cal) and
-    # pipeline/retrain/retraining.py (cal.get("threshold")) read the attributes: their dict reads.
-    _DICT_READS: ClassVar[dict[str, str]] = {"mean": "error_mean", "std": "error_std", "threshold": "threshold"}
-
-    def get(self, key: str, default: float | None = None) -> float | None:
-        """Transitional dict read of ``mean``, ``std`` or ``threshold`` (see ``_DICT_READS``)."""
-        value = getattr(self, self._DICT_READS[key]) if key in self._DICT_READS else None
-        return default if value is None else value
-
-    def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and self.get(key) is not None
-
-    def __getitem__(self, key: str) -> float:
-        value = self.get(key)
-        if value is None:
-            raise KeyError(key)
-        return value
 
 
 def _first(data: Mapping[str, Any], *keys: str) -> Any:

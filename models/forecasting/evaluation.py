@@ -1,4 +1,4 @@
-"""Window-level detection figures shared by retraining (``pipeline.retrain.retraining``) and the NAB backtest.
+"""Window-level detection figures shared by retraining (``pipeline.retrain.evaluate``) and the NAB backtest.
 
 A labelled anomaly *window* is caught when at least one flag falls inside it, missed otherwise;
 a *false-positive run* is a maximal run of consecutive flags none of which lies in a window.

@@ -113,9 +113,9 @@ def train(
         f"{report.wall_time_s:.1f}s on {report.device}" + (" [green]promoted[/green]" if promote else "")
     )
     cal = bundle.calibration
-    if "threshold" in cal:
+    if cal is not None and cal.threshold is not None:
         console.print(
-            f"calibration: abs error mean {cal['mean']:.4f} std {cal['std']:.4f} threshold {cal['threshold']:.4f}"
+            f"calibration: abs error mean {cal.error_mean:.4f} std {cal.error_std:.4f} threshold {cal.threshold:.4f}"
         )
 
 

@@ -47,7 +47,7 @@ def evaluate(bundle: ModelBundle, data: SeriesSet, cut: float, labels: LabelWind
     window = int(bundle.config.window)
     # many-to-one needs one window of context; many-to-many a burn-in for its recurrent state
     context = window if bundle.kind == "many-to-one" else 8 * window
-    threshold = (bundle.calibration or {}).get("threshold")
+    threshold = bundle.calibration.threshold if bundle.calibration else None
     per_series: list[float] = []
     tp = fp = fn = 0
     for sid, (ts, values) in data.series.items():

@@ -39,7 +39,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from models.core.settings import Settings
 from models.core.timeutil import iso_utc
-from models.detection.detector import SCORED, BatchResult
+from models.detection.detector import BatchResult
+from models.detection.status import Status
 
 log = logging.getLogger(__name__)
 ALERTNAME = "TsadSeriesAnomaly"
@@ -142,7 +143,7 @@ class AlertmanagerSink:
         self, series: list[str], ts: np.ndarray, values: np.ndarray, result: BatchResult, new: np.ndarray
     ) -> None:
         """Queue each new anomaly of the batch (never blocks)."""
-        flagged = np.flatnonzero(result.is_anomaly & new & (result.status == SCORED))
+        flagged = np.flatnonzero(result.is_anomaly & new & (result.status == Status.SCORED))
         for j in flagged.tolist():
             model, _version = result.model_at(j)
             group = result.routes[int(result.route[j])][2] if result.route is not None else model

@@ -39,7 +39,8 @@ import numpy as np
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from models.detection.detector import SCORED, BatchResult
+from models.detection.detector import BatchResult
+from models.detection.status import Status
 
 DEFAULT_MAX_SERIES = 500
 DEFAULT_TTL_S = 900.0
@@ -123,7 +124,7 @@ class AnomalousSeries:
             watched = rows.keys() | {series[j] for j in candidates.tolist()}  # incl. those entering now
             listed = [j for j, s in enumerate(series) if s in watched]
             candidates = np.array(listed, dtype=np.int64)
-            scored = (result.status == SCORED) & new
+            scored = (result.status == Status.SCORED) & new
             for j in candidates.tolist():
                 if not scored[j]:
                     continue

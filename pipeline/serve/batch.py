@@ -18,7 +18,8 @@ import numpy as np
 import orjson
 
 from models.core.settings import KafkaSettings
-from models.detection.detector import DUPLICATE, OUT_OF_ORDER, BatchResult
+from models.detection.detector import BatchResult
+from models.detection.status import Status
 from pipeline.events import Reason
 from pipeline.kafka.feed import Batch
 from pipeline.metrics import ScorerStats
@@ -29,8 +30,8 @@ from pipeline.serve.records import anomaly_value
 log = logging.getLogger(__name__)
 # detector statuses that dead-letter an event: (reason, how its timestamp compares)
 _DETECTOR_REJECTIONS = {
-    DUPLICATE: (Reason.DUPLICATE_TIMESTAMP, "equals the last accepted one"),
-    OUT_OF_ORDER: (Reason.OUT_OF_ORDER, "is older than the last accepted one"),
+    Status.DUPLICATE: (Reason.DUPLICATE_TIMESTAMP, "equals the last accepted one"),
+    Status.OUT_OF_ORDER: (Reason.OUT_OF_ORDER, "is older than the last accepted one"),
 }
 AnomalyCallback = Callable[[dict[str, Any]], None]
 
@@ -124,9 +125,9 @@ class BatchRecords:
     def detector_rejections(self) -> None:
         """New events the detector refused: duplicate or out-of-order timestamps."""
         dec, status = self.dec, self.result.status
-        for j in np.flatnonzero(self.new & ((status == DUPLICATE) | (status == OUT_OF_ORDER))).tolist():
+        for j in np.flatnonzero(self.new & ((status == Status.DUPLICATE) | (status == Status.OUT_OF_ORDER))).tolist():
             i = int(dec.valid_pos[j])
-            reason, how = _DETECTOR_REJECTIONS[int(status[j])]
+            reason, how = _DETECTOR_REJECTIONS[Status(int(status[j]))]
             try:
                 detail = f"series {dec.series[j]!r}: timestamp {dec.ts[j]} {how}"
                 self.reject(i, reason, detail)

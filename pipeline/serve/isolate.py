@@ -16,9 +16,9 @@ import numpy as np
 
 from models.detection.detector import BatchResult, StreamingDetector
 from models.detection.routed import RoutedDetector
+from models.detection.status import Status
 
 log = logging.getLogger(__name__)
-FAILED = -1  # status of an event whose scoring raised
 
 
 def process_isolated(
@@ -29,7 +29,7 @@ def process_isolated(
     alert: np.ndarray,
 ) -> tuple[BatchResult, list[tuple[int, BaseException]]]:
     """``detector.process`` of the batch, or of each event alone if the batch fails; ``(result,
-    [(index, error)])`` where failed events have status ``FAILED``."""
+    [(index, error)])`` where failed events have status ``Status.FAILED``."""
     try:
         return detector.process(series, ts, values, alert=alert), []
     except Exception as error:
@@ -52,7 +52,7 @@ def _process_each(
     """``detector.process`` of each event alone, gathered into one ``BatchResult`` (long only because
     that result is built field by field)."""
     n = len(series)
-    status = np.full(n, FAILED, dtype=np.int8)
+    status = np.full(n, Status.FAILED, dtype=np.int8)
     predicted, err, score = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
     flags = np.zeros(n, dtype=bool)
     lower, upper = np.full(n, np.nan), np.full(n, np.nan)

@@ -39,7 +39,6 @@ state (assignment, series per partition, outputs in flight); a batch's records a
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -52,8 +51,9 @@ from kafka import KafkaProducer
 from kafka.structs import TopicPartition
 
 from models.core.settings import Settings
-from models.detection.detector import SCORED, WARMUP, BatchResult, StreamingDetector
+from models.detection.detector import BatchResult, StreamingDetector
 from models.detection.routed import RoutedDetector
+from models.detection.status import Status
 from pipeline.events import Reason
 from pipeline.kafka.feed import Batch, EventFeed, Feed, Notice, PartitionReset, Rebalance, SkippedRange
 from pipeline.kafka.feed_process import MERGE_RECORDS, FetchProcess
@@ -153,14 +153,14 @@ class Scorer:
     def _record_model_info(self) -> None:
         d, st = self.detector, self.stats
         st.model_info = {"name": d.model_name, "kind": str(d.bundle.kind), "version": str(d.model_version)}
-        with contextlib.suppress(TypeError, ValueError):  # a version that is not a number: gauge unchanged
+        if d.model_version is not None:  # a model without a version: gauge unchanged
             st.model_version = float(d.model_version)
         st.last_reload_s = time.time()
         for det in d.detectors.values() if isinstance(d, RoutedDetector) else [d]:
             # per-model counters exist from the start (at 0), so rate() sees a model's first anomaly
             st.model_scored[det.model_name] += 0
             st.model_anomalies[det.model_name] += 0
-            with contextlib.suppress(TypeError, ValueError):
+            if det.model_version is not None:
                 st.model_serving_version[det.model_name] = float(det.model_version)
 
     def check_reload(self, force: bool = False) -> None:
@@ -345,16 +345,16 @@ class Scorer:
         stats, status, new, replay = self.stats, records.result.status, records.new, records.batch.replay
         ok = ~records.failed[records.dec.valid_pos]
         is_new = new & ok
-        n_scored = int(np.count_nonzero(status[is_new] == SCORED))
-        n_warm_new = int(np.count_nonzero(status[is_new] == WARMUP))
-        n_replayed = int(np.count_nonzero(status[~new & ok] == WARMUP)) if replay is not None else 0
+        n_scored = int(np.count_nonzero(status[is_new] == Status.SCORED))
+        n_warm_new = int(np.count_nonzero(status[is_new] == Status.WARMUP))
+        n_replayed = int(np.count_nonzero(status[~new & ok] == Status.WARMUP)) if replay is not None else 0
         n_new = len(records.batch) - (int(replay.sum()) if replay is not None else 0)
         stats.consumed += n_new
         stats.scored += n_scored
         stats.warmup += n_warm_new + n_replayed
         stats.replayed += n_replayed
         stats.anomalies += records.anomalies
-        self._count_scored_per_model(records.result, is_new & (status == SCORED))
+        self._count_scored_per_model(records.result, is_new & (status == Status.SCORED))
         return is_new
 
     def _observe_latency(
@@ -362,7 +362,7 @@ class Scorer:
     ) -> None:
         """End-to-end latency (record timestamp -> decision) of the new events scored or warmed up."""
         status = result.status
-        decided = is_new & ((status == SCORED) | (status == WARMUP))
+        decided = is_new & ((status == Status.SCORED) | (status == Status.WARMUP))
         if not decided.any():
             return
         ts_ms = batch.timestamps[dec.valid_pos[decided]].astype(np.float64)
