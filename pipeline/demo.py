@@ -10,6 +10,9 @@ flagged, with the model that flagged it and its expected band -> summary per mod
 scored, anomalies, labelled NAB anomaly windows caught/missed, events/s, where metrics were
 served. Everything runs in this process (threads) and the broker child is stopped on exit, so
 nothing is left behind.
+
+Long (~390 lines) because it is a script of the whole product: each step is a short function,
+and they read top to bottom in the order the demo runs them.
 """
 
 from __future__ import annotations

@@ -277,7 +277,7 @@ def test_refused_swap_keeps_the_old_error_seed():
     det = StreamingDetector(make_bundle("many-to-many"))
     seed = (det.store.init_err_mean, det.store.init_err_var)
     bad = make_bundle("many-to-many", version=2)
-    bad.calibration = {"error_mean": 5.0, "error_std": 3.0}
+    bad.calibration = Calibration(error_mean=5.0, error_std=3.0)
 
     def broken(*args, **kwargs):
         raise RuntimeError("model blew up")

@@ -68,6 +68,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from models.core.kinds import KINDS
 from models.core.limits import MAX_ABS_VALUE
 from models.core.streaming import clip as _clip
 from models.core.streaming import rounds
@@ -297,7 +298,7 @@ class StreamingDetector:
         for attr in ("kind", "config", "forecaster"):
             if not hasattr(bundle, attr):
                 raise ValueError(f"model bundle has no '{attr}'")
-        if bundle.kind not in ("many-to-one", "many-to-many"):
+        if bundle.kind not in KINDS:
             raise ValueError(f"unknown model kind {bundle.kind!r}")
         config = bundle.config
         features = int(config.features)

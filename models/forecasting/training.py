@@ -87,6 +87,7 @@ def resolve_device(device: str = "auto") -> torch.device:
     return dev
 
 
+# Long only in its signature: the public training API, one keyword per knob (grouped into TrainConfig inside).
 def fit(
     config: ForecasterConfig,
     series: dict[str, np.ndarray],

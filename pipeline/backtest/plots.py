@@ -8,12 +8,32 @@ greyed, the detector's flags as red markers. Bottom panel: the post-processed an
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 if TYPE_CHECKING:
     from pipeline.backtest.replay import SeriesResult
+
+
+def _shade_spans(result: SeriesResult, ax: Any, ax2: Any) -> None:
+    """Shade the labelled windows (gold) and the probation rows (grey) on both panels."""
+    t = result.timestamps
+    for k, (lo, hi) in enumerate(result.windows):
+        for a in (ax, ax2):
+            a.axvspan(
+                t[lo], t[hi], color="gold", alpha=0.3, lw=0, label="labelled window" if (k == 0 and a is ax) else None
+            )
+    if result.probation:
+        for a in (ax, ax2):
+            a.axvspan(
+                t[0],
+                t[result.probation - 1],
+                color="grey",
+                alpha=0.15,
+                lw=0,
+                label="probation (training)" if a is ax else None,
+            )
 
 
 def plot_series(result: SeriesResult, out_dir: Path, optimised_threshold: float | None = None) -> Path:
@@ -30,21 +50,7 @@ def plot_series(result: SeriesResult, out_dir: Path, optimised_threshold: float 
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(14, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1.3]})
     ax.plot(t, result.values, lw=0.7, color="tab:blue", label="value")
     ax.plot(t, result.predicted, lw=0.7, color="tab:orange", alpha=0.8, label="forecast")
-    for k, (lo, hi) in enumerate(result.windows):
-        for a in (ax, ax2):
-            a.axvspan(
-                t[lo], t[hi], color="gold", alpha=0.3, lw=0, label="labelled window" if (k == 0 and a is ax) else None
-            )
-    if result.probation:
-        for a in (ax, ax2):
-            a.axvspan(
-                t[0],
-                t[result.probation - 1],
-                color="grey",
-                alpha=0.15,
-                lw=0,
-                label="probation (training)" if a is ax else None,
-            )
+    _shade_spans(result, ax, ax2)
     f = np.flatnonzero(result.flag)
     ax.scatter(t[f], result.values[f], color="red", s=30, zorder=5, label=f"flag ({len(f)})")
     ax.set_ylabel("value")

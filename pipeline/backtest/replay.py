@@ -398,6 +398,33 @@ def _replay_job(
         return None, f"{nab_key(Path(path))}: {type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
 
 
+def _labelled_jobs(paths: list[Path], labels: dict[str, list], errors: list[str]) -> list[tuple[Path, list]]:
+    """``(path, windows)`` per labelled file, biggest first (better packing); unlabelled files go to ``errors``."""
+    jobs = []
+    for p in paths:
+        key = nab_key(p)
+        if key not in labels:
+            errors.append(f"{key}: not in the labels file")
+            continue
+        jobs.append((p, labels[key]))
+    jobs.sort(key=lambda j: -Path(j[0]).stat().st_size)
+    return jobs
+
+
+def _progress_bar(progress: bool) -> Any:
+    """The backtest's rich progress bar (disabled when ``progress`` is false)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("[bold]backtest"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[last]}"),
+        TimeElapsedColumn(),
+        disable=not progress,
+    )
+
+
 def run_corpus(
     paths: list[Path],
     labels: dict[str, list],
@@ -414,26 +441,10 @@ def run_corpus(
     registry model named in ``cfg`` is loaded once here); sent to each worker once, pickled.
     """
     fleet = fleet_mod.resolve_fleet(cfg, fleet)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     errors: list[str] = []
-    jobs = []
-    for p in paths:
-        key = nab_key(p)
-        if key not in labels:
-            errors.append(f"{key}: not in the labels file")
-            continue
-        jobs.append((p, labels[key]))
-    jobs.sort(key=lambda j: -Path(j[0]).stat().st_size)  # big files first: better packing
+    jobs = _labelled_jobs(paths, labels, errors)
     results: list[SeriesResult] = []
-    bar = Progress(
-        TextColumn("[bold]backtest"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[last]}"),
-        TimeElapsedColumn(),
-        disable=not progress,
-    )
+    bar = _progress_bar(progress)
     with bar:
         task = bar.add_task("backtest", total=len(jobs), last="")
         if workers <= 1:

@@ -24,6 +24,41 @@ if TYPE_CHECKING:
     from pipeline.backtest.replay import SeriesResult
 
 
+def _profile_scores(own: dict[str, Any], profile: Any) -> tuple[dict[str, Any], float | None]:
+    """One NAB profile's scores with the detector's own threshold and the label-optimised one."""
+    o = score_corpus(own, profile, optimise=False)
+    b = score_corpus(own, profile, optimise=True)
+    scores = {
+        "own": {"score": o.normalised, "tp": o.tp, "fp": o.fp, "fn": o.fn, "per_file": o.per_file},
+        "optimised": {
+            "score": b.normalised,
+            "threshold": b.threshold,
+            "tp": b.tp,
+            "fp": b.fp,
+            "fn": b.fn,
+            "per_file": b.per_file,
+        },
+    }
+    return scores, b.threshold
+
+
+def _prf(
+    results: Sequence[SeriesResult], tables: dict[str, Any], flag_of: Callable[[SeriesResult], np.ndarray]
+) -> dict[str, float]:
+    """Window-level precision/recall/F1 over the corpus for the flags ``flag_of`` gives each file."""
+    total = WindowPRF()
+    for r in results:
+        total = total + window_prf(flag_of(r), tables[r.name])
+    return {
+        "precision": total.precision,
+        "recall": total.recall,
+        "f1": total.f1,
+        "caught": total.caught,
+        "missed": total.missed,
+        "fp_runs": total.fp_runs,
+    }
+
+
 def corpus_report(results: Sequence[SeriesResult]) -> dict[str, Any]:
     """Scores of a list of ``SeriesResult``; a plain dict (JSON-able after NaN cleaning)."""
     tables = {r.name: point_table(len(r.values), r.windows, r.probation) for r in results}
@@ -37,37 +72,10 @@ def corpus_report(results: Sequence[SeriesResult]) -> dict[str, Any]:
     }
     opt_thr = {}
     for pname, profile in PROFILES.items():
-        o = score_corpus(own, profile, optimise=False)
-        b = score_corpus(own, profile, optimise=True)
-        opt_thr[pname] = b.threshold
-        out["nab"][pname] = {
-            "own": {"score": o.normalised, "tp": o.tp, "fp": o.fp, "fn": o.fn, "per_file": o.per_file},
-            "optimised": {
-                "score": b.normalised,
-                "threshold": b.threshold,
-                "tp": b.tp,
-                "fp": b.fp,
-                "fn": b.fn,
-                "per_file": b.per_file,
-            },
-        }
+        out["nab"][pname], opt_thr[pname] = _profile_scores(own, profile)
     thr = opt_thr["standard"]
-
-    def prf(flag_of: Callable[[SeriesResult], np.ndarray]) -> dict[str, float]:
-        total = WindowPRF()
-        for r in results:
-            total = total + window_prf(flag_of(r), tables[r.name])
-        return {
-            "precision": total.precision,
-            "recall": total.recall,
-            "f1": total.f1,
-            "caught": total.caught,
-            "missed": total.missed,
-            "fp_runs": total.fp_runs,
-        }
-
-    out["prf"]["own"] = prf(lambda r: r.flag)
-    out["prf"]["optimised"] = prf(lambda r: np.nan_to_num(r.anomaly_score, nan=-np.inf) >= thr)
+    out["prf"]["own"] = _prf(results, tables, lambda r: r.flag)
+    out["prf"]["optimised"] = _prf(results, tables, lambda r: np.nan_to_num(r.anomaly_score, nan=-np.inf) >= thr)
     out["timing"] = {
         "fit_seconds": float(sum(r.fit_seconds for r in results)),
         "replay_seconds": float(sum(r.replay_seconds for r in results)),

@@ -5,8 +5,12 @@ from __future__ import annotations
 import logging
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from pipeline.metrics import ArchiverMetrics
 
 
 def register(app: typer.Typer) -> None:
@@ -28,7 +32,7 @@ def archive(
     """Archive validated events to Parquet (date=/hour= partitions); SIGTERM/Ctrl-C flushes and exits."""
     from models.core.settings import load_settings
     from pipeline.archive.consumer import Archiver
-    from pipeline.metrics import ArchiverMetrics, serve_metrics
+    from pipeline.metrics import ArchiverMetrics
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = load_settings(
@@ -36,17 +40,7 @@ def archive(
         kafka={"bootstrap_servers": bootstrap_servers, "events_topic": topic, "archive_group_id": group_id},
     )
     metrics = ArchiverMetrics()
-    server = None
-    if metrics_port:
-        try:
-            server, _ = serve_metrics(metrics.registry, host=settings.metrics_host, port=metrics_port)
-        except OSError as error:
-            typer.echo(
-                f"cannot serve metrics on {settings.metrics_host}:{metrics_port}: "
-                f"{error.strerror or error}; pick a free port with --metrics-port (0 disables)",
-                err=True,
-            )
-            raise typer.Exit(2) from error
+    server = _serve_metrics(metrics, settings.metrics_host, metrics_port) if metrics_port else None
     archiver = Archiver(
         settings,
         flush_every_events=flush_every_events,
@@ -66,3 +60,19 @@ def archive(
             server.shutdown()
     archived = int(metrics.registry.get_sample_value("tsad_archive_events_total") or 0)
     typer.echo(f"archived {archived} events in {len(archiver.files)} files")
+
+
+def _serve_metrics(metrics: ArchiverMetrics, host: str, port: int) -> Any:
+    """The archiver's /metrics server on ``host:port``; a port in use exits 2 with one line."""
+    from pipeline.metrics import serve_metrics
+
+    try:
+        server, _ = serve_metrics(metrics.registry, host=host, port=port)
+    except OSError as error:
+        typer.echo(
+            f"cannot serve metrics on {host}:{port}: "
+            f"{error.strerror or error}; pick a free port with --metrics-port (0 disables)",
+            err=True,
+        )
+        raise typer.Exit(2) from error
+    return server

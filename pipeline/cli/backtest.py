@@ -195,7 +195,6 @@ def _replay(
     """Replay the corpus (fleet model first unless per-file), print the report, write results and plots."""
     import time
 
-    from pipeline.backtest.output import write_nab_csv, write_scores
     from pipeline.backtest.replay import run_corpus
     from pipeline.backtest.report import corpus_report, render
 
@@ -220,6 +219,17 @@ def _replay(
         f"(fit {report['timing']['fit_seconds']:.1f}s, replay {report['timing']['replay_seconds']:.1f}s CPU, "
         f"{report['timing']['retrains']} retrains)"
     )
+    _write_outputs(results, report, out, detector, plot, console)
+    if errors:
+        raise typer.Exit(2)
+
+
+def _write_outputs(
+    results: list[Any], report: dict[str, Any], out: Path | None, detector: str, plot: Path | None, console: Console
+) -> None:
+    """NAB result CSVs and scores under ``out/detector`` and one plot per file under ``plot`` (each when given)."""
+    from pipeline.backtest.output import write_nab_csv, write_scores
+
     if out is not None:
         for r in results:
             write_nab_csv(r, out, detector)
@@ -231,8 +241,6 @@ def _replay(
         for r in results:
             plot_series(r, plot, thr)
         console.print(f"plots: {plot}")
-    if errors:
-        raise typer.Exit(2)
 
 
 def _cross_validate(
