@@ -202,6 +202,8 @@ class Archiver:
                         self.handle(records)
                 if self._due():
                     self.flush()
+                if not consumer.assignment():  # idle time counts only once partitions are assigned
+                    self._last_activity = time.monotonic()
                 if (
                     self.exit_when_idle_s is not None
                     and time.monotonic() - self._last_activity >= self.exit_when_idle_s

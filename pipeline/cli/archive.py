@@ -25,7 +25,10 @@ def archive(
     flush_every_events: int = typer.Option(50_000, min=1, help="Flush when this many valid events are buffered."),
     flush_interval_s: float = typer.Option(60.0, min=0.001, help="Flush when the oldest buffered record is this old."),
     exit_when_idle: float = typer.Option(
-        None, "--exit-when-idle", min=0.0, help="Flush and exit after this many seconds without new records."
+        None,
+        "--exit-when-idle",
+        min=0.0,
+        help="Flush and exit after this many seconds without new records (counted once partitions are assigned).",
     ),
     metrics_port: int = typer.Option(9465, help="Serve /metrics on 127.0.0.1:PORT (0: don't serve)."),
 ) -> None:
