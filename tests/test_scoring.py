@@ -479,6 +479,12 @@ def test_a_new_policy_plugs_in_by_registry_or_by_argument():
     with pytest.raises(ValueError, match="threshold_method"):
         DetectorConfig(threshold_method="every-other")
     own = _EveryOther()
-    det = StreamingDetector(make_bundle("many-to-one"), DetectorConfig(threshold_method="zscore"), policy=own)
-    det.process(["a", "b"], [0.0, 0.0], [1.0, 2.0])
-    assert own.calls == 1 and det.policy is own
+    det = StreamingDetector(
+        make_bundle("many-to-many", normalizers={"s": (0.0, 1.0)}),
+        DetectorConfig(threshold_method="zscore", warmup_events=2),
+        policy=own,
+    )
+    r = det.process(["s"] * 6, np.arange(6.0), np.zeros(6))
+    assert det.policy is own and own.calls == 6
+    assert r.is_anomaly.tolist() == [False, False, True, False, True, False]  # the injected policy decides
+    assert r.threshold == 0.5  # and its threshold is the one reported, not the config's zscore default

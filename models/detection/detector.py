@@ -5,7 +5,7 @@ a threshold policy (``models.detection.policy.ThresholdPolicy``; the shipped one
 in ``models.detection.policies``), both chosen when the detector (or model) is set, never per round.
 The detector owns the series state (``models.detection.series_state``) and the error statistics.
 Long (about 600 lines) because it also holds the public result and config types (``BatchResult``,
-``DetectorConfig``, the status codes) and the model swap with its state rebuild.
+``DetectorConfig``) and the model swap with its state rebuild.
 
 ``StreamingDetector.process(series_ids, ts, values, alert=True) -> BatchResult`` takes a batch of
 events (any mix of series, in arrival order) and, for every event, decides one status:
@@ -481,7 +481,7 @@ class StreamingDetector:
             out.predicted,
             out.error,
             out.score,
-            float(self.config.threshold_value),
+            float(self.policy.threshold),
             out.flags,
             self.model_name,
             self.model_version,

@@ -50,12 +50,6 @@ class ArchiveError(RuntimeError):
     """The archive could not be read (e.g. a file that is not valid Parquet)."""
 
 
-def partition_dir(archive_dir: Path, ts: float) -> Path:
-    """``archive_dir/date=YYYY-MM-DD/hour=HH`` for an event time in epoch seconds (UTC)."""
-    moment = datetime.fromtimestamp(ts, tz=UTC)
-    return Path(archive_dir) / f"date={moment:%Y-%m-%d}" / f"hour={moment:%H}"
-
-
 def content_digest(frame: pd.DataFrame) -> str:
     """Short, deterministic hash of the archived columns of ``frame`` (row order included)."""
     hashed = pd.util.hash_pandas_object(frame[list(COLUMNS)], index=False).to_numpy()

@@ -7,10 +7,9 @@ assembles them. Heavy imports (torch, pandas, kafka) happen inside the commands,
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-
 import typer
+
+from pipeline.cli import anomalies, archive, backtest, commands, models, serve
 
 app = typer.Typer(
     name="tsad",
@@ -19,19 +18,10 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
-# Modules that add commands: each defines `register(app: typer.Typer) -> None`.
-COMMAND_MODULES = (
-    "pipeline.cli.commands",  # broker, publish
-    "pipeline.cli.models",  # train, models list|promote|rollback
-    "pipeline.cli.serve",  # serve, demo
-    "pipeline.cli.archive",  # archive
-    "pipeline.cli.backtest",  # backtest
-    "pipeline.cli.anomalies",  # anomalies (tail the anomalies topic)
-)
-
-for _name in COMMAND_MODULES:
-    if importlib.util.find_spec(_name) is not None:  # areas still under construction are absent
-        importlib.import_module(_name).register(app)
+# Each module adds its commands with `register(app: typer.Typer) -> None`, in --help order:
+# broker, publish | train, models list|promote|rollback | serve, demo | archive | backtest | anomalies.
+for _module in (commands, models, serve, archive, backtest, anomalies):
+    _module.register(app)
 
 
 if __name__ == "__main__":

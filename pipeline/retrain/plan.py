@@ -12,11 +12,6 @@ from pipeline.retrain.contracts import NotEnoughDataError, Plan
 from pipeline.retrain.series import SeriesSet, load_series
 
 
-def _utc(moment: datetime | str) -> datetime:
-    """A plain aware UTC datetime; Airflow hands pendulum DateTimes, normalised through their ISO text."""
-    return datetime.fromisoformat(utc(moment).isoformat())
-
-
 def _held_out_cut(data: SeriesSet, holdout_fraction: float) -> float:
     """Epoch seconds after which the most recent ``holdout_fraction`` of the range (over all series) lies."""
     t_min = min(ts[0] for ts, _ in data.series.values())
@@ -29,8 +24,8 @@ def plan(settings: Settings, interval_start: datetime | str, interval_end: datet
     and per-series counts. Raises ``NotEnoughDataError`` when no series has ``min_points`` values
     before the cut and ``min_holdout_points`` after it."""
     knobs = settings.retrain
-    end = _utc(interval_end)
-    start = min(_utc(interval_start), end - timedelta(hours=knobs.lookback_hours))
+    end = utc(interval_end)
+    start = min(utc(interval_start), end - timedelta(hours=knobs.lookback_hours))
     data = load_series(settings.archive_dir, start.isoformat(), end.isoformat())
     if not data.series:
         raise NotEnoughDataError(

@@ -79,7 +79,7 @@ def _process_each(
         evicted += r.evicted
         threshold = r.threshold
     if np.isnan(threshold):
-        threshold = float(getattr(getattr(detector, "config", None), "threshold", None) or np.nan)
+        threshold = detector.config.threshold_value
     return BatchResult(
         status,
         predicted,

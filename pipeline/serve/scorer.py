@@ -59,13 +59,12 @@ from pipeline.kafka.feed import Batch, EventFeed, Feed, Notice, PartitionReset, 
 from pipeline.kafka.feed_process import MERGE_RECORDS, FetchProcess
 from pipeline.metrics import ScorerMetrics, ScorerStats
 from pipeline.serve.batch import AnomalyCallback, BatchRecords
-from pipeline.serve.decode import DecodedBatch, decode_columns, decode_isolated
+from pipeline.serve.decode import DecodedBatch, decode_isolated
 from pipeline.serve.isolate import process_isolated
-from pipeline.serve.outputs import Outputs, ProduceFailed, Source
+from pipeline.serve.outputs import Outputs, Source
 from pipeline.serve.reload import ChampionWatcher
 
 log = logging.getLogger(__name__)
-__all__ = ["DecodedBatch", "Observer", "ProduceFailed", "Scorer", "ScorerStats", "decode_columns"]
 
 
 class Observer(Protocol):
@@ -108,7 +107,6 @@ class Scorer:
         self.kafka = settings.kafka
         self.detector = detector
         self.metrics = metrics if metrics is not None else ScorerMetrics()
-        self.watcher = watcher  # a ChampionWatcher, or one per routed model (list)
         self.watchers: list[ChampionWatcher] = (
             [] if watcher is None else [watcher] if isinstance(watcher, ChampionWatcher) else list(watcher)
         )

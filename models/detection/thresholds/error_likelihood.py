@@ -50,7 +50,7 @@ time-of-day bin and 1 B per daily-repeat bin: 121 B with the defaults):
 Vectorised over series: ``step(series_idx (n,), errors (n,), values=None, alert=True, times=None,
 dt=None) -> (scores (n,), flags (n,))`` (``times`` epoch seconds, ``dt`` each series' step to this
 value: the context check's inputs), repeated series in one call applied in order; ``update`` (scores only),
-``score_one`` and ``score_batch`` as for the other detectors in this package; ``reset(idx)``
+``score_one`` and ``score_batch`` (the ``models.core.streaming.StreamingState`` interface); ``reset(idx)``
 returns slots to the fresh state (the scorer reuses slots of evicted series). NaN errors leave the
 likelihood state unchanged and score 0 (the spatial check still applies to a finite value). The
 tests check this against a scalar one-series oracle (``tests/likelihood_oracle.py``).
