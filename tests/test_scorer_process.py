@@ -22,14 +22,12 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
+from delivery_helpers import make_registry
 from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 from waiting import wait_for
 
-from models.forecasting.forecasters import ForecasterConfig
-from models.forecasting.training import fit
-from models.registry import ModelRegistry
 from pipeline.events import encode_event
 from pipeline.kafka.broker import free_port
 from pipeline.kafka.clients import make_producer
@@ -44,16 +42,7 @@ T0 = 1_700_000_000
 @pytest.fixture(scope="module")
 def registry_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("registry")
-    reg = ModelRegistry(root)
-    i = np.arange(300)
-    bundle, _ = fit(
-        ForecasterConfig(kind="many-to-many", window=8, hidden=16),
-        {"s": np.sin(i / 6.0)},
-        epochs=1,
-        progress=False,
-        name="m",
-    )
-    reg.promote("m", reg.register(bundle))
+    make_registry(root)
     return root
 
 

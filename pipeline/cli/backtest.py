@@ -93,12 +93,12 @@ def backtest(
     """Replay each series in time order through StreamingDetector (NAB rules) and print NAB scores."""
     from rich.console import Console
 
-    from pipeline.backtest.replay import find_csvs
+    from pipeline.backtest.replay import ReplayConfig, detector_config, find_csvs
 
     console = Console()
     try:
         windows = json.loads(labels.read_text())
-        cfg = _replay_config(
+        cfg = ReplayConfig(
             kind=kind,
             window=window,
             hidden=hidden,
@@ -108,11 +108,12 @@ def backtest(
             seed=seed,
             model_source=model_source,
             warmup=warmup,
-            fleet_registry=fleet_registry,
+            fleet_registry=str(fleet_registry) if fleet_registry else None,
             fleet_model=fleet_model,
-            detector_json=detector_json,
-            post_json=post_json,
+            detector=json.loads(detector_json),
+            post=json.loads(post_json),
         )
+        detector_config(cfg)  # fail fast on bad overrides
         cv_plan = _cv_plan(cfg, seeds, rule, variants_json, candidates_json) if cv else None
     except (ValueError, TypeError) as exc:
         raise typer.BadParameter(str(exc)) from exc
@@ -124,44 +125,6 @@ def backtest(
         _cross_validate(files, windows, cfg, seed_list, cands, workers, out, console, rule)
         return
     _replay(files, windows, cfg, workers, out, detector, plot, console)
-
-
-def _replay_config(
-    *,
-    kind: str,
-    window: int,
-    hidden: int,
-    epochs: int,
-    retrain_every: int,
-    retrain_epochs: int,
-    seed: int,
-    model_source: str,
-    warmup: str,
-    fleet_registry: Path | None,
-    fleet_model: str | None,
-    detector_json: str,
-    post_json: str,
-) -> ReplayConfig:
-    """The replay configuration from the flags; ValueError/TypeError on bad overrides (checked here)."""
-    from pipeline.backtest.replay import ReplayConfig, detector_config
-
-    cfg = ReplayConfig(
-        kind=kind,
-        window=window,
-        hidden=hidden,
-        epochs=epochs,
-        retrain_every=retrain_every,
-        retrain_epochs=retrain_epochs,
-        seed=seed,
-        model_source=model_source,
-        warmup=warmup,
-        fleet_registry=str(fleet_registry) if fleet_registry else None,
-        fleet_model=fleet_model,
-        detector=json.loads(detector_json),
-        post=json.loads(post_json),
-    )
-    detector_config(cfg)  # fail fast on bad overrides
-    return cfg
 
 
 def _cv_plan(
